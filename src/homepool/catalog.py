@@ -1,0 +1,443 @@
+"""The catalog: an SQLite index of the pool and a record of intent.
+
+Drives are the truth for data; the catalog says which files exist, what they should contain
+(hash, size), where their copies are, how many copies each folder wants, and which multi-step
+operations are under way (the journal). Only `pool.py` writes to it. All SQL lives here.
+
+`create_tables` is the schema's documentation. The connection runs in autocommit mode;
+`transaction()` groups statements (BEGIN IMMEDIATE, so a writer waits for another writer
+instead of failing half-way).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Bump with every schema change and add a step to `_UPGRADES`.
+CURRENT_REV = 1
+ROOT_ID = 1
+
+
+class NoSuchRowError(Exception):
+    """A query that must return one row returned none."""
+
+
+@dataclass(frozen=True)
+class DriveRow:
+    id: int
+    uuid: str
+    path: str
+    label: str
+    added_at: str
+    max_size: int | None
+    shared_device: bool
+    state: str
+
+
+@dataclass(frozen=True)
+class Node:
+    id: int
+    parent_id: int | None
+    name: str
+    kind: str  # 'dir' or 'file'
+    size: int
+    mode: int
+    mtime_ns: int
+    hash: str | None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == "dir"
+
+
+@dataclass(frozen=True)
+class Replica:
+    node_id: int
+    drive_id: int
+    size: int
+    mtime_ns: int
+    hash: str | None
+    state: str  # 'ok' or 'bad'
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    id: int
+    op: str
+    payload: dict[str, Any]
+    created: float
+
+
+def create_tables(db: sqlite3.Connection) -> None:
+    """Create the schema (inside the caller's transaction: executescript would commit it)."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+SCHEMA = """
+        -- Key/value facts about the catalog itself.
+        --   schema_rev: CURRENT_REV when written, pool_id: the pool's uuid,
+        --   saved_at: unix time of the last change (newest copy wins in `recover`).
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+
+        -- Member drives. `path` is where the drive's filesystem is mounted now, `uuid` is the
+        -- identity written to PATH/.homepool/drive.toml. `max_size` caps what the pool may
+        -- store there (NULL: no cap). `shared_device` is 1 when the drive was added with
+        -- --allow-shared-device (it shares a filesystem with another member, so two copies
+        -- there do not protect against a failed disk). `state`: 'active' or 'missing'.
+        CREATE TABLE drives (
+            id            INTEGER PRIMARY KEY,
+            uuid          TEXT NOT NULL UNIQUE,
+            path          TEXT NOT NULL UNIQUE,
+            label         TEXT NOT NULL,
+            added_at      TEXT NOT NULL,
+            max_size      INTEGER,
+            shared_device INTEGER NOT NULL DEFAULT 0,
+            state         TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'missing'))
+        );
+
+        -- The pool's tree. id 1 is the root (parent_id NULL, name ''). Children of the root
+        -- are folders (see `folders`), files never sit at the root. For files: `size` in
+        -- bytes, `hash` the BLAKE3 hex digest of the content. For dirs size is 0 and hash
+        -- NULL. `mtime_ns`/`mode` are what the plain copies on the drives carry too.
+        -- Names are UTF-8 and unique within a directory (case-sensitive, as on the drives).
+        CREATE TABLE nodes (
+            id        INTEGER PRIMARY KEY,
+            parent_id INTEGER REFERENCES nodes(id),
+            name      TEXT NOT NULL,
+            kind      TEXT NOT NULL CHECK (kind IN ('dir', 'file')),
+            size      INTEGER NOT NULL DEFAULT 0,
+            mode      INTEGER NOT NULL,
+            mtime_ns  INTEGER NOT NULL,
+            hash      TEXT,
+            UNIQUE (parent_id, name)
+        );
+
+        -- Top-level folders and how many copies (on distinct drives) their files want.
+        -- `fold` is the case-folded name: unique, because Windows and macOS clients
+        -- cannot tell 'Photos' from 'photos'.
+        CREATE TABLE folders (
+            node_id INTEGER PRIMARY KEY REFERENCES nodes(id),
+            fold    TEXT NOT NULL UNIQUE,
+            copies  INTEGER NOT NULL CHECK (copies >= 1)
+        );
+
+        -- Where each file's copies are. One row per (file, drive). `size`, `mtime_ns` and
+        -- `hash` are what was written and verified there. `state`: 'ok', or 'bad' (failed a
+        -- read or a check: not served, to be re-made). A file is short of copies when it has
+        -- fewer 'ok' rows on active drives than its folder's `copies`, that shortfall is not
+        -- stored, it is always computed from these rows.
+        CREATE TABLE replicas (
+            node_id  INTEGER NOT NULL REFERENCES nodes(id),
+            drive_id INTEGER NOT NULL REFERENCES drives(id),
+            size     INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            hash     TEXT,
+            state    TEXT NOT NULL DEFAULT 'ok' CHECK (state IN ('ok', 'bad')),
+            PRIMARY KEY (node_id, drive_id)
+        );
+        CREATE INDEX replicas_by_drive ON replicas(drive_id);
+
+        -- Operations that change drives and catalog together, written before the drives are
+        -- touched and deleted in the same transaction that records the result. A row left
+        -- here means a crash happened in between, `check --repair` finishes it (every op's
+        -- drive steps are idempotent). `payload` is JSON, its shape depends on `op`.
+        CREATE TABLE journal (
+            id      INTEGER PRIMARY KEY,
+            op      TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created REAL NOT NULL
+        );
+        """
+
+
+# Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1.
+_UPGRADES: dict[int, Any] = {}
+
+
+class Catalog:
+    """One SQLite connection with typed accessors."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        # FULL: once a commit returns it survives power loss; the drives were fsynced first.
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._depth = 0
+
+    @classmethod
+    def create(cls, path: Path, pool_id: str, now_ns: int) -> Catalog:
+        cat = cls(path)
+        with cat.transaction():
+            create_tables(cat.db)
+            cat.set_meta("schema_rev", str(CURRENT_REV))
+            cat.set_meta("pool_id", pool_id)
+            cat.db.execute(
+                "INSERT INTO nodes (id, parent_id, name, kind, mode, mtime_ns) VALUES (?, NULL, '', 'dir', ?, ?)",
+                (ROOT_ID, 0o40755, now_ns),
+            )
+        return cat
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group statements atomically. Nested uses join the outer transaction."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('saved_at', ?)", (repr(time.time()),))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        finally:
+            self._depth = 0
+
+    def get_val(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        row = self.db.execute(sql, args).fetchone()
+        if row is None:
+            raise NoSuchRowError(sql)
+        return row[0]
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def schema_rev(self) -> int:
+        return int(self.meta("schema_rev", "0") or 0)
+
+    def upgrade(self) -> None:
+        """Bring an older catalog up to CURRENT_REV (the caller checked it is not newer)."""
+        with self.transaction():
+            rev = self.schema_rev()
+            while rev < CURRENT_REV:
+                _UPGRADES[rev](self.db)
+                rev += 1
+            self.set_meta("schema_rev", str(rev))
+
+    def backup_to(self, dest: Path) -> None:
+        """Write a consistent copy of the catalog to `dest` (the caller makes it atomic)."""
+        out = sqlite3.connect(dest)
+        try:
+            self.db.backup(out)
+        finally:
+            out.close()
+
+    # -- drives ------------------------------------------------------------------------------
+
+    def drives(self) -> list[DriveRow]:
+        rows = self.db.execute(
+            "SELECT id, uuid, path, label, added_at, max_size, shared_device, state FROM drives ORDER BY id"
+        ).fetchall()
+        return [DriveRow(r[0], r[1], r[2], r[3], r[4], r[5], bool(r[6]), r[7]) for r in rows]
+
+    def add_drive(self, uuid: str, path: str, label: str, added_at: str, max_size: int | None,
+                  shared_device: bool) -> int:
+        cur = self.db.execute(
+            "INSERT INTO drives (uuid, path, label, added_at, max_size, shared_device) VALUES (?, ?, ?, ?, ?, ?)",
+            (uuid, path, label, added_at, max_size, int(shared_device)),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def set_drive_state(self, drive_id: int, state: str) -> None:
+        self.db.execute("UPDATE drives SET state = ? WHERE id = ?", (state, drive_id))
+
+    def set_drive_path(self, drive_id: int, path: str) -> None:
+        self.db.execute("UPDATE drives SET path = ? WHERE id = ?", (path, drive_id))
+
+    def bytes_on_drive(self, drive_id: int) -> int:
+        return int(self.get_val("SELECT COALESCE(SUM(size), 0) FROM replicas WHERE drive_id = ?", (drive_id,)))
+
+    def bytes_by_drive(self) -> dict[int, int]:
+        rows = self.db.execute("SELECT drive_id, SUM(size) FROM replicas GROUP BY drive_id")
+        return {d: int(s) for d, s in rows}
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    _NODE_COLS = "id, parent_id, name, kind, size, mode, mtime_ns, hash"
+
+    def node(self, id_: int) -> Node:
+        row = self.db.execute(f"SELECT {self._NODE_COLS} FROM nodes WHERE id = ?", (id_,)).fetchone()
+        if row is None:
+            raise NoSuchRowError(f"node {id_}")
+        return Node(*row)
+
+    def child(self, parent_id: int, name: str) -> Node | None:
+        row = self.db.execute(
+            f"SELECT {self._NODE_COLS} FROM nodes WHERE parent_id = ? AND name = ?", (parent_id, name)
+        ).fetchone()
+        return Node(*row) if row else None
+
+    def children(self, parent_id: int) -> list[Node]:
+        rows = self.db.execute(
+            f"SELECT {self._NODE_COLS} FROM nodes WHERE parent_id = ? ORDER BY name", (parent_id,)
+        )
+        return [Node(*r) for r in rows]
+
+    def has_children(self, id_: int) -> bool:
+        return self.db.execute("SELECT 1 FROM nodes WHERE parent_id = ? LIMIT 1", (id_,)).fetchone() is not None
+
+    def add_node(self, parent_id: int, name: str, kind: str, mode: int, mtime_ns: int,
+                 size: int = 0, hash_: str | None = None) -> int:
+        cur = self.db.execute(
+            "INSERT INTO nodes (parent_id, name, kind, size, mode, mtime_ns, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (parent_id, name, kind, size, mode, mtime_ns, hash_),
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def update_file(self, id_: int, size: int, mode: int, mtime_ns: int, hash_: str | None) -> None:
+        self.db.execute(
+            "UPDATE nodes SET size = ?, mode = ?, mtime_ns = ?, hash = ? WHERE id = ?",
+            (size, mode, mtime_ns, hash_, id_),
+        )
+
+    def move_node(self, id_: int, parent_id: int, name: str) -> None:
+        self.db.execute("UPDATE nodes SET parent_id = ?, name = ? WHERE id = ?", (parent_id, name, id_))
+
+    def delete_node(self, id_: int) -> None:
+        self.db.execute("DELETE FROM replicas WHERE node_id = ?", (id_,))
+        self.db.execute("DELETE FROM folders WHERE node_id = ?", (id_,))
+        self.db.execute("DELETE FROM nodes WHERE id = ?", (id_,))
+
+    def subtree_files(self, id_: int) -> list[Node]:
+        """Every file at or below node `id_`."""
+        rows = self.db.execute(
+            f"""WITH RECURSIVE sub(id) AS (SELECT ? UNION ALL
+                     SELECT n.id FROM nodes n JOIN sub ON n.parent_id = sub.id)
+                SELECT {self._NODE_COLS} FROM nodes WHERE id IN sub AND kind = 'file'""",
+            (id_,),
+        )
+        return [Node(*r) for r in rows]
+
+    def walk(self) -> Iterator[tuple[str, Node]]:
+        """Every node but the root, with its pool path, parents before children."""
+        stack: list[tuple[str, int]] = [("", ROOT_ID)]
+        while stack:
+            prefix, id_ = stack.pop()
+            for n in self.children(id_):
+                path = f"{prefix}{n.name}"
+                yield path, n
+                if n.is_dir:
+                    stack.append((path + "/", n.id))
+
+    def count_files(self) -> tuple[int, int]:
+        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM nodes WHERE kind = 'file'").fetchone()
+        return int(row[0]), int(row[1])
+
+    # -- folders -----------------------------------------------------------------------------
+
+    def folders(self) -> list[tuple[Node, int]]:
+        rows = self.db.execute(
+            f"SELECT {', '.join('n.' + c.strip() for c in self._NODE_COLS.split(','))}, f.copies "
+            "FROM folders f JOIN nodes n ON n.id = f.node_id ORDER BY n.name"
+        )
+        return [(Node(*r[:8]), int(r[8])) for r in rows]
+
+    def folder_by_fold(self, fold: str) -> tuple[int, int] | None:
+        row = self.db.execute("SELECT node_id, copies FROM folders WHERE fold = ?", (fold,)).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+
+    def folder_copies(self, node_id: int) -> int:
+        return int(self.get_val("SELECT copies FROM folders WHERE node_id = ?", (node_id,)))
+
+    def add_folder(self, node_id: int, fold: str, copies: int) -> None:
+        self.db.execute("INSERT INTO folders (node_id, fold, copies) VALUES (?, ?, ?)", (node_id, fold, copies))
+
+    def set_folder_copies(self, node_id: int, copies: int) -> None:
+        self.db.execute("UPDATE folders SET copies = ? WHERE node_id = ?", (copies, node_id))
+
+    def rename_folder(self, node_id: int, fold: str) -> None:
+        self.db.execute("UPDATE folders SET fold = ? WHERE node_id = ?", (fold, node_id))
+
+    # -- replicas ----------------------------------------------------------------------------
+
+    def replicas(self, node_id: int) -> list[Replica]:
+        rows = self.db.execute(
+            "SELECT node_id, drive_id, size, mtime_ns, hash, state FROM replicas WHERE node_id = ? ORDER BY drive_id",
+            (node_id,),
+        )
+        return [Replica(*r) for r in rows]
+
+    def replicas_on(self, drive_id: int) -> Iterator[Replica]:
+        rows = self.db.execute(
+            "SELECT node_id, drive_id, size, mtime_ns, hash, state FROM replicas WHERE drive_id = ?", (drive_id,)
+        )
+        return (Replica(*r) for r in rows)
+
+    def set_replica(self, node_id: int, drive_id: int, size: int, mtime_ns: int, hash_: str | None,
+                    state: str = "ok") -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO replicas (node_id, drive_id, size, mtime_ns, hash, state)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (node_id, drive_id, size, mtime_ns, hash_, state),
+        )
+
+    def set_replica_state(self, node_id: int, drive_id: int, state: str) -> None:
+        self.db.execute("UPDATE replicas SET state = ? WHERE node_id = ? AND drive_id = ?", (state, node_id, drive_id))
+
+    def drop_replica(self, node_id: int, drive_id: int) -> None:
+        self.db.execute("DELETE FROM replicas WHERE node_id = ? AND drive_id = ?", (node_id, drive_id))
+
+    def short_files(self) -> list[tuple[int, int, int]]:
+        """(node_id, good copies, wanted copies) of every file short of copies."""
+        rows = self.db.execute(
+            """
+            WITH RECURSIVE top(id, folder) AS (
+                SELECT node_id, node_id FROM folders
+                UNION ALL SELECT n.id, top.folder FROM nodes n JOIN top ON n.parent_id = top.id
+            )
+            SELECT n.id,
+                   (SELECT COUNT(*) FROM replicas r JOIN drives d ON d.id = r.drive_id
+                     WHERE r.node_id = n.id AND r.state = 'ok' AND d.state = 'active') AS good,
+                   f.copies
+            FROM nodes n JOIN top ON top.id = n.id JOIN folders f ON f.node_id = top.folder
+            WHERE n.kind = 'file' AND good < f.copies
+            """
+        )
+        return [(int(a), int(b), int(c)) for a, b, c in rows]
+
+    # -- journal -----------------------------------------------------------------------------
+
+    def journal_add(self, op: str, payload: dict[str, Any]) -> int:
+        cur = self.db.execute(
+            "INSERT INTO journal (op, payload, created) VALUES (?, ?, ?)", (op, json.dumps(payload), time.time())
+        )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def journal_done(self, entry_id: int) -> None:
+        self.db.execute("DELETE FROM journal WHERE id = ?", (entry_id,))
+
+    def journal(self) -> list[JournalEntry]:
+        rows = self.db.execute("SELECT id, op, payload, created FROM journal ORDER BY id")
+        return [JournalEntry(i, op, json.loads(p), c) for i, op, p, c in rows]

@@ -1,0 +1,197 @@
+"""`homepool check [--repair]`: does the catalog agree with the drives?
+
+Each check is named after the invariant it guards. Without repair, nothing is changed; with
+it, each problem is fixed through the pool API. Repairs never delete a user's data: the only
+files removed are homepool's own temp files and copies the catalog knows to be stale; a copy
+that was changed behind the pool's back is kept aside under a "(conflict ...)" name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from .drives import Drive
+from .pool import Pool, conflict_name, scan_tree
+from .streams import hash_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Problem:
+    check: str  # the invariant that failed
+    path: str
+    detail: str
+    fixed: bool = False
+
+    def line(self) -> str:
+        state = "fixed" if self.fixed else "found"
+        where = f"{self.path}: " if self.path else ""
+        return f"[{state}] {self.check}: {where}{self.detail}"
+
+
+def check(pool: Pool, repair: bool = False) -> list[Problem]:
+    problems: list[Problem] = []
+    problems += check_journal_empty(pool, repair)
+    drives = pool.drives()
+    problems += check_drives_present(drives)
+    present = [d for d in drives if d.row.state == "active"]
+    problems += check_no_orphan_temps(pool, present, repair)
+    problems += check_replicas_match(pool, present, repair)
+    problems += check_no_stray_files(pool, present, repair)
+    problems += check_copies_met(pool, repair)
+    return problems
+
+
+def check_journal_empty(pool: Pool, repair: bool) -> list[Problem]:
+    """Every multi-step operation ran to its end."""
+    entries = pool.cat.journal()
+    if not entries:
+        return []
+    if repair:
+        return [Problem("journal_empty", "", line, fixed=True) for line in pool.finish_journal()]
+    return [Problem("journal_empty", e.payload.get("path") or e.payload.get("src", ""),
+                    f"an interrupted {e.op} is waiting to be finished") for e in entries]
+
+
+def check_drives_present(drives: list[Drive]) -> list[Problem]:
+    """Every member drive is mounted where the catalog says."""
+    return [Problem("drives_present", "", f"drive {d.name} is missing: its copies cannot be read; "
+                    "mount it again (or `homepool drive add NEWPATH` if it moved)")
+            for d in drives if d.row.state != "active"]
+
+
+def check_no_orphan_temps(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
+    """Temp files exist only while an operation needs them."""
+    needed = pool.journal_tmp_names()
+    out = []
+    for d in drives:
+        try:
+            names = os.listdir(d.tmpdir)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if name in needed.get(d.id, set()):
+                continue
+            p = Problem("no_orphan_temps", "", f"unfinished write {name} on {d.name} (an interrupted copy)")
+            if repair:
+                os.unlink(d.tmpdir / name)
+                p.fixed = True
+            out.append(p)
+    return out
+
+
+def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
+    """Every recorded copy is on its drive, with the recorded size and time (or content)."""
+    by_id = {d.id: d for d in drives}
+    out = []
+    for path, node in list(pool.cat.walk()):
+        if node.is_dir:
+            continue
+        reps = pool.cat.replicas(node.id)
+        changed: list[tuple[Drive, str]] = []
+        good = 0
+        for r in reps:
+            d = by_id.get(r.drive_id)
+            if d is None:
+                continue
+            try:
+                st = os.stat(d.real(path))
+            except FileNotFoundError:
+                p = Problem("replicas_match", path, f"copy on {d.name} is missing")
+                if repair:
+                    with pool.cat.transaction():
+                        pool.cat.drop_replica(node.id, d.id)
+                    pool._changed = True
+                    p.fixed = True
+                out.append(p)
+                continue
+            if st.st_size == r.size and st.st_mtime_ns == r.mtime_ns:
+                good += r.state == "ok"
+                continue
+            digest = hash_file(d.real(path)) if st.st_size == node.size else None
+            if digest == node.hash:
+                p = Problem("replicas_match", path, f"copy on {d.name} has a changed time, same content")
+                if repair:
+                    os.utime(d.real(path), ns=(node.mtime_ns, node.mtime_ns))
+                    with pool.cat.transaction():
+                        pool.cat.set_replica(node.id, d.id, node.size, node.mtime_ns, node.hash, r.state)
+                    pool._changed = True
+                    p.fixed = True
+                out.append(p)
+                good += r.state == "ok"
+            else:
+                changed.append((d, digest or ""))
+        for d, _ in changed:
+            p = Problem("replicas_match", path, f"copy on {d.name} was changed outside the pool")
+            if repair:
+                if good:  # the pool still has the right content: keep the changed one aside
+                    aside = conflict_name(path, d.label, lambda q, d=d: pool.lookup(q) is not None
+                                          or d.real(q).exists())
+                    os.rename(d.real(path), d.real(aside))
+                    with pool.cat.transaction():
+                        pool.cat.drop_replica(node.id, d.id)
+                    pool._changed = True
+                    pool.register_file(d, aside)
+                    p.detail += f"; kept it as {aside}"
+                else:  # the only copies were edited on the drive: the edit is the file now
+                    st = os.stat(d.real(path))
+                    digest = hash_file(d.real(path))
+                    with pool.cat.transaction():
+                        pool.cat.update_file(node.id, st.st_size, st.st_mode, st.st_mtime_ns, digest)
+                        for r in reps:
+                            if r.drive_id != d.id:
+                                pool.cat.set_replica_state(node.id, r.drive_id, "bad")
+                        pool.cat.set_replica(node.id, d.id, st.st_size, st.st_mtime_ns, digest)
+                    pool._changed = True
+                    node = pool.cat.node(node.id)
+                    good = 1
+                    p.detail += "; took its new content as the file's"
+                p.fixed = True
+            out.append(p)
+    return out
+
+
+def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
+    """Every file in a drive's HomePool/ tree is a recorded copy."""
+    out = []
+    for d in drives:
+        known = {pool.path_of(r.node_id) for r in pool.cat.replicas_on(d.id)}
+        for path, is_dir in list(scan_tree(d.tree)):
+            if is_dir:
+                if pool.lookup(path) is None:
+                    p = Problem("no_stray_files", path, f"folder on {d.name} is not in the pool")
+                    if repair:
+                        pool._register_dir(path)
+                        p.fixed = True
+                    out.append(p)
+                continue
+            if path in known:
+                continue
+            p = Problem("no_stray_files", path, f"file on {d.name} is not in the catalog")
+            if repair:
+                p.detail += f"; {pool.register_file(d, path)}"
+                p.fixed = True
+            out.append(p)
+    return out
+
+
+def check_copies_met(pool: Pool, repair: bool) -> list[Problem]:
+    """Every file has as many good copies, on distinct drives, as its folder wants."""
+    out = []
+    for node_id, good, wanted in pool.cat.short_files():
+        path = pool.path_of(node_id)
+        p = Problem("copies_met", path, f"has {good} of {wanted} copies")
+        if repair:
+            now = pool.reconcile(pool.cat.node(node_id))
+            if now >= wanted:
+                p.fixed = True
+                p.detail += f"; now {now}"
+            elif now > good:
+                p.detail += f"; now {now}, not enough drives with room for more"
+            else:
+                p.detail += "; no other drive has room for a copy (add a drive)"
+        out.append(p)
+    return out

@@ -1,0 +1,138 @@
+"""`homepool demo`: a self-contained tour on throwaway drives, cleaned up afterwards.
+
+As root it makes three small ext4 drives of different sizes (loop-mounted image files);
+otherwise three directories on one filesystem, added with --allow-shared-device and size caps
+(and `status` says so). Every step is a real `homepool` command, printed before it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import loopdrives
+from . import app, main, out
+
+SIZES = [96 << 20, 160 << 20, 256 << 20]
+LABELS = ["Old 500G", "Blue 1T", "New 2T"]
+
+
+def make_library(root: Path, seed: int = 7) -> tuple[int, int]:
+    """A small family library: photos by year, an album, documents, one home video."""
+    rng = random.Random(seed)
+    n = total = 0
+
+    def put(rel: str, size: int) -> None:
+        nonlocal n, total
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rng.randbytes(size))
+        stamp = 1262304000 + rng.randrange(0, 10 * 365 * 86400)  # some time in 2010-2019
+        os.utime(p, (stamp, stamp))
+        n += 1
+        total += size
+
+    for year in (2010, 2011, 2012):
+        for i in range(1, 21):
+            put(f"Pictures/{year}/IMG_{year}_{i:04d}.jpg", rng.randrange(150_000, 600_000))
+    for i in range(1, 11):
+        put(f"Music/The Examples/First Album/{i:02d} Track {i}.mp3", rng.randrange(400_000, 900_000))
+    for name in ("Taxes 2019.pdf", "Recipes.odt", "Insurance.pdf"):
+        put(f"Documents/{name}", rng.randrange(20_000, 200_000))
+    put("Videos/Summer holiday.mp4", 24 << 20)
+    return n, total
+
+
+def step(args: list[str], note: str = "") -> None:
+    if note:
+        out.print(f"\n[bold]{note}[/bold]")
+    out.print(f"[cyan]$ homepool {shlex.join(args)}[/cyan]")
+    code = main(args)
+    if code != 0:
+        raise RuntimeError(f"`homepool {shlex.join(args)}` failed with exit code {code}")
+
+
+@app.command("demo")
+def do_demo(
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the demo drives and pool in place (prints where "
+                                       "and how to remove them).")] = False,
+) -> None:
+    """A guided tour on three throwaway drives; removes everything it made."""
+    started = time.monotonic()
+    base = Path(tempfile.mkdtemp(prefix="homepool-demo-"))
+    state = base / "state"
+    why_not = loopdrives.available()
+    drives = None
+    old_env = os.environ.get("HOMEPOOL_POOL")
+    os.environ["HOMEPOOL_POOL"] = str(state)
+    try:
+        if why_not is None:
+            out.print(f"Making three ext4 drives of 96, 160 and 256 MiB (loop-mounted images in {base}).")
+            drives = loopdrives.LoopDrives(base, SIZES)
+            paths = drives.up()
+            extra: list[list[str]] = [[] for _ in paths]
+        else:
+            out.print(f"Not making real drives ({why_not}): using three directories on one filesystem instead, "
+                      "with size caps. Two copies there would NOT survive a failed disk; `status` says so.")
+            paths = [base / f"d{i}" for i in range(1, 4)]
+            for p in paths:
+                p.mkdir()
+            extra = [["--allow-shared-device", "--max-size", f"{s >> 20}M"] for s in SIZES]
+        library = base / "library"
+        n, total = make_library(library)
+        out.print(f"Made a sample library of {n} files ({total >> 20} MiB) in {library}.")
+        out.print(f"The pool's state (config and catalog) lives in {state} (HOMEPOOL_POOL).")
+
+        step(["init"], "1. Create a pool. It comes with folders that say where things go.")
+        for p, label, ex in zip(paths, LABELS, extra, strict=True):
+            step(["drive", "add", str(p), "--label", label, *ex],
+                 "2. Add drives of any size. Nothing is formatted; files stay plain files." if p == paths[0] else "")
+        step(["drive", "list"])
+        step(["folder", "set", "Videos", "--copies", "1"],
+             "3. Choose copies per folder: photos, music and documents get 2, videos 1.")
+        step(["folder", "list"])
+        step(["import", str(library / "Pictures"), "Photos/"], "4. Bring existing files in.")
+        step(["import", str(library / "Music"), "Music/"])
+        step(["import", str(library / "Documents"), "Documents/"])
+        step(["import", str(library / "Videos"), "Videos/"])
+        step(["import", str(library / "Pictures"), "Photos/"], "   Importing again skips what is already there.")
+        step(["ls", "Photos"], "5. One tree, no drive letters.")
+        step(["ls", "--drives", "Documents"], "   Each file in a 2-copy folder is on two different drives:")
+        sample = next((paths[0] / "HomePool" / "Documents").iterdir(), None)
+        out.print("\n[bold]   Every drive holds plain files any PC can read:[/bold]")
+        for p in paths:
+            files = [f for f in (p / "HomePool").rglob("*") if f.is_file()]
+            out.print(f"   {p}/HomePool: {len(files)} files, e.g. {files[0].relative_to(p) if files else '-'}")
+        if sample is not None:
+            out.print(f"   {sample} is an ordinary file of {sample.stat().st_size} bytes.")
+        step(["status"], "6. Status: drives, space, folders and their health.")
+
+        out.print("\n[bold]7. Lose the system drive: delete the pool's state directory, then rebuild it "
+                  "from the drives.[/bold]")
+        out.print(f"[cyan]$ rm -rf {state}[/cyan]")
+        shutil.rmtree(state)
+        step(["recover", *map(str, paths)])
+        step(["check"])
+        step(["folder", "list"], "   Folders, copies and files are all back:")
+        out.print(f"\nTour finished in {time.monotonic() - started:.1f} s.")
+    finally:
+        if old_env is None:
+            os.environ.pop("HOMEPOOL_POOL", None)
+        else:
+            os.environ["HOMEPOOL_POOL"] = old_env
+        if keep:
+            out.print(f"Kept everything in {base}. Remove it with: "
+                      + (f"umount {base}/d1 {base}/d2 {base}/d3; " if drives else "") + f"rm -rf {base}")
+        else:
+            if drives is not None:
+                drives.down()
+            shutil.rmtree(base, ignore_errors=True)
+            out.print(f"Removed the demo drives and {base}.")

@@ -1,0 +1,112 @@
+"""The pool's state directory: where it is, its config file, and its lock.
+
+  DIR/pool.toml     readable settings (pool id, placement policy)
+  DIR/catalog.db    the catalog (SQLite, WAL)
+  DIR/lock          held (flock) by a command while it changes the pool
+
+DIR comes from --pool, else $HOMEPOOL_POOL, else /var/lib/homepool for root and
+$XDG_DATA_HOME/homepool (~/.local/share/homepool) for everyone else.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from .errors import NotAPool, PoolBusy
+
+CONFIG_FILE = "pool.toml"
+CATALOG_FILE = "catalog.db"
+LOCK_FILE = "lock"
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/homepool")
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg is not None and xdg != "" else Path.home() / ".local" / "share"
+    return base / "homepool"
+
+
+def resolve_state_dir(option: str | Path | None) -> Path:
+    """--pool wins over $HOMEPOOL_POOL, which wins over the default."""
+    if option is not None:
+        return Path(option).expanduser().absolute()
+    env = os.environ.get("HOMEPOOL_POOL")
+    if env is not None and env != "":
+        return Path(env).expanduser().absolute()
+    return default_state_dir()
+
+
+@dataclass
+class PoolConfig:
+    pool_id: str
+    name: str = "homepool"
+    created: str = ""
+    placement: str = "mfs"
+    extra: dict = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        head = (
+            "# homepool pool settings. Folders, drives and files live in catalog.db.\n"
+            "# placement: which drives new files go to: 'mfs' (most free space, the default),\n"
+            "# 'lfs' (least free space: fill one drive first) or 'pfrd' (random, weighted by free space).\n"
+        )
+        data = {"pool_id": self.pool_id, "name": self.name, "created": self.created,
+                "placement": self.placement, **self.extra}
+        return head + tomli_w.dumps(data)
+
+    @classmethod
+    def load(cls, state_dir: Path) -> PoolConfig:
+        path = state_dir / CONFIG_FILE
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise NotAPool(path=state_dir, why=f"{CONFIG_FILE} is not valid TOML: {e}") from None
+        try:
+            known = {"pool_id", "name", "created", "placement"}
+            return cls(
+                pool_id=str(data["pool_id"]),
+                name=str(data.get("name", "homepool")),
+                created=str(data.get("created", "")),
+                placement=str(data.get("placement", "mfs")),
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+        except KeyError:
+            raise NotAPool(path=state_dir, why=f"{CONFIG_FILE} has no pool_id") from None
+
+    def save(self, state_dir: Path) -> None:
+        from .drives import write_atomic
+
+        write_atomic(state_dir / CONFIG_FILE, self.dumps().encode())
+
+
+class PoolLock:
+    """An exclusive advisory lock on DIR/lock, held while a command changes the pool."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise PoolBusy(pid=holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

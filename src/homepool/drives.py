@@ -1,0 +1,223 @@
+"""One member drive: its identity, its space, and plain-file I/O on it.
+
+A member drive is any mounted filesystem (or, with --allow-shared-device, a directory). It holds:
+  .homepool/drive.toml   who it is: pool id, drive id, label, when added
+  .homepool/catalog.db   a recent copy of the pool's catalog (for `recover`)
+  .homepool/tmp/         files being written; never visible in the tree
+  HomePool/<pool path>   the pool's files, as plain files any PC can read
+Called by `pool.py` only (and `recover.py`, which reads identities).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import errno
+import os
+import tomllib
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from .catalog import DriveRow
+
+META_DIR = ".homepool"
+TREE_DIR = "HomePool"
+IDENTITY_FILE = "drive.toml"
+CATALOG_COPY = "catalog.db"
+FORMAT = 1
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+README = """\
+This drive is a member of a homepool storage pool.
+
+Its files are ordinary files under HomePool/, with the same folders and names as in the pool:
+you can plug this drive into any PC and copy them off, with or without homepool.
+
+This folder (.homepool) holds the drive's identity and a recent copy of the pool's catalog, so
+that `homepool recover` can rebuild the pool from its drives. Please leave it alone.
+"""
+
+
+@dataclass(frozen=True)
+class Identity:
+    pool_id: str
+    drive_id: str
+    label: str
+    added_at: str
+    format: int = FORMAT
+
+
+def new_identity(pool_id: str, label: str) -> Identity:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    return Identity(pool_id=pool_id, drive_id=str(uuid.uuid4()), label=label, added_at=now)
+
+
+def read_identity(root: Path) -> Identity | None:
+    """The identity of the drive at `root`, or None if it has none (or an unreadable one)."""
+    try:
+        with open(root / META_DIR / IDENTITY_FILE, "rb") as f:
+            data = tomllib.load(f)
+        return Identity(
+            pool_id=str(data["pool_id"]),
+            drive_id=str(data["drive_id"]),
+            label=str(data.get("label", "")),
+            added_at=str(data.get("added_at", "")),
+            format=int(data.get("format", FORMAT)),
+        )
+    except (OSError, tomllib.TOMLDecodeError, KeyError, ValueError):
+        return None
+
+
+def write_identity(root: Path, ident: Identity) -> None:
+    meta = root / META_DIR
+    (meta / "tmp").mkdir(parents=True, exist_ok=True)
+    (root / TREE_DIR).mkdir(exist_ok=True)
+    write_atomic(meta / "README.txt", README.encode())
+    data = tomli_w.dumps(
+        {
+            "pool_id": ident.pool_id,
+            "drive_id": ident.drive_id,
+            "label": ident.label,
+            "added_at": ident.added_at,
+            "format": ident.format,
+        }
+    )
+    write_atomic(meta / IDENTITY_FILE, b"# homepool member drive identity; do not edit\n" + data.encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash leaves the old or the new content."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def syncfs(path: Path) -> None:
+    """Flush everything written to the filesystem holding `path` (one journal commit for a batch)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+def mount_of(path: Path) -> tuple[str, str, str]:
+    """(mount point, filesystem type, source) of the filesystem holding `path`."""
+    real = os.path.realpath(path)
+    best = ("/", "?", "?")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                mnt = left.split()[4].encode().decode("unicode_escape")
+                fstype, source = right.split()[:2]
+                inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best[0]):
+                    best = (mnt, fstype, source)
+    except OSError:
+        pass
+    return best
+
+
+def reserve_for(total: int) -> int:
+    """Space placement leaves free on a drive: 2% of it, at most 1 GiB, at least 1 MiB.
+
+    Filesystems slow down and fragment when full, and a drive filled to the last byte cannot
+    take the catalog copy or a temp file for a repair."""
+    return max(MiB, min(GiB, total // 50))
+
+
+class Drive:
+    """A member drive as this process sees it (a snapshot of its catalog row)."""
+
+    def __init__(self, row: DriveRow) -> None:
+        self.row = row
+        self.id = row.id
+        self.uuid = row.uuid
+        self.label = row.label
+        self.root = Path(row.path)
+        self.tree = self.root / TREE_DIR
+        self.meta = self.root / META_DIR
+        self.tmpdir = self.meta / "tmp"
+
+    def __repr__(self) -> str:
+        return f"<Drive {self.id} {self.label!r} at {self.root}>"
+
+    @property
+    def name(self) -> str:
+        return f"{self.label!r} ({self.root})"
+
+    def present(self) -> bool:
+        """True if the drive is mounted where the catalog says and carries its identity."""
+        ident = read_identity(self.root)
+        return ident is not None and ident.drive_id == self.uuid
+
+    def real(self, pool_path: str) -> Path:
+        return self.tree / pool_path if pool_path else self.tree
+
+    def new_tmp(self) -> Path:
+        return self.tmpdir / f"{uuid.uuid4().hex}.part"
+
+    def statvfs(self) -> tuple[int, int]:
+        """(size, free for unprivileged writers) of the filesystem, in bytes."""
+        st = os.statvfs(self.root)
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    def capacity(self, used_by_pool: int) -> tuple[int, int]:
+        """(size, free) as the pool may use them: the filesystem, limited by --max-size."""
+        size, free = self.statvfs()
+        if self.row.max_size is not None:
+            size = min(size, self.row.max_size)
+            free = min(free, max(0, self.row.max_size - used_by_pool))
+        return size, free
+
+    def room(self, used_by_pool: int) -> int:
+        """Bytes placement may still put here, after the reserve."""
+        size, free = self.capacity(used_by_pool)
+        return max(0, free - reserve_for(size))
+
+    def syncfs(self) -> None:
+        syncfs(self.root)
+
+    def makedirs(self, pool_dir: str, mode: int = 0o755) -> None:
+        if pool_dir:
+            os.makedirs(self.real(pool_dir), mode=mode & 0o7777, exist_ok=True)
+
+    def unlink(self, pool_path: str) -> bool:
+        """Remove a file's copy; False if it was not there."""
+        try:
+            os.unlink(self.real(pool_path))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def rmdir(self, pool_path: str) -> None:
+        try:
+            os.rmdir(self.real(pool_path))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # Something not in the catalog is in there: leave it for `check` to report.

@@ -1,0 +1,190 @@
+"""`homepool import SRC DEST`: copy existing files into the pool.
+
+SRC is a file or a directory on the server; DEST a pool path inside a folder. A directory's
+*contents* go into DEST (``import ~/Pictures Photos/`` puts ``~/Pictures/2010`` at
+``Photos/2010``), like ``rsync SRC/ DEST/``. Files already in the pool with the same size and
+modification time are skipped, so an interrupted import resumes where it stopped; a file whose
+size or time differs is replaced. Everything is checked before anything is written (the
+destination folder, the space needed), and files are written in batches: a crash leaves each
+file either fully imported or not at all.
+
+Calls only the pool API. The caller passes `progress` to show a bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat as stat_
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import paths
+from .errors import BadSource, ImportTooBig, NoSuchFolder, NotADirectory, PoolFull, SourceVanished
+from .pool import Pool
+from .units import human
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceFile:
+    src: Path
+    dest: str  # pool path
+    size: int
+    mtime_ns: int
+    mode: int
+
+
+@dataclass
+class ImportPlan:
+    files: list[SourceFile] = field(default_factory=list)  # to copy
+    dirs: list[str] = field(default_factory=list)  # pool dirs to create, parents first
+    skipped_same: int = 0  # already in the pool, identical
+    skipped_other: list[str] = field(default_factory=list)  # symlinks, devices, bad names
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass
+class ImportResult:
+    imported: int = 0
+    bytes: int = 0
+    skipped_same: int = 0
+    skipped_other: list[str] = field(default_factory=list)
+
+
+def plan(pool: Pool, src: Path, dest: str) -> ImportPlan:
+    """What importing `src` into `dest` would do. Reads the source tree; changes nothing."""
+    try:
+        st = os.lstat(src)
+    except FileNotFoundError:
+        raise BadSource(path=str(src), why="no such file or directory") from None
+    except OSError as e:
+        raise BadSource(path=str(src), why=e.strerror or str(e)) from None
+    parts = paths.split(dest)
+    if not parts:
+        raise BadSource(path=str(src), why="the destination must be inside a folder, such as Photos/")
+    folder, _ = pool.folder(parts[0])  # raises NoSuchFolder
+    parts = (folder.name, *parts[1:])
+    out = ImportPlan()
+    if stat_.S_ISREG(st.st_mode):
+        existing = pool.lookup(paths.join(parts))
+        if dest.endswith("/") or (existing is not None and existing.is_dir) or len(parts) == 1:
+            target = (*parts, src.name)
+        else:
+            target = parts
+        _add_dirs(pool, out, target[:-1])
+        _add_file(pool, out, src, target, st)
+        return out
+    if not stat_.S_ISDIR(st.st_mode):
+        raise BadSource(path=str(src), why="it is neither a file nor a directory")
+    existing = pool.lookup(paths.join(parts))
+    if existing is not None and not existing.is_dir:
+        raise NotADirectory(path=paths.join(parts))
+    _add_dirs(pool, out, parts)
+    stack = [(src, parts)]
+    while stack:
+        sdir, pdir = stack.pop()
+        try:
+            entries = sorted(os.scandir(sdir), key=lambda e: e.name)
+        except OSError as err:
+            raise BadSource(path=str(sdir), why=err.strerror or str(err)) from None
+        for entry in entries:
+            try:
+                entry.name.encode("utf-8")
+            except UnicodeEncodeError:
+                out.skipped_other.append(f"{entry.path}: name is not valid UTF-8")
+                continue
+            target = (*pdir, entry.name)
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # gone between listing and stat: nothing to import
+            if stat_.S_ISDIR(est.st_mode):
+                _add_dirs(pool, out, target)
+                stack.append((Path(entry.path), target))
+            elif stat_.S_ISREG(est.st_mode):
+                _add_file(pool, out, Path(entry.path), target, est)
+            else:
+                kind = "symlink" if stat_.S_ISLNK(est.st_mode) else "special file"
+                out.skipped_other.append(f"{entry.path}: {kind}s are not imported")
+    return out
+
+
+def _add_dirs(pool: Pool, out: ImportPlan, parts: tuple[str, ...]) -> None:
+    for i in range(2, len(parts) + 1):
+        sub = paths.join(parts[:i])
+        node = pool.lookup(sub)
+        if node is not None and not node.is_dir:
+            raise NotADirectory(path=sub)
+        if node is None and sub not in out.dirs:
+            out.dirs.append(sub)
+
+
+def _add_file(pool: Pool, out: ImportPlan, src: Path, target: tuple[str, ...], st: os.stat_result) -> None:
+    dest = paths.join(target)
+    node = pool.lookup(dest)
+    if node is not None and node.is_dir:
+        out.skipped_other.append(f"{src}: the pool has a folder at {dest}")
+        return
+    if node is not None and node.size == st.st_size and node.mtime_ns == st.st_mtime_ns:
+        out.skipped_same += 1
+        return
+    out.files.append(SourceFile(src, dest, st.st_size, st.st_mtime_ns, st.st_mode))
+
+
+def check_space(pool: Pool, p: ImportPlan) -> None:
+    """Refuse an import that cannot fit, before writing anything."""
+    drives = pool.drives(present_only=True)
+    cands = pool._candidates(drives)
+    rooms = [c.room for c in cands]
+    largest = max(rooms, default=0)
+    big = max(p.files, key=lambda f: f.size, default=None)
+    if big is not None and big.size > largest:
+        raise PoolFull(path=big.dest, size=human(big.size), largest=human(largest))
+    needed = 0
+    for f in p.files:
+        node = pool.lookup(f.dest.rpartition("/")[0])
+        copies = pool.copies_wanted(node.id) if node is not None else pool.folder(f.dest.split("/")[0])[1]
+        needed += f.size * min(copies, len(drives))
+    if needed > sum(rooms):
+        raise ImportTooBig(needed=human(needed), free=human(sum(rooms)))
+
+
+def run(pool: Pool, src: Path, dest: str, progress: Callable[[int, SourceFile], None] | None = None,
+        planned: ImportPlan | None = None) -> ImportResult:
+    """Import `src` into `dest`. `progress(bytes_done_delta, file)` is called after each file."""
+    p = planned if planned is not None else plan(pool, src, dest)
+    check_space(pool, p)
+    for d in p.dirs:
+        pool.makedirs(d)
+    result = ImportResult(skipped_same=p.skipped_same, skipped_other=p.skipped_other)
+    with pool.batch() as batch:
+        for f in p.files:
+            try:
+                fh = open(f.src, "rb")  # noqa: SIM115 (closed below, after the checks)
+            except FileNotFoundError:
+                raise SourceVanished(path=str(f.src)) from None
+            with fh:
+                before = os.fstat(fh.fileno())
+                if before.st_size != f.size or before.st_mtime_ns != f.mtime_ns:
+                    raise SourceVanished(path=str(f.src))
+                staged = batch.put(f.dest, fh, f.size, f.mode, f.mtime_ns)
+                after = os.fstat(fh.fileno())
+            if staged.size != f.size or after.st_mtime_ns != f.mtime_ns or after.st_size != f.size:
+                if staged in batch.staged:
+                    batch.discard(staged)
+                raise SourceVanished(path=str(f.src))
+            batch.commit_if_full()
+            result.imported += 1
+            result.bytes += f.size
+            if progress is not None:
+                progress(f.size, f)
+    return result
+
+
+__all__ = ["ImportPlan", "ImportResult", "NoSuchFolder", "plan", "run", "check_space"]

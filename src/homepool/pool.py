@@ -1,0 +1,1104 @@
+"""The pool: the one place that changes drives and catalog together.
+
+Everything else (CLI, import, check, recover, and later the FUSE mount, WebDAV and the
+background services) calls this API and never touches a member drive's tree or the catalog on
+its own.
+
+How a change stays consistent across a crash (see docs/architecture.md):
+  1. new data is written to temp files in each target drive's .homepool/tmp/ and made durable;
+  2. a journal row describing the switch is committed to the catalog;
+  3. the switch is made on the drives (renames, unlinks), all idempotent, and made durable;
+  4. the result is recorded and the journal row deleted, in one transaction.
+A crash before 2 leaves orphan temp files (the old state; `check --repair` deletes them). A
+crash after 2 leaves a journal row; `check --repair` repeats 3 and 4 (the new state).
+
+Not thread-safe: one Pool object per thread of control. Each operation works on a snapshot of
+the drive list taken when it starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import errno
+import logging
+import os
+import stat as stat_
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from . import paths, placement
+from .catalog import CURRENT_REV, ROOT_ID, Catalog, Node
+from .config import CATALOG_FILE, CONFIG_FILE, PoolConfig, PoolLock
+from .drives import (
+    CATALOG_COPY,
+    META_DIR,
+    TREE_DIR,
+    Drive,
+    fsync_dir,
+    mount_of,
+    new_identity,
+    read_identity,
+    write_atomic,
+    write_identity,
+)
+from .errors import (
+    AlreadyExists,
+    BadCopies,
+    BadDrive,
+    DirectoryNotEmpty,
+    DriveIOError,
+    FolderExists,
+    IsADirectory,
+    NewerPool,
+    NoPool,
+    NoReadableCopy,
+    NoSuchFolder,
+    NotAPool,
+    NotFound,
+    NotInFolder,
+    PoolExists,
+    PoolFull,
+)
+from .errors import NotADirectory as NotADir
+from .streams import Target, copy_to, hash_file
+from .units import human
+
+log = logging.getLogger(__name__)
+
+MAX_COPIES = 16
+
+# The prescriptive namespace: where things go, and how many copies they deserve. Things that
+# cannot be replaced get 2; big things that can be re-ripped or re-downloaded get 1.
+DEFAULT_FOLDERS: dict[str, int] = {
+    "Documents": 2,
+    "Photos": 2,
+    "Music": 2,
+    "Videos": 1,
+    "Recorded TV": 1,
+    "Software": 1,
+    "Users": 2,
+}
+
+
+@dataclass
+class DriveInfo:
+    """What `drive list` and `status` show of one drive."""
+
+    id: int
+    label: str
+    path: str
+    state: str  # active | missing
+    fstype: str
+    size: int
+    free: int
+    used: int  # by the pool's files
+    files: int
+    max_size: int | None
+    shared_device: bool
+
+
+@dataclass
+class FolderInfo:
+    name: str
+    copies: int
+    files: int
+    bytes: int
+    short: int  # files with fewer good copies than `copies`
+
+
+@dataclass
+class Staged:
+    """A file fully written to temp files, waiting to be switched into place."""
+
+    path: str
+    targets: dict[int, str]  # drive id -> temp file name in that drive's .homepool/tmp/
+    drop: list[int]  # drives whose old copy is to be removed
+    size: int
+    mode: int
+    mtime_ns: int
+    hash: str
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+class Pool:
+    """An open pool. Use `Pool.create` or `Pool.open`, and close it (or use `with`)."""
+
+    def __init__(self, state_dir: Path, config: PoolConfig, catalog: Catalog, lock: PoolLock | None) -> None:
+        self.state_dir = state_dir
+        self.config = config
+        self.cat = catalog
+        self.lock = lock
+        self._changed = False
+
+    # -- opening and closing -----------------------------------------------------------------
+
+    @classmethod
+    def create(cls, state_dir: Path, folders: dict[str, int] | None = None,
+               config: PoolConfig | None = None) -> Pool:
+        """Make a new pool in `state_dir` (empty or not yet there) with the default folders
+        (`recover` passes the recovered config and no folders)."""
+        if (state_dir / CONFIG_FILE).exists() or (state_dir / CATALOG_FILE).exists():
+            raise PoolExists(path=state_dir)
+        if state_dir.exists() and not state_dir.is_dir():
+            raise NotAPool(path=state_dir, why="it is a file")
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = PoolLock(state_dir)
+        lock.acquire()
+        if config is None:
+            created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+            config = PoolConfig(pool_id=str(uuid.uuid4()), created=created)
+        cat = Catalog.create(state_dir / CATALOG_FILE, config.pool_id, _now_ns())
+        config.save(state_dir)  # last: a pool.toml means a complete pool
+        pool = cls(state_dir, config, cat, lock)
+        for name, copies in (DEFAULT_FOLDERS if folders is None else folders).items():
+            pool.add_folder(name, copies)
+        return pool
+
+    @classmethod
+    def open(cls, state_dir: Path, write: bool = True) -> Pool:
+        """Open an existing pool; with `write`, take its lock (one changer at a time)."""
+        if not state_dir.exists():
+            raise NoPool(path=state_dir)
+        if not state_dir.is_dir():
+            raise NotAPool(path=state_dir, why="it is not a directory")
+        if not (state_dir / CONFIG_FILE).exists():
+            if any(state_dir.iterdir()):
+                raise NotAPool(path=state_dir, why=f"it has no {CONFIG_FILE}")
+            raise NoPool(path=state_dir)
+        if not (state_dir / CATALOG_FILE).exists():
+            raise NotAPool(path=state_dir, why=f"its {CATALOG_FILE} is missing; `homepool recover` rebuilds it")
+        config = PoolConfig.load(state_dir)
+        lock = None
+        if write:
+            lock = PoolLock(state_dir)
+            lock.acquire()
+        try:
+            cat = Catalog(state_dir / CATALOG_FILE)
+            try:
+                rev = cat.schema_rev()
+            except Exception as e:
+                cat.close()
+                raise NotAPool(path=state_dir, why=f"{CATALOG_FILE} is not a homepool catalog ({e})") from None
+            if rev > CURRENT_REV:
+                cat.close()
+                raise NewerPool(path=state_dir, found=rev, known=CURRENT_REV)
+            if cat.meta("pool_id") != config.pool_id:
+                cat.close()
+                raise NotAPool(path=state_dir, why=f"{CATALOG_FILE} belongs to another pool than {CONFIG_FILE}")
+            if rev < CURRENT_REV and write:
+                cat.upgrade()
+        except BaseException:
+            if lock:
+                lock.release()
+            raise
+        return cls(state_dir, config, cat, lock)
+
+    def close(self) -> None:
+        try:
+            if self._changed:
+                self.save_catalog_copies()
+        finally:
+            self.cat.close()
+            if self.lock:
+                self.lock.release()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def save_catalog_copies(self) -> None:
+        """Put a copy of the catalog on every present drive, so `recover` keeps the settings."""
+        for d in self.drives(present_only=True):
+            tmp = d.meta / (CATALOG_COPY + ".tmp")
+            try:
+                with suppress(FileNotFoundError):
+                    tmp.unlink()
+                self.cat.backup_to(tmp)
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(tmp, d.meta / CATALOG_COPY)
+                write_atomic(d.meta / CONFIG_FILE, self.config.dumps().encode())
+            except OSError as e:
+                log.warning("could not save the catalog copy on %s: %s", d.name, e)
+        self._changed = False
+
+    # -- drives ------------------------------------------------------------------------------
+
+    def drives(self, present_only: bool = False) -> list[Drive]:
+        """A snapshot of the member drives; records drives that went missing or came back."""
+        out = []
+        for row in self.cat.drives():
+            d = Drive(row)
+            state = "active" if d.present() else "missing"
+            if state != row.state:
+                log.warning("drive %s is %s", d.name, "missing" if state == "missing" else "back")
+                with self.cat.transaction():
+                    self.cat.set_drive_state(d.id, state)
+                d = Drive(dataclasses.replace(row, state=state))
+            if state == "active" or not present_only:
+                out.append(d)
+        return out
+
+    def drive(self, drive_id: int, drives: list[Drive] | None = None) -> Drive:
+        for d in drives if drives is not None else self.drives():
+            if d.id == drive_id:
+                return d
+        raise KeyError(drive_id)
+
+    def add_drive(self, path: Path, label: str | None = None, max_size: int | None = None,
+                  allow_shared_device: bool = False, adopt: bool = False) -> Drive:
+        """Make the filesystem mounted at `path` a member. Checks everything before changing
+        anything; with `adopt`, a drive of another pool joins with its files."""
+        shown = str(path)
+        if not path.exists():
+            raise BadDrive(path=shown, why="no such directory")
+        if not path.is_dir():
+            raise BadDrive(path=shown, why="it is not a directory")
+        real = Path(os.path.realpath(path))
+        if not os.access(real, os.W_OK) or os.statvfs(real).f_flag & os.ST_RDONLY:
+            raise BadDrive(path=shown, why="it is read-only; the pool needs to write to its drives")
+        if max_size is not None and max_size <= 0:
+            raise BadDrive(path=shown, why="--max-size must be more than 0")
+        state = Path(os.path.realpath(self.state_dir))
+        if real == state or state.is_relative_to(real) or real.is_relative_to(state):
+            raise BadDrive(path=shown, why=f"it overlaps the pool's state directory {state}")
+        ident = read_identity(real)
+        members = self.cat.drives()
+        for m in members:
+            mreal = Path(os.path.realpath(m.path))
+            if ident is not None and ident.drive_id == m.uuid:
+                if mreal == real:
+                    raise BadDrive(path=shown, why=f"it is already in the pool as {m.label!r}")
+                if not Drive(m).present():  # the same drive, mounted somewhere else now
+                    with self.cat.transaction():
+                        self.cat.set_drive_path(m.id, str(real))
+                        self.cat.set_drive_state(m.id, "active")
+                    self._changed = True
+                    log.info("drive %r is now at %s", m.label, real)
+                    return self.drive(m.id)
+                raise BadDrive(path=shown, why=f"it is a second view of drive {m.label!r} at {m.path}")
+            if mreal == real:
+                raise BadDrive(path=shown, why=f"it is already in the pool as {m.label!r}")
+            if real.is_relative_to(mreal) or mreal.is_relative_to(real):
+                raise BadDrive(path=shown, why=f"it is inside or above drive {m.label!r} at {m.path}")
+        dev = os.stat(real).st_dev
+        shared = [m for m in members if os.path.exists(m.path) and os.stat(m.path).st_dev == dev]
+        if shared and not allow_shared_device:
+            raise BadDrive(
+                path=shown,
+                why=f"it is on the same filesystem as drive {shared[0].label!r} ({shared[0].path}), so two "
+                "copies there would not survive a failed disk; use a different disk, or "
+                "--allow-shared-device for testing",
+            )
+        if ident is not None and ident.pool_id != self.config.pool_id and not adopt:
+            raise BadDrive(
+                path=shown,
+                why=f"it belongs to another pool ({ident.pool_id}); add --adopt to bring it and its files in",
+            )
+        if ident is None and (real / META_DIR).exists():
+            raise BadDrive(path=shown, why=f"its {META_DIR}/ folder is damaged; rename it away and try again")
+        if (real / TREE_DIR).exists() and ident is None:
+            raise BadDrive(path=shown, why=f"it already has a {TREE_DIR}/ folder that is not a pool's; rename it away")
+        label = label if label is not None and label != "" else (ident.label if ident and adopt else real.name)
+        new = new_identity(self.config.pool_id, label)
+        with self.cat.transaction():
+            drive_id = self.cat.add_drive(new.drive_id, str(real), label, new.added_at, max_size, bool(shared))
+            write_identity(real, new)  # inside the transaction: a failure here adds nothing
+        self._changed = True
+        drive = self.drive(drive_id)
+        for folder, _ in self.cat.folders():
+            drive.makedirs(folder.name, folder.mode)
+        log.info("added drive %r at %s", label, real)
+        if adopt and ident is not None:
+            self.register_tree(drive)
+        return drive
+
+    def drive_infos(self) -> list[DriveInfo]:
+        used = self.cat.bytes_by_drive()
+        counts = dict(self.cat.db.execute("SELECT drive_id, COUNT(*) FROM replicas GROUP BY drive_id").fetchall())
+        out = []
+        for d in self.drives():
+            size = free = 0
+            fstype = "?"
+            if d.row.state == "active":
+                size, free = d.capacity(used.get(d.id, 0))
+                fstype = mount_of(d.root)[1]
+            out.append(DriveInfo(d.id, d.label, str(d.root), d.row.state, fstype, size, free, used.get(d.id, 0),
+                                 int(counts.get(d.id, 0)), d.row.max_size, d.row.shared_device))
+        return out
+
+    def _candidates(self, drives: list[Drive], reserved: dict[int, int] | None = None) -> list[placement.Candidate]:
+        used = self.cat.bytes_by_drive()
+        reserved = reserved or {}
+        return [placement.Candidate(d.id, d.room(used.get(d.id, 0) + reserved.get(d.id, 0)) - reserved.get(d.id, 0))
+                for d in drives if d.row.state == "active"]
+
+    # -- folders -----------------------------------------------------------------------------
+
+    def add_folder(self, name: str, copies: int = 1) -> None:
+        name = paths.check_folder_name(name)
+        self._check_copies(copies)
+        clash = self.cat.folder_by_fold(paths.fold(name))
+        if clash is not None:
+            existing = self.cat.node(clash[0]).name
+            why = "" if existing == name else f" (the same name as {name!r} to Windows)"
+            raise FolderExists(existing=existing, clash=why)
+        now = _now_ns()
+        with self.cat.transaction():
+            node_id = self.cat.add_node(ROOT_ID, name, "dir", 0o40755, now)
+            self.cat.add_folder(node_id, paths.fold(name), copies)
+        self._changed = True
+        for d in self.drives(present_only=True):
+            d.makedirs(name)
+
+    def _check_copies(self, copies: int) -> None:
+        if not isinstance(copies, int) or not 1 <= copies <= MAX_COPIES:
+            raise BadCopies(copies=copies, max=MAX_COPIES)
+
+    def folder(self, name: str) -> tuple[Node, int]:
+        """(folder node, copies) of the folder called `name` (matched as Windows would)."""
+        found = self.cat.folder_by_fold(paths.fold(name.strip("/")))
+        if found is None:
+            raise NoSuchFolder(name=name)
+        return self.cat.node(found[0]), found[1]
+
+    def set_copies(self, name: str, copies: int) -> list[str]:
+        """Set a folder's copies and add or remove copies of its files to match.
+        Returns the paths still short of copies afterwards."""
+        self._check_copies(copies)
+        node, _ = self.folder(name)
+        with self.cat.transaction():
+            self.cat.set_folder_copies(node.id, copies)
+        self._changed = True
+        short = []
+        for f in self.cat.subtree_files(node.id):
+            if self.reconcile(f) < copies:
+                short.append(self.path_of(f.id))
+        return short
+
+    def folder_infos(self) -> list[FolderInfo]:
+        short_by_folder: dict[int, int] = {}
+        for node_id, _, _ in self.cat.short_files():
+            top = self._folder_of(node_id)
+            short_by_folder[top] = short_by_folder.get(top, 0) + 1
+        out = []
+        for node, copies in self.cat.folders():
+            files = self.cat.subtree_files(node.id)
+            out.append(FolderInfo(node.name, copies, len(files), sum(f.size for f in files),
+                                  short_by_folder.get(node.id, 0)))
+        return out
+
+    def _folder_of(self, node_id: int) -> int:
+        node = self.cat.node(node_id)
+        while node.parent_id != ROOT_ID:
+            assert node.parent_id is not None, "the root is in no folder"
+            node = self.cat.node(node.parent_id)
+        return node.id
+
+    def copies_wanted(self, node_id: int) -> int:
+        return self.cat.folder_copies(self._folder_of(node_id))
+
+    # -- the tree ----------------------------------------------------------------------------
+
+    def lookup(self, path: str) -> Node | None:
+        node = self.cat.node(ROOT_ID)
+        for part in paths.split(path):
+            if not node.is_dir:
+                return None
+            child = self.cat.child(node.id, part)
+            if child is None and node.id == ROOT_ID:  # folders match as Windows would
+                found = self.cat.folder_by_fold(paths.fold(part))
+                child = self.cat.node(found[0]) if found else None
+            if child is None:
+                return None
+            node = child
+        return node
+
+    def stat(self, path: str) -> Node:
+        node = self.lookup(path)
+        if node is None:
+            raise NotFound(path=paths.normalize(path) or "/")
+        return node
+
+    def path_of(self, node_id: int) -> str:
+        parts = []
+        node = self.cat.node(node_id)
+        while node.parent_id is not None:
+            parts.append(node.name)
+            node = self.cat.node(node.parent_id)
+        return "/".join(reversed(parts))
+
+    def listdir(self, path: str) -> list[Node]:
+        node = self.stat(path)
+        if not node.is_dir:
+            raise NotADir(path=paths.normalize(path))
+        return self.cat.children(node.id)
+
+    def walk(self, path: str = "") -> Iterator[tuple[str, Node]]:
+        """(pool path, node) of everything below `path`, parents first."""
+        top = self.stat(path)
+        base = paths.normalize(path)
+        stack = [(base, top)]
+        while stack:
+            prefix, node = stack.pop()
+            for child in self.cat.children(node.id):
+                p = f"{prefix}/{child.name}" if prefix else child.name
+                yield p, child
+                if child.is_dir:
+                    stack.append((p, child))
+
+    def replicas(self, path: str) -> list[tuple[Drive, str]]:
+        """(drive, state) of each recorded copy of the file at `path`."""
+        node = self.stat(path)
+        drives = {d.id: d for d in self.drives()}
+        return [(drives[r.drive_id], r.state) for r in self.cat.replicas(node.id)]
+
+    def mkdir(self, path: str, mode: int = 0o755, exist_ok: bool = False) -> Node:
+        parts = paths.split(path)
+        if not parts:
+            raise AlreadyExists(path="/")
+        if len(parts) == 1:
+            existing = self.lookup(parts[0])
+            if existing is not None and exist_ok:
+                return existing
+            self.add_folder(parts[0])
+            return self.stat(parts[0])
+        parent = self.stat(paths.join(parts[:-1]))
+        if not parent.is_dir:
+            raise NotADir(path=paths.join(parts[:-1]))
+        existing = self.cat.child(parent.id, parts[-1])
+        if existing is not None:
+            if exist_ok and existing.is_dir:
+                return existing
+            raise AlreadyExists(path=paths.join(parts))
+        norm = paths.join(parts)
+        with self.cat.transaction():
+            node_id = self.cat.add_node(parent.id, parts[-1], "dir", stat_.S_IFDIR | (mode & 0o7777), _now_ns())
+        self._changed = True
+        for d in self.drives(present_only=True):
+            d.makedirs(norm, mode)
+        return self.cat.node(node_id)
+
+    def makedirs(self, path: str, mode: int = 0o755) -> Node:
+        parts = paths.split(path)
+        for i in range(1, len(parts) + 1):
+            node = self.mkdir(paths.join(parts[:i]), mode, exist_ok=True)
+            if not node.is_dir:
+                raise NotADir(path=paths.join(parts[:i]))
+        return self.stat(path)
+
+    # -- writing files -----------------------------------------------------------------------
+
+    def write(self, path: str, src: BinaryIO, size: int, mode: int = 0o644, mtime_ns: int | None = None) -> Node:
+        """Create or replace the file at `path` with the content of `src` (`size` bytes
+        expected), on as many drives as its folder wants. Durable when it returns."""
+        with self.batch(durability="fsync") as b:
+            b.put(path, src, size, mode, mtime_ns if mtime_ns is not None else _now_ns())
+        return self.stat(path)
+
+    def write_bytes(self, path: str, data: bytes, mode: int = 0o644, mtime_ns: int | None = None) -> Node:
+        import io
+
+        return self.write(path, io.BytesIO(data), len(data), mode, mtime_ns)
+
+    def batch(self, durability: str = "syncfs", max_files: int = 500, max_bytes: int = 256 << 20) -> WriteBatch:
+        return WriteBatch(self, durability, max_files, max_bytes)
+
+    def _targets_for(self, node: Node | None, parts: tuple[str, ...], size: int, drives: list[Drive],
+                     reserved: dict[int, int]) -> tuple[list[int], list[int]]:
+        """(target drive ids, drives whose old copy to drop) for a new version of a file."""
+        parent = self.lookup(paths.join(parts[:-1]))
+        assert parent is not None
+        copies = self.copies_wanted(parent.id) if parent.id != ROOT_ID else 1
+        old = [r.drive_id for r in self.cat.replicas(node.id)] if node else []
+        cands = self._candidates(drives, reserved)
+        old_size = node.size if node else 0
+        # A new version stays where the old one was if it fits there (no needless moves).
+        keep = [c.drive_id for c in cands if c.drive_id in old and c.room + old_size >= size][:copies]
+        more = placement.choose(self.config.placement, cands, size, copies - len(keep), exclude=keep)
+        targets = keep + more
+        if not targets:
+            largest = max((c.room for c in cands), default=0)
+            raise PoolFull(path=paths.join(parts), size=human(size), largest=human(largest))
+        return targets, [d for d in old if d not in targets]
+
+    # -- the journal: switching staged data into place --------------------------------------
+
+    def _apply_write(self, p: dict, drives: dict[int, Drive]) -> list[int]:
+        """Drive steps of a 'write' (idempotent). Returns the targets that hold the new data."""
+        done = []
+        parent = p["path"].rpartition("/")[0]
+        for key, tmp_name in p["targets"].items():
+            d = drives.get(int(key))
+            if d is None or d.row.state != "active":
+                continue
+            tmp = d.tmpdir / tmp_name
+            final = d.real(p["path"])
+            try:
+                if tmp.exists():
+                    d.makedirs(parent)
+                    os.replace(tmp, final)
+                    done.append(d.id)
+                elif final.is_file() and final.stat().st_size == p["size"]:
+                    done.append(d.id)  # switched before a crash
+                else:
+                    log.error("copy of %s on %s was lost before it was switched into place", p["path"], d.name)
+            except OSError as e:
+                log.error("could not put %s into place on %s: %s", p["path"], d.name, e)
+        for key in p["drop"]:
+            d = drives.get(int(key))
+            if d is not None and d.row.state == "active":
+                try:
+                    d.unlink(p["path"])
+                except OSError as e:
+                    log.error("could not remove the old copy of %s on %s: %s", p["path"], d.name, e)
+        return done
+
+    def _record_write(self, p: dict, done: list[int]) -> None:
+        """Catalog steps of a 'write' (inside the caller's transaction)."""
+        parts = paths.split(p["path"])
+        parent = self.lookup(paths.join(parts[:-1]))
+        if parent is None or not parent.is_dir:
+            log.error("the folder of %s is gone; its new copies are left for `check`", p["path"])
+            return
+        node = self.cat.child(parent.id, parts[-1])
+        if node is None:
+            if not done:
+                return
+            node_id = self.cat.add_node(parent.id, parts[-1], "file", p["mode"], p["mtime_ns"], p["size"], p["hash"])
+        else:
+            node_id = node.id
+            if done:
+                self.cat.update_file(node_id, p["size"], p["mode"], p["mtime_ns"], p["hash"])
+        for drive_id in done:
+            self.cat.set_replica(node_id, drive_id, p["size"], p["mtime_ns"], p["hash"])
+        lost = [int(k) for k in p["targets"] if int(k) not in done]
+        for drive_id in list(p["drop"]) + lost:
+            self.cat.drop_replica(node_id, int(drive_id))
+        if not self.cat.replicas(node_id):
+            self.cat.delete_node(node_id)
+
+    def _apply_drop(self, p: dict, drives: dict[int, Drive]) -> None:
+        for key in p["drives"]:
+            d = drives.get(int(key))
+            if d is not None and d.row.state == "active":
+                d.unlink(p["path"])
+
+    def _record_drop(self, p: dict) -> None:
+        node = self.lookup(p["path"])
+        if node is None:
+            return
+        for key in p["drives"]:
+            self.cat.drop_replica(node.id, int(key))
+        if p.get("node"):
+            self.cat.delete_node(node.id)
+
+    def _apply_rename(self, p: dict, drives: dict[int, Drive]) -> None:
+        for key in p["unlink_dst"]:
+            d = drives.get(int(key))
+            if d is not None and d.row.state == "active":
+                d.unlink(p["dst"])
+        for key in p["moves"]:
+            d = drives.get(int(key))
+            if d is None or d.row.state != "active":
+                continue
+            src, dst = d.real(p["src"]), d.real(p["dst"])
+            if src.exists() or src.is_symlink():
+                d.makedirs(p["dst"].rpartition("/")[0])
+                if p["kind"] == "dir" and dst.is_dir():
+                    with suppress(OSError):
+                        dst.rmdir()  # an empty directory is replaced, as rename(2) does
+                os.rename(src, dst)
+
+    def _record_rename(self, p: dict) -> None:
+        node = self.lookup(p["src"])
+        if node is None:
+            return  # recorded before the crash
+        dparts = paths.split(p["dst"])
+        parent = self.stat(paths.join(dparts[:-1]))
+        old = self.cat.child(parent.id, dparts[-1])
+        if old is not None and old.id != node.id:
+            self.cat.delete_node(old.id)
+        self.cat.move_node(node.id, parent.id, dparts[-1])
+        if parent.id == ROOT_ID:
+            self.cat.rename_folder(node.id, paths.fold(dparts[-1]))
+
+    def _run(self, op: str, payload: dict) -> list[int] | None:
+        """Journal `op`, do its drive steps, record it: the crash-safe path for every change."""
+        with self.cat.transaction():
+            entry = self.cat.journal_add(op, payload)
+        self._changed = True
+        return self._finish(entry, op, payload, {d.id: d for d in self.drives()})
+
+    def _finish(self, entry: int, op: str, payload: dict, drives: dict[int, Drive]) -> list[int] | None:
+        done = None
+        if op == "write":
+            done = self._apply_write(payload, drives)
+        elif op == "drop":
+            self._apply_drop(payload, drives)
+        elif op == "rename":
+            self._apply_rename(payload, drives)
+        else:
+            raise ValueError(f"unknown journal op {op!r}")
+        self._sync_drives(drives, payload)
+        with self.cat.transaction():
+            if op == "write":
+                assert done is not None
+                self._record_write(payload, done)
+            elif op == "drop":
+                self._record_drop(payload)
+            else:
+                self._record_rename(payload)
+            self.cat.journal_done(entry)
+        return done
+
+    def _sync_drives(self, drives: dict[int, Drive], payload: dict) -> None:
+        keys = set(payload.get("targets", {})) | set(map(str, payload.get("drop", []))) \
+            | set(map(str, payload.get("drives", []))) | set(map(str, payload.get("moves", []))) \
+            | set(map(str, payload.get("unlink_dst", [])))
+        for key in keys:
+            d = drives.get(int(key))
+            if d is not None and d.row.state == "active":
+                try:
+                    d.syncfs()
+                except OSError as e:
+                    log.error("could not flush %s: %s", d.name, e)
+
+    def finish_journal(self) -> list[str]:
+        """Complete every operation a crash interrupted. Returns a line for each."""
+        drives = {d.id: d for d in self.drives()}
+        out = []
+        for e in self.cat.journal():
+            self._finish(e.id, e.op, e.payload, drives)
+            self._changed = True
+            out.append(f"finished an interrupted {e.op} of {e.payload.get('path') or e.payload.get('src')}")
+        return out
+
+    def journal_tmp_names(self) -> dict[int, set[str]]:
+        """Temp files that unfinished operations still need, by drive."""
+        out: dict[int, set[str]] = {}
+        for e in self.cat.journal():
+            for key, name in e.payload.get("targets", {}).items():
+                out.setdefault(int(key), set()).add(name)
+        return out
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def open_read(self, path: str) -> BinaryIO:
+        """Open the file at `path` for reading from a good copy, falling over to the next."""
+        node = self.stat(path)
+        if node.is_dir:
+            raise IsADirectory(path=paths.normalize(path))
+        norm = self.path_of(node.id)
+        drives = {d.id: d for d in self.drives()}
+        tried = []
+        for r in self.cat.replicas(node.id):
+            d = drives.get(r.drive_id)
+            if r.state != "ok" or d is None or d.row.state != "active":
+                continue
+            tried.append(d.label)
+            try:
+                return open(d.real(norm), "rb")  # noqa: SIM115 (the caller closes it)
+            except OSError as e:
+                log.error("copy of %s on %s is unreadable (%s); using another copy", norm, d.name, e)
+                self.mark_bad(node.id, d.id)
+        raise NoReadableCopy(path=norm, tried=", ".join(tried) or "no drive holds a copy")
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.open_read(path) as f:
+            return f.read()
+
+    def mark_bad(self, node_id: int, drive_id: int) -> None:
+        with self.cat.transaction():
+            self.cat.set_replica_state(node_id, drive_id, "bad")
+        self._changed = True
+
+    # -- rename and delete -------------------------------------------------------------------
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move a file or folder within the pool, replacing a file (or empty dir) at `dst`."""
+        sparts, dparts = paths.split(src), paths.split(dst)
+        node = self.stat(src)
+        if not sparts or not dparts:
+            raise NotFound(path="/")
+        if dparts[: len(sparts)] == sparts and node.is_dir:
+            raise AlreadyExists(path=f"{paths.join(dparts)} (a folder cannot move into itself)")
+        dparent = self.stat(paths.join(dparts[:-1]))
+        if not dparent.is_dir:
+            raise NotADir(path=paths.join(dparts[:-1]))
+        if dparent.id == ROOT_ID:
+            if not node.is_dir:
+                raise NotInFolder(path=paths.join(dparts))
+            paths.check_folder_name(dparts[-1])
+            clash = self.cat.folder_by_fold(paths.fold(dparts[-1]))
+            if clash is not None and clash[0] != node.id:
+                raise FolderExists(existing=self.cat.node(clash[0]).name, clash="")
+        elif node.parent_id == ROOT_ID:
+            raise NotInFolder(path=f"{paths.join(sparts)} is a top-level folder; it")
+        sfull, dfull = self.path_of(node.id), paths.join([*paths.split(self.path_of(dparent.id)), dparts[-1]])
+        old = self.cat.child(dparent.id, dparts[-1])
+        if old is not None and old.id == node.id:
+            return
+        if old is not None:
+            if old.is_dir != node.is_dir:
+                raise (IsADirectory if old.is_dir else NotADir)(path=dfull)
+            if old.is_dir and self.cat.has_children(old.id):
+                raise DirectoryNotEmpty(path=dfull)
+        drives = self.drives(present_only=True)
+        if node.is_dir:
+            moves = [d.id for d in drives if d.real(sfull).is_dir()]
+            unlink_dst: list[int] = []
+        else:
+            moves = [r.drive_id for r in self.cat.replicas(node.id)]
+            had = [r.drive_id for r in self.cat.replicas(old.id)] if old else []
+            unlink_dst = [d for d in had if d not in moves]
+        before = self._folder_of(node.id) if node.parent_id != ROOT_ID else node.id
+        self._run("rename", {"src": sfull, "dst": dfull, "kind": node.kind, "moves": moves, "unlink_dst": unlink_dst})
+        if before != self._folder_of(node.id):  # moved to another folder: its copies may differ
+            for f in self.cat.subtree_files(node.id):
+                self.reconcile(f)
+
+    def delete(self, path: str) -> None:
+        """Delete a file, or an empty folder, from the pool and every drive."""
+        node = self.stat(path)
+        full = self.path_of(node.id)
+        if not full:
+            raise NotFound(path="/")
+        if node.is_dir:
+            if self.cat.has_children(node.id):
+                raise DirectoryNotEmpty(path=full)
+            for d in self.drives(present_only=True):
+                d.rmdir(full)
+            with self.cat.transaction():
+                self.cat.delete_node(node.id)
+            self._changed = True
+            return
+        drives = [r.drive_id for r in self.cat.replicas(node.id)]
+        self._run("drop", {"path": full, "drives": drives, "node": True})
+
+    # -- copies ------------------------------------------------------------------------------
+
+    def reconcile(self, node: Node) -> int:
+        """Add or remove copies of a file until it has what its folder wants (or as many as
+        the drives allow). Returns the number of good copies it has afterwards."""
+        wanted = self.copies_wanted(node.id)
+        drives = self.drives()
+        active = {d.id: d for d in drives if d.row.state == "active"}
+        path = self.path_of(node.id)
+
+        def good() -> list[int]:
+            return [r.drive_id for r in self.cat.replicas(node.id) if r.state == "ok" and r.drive_id in active]
+
+        bad = [r.drive_id for r in self.cat.replicas(node.id) if r.state == "bad" and r.drive_id in active]
+        if bad and good():
+            self._run("drop", {"path": path, "drives": bad})  # a good copy is left to re-make them from
+        have = good()
+        if len(have) > wanted:
+            # Drop the copies on the fullest drives first.
+            rooms = {c.drive_id: c.room for c in self._candidates(drives)}
+            extra = sorted(have, key=lambda d: rooms.get(d, 0))[: len(have) - wanted]
+            self._run("drop", {"path": path, "drives": extra})
+            return wanted
+        while have and len(have) < wanted:
+            holders = [r.drive_id for r in self.cat.replicas(node.id)]
+            target = placement.choose(self.config.placement, self._candidates(drives), node.size, 1, exclude=holders)
+            if not target:
+                break
+            self._add_copy(node, path, [active[d] for d in have], active[target[0]])
+            now = good()
+            if len(now) <= len(have):  # the copy failed: do not spin on it
+                break
+            have = now
+        return len(good())
+
+    def _add_copy(self, node: Node, path: str, sources: list[Drive], target: Drive) -> bool:
+        """Copy a file from a good copy to `target`, verifying the content hash on the way."""
+        for src_drive in sources:
+            tmp = target.new_tmp()
+            try:
+                with open(src_drive.real(path), "rb") as src:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    t = Target(target.id, fd)
+                    try:
+                        n, digest = copy_to(src, [t], node.size, fsync=False)
+                        os.fchmod(fd, node.mode & 0o7777)
+                        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+                        if t.error is None:
+                            os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                if t.error is not None:
+                    raise DriveIOError(drive=target.name, op="copy", path=path, err=t.error)
+            except OSError as e:
+                log.error("copy of %s on %s is unreadable (%s)", path, src_drive.name, e)
+                with suppress(OSError):
+                    tmp.unlink()
+                self.mark_bad(node.id, src_drive.id)
+                continue
+            except BaseException:
+                with suppress(OSError):
+                    tmp.unlink()
+                raise
+            if n != node.size or digest != node.hash:
+                log.error("copy of %s on %s does not match its checksum; not copying it", path, src_drive.name)
+                tmp.unlink()
+                self.mark_bad(node.id, src_drive.id)
+                continue
+            payload = {"path": path, "targets": {str(target.id): tmp.name}, "drop": [], "size": node.size,
+                       "mode": node.mode, "mtime_ns": node.mtime_ns, "hash": node.hash}
+            done = self._run("write", payload)
+            return bool(done)
+        return False
+
+    # -- files that are on a drive but not in the catalog ------------------------------------
+
+    def register_tree(self, drive: Drive, known: dict[str, tuple[int, int, str]] | None = None) -> list[str]:
+        """Record every file under the drive's HomePool/ that the catalog does not know, as
+        `drive add --adopt`, `check --repair` and `recover` need. `known` maps paths to a
+        (size, mtime_ns, hash) believed right, to skip hashing unchanged files. Returns what
+        it did."""
+        out = []
+        recorded = {self.path_of(r.node_id) for r in self.cat.replicas_on(drive.id)}
+        for path, is_dir in scan_tree(drive.tree):
+            if path in recorded:
+                continue
+            if is_dir:
+                if self.lookup(path) is None:
+                    self._register_dir(path)
+                continue
+            hint = None
+            if known is not None and path in known:
+                st = os.stat(drive.real(path))
+                size, mtime_ns, digest = known[path]
+                hint = digest if (st.st_size, st.st_mtime_ns) == (size, mtime_ns) else None
+            out.append(self.register_file(drive, path, hint))
+        return out
+
+    def _register_dir(self, path: str) -> None:
+        parts = paths.split(path)
+        for i in range(1, len(parts) + 1):
+            sub = paths.join(parts[:i])
+            node = self.lookup(sub)
+            if node is None:
+                if i == 1:
+                    self.add_folder(parts[0], DEFAULT_FOLDERS.get(parts[0], 1))
+                else:
+                    parent = self.stat(paths.join(parts[: i - 1]))
+                    with self.cat.transaction():
+                        self.cat.add_node(parent.id, parts[i - 1], "dir", 0o40755, _now_ns())
+                    self._changed = True
+
+    def register_file(self, drive: Drive, path: str, known_hash: str | None = None) -> str:
+        """Record the plain file `path` found on `drive`. Never deletes or overwrites it: if the
+        pool already has different content at that path, the file is renamed aside."""
+        real = drive.real(path)
+        st = os.stat(real)
+        parts = paths.split(path)
+        if len(parts) == 1:
+            return f"left {path} on {drive.name} alone: files belong inside a folder"
+        self._register_dir(paths.join(parts[:-1]))
+        digest = known_hash or hash_file(real)
+        node = self.lookup(path)
+        if node is not None and not node.is_dir and node.hash == digest:
+            with self.cat.transaction():
+                self.cat.set_replica(node.id, drive.id, st.st_size, st.st_mtime_ns, digest)
+            self._changed = True
+            return f"recorded a copy of {path} on {drive.name}"
+        if node is not None:
+            aside = conflict_name(path, drive.label, lambda p: self.lookup(p) is not None or drive.real(p).exists())
+            os.rename(real, drive.real(aside))
+            fsync_dir(drive.real(aside).parent)
+            self.register_file(drive, aside, digest)
+            return f"{path} on {drive.name} differs from the pool's; kept it as {aside}"
+        parent = self.stat(paths.join(parts[:-1]))
+        with self.cat.transaction():
+            node_id = self.cat.add_node(parent.id, parts[-1], "file", st.st_mode, st.st_mtime_ns, st.st_size, digest)
+            self.cat.set_replica(node_id, drive.id, st.st_size, st.st_mtime_ns, digest)
+        self._changed = True
+        return f"added {path} from {drive.name}"
+
+
+def scan_tree(root: Path) -> Iterator[tuple[str, bool]]:
+    """(relative path, is_dir) of everything under `root`, parents first. Skips symlinks and
+    special files (the pool stores neither yet)."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(root / rel if rel else root), key=lambda e: e.name)
+        except OSError as err:
+            log.error("cannot read %s: %s", root / rel, err)
+            continue
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield path, True
+                stack.append(path)
+            elif entry.is_file(follow_symlinks=False):
+                yield path, False
+
+
+def conflict_name(path: str, label: str, taken) -> str:
+    """`dir/name (conflict LABEL).ext`, numbered if needed, for a copy that must be kept aside."""
+    head, _, name = path.rpartition("/")
+    stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
+    for i in range(1, 1000):
+        tag = f" (conflict {label})" if i == 1 else f" (conflict {label} {i})"
+        cand = f"{stem}{tag}{dot}{ext}"
+        full = f"{head}/{cand}" if head else cand
+        if not taken(full):
+            return full
+    raise AlreadyExists(path=path)
+
+
+class WriteBatch:
+    """Stage many new files, then switch them all into place with one flush per drive.
+
+    `put` writes a file to temp files on its target drives; `commit` (on leaving the `with`
+    block, or from `commit_if_full`) makes them durable and switches them in. With
+    durability 'fsync' every file is fsynced on its own (for single writes); with 'syncfs'
+    each drive is flushed once per batch (imports of many small files)."""
+
+    def __init__(self, pool: Pool, durability: str, max_files: int, max_bytes: int) -> None:
+        self.pool = pool
+        self.durability = durability
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.staged: list[Staged] = []
+        self.reserved: dict[int, int] = {}
+        self.drives = pool.drives()
+        self.committed = 0
+
+    def __enter__(self) -> WriteBatch:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # Whatever stopped us, files already staged are complete: keep them.
+        self.commit()
+
+    def put(self, path: str, src: BinaryIO, size: int, mode: int, mtime_ns: int) -> Staged:
+        pool = self.pool
+        parts = paths.split(path)
+        if len(parts) < 2:
+            raise NotInFolder(path=paths.join(parts) or "/")
+        norm = paths.join(parts)
+        if any(s.path == norm for s in self.staged):
+            self.commit()
+        parent = pool.lookup(paths.join(parts[:-1]))
+        if parent is None:
+            raise NotFound(path=paths.join(parts[:-1]))
+        if not parent.is_dir:
+            raise NotADir(path=paths.join(parts[:-1]))
+        norm = paths.join([*paths.split(pool.path_of(parent.id)), parts[-1]])
+        node = pool.cat.child(parent.id, parts[-1])
+        if node is not None and node.is_dir:
+            raise IsADirectory(path=norm)
+        by_id = {d.id: d for d in self.drives}
+        targets, drop = pool._targets_for(node, paths.split(norm), size, self.drives, self.reserved)
+        fds: list[Target] = []
+        tmps: dict[int, Path] = {}
+        try:
+            for drive_id in targets:
+                d = by_id[drive_id]
+                tmp = d.new_tmp()
+                try:
+                    fds.append(Target(drive_id, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
+                    tmps[drive_id] = tmp
+                except OSError as e:
+                    log.error("cannot write to %s: %s", d.name, e)
+            fsync = self.durability == "fsync"
+            n, digest = copy_to(src, fds, size, fsync=False)
+            for t in fds:
+                if t.error is None:
+                    try:
+                        os.fchmod(t.fd, mode & 0o7777)
+                        os.utime(t.fd, ns=(mtime_ns, mtime_ns))
+                        if fsync:
+                            os.fsync(t.fd)
+                    except OSError as e:
+                        t.error = e
+        except BaseException:
+            for t in fds:
+                os.close(t.fd)
+            for tmp in tmps.values():
+                with suppress(OSError):
+                    tmp.unlink()
+            raise
+        ok: dict[int, str] = {}
+        for t in fds:
+            os.close(t.fd)
+            if t.error is not None:
+                d = by_id[t.key]
+                log.error("writing %s to %s failed: %s", norm, d.name, t.error)
+                with suppress(OSError):
+                    tmps[t.key].unlink()
+                if t.error.errno == errno.ENOSPC:
+                    self.reserved[t.key] = 1 << 62  # full: place nothing more there this batch
+            else:
+                ok[t.key] = tmps[t.key].name
+                self.reserved[t.key] = self.reserved.get(t.key, 0) + n
+        if not ok:
+            err = fds[0].error if fds else None
+            if err is not None and err.errno == errno.ENOSPC:
+                raise PoolFull(path=norm, size=human(size), largest="less")
+            raise DriveIOError(drive=", ".join(by_id[t].name for t in targets), op="write", path=norm,
+                               err=err or "no drive could take it")
+        staged = Staged(norm, ok, drop, n, stat_.S_IFREG | (mode & 0o7777), mtime_ns, digest)
+        self.staged.append(staged)
+        return staged
+
+    def commit_if_full(self) -> None:
+        if len(self.staged) >= self.max_files or sum(s.size for s in self.staged) >= self.max_bytes:
+            self.commit()
+
+    def discard(self, staged: Staged) -> None:
+        """Forget a staged file (its source turned out to have changed): delete its temps."""
+        self.staged.remove(staged)
+        by_id = {d.id: d for d in self.drives}
+        for key, name in staged.targets.items():
+            with suppress(OSError):
+                (by_id[key].tmpdir / name).unlink()
+
+    def commit(self) -> None:
+        if not self.staged:
+            return
+        pool = self.pool
+        by_id = {d.id: d for d in self.drives}
+        touched = {by_id[k] for s in self.staged for k in s.targets} | {by_id[k] for s in self.staged for k in s.drop
+                                                                        if k in by_id}
+        if self.durability == "syncfs":
+            for d in touched:
+                d.syncfs()
+        payloads = [{"path": s.path, "targets": {str(k): v for k, v in s.targets.items()}, "drop": s.drop,
+                     "size": s.size, "mode": s.mode, "mtime_ns": s.mtime_ns, "hash": s.hash} for s in self.staged]
+        with pool.cat.transaction():
+            entries = [pool.cat.journal_add("write", p) for p in payloads]
+        pool._changed = True
+        results = [pool._apply_write(p, by_id) for p in payloads]
+        for d in touched:
+            if d.row.state == "active":
+                if self.durability == "syncfs":
+                    d.syncfs()
+                else:
+                    for s in self.staged:
+                        if d.id in s.targets:
+                            fsync_dir(d.real(s.path).parent)
+        with pool.cat.transaction():
+            for entry, p, done in zip(entries, payloads, results, strict=True):
+                pool._record_write(p, done)
+                pool.cat.journal_done(entry)
+        self.committed += len(self.staged)
+        self.staged = []
+        self.reserved = {}
+

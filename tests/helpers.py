@@ -1,0 +1,28 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from homepool.check import check
+from homepool.pool import Pool
+
+
+def assert_clean(pool: Pool) -> None:
+    """End of a test: the checker finds nothing (s3ql's `fsck` after every API test)."""
+    problems = check(pool, repair=False)
+    assert not problems, [p.line() for p in problems]
+
+
+def copies_on_disk(drives: list[Path], pool_path: str) -> list[Path]:
+    return [d / "HomePool" / pool_path for d in drives if (d / "HomePool" / pool_path).is_file()]
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = Path(dirpath) / f
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out

@@ -1,0 +1,239 @@
+"""The pool API on directory drives (no root needed)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from homepool import catalog
+from homepool.errors import (
+    AlreadyExists,
+    BadCopies,
+    DirectoryNotEmpty,
+    FolderExists,
+    NewerPool,
+    NoPool,
+    NotAPool,
+    NotFound,
+    NotInFolder,
+    PoolBusy,
+    PoolExists,
+)
+from homepool.pool import DEFAULT_FOLDERS, Pool
+
+from .helpers import assert_clean, copies_on_disk
+
+
+def test_create_makes_the_prescriptive_folders(dir_pool: Pool) -> None:
+    infos = {f.name: f.copies for f in dir_pool.folder_infos()}
+    assert infos == DEFAULT_FOLDERS
+    assert infos["Photos"] == 2 and infos["Videos"] == 1
+
+
+def test_every_drive_shows_the_folders_and_carries_its_identity(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    for d in dir_drives:
+        assert (d / ".homepool" / "drive.toml").is_file()
+        assert sorted(os.listdir(d / "HomePool")) == sorted(DEFAULT_FOLDERS)
+    assert_clean(dir_pool)
+
+
+def test_create_twice_is_refused(dir_pool: Pool, state_dir: Path) -> None:
+    with pytest.raises(PoolExists):
+        Pool.create(state_dir)
+
+
+def test_open_missing_and_foreign_state_dirs(tmp_path: Path) -> None:
+    with pytest.raises(NoPool):
+        Pool.open(tmp_path / "nothing")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "x").write_text("not a pool")
+    with pytest.raises(NotAPool):
+        Pool.open(junk)
+
+
+def test_open_refuses_a_newer_catalog(dir_pool: Pool, state_dir: Path) -> None:
+    dir_pool.close()
+    db = sqlite3.connect(state_dir / "catalog.db")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema_rev'", (str(catalog.CURRENT_REV + 1),))
+    db.commit()
+    db.close()
+    with pytest.raises(NewerPool, match="newer homepool"):
+        Pool.open(state_dir)
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_pool(dir_pool: Pool, state_dir: Path) -> None:
+    with pytest.raises(PoolBusy, match=str(os.getpid())):
+        Pool.open(state_dir, write=True)
+    reader = Pool.open(state_dir, write=False)  # readers do not need the lock
+    reader.close()
+
+
+def test_two_copy_folder_writes_identical_plain_files_on_two_drives(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    data = os.urandom(300_000)
+    dir_pool.makedirs("Photos/2010")
+    dir_pool.write_bytes("Photos/2010/beach.jpg", data, mode=0o640, mtime_ns=1_300_000_000_123_456_789)
+    on_disk = copies_on_disk(dir_drives, "Photos/2010/beach.jpg")
+    assert len(on_disk) == 2
+    for p in on_disk:
+        assert p.read_bytes() == data
+        st = p.stat()
+        assert st.st_mtime_ns == 1_300_000_000_123_456_789
+        assert st.st_mode & 0o777 == 0o640
+    assert dir_pool.read_bytes("Photos/2010/beach.jpg") == data
+    assert_clean(dir_pool)
+
+
+def test_one_copy_folder_writes_one_copy(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Videos/film.mkv", b"x" * 1000)
+    assert len(copies_on_disk(dir_drives, "Videos/film.mkv")) == 1
+    assert_clean(dir_pool)
+
+
+def test_large_file_streams_through_the_threaded_path(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    data = os.urandom(20 << 20)  # above the inline threshold: writer threads per drive
+    dir_pool.write_bytes("Music/big.flac", data)
+    assert [p.read_bytes() == data for p in copies_on_disk(dir_drives, "Music/big.flac")] == [True, True]
+    assert_clean(dir_pool)
+
+
+def test_overwrite_replaces_every_copy(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"old")
+    dir_pool.write_bytes("Documents/a.txt", b"new content")
+    copies = copies_on_disk(dir_drives, "Documents/a.txt")
+    assert [p.read_bytes() for p in copies] == [b"new content", b"new content"]
+    assert dir_pool.stat("Documents/a.txt").size == 11
+    assert_clean(dir_pool)
+
+
+def test_no_temp_files_are_left_behind(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"abc")
+    for d in dir_drives:
+        assert os.listdir(d / ".homepool" / "tmp") == []
+
+
+def test_files_must_live_in_a_folder(dir_pool: Pool) -> None:
+    with pytest.raises(NotInFolder):
+        dir_pool.write_bytes("loose.txt", b"x")
+
+
+def test_writing_into_a_missing_directory_fails(dir_pool: Pool) -> None:
+    with pytest.raises(NotFound):
+        dir_pool.write_bytes("Photos/nope/a.jpg", b"x")
+
+
+def test_listdir_and_stat(dir_pool: Pool) -> None:
+    dir_pool.makedirs("Photos/2011")
+    dir_pool.write_bytes("Photos/2011/a.jpg", b"1")
+    dir_pool.write_bytes("Photos/2011/b.jpg", b"22")
+    assert [n.name for n in dir_pool.listdir("Photos/2011")] == ["a.jpg", "b.jpg"]
+    assert dir_pool.stat("/Photos//2011/b.jpg").size == 2
+    assert dir_pool.stat("photos/2011/b.jpg").size == 2  # folders match as Windows would
+    with pytest.raises(NotFound):
+        dir_pool.stat("Photos/2011/c.jpg")
+
+
+def test_folder_names_clash_case_insensitively(dir_pool: Pool) -> None:
+    with pytest.raises(FolderExists, match="Photos"):
+        dir_pool.add_folder("PHOTOS")
+
+
+def test_copies_must_be_sensible(dir_pool: Pool) -> None:
+    for bad in (0, -1, 99):
+        with pytest.raises(BadCopies):
+            dir_pool.add_folder("Backups", bad)
+    assert "Backups" not in {f.name for f in dir_pool.folder_infos()}
+
+
+def test_more_copies_than_drives_is_a_recorded_shortfall(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.add_folder("Precious", 4)
+    dir_pool.write_bytes("Precious/will.pdf", b"last will")
+    assert len(copies_on_disk(dir_drives, "Precious/will.pdf")) == 3
+    info = {f.name: f for f in dir_pool.folder_infos()}["Precious"]
+    assert info.short == 1
+
+
+def test_set_copies_adds_and_removes_copies(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Videos/a.mkv", b"a" * 5000)
+    assert len(copies_on_disk(dir_drives, "Videos/a.mkv")) == 1
+    assert dir_pool.set_copies("Videos", 3) == []
+    assert len(copies_on_disk(dir_drives, "Videos/a.mkv")) == 3
+    dir_pool.set_copies("Videos", 1)
+    assert len(copies_on_disk(dir_drives, "Videos/a.mkv")) == 1
+    assert dir_pool.read_bytes("Videos/a.mkv") == b"a" * 5000
+    assert_clean(dir_pool)
+
+
+def test_rename_within_a_folder_moves_every_copy(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.rename("Documents/a.txt", "Documents/b.txt")
+    assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2
+    assert copies_on_disk(dir_drives, "Documents/a.txt") == []
+    assert dir_pool.read_bytes("Documents/b.txt") == b"A"
+    assert_clean(dir_pool)
+
+
+def test_rename_replaces_an_existing_file(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.write_bytes("Documents/b.txt", b"B")
+    dir_pool.rename("Documents/a.txt", "Documents/b.txt")
+    assert dir_pool.read_bytes("Documents/b.txt") == b"A"
+    assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/b.txt")] == [b"A", b"A"]
+    assert_clean(dir_pool)
+
+
+def test_rename_across_folders_follows_the_new_folders_copies(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Videos/clip.mp4", b"v" * 100)
+    dir_pool.rename("Videos/clip.mp4", "Photos/clip.mp4")
+    assert len(copies_on_disk(dir_drives, "Photos/clip.mp4")) == 2
+    assert_clean(dir_pool)
+
+
+def test_rename_a_directory_with_its_files(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.makedirs("Photos/2010/summer")
+    dir_pool.write_bytes("Photos/2010/summer/a.jpg", b"a")
+    dir_pool.rename("Photos/2010", "Photos/Year 2010")
+    assert dir_pool.read_bytes("Photos/Year 2010/summer/a.jpg") == b"a"
+    assert len(copies_on_disk(dir_drives, "Photos/Year 2010/summer/a.jpg")) == 2
+    assert not any((d / "HomePool/Photos/2010").exists() for d in dir_drives)
+    assert_clean(dir_pool)
+
+
+def test_rename_a_folder_into_itself_is_refused(dir_pool: Pool) -> None:
+    dir_pool.makedirs("Photos/a")
+    with pytest.raises(AlreadyExists):
+        dir_pool.rename("Photos/a", "Photos/a/b")
+
+
+def test_delete_removes_every_copy(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.delete("Documents/a.txt")
+    assert copies_on_disk(dir_drives, "Documents/a.txt") == []
+    with pytest.raises(NotFound):
+        dir_pool.stat("Documents/a.txt")
+    assert_clean(dir_pool)
+
+
+def test_delete_a_non_empty_directory_is_refused(dir_pool: Pool) -> None:
+    dir_pool.makedirs("Documents/sub")
+    dir_pool.write_bytes("Documents/sub/a.txt", b"A")
+    with pytest.raises(DirectoryNotEmpty):
+        dir_pool.delete("Documents/sub")
+    dir_pool.delete("Documents/sub/a.txt")
+    dir_pool.delete("Documents/sub")
+    assert_clean(dir_pool)
+
+
+@pytest.mark.expect_errors
+def test_read_falls_over_to_the_other_copy(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"precious")
+    first, second = copies_on_disk(dir_drives, "Documents/a.txt")
+    first.chmod(0)  # unreadable for a non-root reader; for root, remove it
+    if os.geteuid() == 0:
+        first.unlink()
+    assert dir_pool.read_bytes("Documents/a.txt") == b"precious"
+    bad = [state for _, state in dir_pool.replicas("Documents/a.txt")]
+    assert sorted(bad) == ["bad", "ok"]
