@@ -93,6 +93,7 @@ def plan(pool: Pool, src: Path, dest: str) -> ImportPlan:
             entries = sorted(os.scandir(sdir), key=lambda e: e.name)
         except OSError as err:
             raise BadSource(path=str(sdir), why=err.strerror or str(err)) from None
+        subdirs: list[tuple[Path, tuple[str, ...]]] = []
         for entry in entries:
             try:
                 entry.name.encode("utf-8")
@@ -106,12 +107,13 @@ def plan(pool: Pool, src: Path, dest: str) -> ImportPlan:
                 continue  # gone between listing and stat: nothing to import
             if stat_.S_ISDIR(est.st_mode):
                 _add_dirs(pool, out, target)
-                stack.append((Path(entry.path), target))
+                subdirs.append((Path(entry.path), target))
             elif stat_.S_ISREG(est.st_mode):
                 _add_file(pool, out, Path(entry.path), target, est)
             else:
                 kind = "symlink" if stat_.S_ISLNK(est.st_mode) else "special file"
                 out.skipped_other.append(f"{entry.path}: {kind}s are not imported")
+        stack.extend(reversed(subdirs))  # depth first, in name order
     return out
 
 

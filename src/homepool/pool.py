@@ -341,7 +341,9 @@ class Pool:
     def _candidates(self, drives: list[Drive], reserved: dict[int, int] | None = None) -> list[placement.Candidate]:
         used = self.cat.bytes_by_drive()
         reserved = reserved or {}
-        return [placement.Candidate(d.id, d.room(used.get(d.id, 0) + reserved.get(d.id, 0)) - reserved.get(d.id, 0))
+        # Staged (not yet recorded) bytes already show in the filesystem's free space, but not
+        # in the catalog's per-drive usage that a --max-size cap is measured against.
+        return [placement.Candidate(d.id, d.room(used.get(d.id, 0) + reserved.get(d.id, 0)))
                 for d in drives if d.row.state == "active"]
 
     # -- folders -----------------------------------------------------------------------------
@@ -516,13 +518,13 @@ class Pool:
         return WriteBatch(self, durability, max_files, max_bytes)
 
     def _targets_for(self, node: Node | None, parts: tuple[str, ...], size: int, drives: list[Drive],
-                     reserved: dict[int, int]) -> tuple[list[int], list[int]]:
+                     reserved: dict[int, int], full: set[int]) -> tuple[list[int], list[int]]:
         """(target drive ids, drives whose old copy to drop) for a new version of a file."""
         parent = self.lookup(paths.join(parts[:-1]))
         assert parent is not None
         copies = self.copies_wanted(parent.id) if parent.id != ROOT_ID else 1
         old = [r.drive_id for r in self.cat.replicas(node.id)] if node else []
-        cands = self._candidates(drives, reserved)
+        cands = [c for c in self._candidates(drives, reserved) if c.drive_id not in full]
         old_size = node.size if node else 0
         # A new version stays where the old one was if it fits there (no needless moves).
         keep = [c.drive_id for c in cands if c.drive_id in old and c.room + old_size >= size][:copies]
@@ -976,7 +978,8 @@ class WriteBatch:
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.staged: list[Staged] = []
-        self.reserved: dict[int, int] = {}
+        self.reserved: dict[int, int] = {}  # bytes staged per drive, not yet in the catalog
+        self.full: set[int] = set()  # drives that said ENOSPC
         self.drives = pool.drives()
         self.committed = 0
 
@@ -1005,7 +1008,7 @@ class WriteBatch:
         if node is not None and node.is_dir:
             raise IsADirectory(path=norm)
         by_id = {d.id: d for d in self.drives}
-        targets, drop = pool._targets_for(node, paths.split(norm), size, self.drives, self.reserved)
+        targets, drop = pool._targets_for(node, paths.split(norm), size, self.drives, self.reserved, self.full)
         fds: list[Target] = []
         tmps: dict[int, Path] = {}
         try:
@@ -1044,7 +1047,7 @@ class WriteBatch:
                 with suppress(OSError):
                     tmps[t.key].unlink()
                 if t.error.errno == errno.ENOSPC:
-                    self.reserved[t.key] = 1 << 62  # full: place nothing more there this batch
+                    self.full.add(t.key)  # place nothing more there in this batch
             else:
                 ok[t.key] = tmps[t.key].name
                 self.reserved[t.key] = self.reserved.get(t.key, 0) + n

@@ -1,0 +1,3 @@
+from homepool.cli import run
+
+run()

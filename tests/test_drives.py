@@ -1,0 +1,130 @@
+"""Adding drives: what is accepted, and every refusal (one line, nothing changed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from homepool.check import check
+from homepool.drives import read_identity
+from homepool.errors import BadDrive
+from homepool.pool import Pool
+
+from .conftest import LoopFactory
+from .helpers import assert_clean
+
+
+def snapshot(pool: Pool) -> list[tuple[str, str]]:
+    return [(d.uuid, d.path) for d in pool.cat.drives()]
+
+
+def refused(pool: Pool, path: Path, match: str, **kw: object) -> None:
+    before = snapshot(pool)
+    with pytest.raises(BadDrive, match=match) as exc:
+        pool.add_drive(path, **kw)  # type: ignore[arg-type]
+    assert "\n" not in str(exc.value)
+    assert snapshot(pool) == before
+
+
+def test_real_drives_of_different_sizes(loop_pool: tuple[Pool, list[Path]]) -> None:
+    pool, mounts = loop_pool
+    infos = pool.drive_infos()
+    assert [i.fstype for i in infos] == ["ext4"] * 3
+    sizes = [i.size for i in infos]
+    assert sizes[0] < sizes[1] < sizes[2]
+    for m in mounts:
+        ident = read_identity(m)
+        assert ident is not None and ident.pool_id == pool.config.pool_id
+    assert_clean(pool)
+
+
+def test_refuses_missing_paths_and_files(dir_pool: Pool, tmp_path: Path) -> None:
+    refused(dir_pool, tmp_path / "nope", "no such directory")
+    f = tmp_path / "file"
+    f.write_text("x")
+    refused(dir_pool, f, "not a directory")
+
+
+def test_refuses_the_same_drive_twice(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    refused(dir_pool, dir_drives[0], "already in the pool", allow_shared_device=True)
+
+
+def test_refuses_paths_inside_or_above_a_member(dir_pool: Pool, dir_drives: list[Path], tmp_path: Path) -> None:
+    inner = dir_drives[0] / "sub"
+    inner.mkdir()
+    refused(dir_pool, inner, "inside or above", allow_shared_device=True)
+    refused(dir_pool, tmp_path, "inside or above|state directory", allow_shared_device=True)
+
+
+def test_refuses_a_second_directory_on_the_same_disk(dir_pool: Pool, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    refused(dir_pool, other, "same filesystem")
+
+
+def test_refuses_the_state_directory(dir_pool: Pool, state_dir: Path) -> None:
+    refused(dir_pool, state_dir, "state directory", allow_shared_device=True)
+
+
+def test_refuses_a_read_only_drive(state_dir: Path, loop_drives: LoopFactory) -> None:
+    (m,) = loop_drives(64)
+    subprocess.run(["mount", "-o", "remount,ro", str(m)], check=True)
+    with Pool.create(state_dir) as pool:
+        refused(pool, m, "read-only")
+    subprocess.run(["mount", "-o", "remount,rw", str(m)], check=True)
+
+
+def test_refuses_a_drive_of_another_pool_unless_adopted(tmp_path: Path, loop_drives: LoopFactory) -> None:
+    a, b = loop_drives(64, 64)
+    with Pool.create(tmp_path / "other") as other:
+        other.add_drive(a, label="theirs")
+        other.write_bytes("Photos/cat.jpg", b"meow")
+        other.write_bytes("Documents/shared.txt", b"theirs")
+    with Pool.create(tmp_path / "mine") as mine:
+        mine.add_drive(b, label="mine")
+        mine.write_bytes("Documents/shared.txt", b"mine!")
+        refused(mine, a, "another pool")
+        mine.add_drive(a, adopt=True)
+        assert mine.read_bytes("Photos/cat.jpg") == b"meow"
+        assert mine.read_bytes("Documents/shared.txt") == b"mine!"
+        assert mine.read_bytes("Documents/shared (conflict theirs).txt") == b"theirs"
+        assert read_identity(a).pool_id == mine.config.pool_id  # type: ignore[union-attr]
+        # Adopted files have one copy each; the check finds that and repair makes the second.
+        assert {p.check for p in check(mine)} == {"copies_met"}
+        check(mine, repair=True)
+        assert_clean(mine)
+
+
+def test_capacity_cap_is_respected_by_placement(state_dir: Path, loop_drives: LoopFactory) -> None:
+    small, big = loop_drives(64, 128)
+    with Pool.create(state_dir) as pool:
+        pool.add_drive(small, label="small")
+        pool.add_drive(big, label="big", max_size=4 << 20)
+        for i in range(6):
+            pool.write_bytes(f"Videos/{i}.bin", os.urandom(1 << 20))
+        on_big = sum(1 for f in (big / "HomePool/Videos").iterdir())
+        assert on_big <= 4
+        info = {i.label: i for i in pool.drive_infos()}
+        assert info["big"].size == 4 << 20
+        assert_clean(pool)
+
+
+def test_a_moved_drive_is_found_again(state_dir: Path, loop_drives: LoopFactory, tmp_path: Path) -> None:
+    (m,) = loop_drives(64)
+    with Pool.create(state_dir) as pool:
+        pool.add_drive(m, label="roaming")
+        pool.write_bytes("Videos/a.bin", b"a")
+    new = tmp_path / "moved"
+    new.mkdir()
+    subprocess.run(["mount", "--move", str(m), str(new)], check=True)
+    try:
+        with Pool.open(state_dir) as pool:
+            assert [d.row.state for d in pool.drives()] == ["missing"]
+            pool.add_drive(new)
+            assert pool.read_bytes("Videos/a.bin") == b"a"
+            assert_clean(pool)
+    finally:
+        subprocess.run(["mount", "--move", str(new), str(m)], check=True)
