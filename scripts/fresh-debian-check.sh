@@ -22,6 +22,7 @@ cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 # has its own. Installing ca-certificates in the chroot picks these up.
 mkdir -p "$ROOT/usr/local/share/ca-certificates"
 cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/" 2>/dev/null || true
+chroot "$ROOT" /bin/sh -c "! command -v update-ca-certificates >/dev/null || update-ca-certificates >/dev/null"
 rm -rf "$ROOT/root/homepool"
 git clone -q "$REPO" "$ROOT/root/homepool"
 # A minimal Debian has neither make nor git; the README asks for them first.
