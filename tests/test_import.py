@@ -17,7 +17,7 @@ from homepool.check import check
 from homepool.errors import ImportTooBig, NoSuchFolder, PoolFull, SourceVanished
 from homepool.pool import Pool
 
-from .conftest import MiB, LoopFactory
+from .conftest import LoopFactory, MiB
 from .helpers import assert_clean, tree_files
 
 

@@ -65,3 +65,9 @@ def test_every_policy_is_registered_and_orders(policy: str) -> None:
 
 def test_zero_copies_chooses_nothing() -> None:
     assert choose("mfs", cands(10, 20), size=1, copies=0) == []
+
+
+def test_copies_prefer_different_disks() -> None:
+    c = [Candidate(1, 100, device=7), Candidate(2, 90, device=7), Candidate(3, 10, device=8)]
+    assert choose("mfs", c, size=5, copies=2) == [1, 3]
+    assert choose("mfs", c, size=5, copies=3) == [1, 3, 2]  # a copy on the same disk beats none

@@ -173,6 +173,15 @@ class Drive:
         ident = read_identity(self.root)
         return ident is not None and ident.drive_id == self.uuid
 
+    def device(self) -> int | None:
+        """The filesystem's device number (two drives on one disk share it), None if missing."""
+        if self.row.state != "active":
+            return None
+        try:
+            return os.stat(self.root).st_dev
+        except OSError:
+            return None
+
     def real(self, pool_path: str) -> Path:
         return self.tree / pool_path if pool_path else self.tree
 

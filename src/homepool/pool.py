@@ -328,14 +328,17 @@ class Pool:
         used = self.cat.bytes_by_drive()
         counts = dict(self.cat.db.execute("SELECT drive_id, COUNT(*) FROM replicas GROUP BY drive_id").fetchall())
         out = []
-        for d in self.drives():
+        drives = self.drives()
+        devices = [d.device() for d in drives]
+        for d, dev in zip(drives, devices, strict=True):
             size = free = 0
             fstype = "?"
             if d.row.state == "active":
                 size, free = d.capacity(used.get(d.id, 0))
                 fstype = mount_of(d.root)[1]
+            shared = dev is not None and devices.count(dev) > 1
             out.append(DriveInfo(d.id, d.label, str(d.root), d.row.state, fstype, size, free, used.get(d.id, 0),
-                                 int(counts.get(d.id, 0)), d.row.max_size, d.row.shared_device))
+                                 int(counts.get(d.id, 0)), d.row.max_size, shared))
         return out
 
     def _candidates(self, drives: list[Drive], reserved: dict[int, int] | None = None) -> list[placement.Candidate]:
@@ -343,7 +346,7 @@ class Pool:
         reserved = reserved or {}
         # Staged (not yet recorded) bytes already show in the filesystem's free space, but not
         # in the catalog's per-drive usage that a --max-size cap is measured against.
-        return [placement.Candidate(d.id, d.room(used.get(d.id, 0) + reserved.get(d.id, 0)))
+        return [placement.Candidate(d.id, d.room(used.get(d.id, 0) + reserved.get(d.id, 0)), d.device())
                 for d in drives if d.row.state == "active"]
 
     # -- folders -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from . import lfs, mfs, pfrd
 class Candidate:
     drive_id: int
     room: int  # bytes this drive can still take, after its reserve and cap
+    device: int | None = None  # drives on one disk (--allow-shared-device) share this
 
 
 Policy = Callable[[list[Candidate], random.Random], list[Candidate]]
@@ -37,10 +38,20 @@ def choose(policy: str, candidates: Sequence[Candidate], size: int, copies: int,
         return []
     fits = [c for c in candidates if c.room >= size and c.drive_id not in exclude]
     ordered = POLICIES[policy](fits, rng or random.Random())
+    # Copies go to different disks first; a second drive on a disk already chosen is used only
+    # when no other disk has room (a copy there still beats no copy).
     chosen: list[int] = []
-    for c in ordered:
-        if c.drive_id not in chosen:
-            chosen.append(c.drive_id)
+    devices: set[int] = set()
+    for c in ordered:  # one copy per disk
         if len(chosen) == copies:
             break
+        if c.device is None or c.device not in devices:
+            chosen.append(c.drive_id)
+            if c.device is not None:
+                devices.add(c.device)
+    for c in ordered:  # then any drive left, rather than too few copies
+        if len(chosen) == copies:
+            break
+        if c.drive_id not in chosen:
+            chosen.append(c.drive_id)
     return chosen

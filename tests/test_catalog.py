@@ -1,0 +1,86 @@
+"""The catalog on its own: schema, transactions, derived shortfall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from homepool.catalog import CURRENT_REV, ROOT_ID, Catalog, NoSuchRowError
+
+
+@pytest.fixture
+def cat(tmp_path: Path) -> Catalog:
+    c = Catalog.create(tmp_path / "c.db", "pool-1", 0)
+    yield c
+    c.close()
+
+
+def test_new_catalog_has_root_and_revision(cat: Catalog) -> None:
+    assert cat.schema_rev() == CURRENT_REV
+    assert cat.meta("pool_id") == "pool-1"
+    root = cat.node(ROOT_ID)
+    assert root.is_dir and root.parent_id is None
+    assert cat.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_failed_transaction_leaves_nothing(cat: Catalog) -> None:
+    with pytest.raises(RuntimeError), cat.transaction():
+        cat.add_node(ROOT_ID, "Photos", "dir", 0o40755, 0)
+        raise RuntimeError("boom")
+    assert cat.child(ROOT_ID, "Photos") is None
+
+
+def test_nested_transactions_join_the_outer_one(cat: Catalog) -> None:
+    with pytest.raises(RuntimeError), cat.transaction():
+        with cat.transaction():
+            cat.add_node(ROOT_ID, "A", "dir", 0o40755, 0)
+        raise RuntimeError("outer fails")
+    assert cat.child(ROOT_ID, "A") is None
+
+
+def test_names_are_unique_per_directory(cat: Catalog) -> None:
+    import sqlite3
+
+    with cat.transaction():
+        cat.add_node(ROOT_ID, "A", "dir", 0o40755, 0)
+    with pytest.raises(sqlite3.IntegrityError), cat.transaction():
+        cat.add_node(ROOT_ID, "A", "dir", 0o40755, 0)
+
+
+def test_shortfall_is_derived_from_replicas_on_active_drives(cat: Catalog) -> None:
+    with cat.transaction():
+        d1 = cat.add_drive("u1", "/d1", "one", "t", None, False)
+        d2 = cat.add_drive("u2", "/d2", "two", "t", None, False)
+        folder = cat.add_node(ROOT_ID, "Photos", "dir", 0o40755, 0)
+        cat.add_folder(folder, "photos", 2)
+        sub = cat.add_node(folder, "2010", "dir", 0o40755, 0)
+        f = cat.add_node(sub, "a.jpg", "file", 0o100644, 0, 10, "h")
+        cat.set_replica(f, d1, 10, 0, "h")
+    assert cat.short_files() == [(f, 1, 2)]
+    with cat.transaction():
+        cat.set_replica(f, d2, 10, 0, "h")
+    assert cat.short_files() == []
+    with cat.transaction():
+        cat.set_drive_state(d2, "missing")
+    assert cat.short_files() == [(f, 1, 2)]
+    with cat.transaction():
+        cat.set_drive_state(d2, "active")
+        cat.set_replica_state(f, d1, "bad")
+    assert cat.short_files() == [(f, 1, 2)]
+    assert cat.bytes_by_drive() == {d1: 10, d2: 10}
+
+
+def test_journal_round_trip(cat: Catalog) -> None:
+    with cat.transaction():
+        e = cat.journal_add("write", {"path": "Photos/a", "targets": {"1": "x.part"}})
+    (entry,) = cat.journal()
+    assert entry.id == e and entry.payload["targets"] == {"1": "x.part"}
+    with cat.transaction():
+        cat.journal_done(e)
+    assert cat.journal() == []
+
+
+def test_get_val_raises_for_no_row(cat: Catalog) -> None:
+    with pytest.raises(NoSuchRowError):
+        cat.get_val("SELECT id FROM nodes WHERE id = -1")

@@ -1,0 +1,157 @@
+"""Break things on purpose; `check` must find each, and `check --repair` fix it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from homepool.check import check
+from homepool.pool import Pool
+
+from .helpers import assert_clean, copies_on_disk
+
+
+def found(pool: Pool) -> set[str]:
+    return {p.check for p in check(pool)}
+
+
+def repair_then_clean(pool: Pool) -> None:
+    check(pool, repair=True)
+    assert_clean(pool)
+
+
+def test_an_interrupted_write_is_finished(dir_pool: Pool, dir_drives: list[Path],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash after the journal row is written and the drives switched, before the catalog
+    records it: repair must finish it (the new content wins)."""
+    dir_pool.write_bytes("Documents/a.txt", b"old")
+
+    def crash(*a: object) -> None:
+        raise KeyboardInterrupt  # stands in for kill -9 at this point
+
+    monkeypatch.setattr(dir_pool, "_record_write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.write_bytes("Documents/a.txt", b"new!")
+    monkeypatch.undo()
+    assert "journal_empty" in found(dir_pool)
+    repair_then_clean(dir_pool)
+    assert dir_pool.read_bytes("Documents/a.txt") == b"new!"
+    assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/a.txt")] == [b"new!", b"new!"]
+
+
+def test_an_interrupted_write_before_the_switch_is_finished(dir_pool: Pool, dir_drives: list[Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*a: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dir_pool, "_apply_write", crash)
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.write_bytes("Documents/b.txt", b"fresh")
+    monkeypatch.undo()
+    assert dir_pool.lookup("Documents/b.txt") is None  # not visible before repair
+    assert copies_on_disk(dir_drives, "Documents/b.txt") == []
+    repair_then_clean(dir_pool)
+    assert dir_pool.read_bytes("Documents/b.txt") == b"fresh"
+
+
+def test_an_interrupted_rename_is_finished(dir_pool: Pool, dir_drives: list[Path],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    real_apply = dir_pool._apply_rename
+
+    def half(p: dict, drives: dict) -> None:  # the first drive renamed, then the crash
+        first = {k: v for k, v in drives.items() if k == int(p["moves"][0])}
+        real_apply(p, first)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dir_pool, "_apply_rename", half)
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.rename("Documents/a.txt", "Documents/b.txt")
+    monkeypatch.undo()
+    repair_then_clean(dir_pool)
+    assert dir_pool.read_bytes("Documents/b.txt") == b"A"
+    assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2
+    assert copies_on_disk(dir_drives, "Documents/a.txt") == []
+
+
+def test_orphan_temp_files_are_removed(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    (dir_drives[1] / ".homepool/tmp/deadbeef.part").write_bytes(b"half a file")
+    assert found(dir_pool) == {"no_orphan_temps"}
+    repair_then_clean(dir_pool)
+    assert os.listdir(dir_drives[1] / ".homepool/tmp") == []
+
+
+def test_a_missing_copy_is_remade(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Photos/a.jpg", b"photo")
+    copies_on_disk(dir_drives, "Photos/a.jpg")[0].unlink()
+    assert found(dir_pool) == {"replicas_match"}
+    repair_then_clean(dir_pool)
+    assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Photos/a.jpg")] == [b"photo", b"photo"]
+
+
+def test_a_copy_edited_behind_the_pools_back_is_kept_aside(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/letter.txt", b"Dear all")
+    edited = copies_on_disk(dir_drives, "Documents/letter.txt")[0]
+    edited.write_bytes(b"Dear nobody, edited directly on the drive")
+    assert "replicas_match" in found(dir_pool)
+    repair_then_clean(dir_pool)
+    assert dir_pool.read_bytes("Documents/letter.txt") == b"Dear all"
+    names = [n.name for n in dir_pool.listdir("Documents")]
+    aside = [n for n in names if "conflict" in n]
+    assert len(aside) == 1
+    assert dir_pool.read_bytes(f"Documents/{aside[0]}") == b"Dear nobody, edited directly on the drive"
+
+
+def test_the_only_copy_edited_on_the_drive_becomes_the_file(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Videos/notes.txt", b"v1")
+    (copy,) = copies_on_disk(dir_drives, "Videos/notes.txt")
+    copy.write_bytes(b"version 2")
+    repair_then_clean(dir_pool)
+    assert dir_pool.read_bytes("Videos/notes.txt") == b"version 2"
+
+
+def test_a_touched_copy_with_the_same_content_is_just_re_timed(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"same", mtime_ns=1_000_000_000_000_000_000)
+    os.utime(copies_on_disk(dir_drives, "Documents/a.txt")[0])
+    assert found(dir_pool) == {"replicas_match"}
+    repair_then_clean(dir_pool)
+    assert all(p.stat().st_mtime_ns == 1_000_000_000_000_000_000
+               for p in copies_on_disk(dir_drives, "Documents/a.txt"))
+
+
+def test_stray_files_and_folders_are_taken_in(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    (dir_drives[2] / "HomePool/Music/New Album").mkdir()
+    (dir_drives[2] / "HomePool/Music/New Album/01.mp3").write_bytes(b"song")
+    (dir_drives[0] / "HomePool/Family Tree").mkdir()
+    (dir_drives[0] / "HomePool/Family Tree/tree.ged").write_bytes(b"GEDCOM")
+    assert "no_stray_files" in found(dir_pool)
+    repair_then_clean(dir_pool)
+    assert dir_pool.read_bytes("Music/New Album/01.mp3") == b"song"
+    assert dir_pool.read_bytes("Family Tree/tree.ged") == b"GEDCOM"
+    assert len(copies_on_disk(dir_drives, "Music/New Album/01.mp3")) == 2  # Music wants 2
+
+
+def test_a_shortfall_waits_for_a_drive_then_closes(dir_pool: Pool, dir_drives: list[Path], tmp_path: Path) -> None:
+    dir_pool.add_folder("Vault", 4)
+    dir_pool.write_bytes("Vault/key.txt", b"secret")
+    problems = check(dir_pool, repair=True)
+    assert [p.fixed for p in problems] == [False]
+    fourth = tmp_path / "drive4"
+    fourth.mkdir()
+    dir_pool.add_drive(fourth, allow_shared_device=True, max_size=64 << 20)
+    repair_then_clean(dir_pool)
+    assert len(copies_on_disk([*dir_drives, fourth], "Vault/key.txt")) == 4
+
+
+def test_a_missing_drive_is_reported_and_reads_use_the_other_copy(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Photos/a.jpg", b"photo")
+    holder = copies_on_disk(dir_drives, "Photos/a.jpg")[0].parents[2]
+    os.rename(holder / ".homepool", holder / ".homepool-unplugged")  # the drive is gone
+    try:
+        assert {"drives_present", "copies_met"} <= found(dir_pool)
+        assert dir_pool.read_bytes("Photos/a.jpg") == b"photo"
+    finally:
+        os.rename(holder / ".homepool-unplugged", holder / ".homepool")
+    assert_clean(dir_pool)
