@@ -315,6 +315,17 @@ class Catalog:
         assert cur.lastrowid is not None
         return cur.lastrowid
 
+    def upsert_file(self, parent_id: int, name: str, size: int, mode: int, mtime_ns: int, hash_: str | None
+                    ) -> int | None:
+        """Create or update the file `name` in `parent_id`; its id, or None if a dir has that name."""
+        row = self.db.execute(
+            "INSERT INTO nodes (parent_id, name, kind, size, mode, mtime_ns, hash) VALUES (?, ?, 'file', ?, ?, ?, ?)"
+            " ON CONFLICT (parent_id, name) DO UPDATE SET size = excluded.size, mode = excluded.mode,"
+            " mtime_ns = excluded.mtime_ns, hash = excluded.hash WHERE kind = 'file' RETURNING id",
+            (parent_id, name, size, mode, mtime_ns, hash_),
+        ).fetchone()
+        return int(row[0]) if row else None
+
     def update_file(self, id_: int, size: int, mode: int, mtime_ns: int, hash_: str | None) -> None:
         self.db.execute(
             "UPDATE nodes SET size = ?, mode = ?, mtime_ns = ?, hash = ? WHERE id = ?",

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from .drives import Drive
-from .pool import Pool, conflict_name, scan_tree
+from .pool import Pool, conflict_name, describe, scan_tree
 from .streams import hash_file
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,8 @@ def check_journal_empty(pool: Pool, repair: bool) -> list[Problem]:
         return []
     if repair:
         return [Problem("journal_empty", "", line, fixed=True) for line in pool.finish_journal()]
-    return [Problem("journal_empty", e.payload.get("path") or e.payload.get("src", ""),
-                    f"an interrupted {e.op} is waiting to be finished") for e in entries]
+    return [Problem("journal_empty", "", f"an interrupted {describe(e.op, e.payload)} is waiting to be finished")
+            for e in entries]
 
 
 def check_drives_present(drives: list[Drive]) -> list[Problem]:

@@ -160,6 +160,9 @@ class Drive:
         self.tree = self.root / TREE_DIR
         self.meta = self.root / META_DIR
         self.tmpdir = self.meta / "tmp"
+        # String forms for the per-file hot paths (pathlib costs more than the syscalls there).
+        self.tree_s = str(self.tree)
+        self.tmpdir_s = str(self.tmpdir)
 
     def __repr__(self) -> str:
         return f"<Drive {self.id} {self.label!r} at {self.root}>"
@@ -188,22 +191,26 @@ class Drive:
     def new_tmp(self) -> Path:
         return self.tmpdir / f"{uuid.uuid4().hex}.part"
 
+    def new_tmp_name(self) -> str:
+        return f"{uuid.uuid4().hex}.part"
+
     def statvfs(self) -> tuple[int, int]:
         """(size, free for unprivileged writers) of the filesystem, in bytes."""
         st = os.statvfs(self.root)
         return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
 
-    def capacity(self, used_by_pool: int) -> tuple[int, int]:
-        """(size, free) as the pool may use them: the filesystem, limited by --max-size."""
-        size, free = self.statvfs()
+    def capacity(self, used_by_pool: int, stats: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(size, free) as the pool may use them: the filesystem (or `stats`, a recent
+        `statvfs()`), limited by --max-size."""
+        size, free = stats if stats is not None else self.statvfs()
         if self.row.max_size is not None:
             size = min(size, self.row.max_size)
             free = min(free, max(0, self.row.max_size - used_by_pool))
         return size, free
 
-    def room(self, used_by_pool: int) -> int:
+    def room(self, used_by_pool: int, stats: tuple[int, int] | None = None) -> int:
         """Bytes placement may still put here, after the reserve."""
-        size, free = self.capacity(used_by_pool)
+        size, free = self.capacity(used_by_pool, stats)
         return max(0, free - reserve_for(size))
 
     def syncfs(self) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
+from .catalog import Node
 from .errors import BadSource, ImportTooBig, NoSuchFolder, NotADirectory, PoolFull, SourceVanished
 from .pool import Pool
 from .units import human
@@ -39,6 +40,7 @@ class SourceFile:
 
 @dataclass
 class ImportPlan:
+    copies: int = 1  # what the destination folder wants
     files: list[SourceFile] = field(default_factory=list)  # to copy
     dirs: list[str] = field(default_factory=list)  # pool dirs to create, parents first
     skipped_same: int = 0  # already in the pool, identical
@@ -68,32 +70,27 @@ def plan(pool: Pool, src: Path, dest: str) -> ImportPlan:
     parts = paths.split(dest)
     if not parts:
         raise BadSource(path=str(src), why="the destination must be inside a folder, such as Photos/")
-    folder, _ = pool.folder(parts[0])  # raises NoSuchFolder
+    folder, copies = pool.folder(parts[0])  # raises NoSuchFolder
     parts = (folder.name, *parts[1:])
-    out = ImportPlan()
+    out = ImportPlan(copies=copies)
     if stat_.S_ISREG(st.st_mode):
         existing = pool.lookup(paths.join(parts))
         if dest.endswith("/") or (existing is not None and existing.is_dir) or len(parts) == 1:
-            target = (*parts, src.name)
-        else:
-            target = parts
-        _add_dirs(pool, out, target[:-1])
-        _add_file(pool, out, src, target, st)
+            parts = (*parts, src.name)
+        parent = _plan_dirs(pool, out, parts[:-1])
+        _add_file(pool, out, parent, src, parts, st)
         return out
     if not stat_.S_ISDIR(st.st_mode):
         raise BadSource(path=str(src), why="it is neither a file nor a directory")
-    existing = pool.lookup(paths.join(parts))
-    if existing is not None and not existing.is_dir:
-        raise NotADirectory(path=paths.join(parts))
-    _add_dirs(pool, out, parts)
-    stack = [(src, parts)]
+    top = _plan_dirs(pool, out, parts)
+    stack: list[tuple[Path, tuple[str, ...], Node | None]] = [(src, parts, top)]
     while stack:
-        sdir, pdir = stack.pop()
+        sdir, pdir, pnode = stack.pop()
         try:
             entries = sorted(os.scandir(sdir), key=lambda e: e.name)
         except OSError as err:
             raise BadSource(path=str(sdir), why=err.strerror or str(err)) from None
-        subdirs: list[tuple[Path, tuple[str, ...]]] = []
+        subdirs: list[tuple[Path, tuple[str, ...], Node | None]] = []
         for entry in entries:
             try:
                 entry.name.encode("utf-8")
@@ -106,10 +103,14 @@ def plan(pool: Pool, src: Path, dest: str) -> ImportPlan:
             except FileNotFoundError:
                 continue  # gone between listing and stat: nothing to import
             if stat_.S_ISDIR(est.st_mode):
-                _add_dirs(pool, out, target)
-                subdirs.append((Path(entry.path), target))
+                node = pool.cat.child(pnode.id, entry.name) if pnode is not None else None
+                if node is not None and not node.is_dir:
+                    raise NotADirectory(path=paths.join(target))
+                if node is None:
+                    out.dirs.append(paths.join(target))
+                subdirs.append((Path(entry.path), target, node))
             elif stat_.S_ISREG(est.st_mode):
-                _add_file(pool, out, Path(entry.path), target, est)
+                _add_file(pool, out, pnode, Path(entry.path), target, est)
             else:
                 kind = "symlink" if stat_.S_ISLNK(est.st_mode) else "special file"
                 out.skipped_other.append(f"{entry.path}: {kind}s are not imported")
@@ -117,19 +118,24 @@ def plan(pool: Pool, src: Path, dest: str) -> ImportPlan:
     return out
 
 
-def _add_dirs(pool: Pool, out: ImportPlan, parts: tuple[str, ...]) -> None:
-    for i in range(2, len(parts) + 1):
+def _plan_dirs(pool: Pool, out: ImportPlan, parts: tuple[str, ...]) -> Node | None:
+    """Note the directories of `parts` the pool lacks; return the deepest node (None if new)."""
+    node: Node | None = None
+    for i in range(1, len(parts) + 1):
         sub = paths.join(parts[:i])
         node = pool.lookup(sub)
         if node is not None and not node.is_dir:
             raise NotADirectory(path=sub)
-        if node is None and sub not in out.dirs:
-            out.dirs.append(sub)
+        if node is None:
+            out.dirs.extend(paths.join(parts[:j]) for j in range(i, len(parts) + 1))
+            return None
+    return node
 
 
-def _add_file(pool: Pool, out: ImportPlan, src: Path, target: tuple[str, ...], st: os.stat_result) -> None:
+def _add_file(pool: Pool, out: ImportPlan, parent: Node | None, src: Path, target: tuple[str, ...],
+              st: os.stat_result) -> None:
     dest = paths.join(target)
-    node = pool.lookup(dest)
+    node = pool.cat.child(parent.id, target[-1]) if parent is not None else None
     if node is not None and node.is_dir:
         out.skipped_other.append(f"{src}: the pool has a folder at {dest}")
         return
@@ -142,17 +148,12 @@ def _add_file(pool: Pool, out: ImportPlan, src: Path, target: tuple[str, ...], s
 def check_space(pool: Pool, p: ImportPlan) -> None:
     """Refuse an import that cannot fit, before writing anything."""
     drives = pool.drives(present_only=True)
-    cands = pool._candidates(drives)
-    rooms = [c.room for c in cands]
+    rooms = [c.room for c in pool._candidates(drives)]
     largest = max(rooms, default=0)
     big = max(p.files, key=lambda f: f.size, default=None)
     if big is not None and big.size > largest:
         raise PoolFull(path=big.dest, size=human(big.size), largest=human(largest))
-    needed = 0
-    for f in p.files:
-        node = pool.lookup(f.dest.rpartition("/")[0])
-        copies = pool.copies_wanted(node.id) if node is not None else pool.folder(f.dest.split("/")[0])[1]
-        needed += f.size * min(copies, len(drives))
+    needed = p.bytes * min(p.copies, len(drives))
     if needed > sum(rooms):
         raise ImportTooBig(needed=human(needed), free=human(sum(rooms)))
 
@@ -172,11 +173,8 @@ def run(pool: Pool, src: Path, dest: str, progress: Callable[[int, SourceFile], 
             except FileNotFoundError:
                 raise SourceVanished(path=str(f.src)) from None
             with fh:
-                before = os.fstat(fh.fileno())
-                if before.st_size != f.size or before.st_mtime_ns != f.mtime_ns:
-                    raise SourceVanished(path=str(f.src))
                 staged = batch.put(f.dest, fh, f.size, f.mode, f.mtime_ns)
-                after = os.fstat(fh.fileno())
+                after = os.fstat(fh.fileno())  # changed since `plan` looked at it?
             if staged.size != f.size or after.st_mtime_ns != f.mtime_ns or after.st_size != f.size:
                 if staged in batch.staged:
                     batch.discard(staged)

@@ -125,6 +125,15 @@ class Staged:
     hash: str
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
 def _now_ns() -> int:
     return time.time_ns()
 
@@ -341,12 +350,9 @@ class Pool:
                                  int(counts.get(d.id, 0)), d.row.max_size, shared))
         return out
 
-    def _candidates(self, drives: list[Drive], reserved: dict[int, int] | None = None) -> list[placement.Candidate]:
+    def _candidates(self, drives: list[Drive]) -> list[placement.Candidate]:
         used = self.cat.bytes_by_drive()
-        reserved = reserved or {}
-        # Staged (not yet recorded) bytes already show in the filesystem's free space, but not
-        # in the catalog's per-drive usage that a --max-size cap is measured against.
-        return [placement.Candidate(d.id, d.room(used.get(d.id, 0) + reserved.get(d.id, 0)), d.device())
+        return [placement.Candidate(d.id, d.room(used.get(d.id, 0)), d.device())
                 for d in drives if d.row.state == "active"]
 
     # -- folders -----------------------------------------------------------------------------
@@ -517,17 +523,17 @@ class Pool:
 
         return self.write(path, io.BytesIO(data), len(data), mode, mtime_ns)
 
-    def batch(self, durability: str = "syncfs", max_files: int = 500, max_bytes: int = 256 << 20) -> WriteBatch:
-        return WriteBatch(self, durability, max_files, max_bytes)
+    def batch(self, durability: str = "syncfs", max_files: int = 5000, max_bytes: int = 512 << 20,
+              max_seconds: float = 3.0) -> WriteBatch:
+        """A batch of new files made durable together (see `WriteBatch`). Each commit costs
+        two flushes per drive, so batches are large; `max_seconds` keeps what an import has
+        done showing up in the pool every few seconds."""
+        return WriteBatch(self, durability, max_files, max_bytes, max_seconds)
 
-    def _targets_for(self, node: Node | None, parts: tuple[str, ...], size: int, drives: list[Drive],
-                     reserved: dict[int, int], full: set[int]) -> tuple[list[int], list[int]]:
+    def _targets_for(self, node: Node | None, path: str, size: int, copies: int,
+                     cands: list[placement.Candidate]) -> tuple[list[int], list[int]]:
         """(target drive ids, drives whose old copy to drop) for a new version of a file."""
-        parent = self.lookup(paths.join(parts[:-1]))
-        assert parent is not None
-        copies = self.copies_wanted(parent.id) if parent.id != ROOT_ID else 1
         old = [r.drive_id for r in self.cat.replicas(node.id)] if node else []
-        cands = [c for c in self._candidates(drives, reserved) if c.drive_id not in full]
         old_size = node.size if node else 0
         # A new version stays where the old one was if it fits there (no needless moves).
         keep = [c.drive_id for c in cands if c.drive_id in old and c.room + old_size >= size][:copies]
@@ -535,30 +541,40 @@ class Pool:
         targets = keep + more
         if not targets:
             largest = max((c.room for c in cands), default=0)
-            raise PoolFull(path=paths.join(parts), size=human(size), largest=human(largest))
+            raise PoolFull(path=path, size=human(size), largest=human(largest))
         return targets, [d for d in old if d not in targets]
 
     # -- the journal: switching staged data into place --------------------------------------
 
-    def _apply_write(self, p: dict, drives: dict[int, Drive]) -> list[int]:
-        """Drive steps of a 'write' (idempotent). Returns the targets that hold the new data."""
+    def _apply_write(self, p: dict, drives: dict[int, Drive], made: set[tuple[int, str]] | None = None) -> list[int]:
+        """Drive steps of a 'write' (idempotent). Returns the targets that hold the new data.
+        `made` remembers directories already created on each drive during a batch."""
         done = []
         parent = p["path"].rpartition("/")[0]
+        made = made if made is not None else set()
         for key, tmp_name in p["targets"].items():
             d = drives.get(int(key))
             if d is None or d.row.state != "active":
                 continue
-            tmp = d.tmpdir / tmp_name
-            final = d.real(p["path"])
+            tmp = f"{d.tmpdir_s}/{tmp_name}"
+            final = f"{d.tree_s}/{p['path']}"
             try:
-                if tmp.exists():
+                if (d.id, parent) not in made:
                     d.makedirs(parent)
+                    made.add((d.id, parent))
+                try:
                     os.replace(tmp, final)
                     done.append(d.id)
-                elif final.is_file() and final.stat().st_size == p["size"]:
+                    continue
+                except FileNotFoundError:
+                    pass
+                st = os.stat(final)
+                if stat_.S_ISREG(st.st_mode) and st.st_size == p["size"]:
                     done.append(d.id)  # switched before a crash
                 else:
                     log.error("copy of %s on %s was lost before it was switched into place", p["path"], d.name)
+            except FileNotFoundError:
+                log.error("copy of %s on %s was lost before it was switched into place", p["path"], d.name)
             except OSError as e:
                 log.error("could not put %s into place on %s: %s", p["path"], d.name, e)
         for key in p["drop"]:
@@ -570,28 +586,29 @@ class Pool:
                     log.error("could not remove the old copy of %s on %s: %s", p["path"], d.name, e)
         return done
 
-    def _record_write(self, p: dict, done: list[int]) -> None:
+    def _record_write(self, p: dict, done: list[int], parent: Node | None = None) -> None:
         """Catalog steps of a 'write' (inside the caller's transaction)."""
         parts = paths.split(p["path"])
-        parent = self.lookup(paths.join(parts[:-1]))
+        parent = parent or self.lookup(paths.join(parts[:-1]))
         if parent is None or not parent.is_dir:
             log.error("the folder of %s is gone; its new copies are left for `check`", p["path"])
             return
-        node = self.cat.child(parent.id, parts[-1])
-        if node is None:
-            if not done:
+        if done:
+            node_id = self.cat.upsert_file(parent.id, parts[-1], p["size"], p["mode"], p["mtime_ns"], p["hash"])
+            if node_id is None:
+                log.error("%s became a folder; its new copies are left for `check`", p["path"])
                 return
-            node_id = self.cat.add_node(parent.id, parts[-1], "file", p["mode"], p["mtime_ns"], p["size"], p["hash"])
         else:
+            node = self.cat.child(parent.id, parts[-1])
+            if node is None:
+                return
             node_id = node.id
-            if done:
-                self.cat.update_file(node_id, p["size"], p["mode"], p["mtime_ns"], p["hash"])
         for drive_id in done:
             self.cat.set_replica(node_id, drive_id, p["size"], p["mtime_ns"], p["hash"])
         lost = [int(k) for k in p["targets"] if int(k) not in done]
         for drive_id in list(p["drop"]) + lost:
             self.cat.drop_replica(node_id, int(drive_id))
-        if not self.cat.replicas(node_id):
+        if not done and not self.cat.replicas(node_id):
             self.cat.delete_node(node_id)
 
     def _apply_drop(self, p: dict, drives: dict[int, Drive]) -> None:
@@ -647,9 +664,10 @@ class Pool:
         return self._finish(entry, op, payload, {d.id: d for d in self.drives()})
 
     def _finish(self, entry: int, op: str, payload: dict, drives: dict[int, Drive]) -> list[int] | None:
-        done = None
+        done: list[list[int]] = []
         if op == "write":
-            done = self._apply_write(payload, drives)
+            made: set[tuple[int, str]] = set()
+            done = [self._apply_write(f, drives, made) for f in payload["files"]]
         elif op == "drop":
             self._apply_drop(payload, drives)
         elif op == "rename":
@@ -659,19 +677,20 @@ class Pool:
         self._sync_drives(drives, payload)
         with self.cat.transaction():
             if op == "write":
-                assert done is not None
-                self._record_write(payload, done)
+                for f, targets in zip(payload["files"], done, strict=True):
+                    self._record_write(f, targets)
             elif op == "drop":
                 self._record_drop(payload)
             else:
                 self._record_rename(payload)
             self.cat.journal_done(entry)
-        return done
+        return done[0] if op == "write" and len(done) == 1 else None
 
     def _sync_drives(self, drives: dict[int, Drive], payload: dict) -> None:
-        keys = set(payload.get("targets", {})) | set(map(str, payload.get("drop", []))) \
-            | set(map(str, payload.get("drives", []))) | set(map(str, payload.get("moves", []))) \
+        keys = set(map(str, payload.get("drives", []))) | set(map(str, payload.get("moves", []))) \
             | set(map(str, payload.get("unlink_dst", [])))
+        for f in payload.get("files", []):
+            keys |= set(f["targets"]) | set(map(str, f["drop"]))
         for key in keys:
             d = drives.get(int(key))
             if d is not None and d.row.state == "active":
@@ -687,15 +706,16 @@ class Pool:
         for e in self.cat.journal():
             self._finish(e.id, e.op, e.payload, drives)
             self._changed = True
-            out.append(f"finished an interrupted {e.op} of {e.payload.get('path') or e.payload.get('src')}")
+            out.append(f"finished an interrupted {describe(e.op, e.payload)}")
         return out
 
     def journal_tmp_names(self) -> dict[int, set[str]]:
         """Temp files that unfinished operations still need, by drive."""
         out: dict[int, set[str]] = {}
         for e in self.cat.journal():
-            for key, name in e.payload.get("targets", {}).items():
-                out.setdefault(int(key), set()).add(name)
+            for f in e.payload.get("files", []):
+                for key, name in f["targets"].items():
+                    out.setdefault(int(key), set()).add(name)
         return out
 
     # -- reading -----------------------------------------------------------------------------
@@ -862,7 +882,7 @@ class Pool:
                 continue
             payload = {"path": path, "targets": {str(target.id): tmp.name}, "drop": [], "size": node.size,
                        "mode": node.mode, "mtime_ns": node.mtime_ns, "hash": node.hash}
-            done = self._run("write", payload)
+            done = self._run("write", {"files": [payload]})
             return bool(done)
         return False
 
@@ -934,6 +954,15 @@ class Pool:
         return f"added {path} from {drive.name}"
 
 
+def describe(op: str, payload: dict) -> str:
+    """A journal entry for people: 'write of Photos/a.jpg (and 41 more)'."""
+    if op == "write":
+        files = payload["files"]
+        more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
+        return f"write of {files[0]['path'] if files else '?'}{more}"
+    return f"{op} of {payload.get('path') or payload.get('src')}"
+
+
 def scan_tree(root: Path) -> Iterator[tuple[str, bool]]:
     """(relative path, is_dir) of everything under `root`, parents first. Skips symlinks and
     special files (the pool stores neither yet)."""
@@ -975,16 +1004,54 @@ class WriteBatch:
     durability 'fsync' every file is fsynced on its own (for single writes); with 'syncfs'
     each drive is flushed once per batch (imports of many small files)."""
 
-    def __init__(self, pool: Pool, durability: str, max_files: int, max_bytes: int) -> None:
+    def __init__(self, pool: Pool, durability: str, max_files: int, max_bytes: int, max_seconds: float) -> None:
         self.pool = pool
         self.durability = durability
         self.max_files = max_files
         self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
         self.staged: list[Staged] = []
-        self.reserved: dict[int, int] = {}  # bytes staged per drive, not yet in the catalog
         self.full: set[int] = set()  # drives that said ENOSPC
         self.drives = pool.drives()
+        self.by_id = {d.id: d for d in self.drives}
         self.committed = 0
+        # Per-file work must not grow with the pool: what placement needs is read once per
+        # batch and then kept up to date with what the batch itself stages.
+        self._dirs: dict[str, tuple[Node, int, str]] = {}  # parent path -> (node, copies, canonical path)
+        self._parents: dict[str, Node] = {}  # staged path -> its parent's node
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        self.used = self.pool.cat.bytes_by_drive()
+        self.stats = {d.id: d.statvfs() for d in self.drives if d.row.state == "active"}
+        self.devices = {d.id: d.device() for d in self.drives}
+        self.reserved: dict[int, int] = {}  # bytes staged per drive since the snapshot
+        self.staged_bytes = 0
+        self.started = time.monotonic()
+
+    def candidates(self) -> list[placement.Candidate]:
+        out = []
+        for d in self.drives:
+            if d.row.state != "active" or d.id in self.full:
+                continue
+            r = self.reserved.get(d.id, 0)
+            size, free = self.stats[d.id]
+            out.append(placement.Candidate(d.id, d.room(self.used.get(d.id, 0) + r, (size, free - r)),
+                                           self.devices[d.id]))
+        return out
+
+    def _parent(self, dir_path: str) -> tuple[Node, int, str]:
+        hit = self._dirs.get(dir_path)
+        if hit is None:
+            pool = self.pool
+            node = pool.lookup(dir_path)
+            if node is None:
+                raise NotFound(path=dir_path)
+            if not node.is_dir:
+                raise NotADir(path=dir_path)
+            copies = pool.copies_wanted(node.id) if node.id != ROOT_ID else 1
+            hit = self._dirs[dir_path] = (node, copies, pool.path_of(node.id))
+        return hit
 
     def __enter__(self) -> WriteBatch:
         return self
@@ -998,37 +1065,36 @@ class WriteBatch:
         parts = paths.split(path)
         if len(parts) < 2:
             raise NotInFolder(path=paths.join(parts) or "/")
-        norm = paths.join(parts)
-        if any(s.path == norm for s in self.staged):
+        parent, copies, parent_path = self._parent(paths.join(parts[:-1]))
+        norm = f"{parent_path}/{parts[-1]}"
+        if norm in self._parents:
             self.commit()
-        parent = pool.lookup(paths.join(parts[:-1]))
-        if parent is None:
-            raise NotFound(path=paths.join(parts[:-1]))
-        if not parent.is_dir:
-            raise NotADir(path=paths.join(parts[:-1]))
-        norm = paths.join([*paths.split(pool.path_of(parent.id)), parts[-1]])
         node = pool.cat.child(parent.id, parts[-1])
         if node is not None and node.is_dir:
             raise IsADirectory(path=norm)
-        by_id = {d.id: d for d in self.drives}
-        targets, drop = pool._targets_for(node, paths.split(norm), size, self.drives, self.reserved, self.full)
+        by_id = self.by_id
+        targets, drop = pool._targets_for(node, norm, size, copies, self.candidates())
         fds: list[Target] = []
-        tmps: dict[int, Path] = {}
+        tmps: dict[int, str] = {}
         try:
             for drive_id in targets:
                 d = by_id[drive_id]
-                tmp = d.new_tmp()
+                tmp = f"{d.tmpdir_s}/{d.new_tmp_name()}"
                 try:
-                    fds.append(Target(drive_id, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
+                    fds.append(Target(drive_id, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o777)))
                     tmps[drive_id] = tmp
                 except OSError as e:
                     log.error("cannot write to %s: %s", d.name, e)
             fsync = self.durability == "fsync"
             n, digest = copy_to(src, fds, size, fsync=False)
+            # Created with the final mode above; fchmod only where the umask or special bits
+            # (setgid, sticky) would leave it different. Saves a syscall per small file.
+            needs_chmod = (mode & 0o7777) != (mode & 0o777 & ~UMASK)
             for t in fds:
                 if t.error is None:
                     try:
-                        os.fchmod(t.fd, mode & 0o7777)
+                        if needs_chmod:
+                            os.fchmod(t.fd, mode & 0o7777)
                         os.utime(t.fd, ns=(mtime_ns, mtime_ns))
                         if fsync:
                             os.fsync(t.fd)
@@ -1039,7 +1105,7 @@ class WriteBatch:
                 os.close(t.fd)
             for tmp in tmps.values():
                 with suppress(OSError):
-                    tmp.unlink()
+                    os.unlink(tmp)
             raise
         ok: dict[int, str] = {}
         for t in fds:
@@ -1048,12 +1114,13 @@ class WriteBatch:
                 d = by_id[t.key]
                 log.error("writing %s to %s failed: %s", norm, d.name, t.error)
                 with suppress(OSError):
-                    tmps[t.key].unlink()
+                    os.unlink(tmps[t.key])
                 if t.error.errno == errno.ENOSPC:
                     self.full.add(t.key)  # place nothing more there in this batch
             else:
-                ok[t.key] = tmps[t.key].name
+                ok[t.key] = tmps[t.key].rpartition("/")[2]
                 self.reserved[t.key] = self.reserved.get(t.key, 0) + n
+        self.staged_bytes += n
         if not ok:
             err = fds[0].error if fds else None
             if err is not None and err.errno == errno.ENOSPC:
@@ -1062,36 +1129,38 @@ class WriteBatch:
                                err=err or "no drive could take it")
         staged = Staged(norm, ok, drop, n, stat_.S_IFREG | (mode & 0o7777), mtime_ns, digest)
         self.staged.append(staged)
+        self._parents[norm] = parent
         return staged
 
     def commit_if_full(self) -> None:
-        if len(self.staged) >= self.max_files or sum(s.size for s in self.staged) >= self.max_bytes:
+        if (len(self.staged) >= self.max_files or self.staged_bytes >= self.max_bytes
+                or time.monotonic() - self.started >= self.max_seconds):
             self.commit()
 
     def discard(self, staged: Staged) -> None:
         """Forget a staged file (its source turned out to have changed): delete its temps."""
         self.staged.remove(staged)
-        by_id = {d.id: d for d in self.drives}
+        del self._parents[staged.path]
         for key, name in staged.targets.items():
             with suppress(OSError):
-                (by_id[key].tmpdir / name).unlink()
+                (self.by_id[key].tmpdir / name).unlink()
 
     def commit(self) -> None:
         if not self.staged:
             return
         pool = self.pool
-        by_id = {d.id: d for d in self.drives}
-        touched = {by_id[k] for s in self.staged for k in s.targets} | {by_id[k] for s in self.staged for k in s.drop
-                                                                        if k in by_id}
+        by_id = self.by_id
+        touched = {by_id[k] for s in self.staged for k in [*s.targets, *s.drop] if k in by_id}
         if self.durability == "syncfs":
             for d in touched:
                 d.syncfs()
         payloads = [{"path": s.path, "targets": {str(k): v for k, v in s.targets.items()}, "drop": s.drop,
                      "size": s.size, "mode": s.mode, "mtime_ns": s.mtime_ns, "hash": s.hash} for s in self.staged]
         with pool.cat.transaction():
-            entries = [pool.cat.journal_add("write", p) for p in payloads]
+            entry = pool.cat.journal_add("write", {"files": payloads})
         pool._changed = True
-        results = [pool._apply_write(p, by_id) for p in payloads]
+        made: set[tuple[int, str]] = set()
+        results = [pool._apply_write(p, by_id, made) for p in payloads]
         for d in touched:
             if d.row.state == "active":
                 if self.durability == "syncfs":
@@ -1101,10 +1170,10 @@ class WriteBatch:
                         if d.id in s.targets:
                             fsync_dir(d.real(s.path).parent)
         with pool.cat.transaction():
-            for entry, p, done in zip(entries, payloads, results, strict=True):
-                pool._record_write(p, done)
-                pool.cat.journal_done(entry)
+            for p, done, s in zip(payloads, results, self.staged, strict=True):
+                pool._record_write(p, done, self._parents[s.path])
+            pool.cat.journal_done(entry)
         self.committed += len(self.staged)
         self.staged = []
-        self.reserved = {}
-
+        self._parents = {}
+        self._snapshot()

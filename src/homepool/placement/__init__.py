@@ -26,6 +26,7 @@ Policy = Callable[[list[Candidate], random.Random], list[Candidate]]
 
 POLICIES: dict[str, Policy] = {"mfs": mfs.order, "lfs": lfs.order, "pfrd": pfrd.order}
 DEFAULT_POLICY = "mfs"
+_RNG = random.Random()  # seeding one per call costs more than the whole choice
 
 
 def choose(policy: str, candidates: Sequence[Candidate], size: int, copies: int,
@@ -37,7 +38,7 @@ def choose(policy: str, candidates: Sequence[Candidate], size: int, copies: int,
     if copies <= 0:
         return []
     fits = [c for c in candidates if c.room >= size and c.drive_id not in exclude]
-    ordered = POLICIES[policy](fits, rng or random.Random())
+    ordered = POLICIES[policy](fits, rng or _RNG)
     # Copies go to different disks first; a second drive on a disk already chosen is used only
     # when no other disk has room (a copy there still beats no copy).
     chosen: list[int] = []
