@@ -163,13 +163,12 @@ def run(pool: Pool, src: Path, dest: str, progress: Callable[[int, SourceFile], 
     """Import `src` into `dest`. `progress(bytes_done_delta, file)` is called after each file."""
     p = planned if planned is not None else plan(pool, src, dest)
     check_space(pool, p)
-    for d in p.dirs:
-        pool.makedirs(d)
+    pool.makedirs_many(p.dirs)
     result = ImportResult(skipped_same=p.skipped_same, skipped_other=p.skipped_other)
     with pool.batch() as batch:
         for f in p.files:
             try:
-                fh = open(f.src, "rb")  # noqa: SIM115 (closed below, after the checks)
+                fh = open(f.src, "rb", buffering=0)  # noqa: SIM115 (closed below, after the checks)
             except FileNotFoundError:
                 raise SourceVanished(path=str(f.src)) from None
             with fh:

@@ -475,7 +475,9 @@ class Pool:
         drives = {d.id: d for d in self.drives()}
         return [(drives[r.drive_id], r.state) for r in self.cat.replicas(node.id)]
 
-    def mkdir(self, path: str, mode: int = 0o755, exist_ok: bool = False) -> Node:
+    def mkdir(self, path: str, mode: int = 0o755, exist_ok: bool = False, drives: list[Drive] | None = None) -> Node:
+        """Create a directory in the catalog and on every present drive (a top-level one is a
+        new folder with 1 copy). `drives`: a snapshot to reuse across many calls."""
         parts = paths.split(path)
         if not parts:
             raise AlreadyExists(path="/")
@@ -497,17 +499,26 @@ class Pool:
         with self.cat.transaction():
             node_id = self.cat.add_node(parent.id, parts[-1], "dir", stat_.S_IFDIR | (mode & 0o7777), _now_ns())
         self._changed = True
-        for d in self.drives(present_only=True):
+        for d in drives if drives is not None else self.drives(present_only=True):
             d.makedirs(norm, mode)
         return self.cat.node(node_id)
 
-    def makedirs(self, path: str, mode: int = 0o755) -> Node:
+    def makedirs(self, path: str, mode: int = 0o755, drives: list[Drive] | None = None) -> Node:
         parts = paths.split(path)
+        node = self.cat.node(ROOT_ID)
         for i in range(1, len(parts) + 1):
-            node = self.mkdir(paths.join(parts[:i]), mode, exist_ok=True)
+            node = self.mkdir(paths.join(parts[:i]), mode, exist_ok=True, drives=drives)
             if not node.is_dir:
                 raise NotADir(path=paths.join(parts[:i]))
-        return self.stat(path)
+        return node
+
+    def makedirs_many(self, dirs: list[str], mode: int = 0o755) -> None:
+        """Create many directories (and their parents) with one catalog commit, as an import
+        does. A crash half-way leaves directories on drives that `check --repair` takes in."""
+        drives = self.drives(present_only=True)
+        with self.cat.transaction():
+            for d in dirs:
+                self.makedirs(d, mode, drives)
 
     # -- writing files -----------------------------------------------------------------------
 

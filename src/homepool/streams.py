@@ -79,7 +79,11 @@ def copy_to(src: BinaryIO, targets: list[Target], size_hint: int, fsync: bool) -
     h = new_hasher()
     total = 0
     if size_hint <= THREADED_ABOVE:
-        while chunk := src.read(CHUNK):
+        # Ask for what the file should hold (+1 to see its end in the same call): a 1 MiB
+        # read of a 4 KiB file would allocate and free a 1 MiB buffer for nothing.
+        want = min(CHUNK, max(size_hint, 0) + 1)
+        while chunk := src.read(want):
+            want = CHUNK
             total += len(chunk)
             h.update(chunk)
             for t in targets:
