@@ -149,6 +149,17 @@ SCHEMA = """
         );
         CREATE INDEX replicas_by_drive ON replicas(drive_id);
 
+        -- Drive steps owed to a drive that was missing when an operation ran: a delete, a
+        -- rename, an old copy to remove. Applied in id order when the drive is back and the pool
+        -- is opened for writing, before anything else touches that drive. `payload` is JSON:
+        -- {"op": "unlink", "path", "size", "mtime_ns"} (done only if the file there is still
+        -- that old copy) or {"op": "rename", "src", "dst"}.
+        CREATE TABLE owed (
+            id       INTEGER PRIMARY KEY,
+            drive_id INTEGER NOT NULL REFERENCES drives(id),
+            payload  TEXT NOT NULL
+        );
+
         -- Operations that change drives and catalog together, written before the drives are
         -- touched and deleted in the same transaction that records the result. A row left
         -- here means a crash happened in between, `check --repair` finishes it (every op's
@@ -436,6 +447,18 @@ class Catalog:
             """
         )
         return [(int(a), int(b), int(c)) for a, b, c in rows]
+
+    # -- steps owed to missing drives -------------------------------------------------------
+
+    def owe(self, drive_id: int, payload: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO owed (drive_id, payload) VALUES (?, ?)", (drive_id, json.dumps(payload)))
+
+    def owed(self, drive_id: int) -> list[tuple[int, dict[str, Any]]]:
+        rows = self.db.execute("SELECT id, payload FROM owed WHERE drive_id = ? ORDER BY id", (drive_id,))
+        return [(int(i), json.loads(p)) for i, p in rows]
+
+    def owed_done(self, owed_id: int) -> None:
+        self.db.execute("DELETE FROM owed WHERE id = ?", (owed_id,))
 
     # -- journal -----------------------------------------------------------------------------
 

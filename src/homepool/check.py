@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from .drives import Drive
+from .errors import HomepoolError
 from .pool import Pool, conflict_name, describe, scan_tree
 from .streams import hash_file
 
@@ -109,7 +110,23 @@ def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool) -> list[
                 out.append(p)
                 continue
             if st.st_size == r.size and st.st_mtime_ns == r.mtime_ns:
-                good += r.state == "ok"
+                if r.state == "ok":
+                    good += 1
+                    continue
+                # Marked bad by a failed read: if the content is right after all, it is good.
+                try:
+                    intact = hash_file(d.real(path)) == node.hash
+                except OSError:
+                    intact = False
+                if intact:
+                    p = Problem("replicas_match", path, f"copy on {d.name} was marked bad but reads back intact")
+                    if repair:
+                        with pool.cat.transaction():
+                            pool.cat.set_replica_state(node.id, d.id, "ok")
+                        pool._changed = True
+                        p.fixed = True
+                        good += 1
+                    out.append(p)
                 continue
             digest = hash_file(d.real(path)) if st.st_size == node.size else None
             if digest == node.hash:
@@ -159,21 +176,31 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool) -> list[
     out = []
     for d in drives:
         known = {pool.path_of(r.node_id) for r in pool.cat.replicas_on(d.id)}
+        owed = pool.owed_paths(d.id)  # on their way out: not strays
         for path, is_dir in list(scan_tree(d.tree)):
+            if path in owed or any(path.startswith(o + "/") for o in owed):
+                continue
             if is_dir:
                 if pool.lookup(path) is None:
                     p = Problem("no_stray_files", path, f"folder on {d.name} is not in the pool")
                     if repair:
-                        pool._register_dir(path)
-                        p.fixed = True
+                        try:
+                            pool._register_dir(pool._canonical(path))
+                            p.fixed = True
+                        except HomepoolError as e:
+                            p.detail += f"; left alone: {e}"
                     out.append(p)
                 continue
             if path in known:
                 continue
             p = Problem("no_stray_files", path, f"file on {d.name} is not in the catalog")
             if repair:
-                p.detail += f"; {pool.register_file(d, path)}"
-                p.fixed = True
+                try:
+                    line = pool.register_file(d, path)
+                    p.detail += f"; {line}"
+                    p.fixed = "left" not in line.split(":")[0]
+                except HomepoolError as e:
+                    p.detail += f"; left alone: {e}"
             out.append(p)
     return out
 

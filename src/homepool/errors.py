@@ -92,6 +92,10 @@ class SourceVanished(BadInput):
     """Source {path} vanished or changed while it was being imported; nothing of it was imported. Run the import again."""
 
 
+class ImportIncomplete(BadInput):
+    """{count} file(s) could not be read and were not imported (first: {first}); everything else was. Fix them and run the import again."""
+
+
 class BadSource(BadInput):
     """Cannot import {path}: {why}."""
 

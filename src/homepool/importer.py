@@ -57,6 +57,7 @@ class ImportResult:
     bytes: int = 0
     skipped_same: int = 0
     skipped_other: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # source files that could not be read
 
 
 def plan(pool: Pool, src: Path, dest: str) -> ImportPlan:
@@ -171,8 +172,15 @@ def run(pool: Pool, src: Path, dest: str, progress: Callable[[int, SourceFile], 
                 fh = open(f.src, "rb", buffering=0)  # noqa: SIM115 (closed below, after the checks)
             except FileNotFoundError:
                 raise SourceVanished(path=str(f.src)) from None
+            except OSError as e:
+                result.failed.append(f"{f.src}: {e.strerror or e}")
+                continue
             with fh:
-                staged = batch.put(f.dest, fh, f.size, f.mode, f.mtime_ns)
+                try:
+                    staged = batch.put(f.dest, fh, f.size, f.mode, f.mtime_ns)
+                except OSError as e:  # reading the source (a drive's failure is a HomepoolError)
+                    result.failed.append(f"{f.src}: {e.strerror or e}")
+                    continue
                 after = os.fstat(fh.fileno())  # changed since `plan` looked at it?
             if staged.size != f.size or after.st_mtime_ns != f.mtime_ns or after.st_size != f.size:
                 if staged in batch.staged:

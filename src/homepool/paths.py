@@ -25,6 +25,10 @@ def split(path: str) -> tuple[str, ...]:
     """Return the components of the pool path `path` (``()`` for the pool's root)."""
     if "\0" in path:
         raise BadPath(path=path, why="it contains a NUL character")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadPath(path=path, why="it is not valid UTF-8") from None
     if len(path.encode("utf-8", "surrogateescape")) > PATH_MAX:
         raise BadPath(path=path, why=f"it is longer than {PATH_MAX} bytes")
     parts = tuple(p for p in path.split("/") if p not in ("", "."))

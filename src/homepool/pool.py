@@ -23,6 +23,7 @@ import datetime as dt
 import errno
 import logging
 import os
+import sqlite3
 import stat as stat_
 import time
 import uuid
@@ -54,6 +55,7 @@ from .errors import (
     DirectoryNotEmpty,
     DriveIOError,
     FolderExists,
+    HomepoolError,
     IsADirectory,
     NewerPool,
     NoPool,
@@ -191,12 +193,12 @@ class Pool:
             lock = PoolLock(state_dir)
             lock.acquire()
         try:
-            cat = Catalog(state_dir / CATALOG_FILE)
             try:
+                cat = Catalog(state_dir / CATALOG_FILE)
                 rev = cat.schema_rev()
-            except Exception as e:
-                cat.close()
-                raise NotAPool(path=state_dir, why=f"{CATALOG_FILE} is not a homepool catalog ({e})") from None
+            except sqlite3.Error as e:
+                raise NotAPool(path=state_dir, why=f"{CATALOG_FILE} is damaged ({e}); `homepool recover --force "
+                               "DRIVE...` rebuilds it from the drives") from None
             if rev > CURRENT_REV:
                 cat.close()
                 raise NewerPool(path=state_dir, found=rev, known=CURRENT_REV)
@@ -209,7 +211,16 @@ class Pool:
             if lock:
                 lock.release()
             raise
-        return cls(state_dir, config, cat, lock)
+        pool = cls(state_dir, config, cat, lock)
+        if write:
+            # We hold the lock, so whatever is in the journal was left by a crashed process:
+            # finish it now, before any new change could be overtaken by an old one replayed.
+            for line in pool.finish_journal():
+                log.warning("%s", line)
+            for d in pool.drives(present_only=True):
+                for line in pool.settle_owed(d):
+                    log.info("%s", line)
+        return pool
 
     def close(self) -> None:
         try:
@@ -255,6 +266,8 @@ class Pool:
                 with self.cat.transaction():
                     self.cat.set_drive_state(d.id, state)
                 d = Drive(dataclasses.replace(row, state=state))
+                if state == "active" and self.lock is not None:
+                    self.settle_owed(d)
             if state == "active" or not present_only:
                 out.append(d)
         return out
@@ -320,6 +333,8 @@ class Pool:
         if (real / TREE_DIR).exists() and ident is None:
             raise BadDrive(path=shown, why=f"it already has a {TREE_DIR}/ folder that is not a pool's; rename it away")
         label = label if label is not None and label != "" else (ident.label if ident and adopt else real.name)
+        if "/" in label or "\\" in label or not label.isprintable() or len(label) > 64:
+            raise BadDrive(path=shown, why="a label is at most 64 printable characters, without / or \\")
         new = new_identity(self.config.pool_id, label)
         with self.cat.transaction():
             drive_id = self.cat.add_drive(new.drive_id, str(real), label, new.added_at, max_size, bool(shared))
@@ -557,8 +572,13 @@ class Pool:
 
     # -- the journal: switching staged data into place --------------------------------------
 
+    # Each op has drive steps (`_apply_*`: idempotent, a failing drive is logged and skipped,
+    # never raised, so a journal row can always be finished) and catalog steps (`_record_*`,
+    # inside the transaction that deletes the journal row). Steps a missing drive could not
+    # take are recorded in `owed` and applied when it is back (`settle_owed`).
+
     def _apply_write(self, p: dict, drives: dict[int, Drive], made: set[tuple[int, str]] | None = None) -> list[int]:
-        """Drive steps of a 'write' (idempotent). Returns the targets that hold the new data.
+        """Drive steps of a 'write'. Returns the targets that hold the new data.
         `made` remembers directories already created on each drive during a batch."""
         done = []
         parent = p["path"].rpartition("/")[0]
@@ -580,7 +600,7 @@ class Pool:
                 except FileNotFoundError:
                     pass
                 st = os.stat(final)
-                if stat_.S_ISREG(st.st_mode) and st.st_size == p["size"]:
+                if stat_.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (p["size"], p["mtime_ns"]):
                     done.append(d.id)  # switched before a crash
                 else:
                     log.error("copy of %s on %s was lost before it was switched into place", p["path"], d.name)
@@ -588,6 +608,8 @@ class Pool:
                 log.error("copy of %s on %s was lost before it was switched into place", p["path"], d.name)
             except OSError as e:
                 log.error("could not put %s into place on %s: %s", p["path"], d.name, e)
+        if not done:
+            return done  # nothing new is in place: the old copies stay, all of them
         for key in p["drop"]:
             d = drives.get(int(key))
             if d is not None and d.row.state == "active":
@@ -597,64 +619,82 @@ class Pool:
                     log.error("could not remove the old copy of %s on %s: %s", p["path"], d.name, e)
         return done
 
-    def _record_write(self, p: dict, done: list[int], parent: Node | None = None) -> None:
+    def _record_write(self, p: dict, done: list[int], parent: Node | None = None,
+                      drives: dict[int, Drive] | None = None) -> None:
         """Catalog steps of a 'write' (inside the caller's transaction)."""
+        if not done:
+            return  # the old state stands
         parts = paths.split(p["path"])
         parent = parent or self.lookup(paths.join(parts[:-1]))
         if parent is None or not parent.is_dir:
             log.error("the folder of %s is gone; its new copies are left for `check`", p["path"])
             return
-        if done:
-            node_id = self.cat.upsert_file(parent.id, parts[-1], p["size"], p["mode"], p["mtime_ns"], p["hash"])
-            if node_id is None:
-                log.error("%s became a folder; its new copies are left for `check`", p["path"])
-                return
-        else:
-            node = self.cat.child(parent.id, parts[-1])
-            if node is None:
-                return
-            node_id = node.id
+        old = {r.drive_id: r for r in self.cat.replicas(n.id)} if (n := self.cat.child(parent.id, parts[-1])) else {}
+        node_id = self.cat.upsert_file(parent.id, parts[-1], p["size"], p["mode"], p["mtime_ns"], p["hash"])
+        if node_id is None:
+            log.error("%s became a folder; its new copies are left for `check`", p["path"])
+            return
         for drive_id in done:
             self.cat.set_replica(node_id, drive_id, p["size"], p["mtime_ns"], p["hash"])
-        lost = [int(k) for k in p["targets"] if int(k) not in done]
-        for drive_id in list(p["drop"]) + lost:
-            self.cat.drop_replica(node_id, int(drive_id))
-        if not done and not self.cat.replicas(node_id):
-            self.cat.delete_node(node_id)
+        # Every other copy that does not hold the new content is no copy of this file any
+        # more: the dropped old copies, and targets whose new copy did not make it.
+        for drive_id, r in old.items():
+            if drive_id in done or r.hash == p["hash"]:
+                continue
+            self.cat.drop_replica(node_id, drive_id)
+            d = drives.get(drive_id) if drives else None
+            if drive_id in map(int, p["drop"]) and (d is None or d.row.state != "active"):
+                self.cat.owe(drive_id, {"op": "unlink", "path": p["path"], "size": r.size, "mtime_ns": r.mtime_ns})
 
-    def _apply_drop(self, p: dict, drives: dict[int, Drive]) -> None:
+    def _apply_drop(self, p: dict, drives: dict[int, Drive]) -> set[int]:
+        """Drive steps of a 'drop'; returns the drives that could not take them."""
+        failed = set()
         for key in p["drives"]:
             d = drives.get(int(key))
             if d is not None and d.row.state == "active":
-                d.unlink(p["path"])
+                try:
+                    d.unlink(p["path"])
+                except OSError as e:
+                    log.error("could not remove the copy of %s on %s: %s", p["path"], d.name, e)
+                    failed.add(d.id)
+        return failed
 
-    def _record_drop(self, p: dict) -> None:
+    def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
         node = self.lookup(p["path"])
         if node is None:
             return
+        reps = {r.drive_id: r for r in self.cat.replicas(node.id)}
         for key in p["drives"]:
+            r = reps.get(int(key))
+            d = drives.get(int(key))
+            if r is not None and (d is None or d.row.state != "active" or r.drive_id in failed):
+                self.cat.owe(r.drive_id, {"op": "unlink", "path": p["path"], "size": r.size, "mtime_ns": r.mtime_ns})
             self.cat.drop_replica(node.id, int(key))
         if p.get("node"):
             self.cat.delete_node(node.id)
 
-    def _apply_rename(self, p: dict, drives: dict[int, Drive]) -> None:
+    def _apply_rename(self, p: dict, drives: dict[int, Drive]) -> set[int]:
+        """Drive steps of a 'rename'; returns the drives that could not take them."""
+        failed = set()
         for key in p["unlink_dst"]:
             d = drives.get(int(key))
             if d is not None and d.row.state == "active":
-                d.unlink(p["dst"])
+                try:
+                    d.unlink(p["dst"])
+                except OSError as e:
+                    log.error("could not remove the replaced copy of %s on %s: %s", p["dst"], d.name, e)
+                    failed.add(d.id)
         for key in p["moves"]:
             d = drives.get(int(key))
-            if d is None or d.row.state != "active":
-                continue
-            src, dst = d.real(p["src"]), d.real(p["dst"])
-            if src.exists() or src.is_symlink():
-                d.makedirs(p["dst"].rpartition("/")[0])
-                if p["kind"] == "dir" and dst.is_dir():
-                    with suppress(OSError):
-                        dst.rmdir()  # an empty directory is replaced, as rename(2) does
-                os.rename(src, dst)
+            if d is not None and d.row.state == "active":
+                try:
+                    rename_on(d, p["src"], p["dst"], p["kind"])
+                except OSError as e:
+                    log.error("could not rename %s to %s on %s: %s", p["src"], p["dst"], d.name, e)
+                    failed.add(d.id)
+        return failed
 
-    def _record_rename(self, p: dict) -> None:
+    def _record_rename(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
         node = self.lookup(p["src"])
         if node is None:
             return  # recorded before the crash
@@ -662,10 +702,22 @@ class Pool:
         parent = self.stat(paths.join(dparts[:-1]))
         old = self.cat.child(parent.id, dparts[-1])
         if old is not None and old.id != node.id:
+            for r in self.cat.replicas(old.id):
+                d = drives.get(r.drive_id)
+                if d is None or d.row.state != "active" or r.drive_id in failed:
+                    self.cat.owe(r.drive_id, {"op": "unlink", "path": p["dst"], "size": r.size, "mtime_ns": r.mtime_ns})
             self.cat.delete_node(old.id)
+        for key in p["moves"]:
+            d = drives.get(int(key))
+            if d is None or d.row.state != "active" or int(key) in failed:
+                self.cat.owe(int(key), {"op": "rename", "src": p["src"], "dst": p["dst"], "kind": p["kind"]})
+        was_folder = node.parent_id == ROOT_ID
         self.cat.move_node(node.id, parent.id, dparts[-1])
         if parent.id == ROOT_ID:
-            self.cat.rename_folder(node.id, paths.fold(dparts[-1]))
+            if was_folder:
+                self.cat.rename_folder(node.id, paths.fold(dparts[-1]))
+            else:  # a subfolder became a top-level folder: it keeps the copies it had
+                self.cat.add_folder(node.id, paths.fold(dparts[-1]), int(p.get("copies", 1)))
 
     def _run(self, op: str, payload: dict) -> list[int] | None:
         """Journal `op`, do its drive steps, record it: the crash-safe path for every change."""
@@ -676,24 +728,25 @@ class Pool:
 
     def _finish(self, entry: int, op: str, payload: dict, drives: dict[int, Drive]) -> list[int] | None:
         done: list[list[int]] = []
+        failed: set[int] = set()
         if op == "write":
             made: set[tuple[int, str]] = set()
             done = [self._apply_write(f, drives, made) for f in payload["files"]]
         elif op == "drop":
-            self._apply_drop(payload, drives)
+            failed = self._apply_drop(payload, drives)
         elif op == "rename":
-            self._apply_rename(payload, drives)
+            failed = self._apply_rename(payload, drives)
         else:
             raise ValueError(f"unknown journal op {op!r}")
         self._sync_drives(drives, payload)
         with self.cat.transaction():
             if op == "write":
                 for f, targets in zip(payload["files"], done, strict=True):
-                    self._record_write(f, targets)
+                    self._record_write(f, targets, drives=drives)
             elif op == "drop":
-                self._record_drop(payload)
+                self._record_drop(payload, drives, failed)
             else:
-                self._record_rename(payload)
+                self._record_rename(payload, drives, failed)
             self.cat.journal_done(entry)
         return done[0] if op == "write" and len(done) == 1 else None
 
@@ -709,6 +762,38 @@ class Pool:
                     d.syncfs()
                 except OSError as e:
                     log.error("could not flush %s: %s", d.name, e)
+
+    def owed_paths(self, drive_id: int) -> set[str]:
+        """Paths on a drive that a step still owed to it will remove or move."""
+        return {step.get("path") or step["src"] for _, step in self.cat.owed(drive_id)}
+
+    def settle_owed(self, drive: Drive) -> list[str]:
+        """Apply the steps a drive missed while it was away (deletes, renames, old copies to
+        remove), before anything else looks at it. An old copy is removed only if the file
+        there is still exactly that copy; anything else is left for `check`."""
+        out = []
+        for owed_id, step in self.cat.owed(drive.id):
+            try:
+                if step["op"] == "unlink":
+                    st = os.stat(drive.real(step["path"]))
+                    if (st.st_size, st.st_mtime_ns) == (step["size"], step["mtime_ns"]):
+                        os.unlink(drive.real(step["path"]))
+                        out.append(f"removed {step['path']} from {drive.name} (deleted while it was away)")
+                elif step["op"] == "rename":
+                    rename_on(drive, step["src"], step["dst"], step.get("kind", "file"))
+                    out.append(f"renamed {step['src']} to {step['dst']} on {drive.name} (while it was away)")
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.error("could not catch %s up (%s of %s): %s", drive.name, step["op"],
+                          step.get("path") or step.get("src"), e)
+                continue
+            with self.cat.transaction():
+                self.cat.owed_done(owed_id)
+            self._changed = True
+        if out:
+            drive.syncfs()
+        return out
 
     def finish_journal(self) -> list[str]:
         """Complete every operation a crash interrupted. Returns a line for each."""
@@ -748,7 +833,8 @@ class Pool:
                 return open(d.real(norm), "rb")  # noqa: SIM115 (the caller closes it)
             except OSError as e:
                 log.error("copy of %s on %s is unreadable (%s); using another copy", norm, d.name, e)
-                self.mark_bad(node.id, d.id)
+                if copy_is_at_fault(e):
+                    self.mark_bad(node.id, d.id)
         raise NoReadableCopy(path=norm, tried=", ".join(tried) or "no drive holds a copy")
 
     def read_bytes(self, path: str) -> bytes:
@@ -765,14 +851,17 @@ class Pool:
     def rename(self, src: str, dst: str) -> None:
         """Move a file or folder within the pool, replacing a file (or empty dir) at `dst`."""
         sparts, dparts = paths.split(src), paths.split(dst)
-        node = self.stat(src)
         if not sparts or not dparts:
             raise NotFound(path="/")
-        if dparts[: len(sparts)] == sparts and node.is_dir:
-            raise AlreadyExists(path=f"{paths.join(dparts)} (a folder cannot move into itself)")
+        node = self.stat(src)
         dparent = self.stat(paths.join(dparts[:-1]))
         if not dparent.is_dir:
             raise NotADir(path=paths.join(dparts[:-1]))
+        ancestor: Node | None = dparent
+        while ancestor is not None:  # compared by identity: spelling and case do not matter
+            if ancestor.id == node.id:
+                raise AlreadyExists(path=f"{paths.join(dparts)} (a folder cannot move into itself)")
+            ancestor = self.cat.node(ancestor.parent_id) if ancestor.parent_id is not None else None
         if dparent.id == ROOT_ID:
             if not node.is_dir:
                 raise NotInFolder(path=paths.join(dparts))
@@ -791,16 +880,28 @@ class Pool:
                 raise (IsADirectory if old.is_dir else NotADir)(path=dfull)
             if old.is_dir and self.cat.has_children(old.id):
                 raise DirectoryNotEmpty(path=dfull)
-        drives = self.drives(present_only=True)
+        drives = self.drives()
+        present = [d for d in drives if d.row.state == "active"]
         if node.is_dir:
-            moves = [d.id for d in drives if d.real(sfull).is_dir()]
+            # Every drive may hold the directory; missing ones are caught up when they return.
+            moves = [d.id for d in drives if d.row.state != "active" or d.real(sfull).is_dir()]
             unlink_dst: list[int] = []
         else:
             moves = [r.drive_id for r in self.cat.replicas(node.id)]
             had = [r.drive_id for r in self.cat.replicas(old.id)] if old else []
             unlink_dst = [d for d in had if d not in moves]
+        for d in present:  # something the catalog does not know in the way: refuse up front
+            target = d.real(dfull)
+            if d.id not in moves or not (target.exists() or target.is_symlink()):
+                continue
+            where = f"{dfull} (on drive {d.label!r}; `homepool check` shows it)"
+            if node.is_dir and (not target.is_dir() or any(target.iterdir())):
+                raise DirectoryNotEmpty(path=where)
+            if not node.is_dir and target.is_dir():
+                raise IsADirectory(path=where)
         before = self._folder_of(node.id) if node.parent_id != ROOT_ID else node.id
-        self._run("rename", {"src": sfull, "dst": dfull, "kind": node.kind, "moves": moves, "unlink_dst": unlink_dst})
+        self._run("rename", {"src": sfull, "dst": dfull, "kind": node.kind, "moves": moves, "unlink_dst": unlink_dst,
+                             "copies": self.copies_wanted(node.id) if node.parent_id != ROOT_ID else 0})
         if before != self._folder_of(node.id):  # moved to another folder: its copies may differ
             for f in self.cat.subtree_files(node.id):
                 self.reconcile(f)
@@ -827,7 +928,10 @@ class Pool:
 
     def reconcile(self, node: Node) -> int:
         """Add or remove copies of a file until it has what its folder wants (or as many as
-        the drives allow). Returns the number of good copies it has afterwards."""
+        the drives allow). Returns the number of good copies it has afterwards.
+
+        Copies are removed (extra ones, or bad ones) only after the copies that stay were seen
+        on their drives as recorded: the catalog may be stale, the drives are the truth."""
         wanted = self.copies_wanted(node.id)
         drives = self.drives()
         active = {d.id: d for d in drives if d.row.state == "active"}
@@ -836,16 +940,37 @@ class Pool:
         def good() -> list[int]:
             return [r.drive_id for r in self.cat.replicas(node.id) if r.state == "ok" and r.drive_id in active]
 
+        def verified() -> list[int]:
+            out = []
+            for r in self.cat.replicas(node.id):
+                if r.state != "ok" or r.drive_id not in active:
+                    continue
+                try:
+                    st = os.stat(active[r.drive_id].real(path))
+                except FileNotFoundError:
+                    log.error("copy of %s on %s is gone", path, active[r.drive_id].name)
+                    with self.cat.transaction():
+                        self.cat.drop_replica(node.id, r.drive_id)
+                    self._changed = True
+                    continue
+                if (st.st_size, st.st_mtime_ns) == (r.size, r.mtime_ns):
+                    out.append(r.drive_id)
+            return out
+
         bad = [r.drive_id for r in self.cat.replicas(node.id) if r.state == "bad" and r.drive_id in active]
-        if bad and good():
+        if bad and verified():
             self._run("drop", {"path": path, "drives": bad})  # a good copy is left to re-make them from
         have = good()
         if len(have) > wanted:
-            # Drop the copies on the fullest drives first.
-            rooms = {c.drive_id: c.room for c in self._candidates(drives)}
-            extra = sorted(have, key=lambda d: rooms.get(d, 0))[: len(have) - wanted]
-            self._run("drop", {"path": path, "drives": extra})
-            return wanted
+            sure = verified()
+            if len(sure) >= wanted:
+                # Keep verified copies, on the drives with the most room; drop the rest.
+                rooms = {c.drive_id: c.room for c in self._candidates(drives)}
+                keep = sorted(sure, key=lambda d: -rooms.get(d, 0))[:wanted]
+                extra = [d for d in good() if d not in keep]
+                if extra:
+                    self._run("drop", {"path": path, "drives": extra})
+            return len(good())
         while have and len(have) < wanted:
             holders = [r.drive_id for r in self.cat.replicas(node.id)]
             target = placement.choose(self.config.placement, self._candidates(drives), node.size, 1, exclude=holders)
@@ -859,36 +984,52 @@ class Pool:
         return len(good())
 
     def _add_copy(self, node: Node, path: str, sources: list[Drive], target: Drive) -> bool:
-        """Copy a file from a good copy to `target`, verifying the content hash on the way."""
+        """Copy a file from a good copy to `target`, verifying the content hash on the way.
+        A source that cannot be read or does not match is marked bad and the next one tried;
+        a failing target ends the attempt (the caller picks another drive next time)."""
         for src_drive in sources:
             tmp = target.new_tmp()
+            source_error: OSError | None = None
             try:
                 with open(src_drive.real(path), "rb") as src:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    try:
+                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    except OSError as e:
+                        log.error("could not make a copy of %s on %s: %s", path, target.name, e)
+                        return False
                     t = Target(target.id, fd)
                     try:
-                        n, digest = copy_to(src, [t], node.size, fsync=False)
-                        os.fchmod(fd, node.mode & 0o7777)
-                        os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+                        n, digest = copy_to(src, [t], node.size, fsync=False)  # raises for the source only
                         if t.error is None:
-                            os.fsync(fd)
+                            try:
+                                os.fchmod(fd, node.mode & 0o7777)
+                                os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+                                os.fsync(fd)
+                            except OSError as e:
+                                t.error = e
+                    except OSError as e:
+                        source_error = e
                     finally:
                         os.close(fd)
-                if t.error is not None:
-                    raise DriveIOError(drive=target.name, op="copy", path=path, err=t.error)
-            except OSError as e:
-                log.error("copy of %s on %s is unreadable (%s)", path, src_drive.name, e)
-                with suppress(OSError):
-                    tmp.unlink()
-                self.mark_bad(node.id, src_drive.id)
-                continue
+            except OSError as e:  # opening the source
+                source_error = e
             except BaseException:
                 with suppress(OSError):
                     tmp.unlink()
                 raise
+            if source_error is not None or t.error is not None or n != node.size or digest != node.hash:
+                with suppress(OSError):
+                    tmp.unlink()
+            if source_error is not None:
+                log.error("copy of %s on %s is unreadable (%s)", path, src_drive.name, source_error)
+                if copy_is_at_fault(source_error):
+                    self.mark_bad(node.id, src_drive.id)
+                continue
+            if t.error is not None:
+                log.error("could not make a copy of %s on %s: %s", path, target.name, t.error)
+                return False
             if n != node.size or digest != node.hash:
                 log.error("copy of %s on %s does not match its checksum; not copying it", path, src_drive.name)
-                tmp.unlink()
                 self.mark_bad(node.id, src_drive.id)
                 continue
             payload = {"path": path, "targets": {str(target.id): tmp.name}, "drop": [], "size": node.size,
@@ -899,53 +1040,83 @@ class Pool:
 
     # -- files that are on a drive but not in the catalog ------------------------------------
 
-    def register_tree(self, drive: Drive, known: dict[str, tuple[int, int, str]] | None = None) -> list[str]:
+    def register_tree(self, drive: Drive, known: dict[str, tuple[int, int, str]] | None = None,
+                      only_known: bool = False) -> list[str]:
         """Record every file under the drive's HomePool/ that the catalog does not know, as
         `drive add --adopt`, `check --repair` and `recover` need. `known` maps paths to a
-        (size, mtime_ns, hash) believed right, to skip hashing unchanged files. Returns what
-        it did."""
+        (size, mtime_ns, hash) believed right: those files are not read again, and with
+        `only_known` only they are recorded (so `recover` can take the current versions first
+        and put stale ones aside after). Returns a line for each thing it did."""
         out = []
         recorded = {self.path_of(r.node_id) for r in self.cat.replicas_on(drive.id)}
+        owed = self.owed_paths(drive.id)  # on their way out: not to be taken in
         for path, is_dir in scan_tree(drive.tree):
-            if path in recorded:
+            if path in recorded or path in owed or any(path.startswith(o + "/") for o in owed):
                 continue
-            if is_dir:
-                if self.lookup(path) is None:
-                    self._register_dir(path)
-                continue
-            hint = None
-            if known is not None and path in known:
-                st = os.stat(drive.real(path))
-                size, mtime_ns, digest = known[path]
-                hint = digest if (st.st_size, st.st_mtime_ns) == (size, mtime_ns) else None
-            out.append(self.register_file(drive, path, hint))
+            try:
+                if is_dir:
+                    if not only_known and self.lookup(path) is None:
+                        self._register_dir(self._canonical(path))
+                    continue
+                hint = None
+                if known is not None and path in known:
+                    st = os.stat(drive.real(path))
+                    size, mtime_ns, digest = known[path]
+                    hint = digest if (st.st_size, st.st_mtime_ns) == (size, mtime_ns) else None
+                if only_known and hint is None:
+                    continue
+                out.append(self.register_file(drive, path, hint))
+            except HomepoolError as e:
+                out.append(f"left {path} on {drive.name} alone: {e}")
         return out
 
-    def _register_dir(self, path: str) -> None:
+    def _canonical(self, path: str) -> str:
+        """`path` with its folder spelt as the pool spells it (`photos/x` -> `Photos/x`)."""
         parts = paths.split(path)
+        found = self.cat.folder_by_fold(paths.fold(parts[0])) if parts else None
+        if found is None:
+            return path
+        return paths.join((self.cat.node(found[0]).name, *parts[1:]))
+
+    def _register_dir(self, path: str) -> Node:
+        parts = paths.split(path)
+        node = self.cat.node(ROOT_ID)
         for i in range(1, len(parts) + 1):
             sub = paths.join(parts[:i])
-            node = self.lookup(sub)
-            if node is None:
+            child = self.lookup(sub)
+            if child is None:
                 if i == 1:
                     self.add_folder(parts[0], DEFAULT_FOLDERS.get(parts[0], 1))
+                    child = self.stat(parts[0])
                 else:
-                    parent = self.stat(paths.join(parts[: i - 1]))
                     with self.cat.transaction():
-                        self.cat.add_node(parent.id, parts[i - 1], "dir", 0o40755, _now_ns())
+                        child = self.cat.node(self.cat.add_node(node.id, parts[i - 1], "dir", 0o40755, _now_ns()))
                     self._changed = True
+            if not child.is_dir:
+                raise NotADir(path=f"{sub} (a file in the pool, a folder on a drive)")
+            node = child
+        return node
 
     def register_file(self, drive: Drive, path: str, known_hash: str | None = None) -> str:
         """Record the plain file `path` found on `drive`. Never deletes or overwrites it: if the
-        pool already has different content at that path, the file is renamed aside."""
-        real = drive.real(path)
-        st = os.stat(real)
+        pool already has different content at that path, the file is renamed aside; if its
+        folder is spelt differently from the pool's, it moves into the pool's spelling."""
         parts = paths.split(path)
         if len(parts) == 1:
             return f"left {path} on {drive.name} alone: files belong inside a folder"
-        self._register_dir(paths.join(parts[:-1]))
+        canonical = self._canonical(path)
+        if canonical != path:
+            taken = lambda p: self.lookup(p) is not None or drive.real(p).exists()  # noqa: E731
+            dest = conflict_name(canonical, drive.label, taken) if taken(canonical) else canonical
+            drive.makedirs(dest.rpartition("/")[0])
+            os.rename(drive.real(path), drive.real(dest))
+            fsync_dir(drive.real(dest).parent)
+            return self.register_file(drive, dest, known_hash) + f" (moved from {path})"
+        real = drive.real(path)
+        st = os.stat(real)
+        parent = self._register_dir(paths.join(parts[:-1]))
         digest = known_hash or hash_file(real)
-        node = self.lookup(path)
+        node = self.cat.child(parent.id, parts[-1])
         if node is not None and not node.is_dir and node.hash == digest:
             with self.cat.transaction():
                 self.cat.set_replica(node.id, drive.id, st.st_size, st.st_mtime_ns, digest)
@@ -957,12 +1128,30 @@ class Pool:
             fsync_dir(drive.real(aside).parent)
             self.register_file(drive, aside, digest)
             return f"{path} on {drive.name} differs from the pool's; kept it as {aside}"
-        parent = self.stat(paths.join(parts[:-1]))
         with self.cat.transaction():
             node_id = self.cat.add_node(parent.id, parts[-1], "file", st.st_mode, st.st_mtime_ns, st.st_size, digest)
             self.cat.set_replica(node_id, drive.id, st.st_size, st.st_mtime_ns, digest)
         self._changed = True
         return f"added {path} from {drive.name}"
+
+
+def copy_is_at_fault(e: OSError) -> bool:
+    """Whether an error opening or reading a copy means the copy itself is damaged or gone
+    (not, say, too many open files, which says nothing about the copy)."""
+    return e.errno in (errno.ENOENT, errno.EIO, errno.ESTALE, errno.ENXIO, errno.ENODEV, errno.EBADMSG,
+                       errno.EUCLEAN)
+
+
+def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
+    """Rename a pool path on one drive (idempotent: nothing to do if `src` is not there)."""
+    s, t = d.real(src), d.real(dst)
+    if not (s.exists() or s.is_symlink()):
+        return
+    d.makedirs(dst.rpartition("/")[0])
+    if kind == "dir" and t.is_dir():
+        with suppress(OSError):
+            t.rmdir()  # an empty directory is replaced, as rename(2) does
+    os.rename(s, t)
 
 
 def describe(op: str, payload: dict) -> str:
@@ -987,6 +1176,12 @@ def scan_tree(root: Path) -> Iterator[tuple[str, bool]]:
             continue
         for entry in entries:
             path = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                log.warning("skipping %s: its name is not valid UTF-8; rename it to bring it into the pool",
+                            root / os.fsdecode(path.encode("utf-8", "surrogateescape")))
+                continue
             if entry.is_dir(follow_symlinks=False):
                 yield path, True
                 stack.append(path)
@@ -996,6 +1191,7 @@ def scan_tree(root: Path) -> Iterator[tuple[str, bool]]:
 
 def conflict_name(path: str, label: str, taken) -> str:
     """`dir/name (conflict LABEL).ext`, numbered if needed, for a copy that must be kept aside."""
+    label = "".join(c if c.isprintable() and c not in "/\\" else "-" for c in label)
     head, _, name = path.rpartition("/")
     stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
     for i in range(1, 1000):
@@ -1178,8 +1374,9 @@ class WriteBatch:
                     d.syncfs()
                 else:
                     for s in self.staged:
-                        if d.id in s.targets:
-                            fsync_dir(d.real(s.path).parent)
+                        if d.id in s.targets or d.id in s.drop:
+                            with suppress(FileNotFoundError):
+                                fsync_dir(d.real(s.path).parent)
         with pool.cat.transaction():
             for p, done, s in zip(payloads, results, self.staged, strict=True):
                 pool._record_write(p, done, self._parents[s.path])

@@ -10,6 +10,7 @@ on the drives is deleted or overwritten.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from .catalog import Catalog
-from .config import CATALOG_FILE, CONFIG_FILE, PoolConfig
+from .config import CATALOG_FILE, CONFIG_FILE, PoolConfig, PoolLock
 from .drives import CATALOG_COPY, META_DIR, read_identity
 from .errors import RecoverRefused
 from .pool import Pool
@@ -48,13 +49,17 @@ def newest_copy(roots: list[Path]) -> Path | None:
 
 
 def recover(state_dir: Path, drive_paths: list[Path], force: bool = False) -> list[str]:
+    """Rebuild the pool's state in `state_dir` from `drive_paths`; returns what it found.
+
+    The new state is built in a scratch directory beside `state_dir` and moved in only when
+    complete, under the pool's lock: a failure half-way leaves `state_dir` as it was."""
     if not drive_paths:
         raise RecoverRefused(why="name at least one member drive")
     exists = (state_dir / CONFIG_FILE).exists() or (state_dir / CATALOG_FILE).exists()
     if exists and not force:
         raise RecoverRefused(why=f"a pool already exists at {state_dir}; add --force to rebuild its catalog "
                              "anyway (the old one is kept aside)")
-    roots = []
+    roots: dict[str, Path] = {}  # drive id -> where it is mounted now
     pool_id = None
     for p in drive_paths:
         root = Path(os.path.realpath(p))
@@ -64,16 +69,30 @@ def recover(state_dir: Path, drive_paths: list[Path], force: bool = False) -> li
         if pool_id is not None and ident.pool_id != pool_id:
             raise RecoverRefused(why=f"{p} belongs to another pool than {drive_paths[0]}")
         pool_id = ident.pool_id
-        roots.append(root)
+        roots[ident.drive_id] = root
     assert pool_id is not None
 
-    if force:  # keep the old state aside, never delete it
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = PoolLock(state_dir)
+    lock.acquire()
+    scratch = state_dir.parent / f".{state_dir.name}.recovering-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        lines = _rebuild(scratch, pool_id, roots)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for name in (CONFIG_FILE, CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm"):
-            if (state_dir / name).exists():
+            if (state_dir / name).exists():  # with --force: kept aside, never deleted
                 os.replace(state_dir / name, state_dir / f"{name}.before-recover-{stamp}")
+        os.replace(scratch / CATALOG_FILE, state_dir / CATALOG_FILE)
+        os.replace(scratch / CONFIG_FILE, state_dir / CONFIG_FILE)  # last: it marks a complete pool
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        lock.release()
+    return lines
 
-    source = newest_copy(roots)
+
+def _rebuild(scratch: Path, pool_id: str, roots: dict[str, Path]) -> list[str]:
+    source = newest_copy(list(roots.values()))
     config = PoolConfig(pool_id=pool_id)
     if source is not None and (source / CONFIG_FILE).exists():
         loaded = PoolConfig.load(source)
@@ -81,32 +100,41 @@ def recover(state_dir: Path, drive_paths: list[Path], force: bool = False) -> li
             config = loaded
     lines = []
     old: Catalog | None = None
+    scratch.mkdir(parents=True)
     if source is not None:
         # Read a private copy: opening the drive's copy would leave WAL files on the drive.
-        state_dir.mkdir(parents=True, exist_ok=True)
-        scratch = state_dir / f"recover-source-{os.getpid()}.db"
-        shutil.copyfile(source / CATALOG_COPY, scratch)
-        old = Catalog(scratch)
+        shutil.copyfile(source / CATALOG_COPY, scratch / "old.db")
+        old = Catalog(scratch / "old.db")
         if old.meta("pool_id") != pool_id:
             old.close()
             old = None
-    with Pool.create(state_dir, folders={}, config=config) as pool:
+    with Pool.create(scratch, folders={}, config=config) as pool:
         known: dict[str, tuple[int, int, str]] = {}
-        given = {read_identity(r).drive_id: r for r in roots}  # type: ignore[union-attr]
+        given = dict(roots)
+        taken = {str(r) for r in roots.values()}
         if old is not None:
             lines.append(f"settings from the catalog copy on {source.parent}")  # type: ignore[union-attr]
             for folder, copies in old.folders():
                 pool.add_folder(folder.name, copies)
             with pool.cat.transaction():
-                for d in old.drives():
-                    path = str(given.pop(d.uuid, d.path))
-                    pool.cat.add_drive(d.uuid, path, d.label, d.added_at, d.max_size, d.shared_device)
+                for row in old.drives():
+                    now = given.pop(row.uuid, None)
+                    if now is None:  # not given: missing, unless it is still mounted where it was
+                        where = row.path if row.path not in taken else f"{row.path} (missing {row.uuid[:8]})"
+                    else:
+                        where = str(now)
+                    pool.cat.add_drive(row.uuid, where, row.label, row.added_at, row.max_size, row.shared_device)
             for path, node in old.walk():
                 if not node.is_dir and node.hash:
                     known[path] = (node.size, node.mtime_ns, node.hash)
+            # Steps owed to drives (deletes and renames they missed) must survive too, or
+            # deleted files would come back.
+            uuids = {row.id: row.uuid for row in old.drives()}
+            new_ids = {row.uuid: row.id for row in pool.cat.drives()}
+            with pool.cat.transaction():
+                for drive_id, step in old.db.execute("SELECT drive_id, payload FROM owed ORDER BY id"):
+                    pool.cat.owe(new_ids[uuids[drive_id]], json.loads(step))
             old.close()
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{scratch}{suffix}").unlink(missing_ok=True)
         else:
             lines.append("no catalog copy found on the drives: folders get default copies")
         with pool.cat.transaction():
@@ -114,15 +142,19 @@ def recover(state_dir: Path, drive_paths: list[Path], force: bool = False) -> li
                 ident = read_identity(root)
                 assert ident is not None
                 pool.cat.add_drive(uuid_, str(root), ident.label, ident.added_at, None, False)
-        for drive in pool.drives():
-            if drive.row.state != "active":
-                lines.append(f"drive {drive.name} is missing")
-                continue
-            done = pool.register_tree(drive, known)
-            lines.append(f"drive {drive.name}: {len(done)} file copies")
-            for line in done:
-                if "conflict" in line or "alone" in line:
-                    lines.append("  " + line)
+        drives = [d for d in pool.drives() if d.row.state == "active"]
+        for d in pool.drives():
+            if d.row.state != "active":
+                lines.append(f"drive {d.name} is missing")
+        for d in drives:
+            lines += ["  " + line for line in pool.settle_owed(d)]
+        # First the copies that are what the newest catalog says, then everything else: a drive
+        # that was away while a file changed must not get its old version in under the real name.
+        done: dict[int, list[str]] = {d.id: pool.register_tree(d, known, only_known=True) for d in drives}
+        for d in drives:
+            done[d.id] += pool.register_tree(d, known)
+            lines.append(f"drive {d.name}: {len(done[d.id])} file copies")
+            lines += ["  " + line for line in done[d.id] if "conflict" in line or "alone" in line]
         files, _ = pool.cat.count_files()
         lines.append(f"recovered {files} files in {len(pool.cat.folders())} folders")
     return lines

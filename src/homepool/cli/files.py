@@ -13,6 +13,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from .. import importer, paths
 from ..catalog import Node
+from ..errors import ImportIncomplete
 from ..pool import Pool
 from ..units import human
 from . import app, err, open_pool, out
@@ -42,6 +43,10 @@ def do_import(
         out.print(f"  skipped {line}", markup=False)
     if len(result.skipped_other) > 20:
         out.print(f"  ... and {len(result.skipped_other) - 20} more skipped", markup=False)
+    for line in result.failed[:20]:
+        out.print(f"  could not read {line}", markup=False)
+    if result.failed:
+        raise ImportIncomplete(count=len(result.failed), first=result.failed[0])
 
 
 def _mode(node: Node) -> str:

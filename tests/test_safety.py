@@ -1,0 +1,268 @@
+"""Regression tests for data-safety findings of the first review (each names the failure it
+guards against). Directory drives; the failures are provoked by hand."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from homepool import importer
+from homepool.check import check
+from homepool.cli import main
+from homepool.errors import BadDrive
+from homepool.pool import Pool
+from homepool.recover import recover
+
+from .helpers import assert_clean, copies_on_disk
+
+
+def break_tmp(drive: Path) -> Path:
+    """Make every new temp file on `drive` fail to open (like a drive gone bad)."""
+    tmp = drive / ".homepool" / "tmp"
+    shutil.rmtree(tmp)
+    tmp.write_text("not a directory")
+    return tmp
+
+
+def mend_tmp(tmp: Path) -> None:
+    tmp.unlink()
+    tmp.mkdir()
+
+
+def unplug(drive: Path) -> None:
+    os.rename(drive / ".homepool", drive / ".homepool-unplugged")
+
+
+def plug(drive: Path) -> None:
+    os.rename(drive / ".homepool-unplugged", drive / ".homepool")
+
+
+def crash_after_journal(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt  # stands in for kill -9 right after the journal commit
+
+    monkeypatch.setattr(pool, "_apply_write", crash)
+    monkeypatch.setattr(pool, "_apply_drop", crash)
+
+
+def test_a_crashed_write_is_finished_before_newer_changes(state_dir: Path, dir_pool: Pool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    dir_pool.write_bytes("Documents/report.txt", b"v1")
+    crash_after_journal(dir_pool, monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.write_bytes("Documents/report.txt", b"v2-crashed")
+    monkeypatch.undo()
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:  # the next command finishes the crashed write first
+        assert pool.cat.journal() == []
+        pool.write_bytes("Documents/report.txt", b"v3-latest")
+        check(pool, repair=True)
+        assert pool.read_bytes("Documents/report.txt") == b"v3-latest"
+        assert_clean(pool)
+
+
+@pytest.mark.expect_errors
+def test_fewer_copies_never_removes_the_only_real_one(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Photos/only.jpg", b"precious")
+    a, b = copies_on_disk(dir_drives, "Photos/only.jpg")
+    b.unlink()  # gone behind the pool's back; the catalog still lists it
+    dir_pool.set_copies("Photos", 1)
+    assert dir_pool.read_bytes("Photos/only.jpg") == b"precious"
+    assert copies_on_disk(dir_drives, "Photos/only.jpg") == [a]
+
+
+@pytest.mark.expect_errors
+def test_an_overwrite_failing_on_an_old_copys_drive_never_serves_old_content(
+        dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Photos/a.txt", b"OLD")
+    holder = copies_on_disk(dir_drives, "Photos/a.txt")[0].parents[2]
+    tmp = break_tmp(holder)
+    dir_pool.write_bytes("Photos/a.txt", b"NEW")
+    mend_tmp(tmp)
+    assert dir_pool.read_bytes("Photos/a.txt") == b"NEW"
+    assert all(state == "ok" for _, state in dir_pool.replicas("Photos/a.txt"))
+    check(dir_pool, repair=True)  # the old content is kept aside, the second copy re-made
+    assert_clean(dir_pool)
+    assert dir_pool.read_bytes("Photos/a.txt") == b"NEW"
+    assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Photos/a.txt")] == [b"NEW", b"NEW"]
+
+
+@pytest.mark.expect_errors
+def test_an_overwrite_whose_new_copy_is_lost_keeps_the_old_one(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Videos/v.mkv", b"old version")
+    with dir_pool.batch() as b:
+        staged = b.put("Videos/v.mkv", io.BytesIO(b"new version"), 11, 0o644, 1)
+        for key, name in staged.targets.items():
+            os.unlink(b.by_id[key].tmpdir / name)  # the drive loses it before the switch
+    assert dir_pool.read_bytes("Videos/v.mkv") == b"old version"
+    assert_clean(dir_pool)
+
+
+@pytest.mark.expect_errors
+def test_a_failing_target_does_not_mark_the_source_bad(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Videos/movie.mkv", b"movie")
+    (src,) = copies_on_disk(dir_drives, "Videos/movie.mkv")
+    broken = [break_tmp(d) for d in dir_drives if d != src.parents[2]]
+    dir_pool.set_copies("Videos", 2)
+    assert [s for _, s in dir_pool.replicas("Videos/movie.mkv")] == ["ok"]
+    for t in broken:
+        mend_tmp(t)
+    check(dir_pool, repair=True)
+    assert len(copies_on_disk(dir_drives, "Videos/movie.mkv")) == 2
+    assert_clean(dir_pool)
+
+
+@pytest.mark.expect_errors
+def test_a_copy_wrongly_marked_bad_is_restored_by_check(dir_pool: Pool) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"fine")
+    node = dir_pool.stat("Documents/a.txt")
+    for drive, _ in dir_pool.replicas("Documents/a.txt"):
+        dir_pool.mark_bad(node.id, drive.id)  # e.g. after "too many open files"
+    assert {p.check for p in check(dir_pool)} == {"replicas_match", "copies_met"}
+    check(dir_pool, repair=True)
+    assert_clean(dir_pool)
+    assert dir_pool.read_bytes("Documents/a.txt") == b"fine"
+
+
+def test_deletes_and_renames_reach_a_drive_that_was_away(state_dir: Path, dir_pool: Pool,
+                                                         dir_drives: list[Path]) -> None:
+    dir_pool.makedirs("Photos/old")
+    dir_pool.write_bytes("Photos/private.jpg", b"delete me")
+    dir_pool.write_bytes("Photos/old/x.jpg", b"x")
+    away = copies_on_disk(dir_drives, "Photos/private.jpg")[0].parents[2]
+    unplug(away)
+    dir_pool.delete("Photos/private.jpg")
+    dir_pool.rename("Photos/old", "Photos/new")
+    plug(away)
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:
+        check(pool, repair=True)
+        assert pool.lookup("Photos/private.jpg") is None
+        assert copies_on_disk(dir_drives, "Photos/private.jpg") == []
+        assert not (away / "HomePool/Photos/old").exists()
+        assert pool.read_bytes("Photos/new/x.jpg") == b"x"
+        assert_clean(pool)
+
+
+def test_a_subfolder_moved_to_the_top_becomes_a_folder_with_its_copies(dir_pool: Pool) -> None:
+    dir_pool.makedirs("Photos/2010")
+    dir_pool.write_bytes("Photos/2010/a.jpg", b"a")
+    dir_pool.rename("Photos/2010", "Archive 2010")
+    assert {f.name: f.copies for f in dir_pool.folder_infos()}["Archive 2010"] == 2
+    dir_pool.write_bytes("Archive 2010/b.jpg", b"b")
+    assert_clean(dir_pool)
+
+
+@pytest.mark.expect_errors
+def test_rename_and_delete_survive_a_read_only_drive(state_dir: Path, loop_drives) -> None:
+    a, b = loop_drives(64, 64)
+    with Pool.create(state_dir) as pool:
+        pool.add_drive(a)
+        pool.add_drive(b)
+        pool.write_bytes("Photos/a.jpg", b"a")
+        subprocess.run(["mount", "-o", "remount,ro", str(b)], check=True)
+        try:
+            pool.delete("Photos/a.jpg")  # no traceback; the journal is closed
+            assert pool.cat.journal() == []
+            assert pool.lookup("Photos/a.jpg") is None
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(b)], check=True)
+    with Pool.open(state_dir) as pool:  # the step owed to b is made now
+        assert not (b / "HomePool/Photos/a.jpg").exists()
+        assert_clean(pool)
+
+
+def test_recover_prefers_the_current_version_over_a_stale_drive(state_dir: Path, dir_pool: Pool,
+                                                                 dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/thesis.txt", b"draft 1")
+    stale = copies_on_disk(dir_drives, "Documents/thesis.txt")[0]
+    kept = stale.read_bytes()
+    dir_pool.write_bytes("Documents/thesis.txt", b"final version")
+    stale.write_bytes(kept)  # a drive that was away still has the draft at the real name
+    os.utime(stale, ns=(1, 1))
+    dir_pool.close()
+    shutil.rmtree(state_dir)
+    recover(state_dir, dir_drives)
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/thesis.txt") == b"final version"
+
+
+def test_recover_when_a_survivor_now_sits_where_a_dead_drive_was(state_dir: Path, dir_pool: Pool,
+                                                                  dir_drives: list[Path], tmp_path: Path) -> None:
+    d1, d2, _ = dir_drives
+    dir_pool.write_bytes("Videos/a.bin", b"a")
+    dir_pool.close()
+    shutil.rmtree(state_dir)
+    shutil.rmtree(d1)  # d1 died; d2 is mounted where d1 was
+    os.rename(d2, d1)
+    recover(state_dir, [d1])
+    with Pool.open(state_dir) as pool:
+        states = {d.label: d.row.state for d in pool.drives()}
+        assert states == {"drive1": "missing", "drive2": "active", "drive3": "active"}  # drive3 never moved
+        assert pool.read_bytes("Videos/a.bin") == b"a"
+
+
+def test_adopting_a_folder_spelt_in_another_case(tmp_path: Path, dir_drives: list[Path]) -> None:
+    mine, theirs = dir_drives[0], dir_drives[1]
+    with Pool.create(tmp_path / "other", folders={"photos": 1}) as other:
+        other.add_drive(theirs, allow_shared_device=True, max_size=64 << 20)
+        other.write_bytes("photos/cat.jpg", b"meow")
+    with Pool.create(tmp_path / "mine") as pool:
+        pool.add_drive(mine, allow_shared_device=True, max_size=64 << 20)
+        pool.add_drive(theirs, adopt=True, allow_shared_device=True)
+        assert pool.read_bytes("Photos/cat.jpg") == b"meow"
+        check(pool, repair=True)
+        assert_clean(pool)
+
+
+def test_unusable_names_on_a_drive_do_not_stop_check_or_recover(state_dir: Path, dir_pool: Pool,
+                                                                 dir_drives: list[Path]) -> None:
+    os.mkdir(dir_drives[0] / "HomePool" / "Backup: 2019")
+    with open(os.path.join(os.fsencode(dir_drives[0] / "HomePool" / "Photos"), b"caf\xe9.jpg"), "wb") as f:
+        f.write(b"latin-1 name")
+    problems = check(dir_pool, repair=True)
+    assert any("Backup: 2019" in p.path and not p.fixed for p in problems)
+    dir_pool.close()
+    shutil.rmtree(state_dir)
+    recover(state_dir, dir_drives)
+
+
+def test_labels_that_cannot_name_a_file_are_refused(dir_pool: Pool, tmp_path: Path) -> None:
+    x = tmp_path / "x"
+    x.mkdir()
+    with pytest.raises(BadDrive, match="label"):
+        dir_pool.add_drive(x, label="WD 1/2 TB", allow_shared_device=True)
+
+
+def test_an_unreadable_source_file_is_reported_and_the_rest_imported(
+        dir_pool: Pool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a.txt", "b-private.txt", "c.txt"):
+        (src / name).write_text(name)
+    real_open = open
+
+    def fake_open(p, *a, **k):  # root reads everything: stand in for another user's 0600 file
+        if str(p).endswith("b-private.txt"):
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(p, *a, **k)
+
+    monkeypatch.setattr(importer, "open", fake_open, raising=False)
+    result = importer.run(dir_pool, src, "Documents/")
+    assert result.imported == 2 and "b-private.txt" in result.failed[0]
+    assert sorted(p for p, _ in dir_pool.walk("Documents")) == ["Documents/a.txt", "Documents/c.txt"]
+
+
+def test_a_damaged_catalog_is_one_clear_error(state_dir: Path, dir_pool: Pool, capsys) -> None:
+    dir_pool.close()
+    (state_dir / "catalog.db").write_bytes(b"garbage" * 100)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{state_dir / 'catalog.db'}{suffix}").unlink(missing_ok=True)
+    assert main(["--pool", str(state_dir), "status"]) == 4
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "damaged" in err and "recover" in err
