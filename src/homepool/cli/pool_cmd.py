@@ -37,7 +37,9 @@ def status_data(pool: Pool) -> dict[str, Any]:
     alerts = []
     for d in drives:
         if d.state != "active":
-            alerts.append(f"drive {d.label!r} ({d.path}) is missing: mount it again")
+            owed = len(pool.cat.owed(d.id))
+            waiting = f"; {owed} change(s) wait for it" if owed else ""
+            alerts.append(f"drive {d.label!r} ({d.path}) is missing: mount it again{waiting}")
         elif d.shared_device:
             alerts.append(f"drive {d.label!r} shares a disk with another drive (--allow-shared-device): "
                           "copies on both do not protect against that disk failing")
