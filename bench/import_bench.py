@@ -8,7 +8,9 @@ syncfs), the fair baseline is `cp -r` followed by `sync -f` of that drive, and b
 
 Drives are loop-mounted ext4 images made by ../shared/bench/poolbench (`drives up`, direct-I/O
 loop devices), one bare drive for cp and two for the pool, so a 2-copy import writes its two
-copies to two different drives. The sources live in /dev/shm, so every target reads from
+copies to two different drives. Each drive is filled with zeros once and emptied before the
+runs, so that the sparse images' one-time block allocation is paid by none of the targets.
+The sources live in /dev/shm, so every target reads from
 memory and the numbers are about the write path. Each measured run is the full CLI command
 (`homepool import -q SRC DEST`, Python start-up included) timed from outside.
 
@@ -71,7 +73,17 @@ def reset_pool(state: Path, pool_drives: list[Path], env: dict[str, str]) -> Non
     sh("sync")
 
 
+def settle() -> None:
+    """Every timed run starts from the same memory state: dirty data written, page cache
+    dropped (the sources are on tmpfs, which this does not touch). On this VM, filling page
+    cache is far slower right after memory was freed; without this, whichever target ran
+    after a big delete would pay for it."""
+    sh("sync")
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
 def timed(fn) -> float:
+    settle()
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -103,6 +115,14 @@ def main() -> int:
     env = {**os.environ, "HOMEPOOL_POOL": str(state)}
     samples: dict[str, list[float]] = {}
     try:
+        # poolbench's images are sparse: the first write to each region costs a block
+        # allocation in the host file. Fill every drive once (then free it) so that no target
+        # pays that cost during the measured runs and all three drives start alike.
+        for d in (bare, d1, d2):
+            subprocess.run(["dd", "if=/dev/zero", f"of={d}/fill", "bs=4M", "oflag=direct"],
+                           capture_output=True)
+            (d / "fill").unlink()
+        sh("sync")
         sources = make_sources(shm, big, args.small)
         workloads = {"big": big, "small": args.small * 4096}
         for rep in range(-1, args.reps):  # rep -1: untimed warm-up (sparse images allocate blocks)
@@ -115,8 +135,12 @@ def main() -> int:
 
                 shutil.rmtree(dest, ignore_errors=True)
                 sh("sync")
-                t_cp = timed(cp)
-                t_sync = timed(lambda: sh("sync", "-f", bare))
+                settle()
+                t0 = time.perf_counter()
+                cp()
+                t_cp = time.perf_counter() - t0
+                sh("sync", "-f", bare)
+                t_cp_sync = time.perf_counter() - t0
                 for folder in ("One", "Two"):
                     reset_pool(state, [d1, d2], env)
                     t = timed(lambda folder=folder, src=src: sh(*HOMEPOOL, "import", "-q", src, f"{folder}/",
@@ -126,7 +150,7 @@ def main() -> int:
                         samples.setdefault(f"{wl}: homepool import, {label}", []).append(t)
                 if rep >= 0:
                     samples.setdefault(f"{wl}: cp -r", []).append(t_cp)
-                    samples.setdefault(f"{wl}: cp -r + sync", []).append(t_cp + t_sync)
+                    samples.setdefault(f"{wl}: cp -r + sync", []).append(t_cp_sync)
                 print(f"rep {rep}: {wl} done", file=sys.stderr)
         result = summarize(samples, workloads)
         result["machine"] = {"kernel": platform.release(), "python": platform.python_version(),

@@ -42,7 +42,7 @@ class Target:
     key: int  # drive id
     fd: int
     error: OSError | None = None
-    _queue: queue.Queue[bytes | None] | None = field(default=None, repr=False)
+    _queue: queue.Queue[tuple[bytearray, int] | None] | None = field(default=None, repr=False)
     _thread: threading.Thread | None = field(default=None, repr=False)
 
 
@@ -53,17 +53,45 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def _writer(t: Target, fsync: bool) -> None:
+class _Buffers:
+    """A fixed set of chunk buffers, each handed back when every writer is done with it.
+
+    Reusing them matters: a fresh 1 MiB bytes object per chunk means fresh pages from the
+    kernel for every MiB copied, which on a VM that hands freed memory back to its host can
+    cost more than the copy itself."""
+
+    def __init__(self, count: int) -> None:
+        self.free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(count):
+            self.free.put(bytearray(CHUNK))
+        self._users: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def lend(self, buf: bytearray, users: int) -> None:
+        with self._lock:
+            self._users[id(buf)] = users
+
+    def give_back(self, buf: bytearray) -> None:
+        with self._lock:
+            self._users[id(buf)] -= 1
+            done = self._users[id(buf)] == 0
+        if done:
+            self.free.put(buf)
+
+
+def _writer(t: Target, bufs: _Buffers, fsync: bool) -> None:
     assert t._queue is not None
     while True:
-        chunk = t._queue.get()
-        if chunk is None:
+        item = t._queue.get()
+        if item is None:
             break
+        buf, n = item
         if t.error is None:
             try:
-                _write_all(t.fd, chunk)
+                _write_all(t.fd, memoryview(buf)[:n])
             except OSError as e:
                 t.error = e
+        bufs.give_back(buf)
     if fsync and t.error is None:
         try:
             os.fsync(t.fd)
@@ -79,12 +107,12 @@ def copy_to(src: BinaryIO, targets: list[Target], size_hint: int, fsync: bool) -
     h = new_hasher()
     total = 0
     if size_hint <= THREADED_ABOVE:
-        # Ask for what the file should hold (+1 to see its end in the same call): a 1 MiB
-        # read of a 4 KiB file would allocate and free a 1 MiB buffer for nothing.
-        want = min(CHUNK, max(size_hint, 0) + 1)
-        while chunk := src.read(want):
-            want = CHUNK
-            total += len(chunk)
+        # One buffer, sized to what the file should hold (+1 to see its end in the same call),
+        # at least 64 KiB (served from the heap, not fresh pages from the kernel).
+        buf = bytearray(min(CHUNK, max(size_hint + 1, 64 << 10)))
+        while n := src.readinto(buf):  # type: ignore[attr-defined]
+            chunk = memoryview(buf)[:n]
+            total += n
             h.update(chunk)
             for t in targets:
                 if t.error is None:
@@ -101,18 +129,26 @@ def copy_to(src: BinaryIO, targets: list[Target], size_hint: int, fsync: bool) -
                         t.error = e
         return total, h.hexdigest()
 
+    bufs = _Buffers(QUEUE_DEPTH + 2)
     for t in targets:
-        t._queue = queue.Queue(QUEUE_DEPTH)
-        t._thread = threading.Thread(target=_writer, args=(t, fsync), daemon=True, name=f"write-{t.key}")
+        t._queue = queue.Queue()  # bounded by the buffers in circulation
+        t._thread = threading.Thread(target=_writer, args=(t, bufs, fsync), daemon=True, name=f"write-{t.key}")
         t._thread.start()
     try:
-        while chunk := src.read(CHUNK):
-            total += len(chunk)
-            h.update(chunk)
-            for t in targets:
-                if t.error is None:
+        while True:
+            buf = bufs.free.get()
+            n = src.readinto(buf)  # type: ignore[attr-defined]
+            if not n:
+                break
+            total += n
+            h.update(memoryview(buf)[:n])
+            if targets:
+                bufs.lend(buf, len(targets))
+                for t in targets:
                     assert t._queue is not None
-                    t._queue.put(chunk)
+                    t._queue.put((buf, n))
+            else:
+                bufs.free.put(buf)
     finally:
         for t in targets:
             assert t._queue is not None and t._thread is not None
