@@ -10,9 +10,15 @@ Drives are loop-mounted ext4 images made by ../shared/bench/poolbench (`drives u
 loop devices), one bare drive for cp and two for the pool, so a 2-copy import writes its two
 copies to two different drives. Each drive is filled with zeros once and emptied before the
 runs, so that the sparse images' one-time block allocation is paid by none of the targets.
-The sources live in /dev/shm, so every target reads from
-memory and the numbers are about the write path. Each measured run is the full CLI command
-(`homepool import -q SRC DEST`, Python start-up included) timed from outside.
+The sources live in /dev/shm, so every target reads from memory and the numbers are about the
+write path. Every timed run starts after `sync` and a dropped page cache.
+
+A third baseline, `cp -r` to both pool drives at once (then sync), is this machine's ceiling
+for writing two copies: the loop drives share one host disk and one page cache, so two copies
+cost about twice one here, however parallel the writes.
+
+Each measured run is the full CLI command (`homepool import -q SRC DEST`, Python start-up
+included) timed from outside; targets are interleaved, rep by rep.
 
 Usage (root): python bench/import_bench.py [--reps 5] [--big 1G] [--small 10000] [--json OUT]
 """
@@ -141,6 +147,19 @@ def main() -> int:
                 t_cp = time.perf_counter() - t0
                 sh("sync", "-f", bare)
                 t_cp_sync = time.perf_counter() - t0
+                # The ceiling for two copies on this machine: cp to both pool drives at once.
+                for d in (d1, d2):
+                    shutil.rmtree(d / "cp", ignore_errors=True)
+                settle()
+                t0 = time.perf_counter()
+                both = [subprocess.Popen(["cp", "-r", str(src), str(d / "cp")]) for d in (d1, d2)]
+                if any(p.wait() != 0 for p in both):
+                    raise RuntimeError("cp failed")
+                sh("sync", "-f", d1)
+                sh("sync", "-f", d2)
+                t_cp2 = time.perf_counter() - t0
+                for d in (d1, d2):
+                    shutil.rmtree(d / "cp", ignore_errors=True)
                 for folder in ("One", "Two"):
                     reset_pool(state, [d1, d2], env)
                     t = timed(lambda folder=folder, src=src: sh(*HOMEPOOL, "import", "-q", src, f"{folder}/",
@@ -151,6 +170,7 @@ def main() -> int:
                 if rep >= 0:
                     samples.setdefault(f"{wl}: cp -r", []).append(t_cp)
                     samples.setdefault(f"{wl}: cp -r + sync", []).append(t_cp_sync)
+                    samples.setdefault(f"{wl}: cp -r to two drives at once + sync", []).append(t_cp2)
                 print(f"rep {rep}: {wl} done", file=sys.stderr)
         result = summarize(samples, workloads)
         result["machine"] = {"kernel": platform.release(), "python": platform.python_version(),
@@ -183,6 +203,10 @@ def summarize(samples: dict[str, list[float]], workloads: dict[str, int]) -> dic
         two = rows.get(f"{wl}: homepool import, two copies")
         if one and two:
             two["time_vs_one_copy"] = two["median_s"] / one["median_s"]
+        ceiling = rows.get(f"{wl}: cp -r to two drives at once + sync")
+        base = rows.get(f"{wl}: cp -r + sync")
+        if ceiling and base:
+            ceiling["time_vs_one_copy"] = ceiling["median_s"] / base["median_s"]
     return {"rows": rows}
 
 
