@@ -53,9 +53,19 @@ PoolOpt = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        out.print(f"homepool {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global(
     pool: PoolOpt = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also show informational messages.")] = False,
     debug_modules: Annotated[str | None, typer.Option(
         "--debug-modules", help="Comma-separated modules to log at debug level (e.g. pool,check).")] = None,

@@ -45,7 +45,10 @@ def status_data(pool: Pool) -> dict[str, Any]:
                           "copies on both do not protect against that disk failing")
         elif d.size and d.free < d.size * 0.05:
             alerts.append(f"drive {d.label!r} is almost full ({human(d.free)} free)")
-    for f in folders:
+    if not active:
+        alerts.append("no drives yet: add one with `homepool drive add PATH`" if not drives
+                      else "no drive is present: files cannot be read or written until one is back")
+    for f in folders if active else []:
         if f.short:
             why = (f"the pool has {len(active)} drive(s)" if f.copies > len(active)
                    else "a drive is missing or full; `homepool check --repair` makes the copies")
