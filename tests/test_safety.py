@@ -266,3 +266,140 @@ def test_a_damaged_catalog_is_one_clear_error(state_dir: Path, dir_pool: Pool, c
     assert main(["--pool", str(state_dir), "status"]) == 4
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "damaged" in err and "recover" in err
+
+
+# -- second review ------------------------------------------------------------------------
+
+
+def test_fewer_copies_never_removes_a_copy_edited_on_its_drive(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/thesis.txt", b"chapter 1 draft")
+    edited = copies_on_disk(dir_drives, "Documents/thesis.txt")[-1]
+    edited.write_bytes(b"chapter 1 final, three weeks of work")
+    dir_pool.set_copies("Documents", 1)
+    check(dir_pool, repair=True)
+    contents = {p.read_bytes() for p in (d / "HomePool/Documents" for d in dir_drives) for p in p.iterdir()}
+    assert b"chapter 1 final, three weeks of work" in contents
+
+
+def test_an_older_catalog_is_upgraded(state_dir: Path, dir_pool: Pool, capsys) -> None:
+    import sqlite3
+
+    dir_pool.close()
+    db = sqlite3.connect(state_dir / "catalog.db")
+    db.execute("DROP TABLE owed")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_rev'")
+    db.commit()
+    db.close()
+    assert main(["--pool", str(state_dir), "status"]) == 0  # a reader upgrades too
+    with Pool.open(state_dir) as pool:
+        assert pool.cat.schema_rev() == 2 and pool.cat.owed(1) == []
+
+
+def test_recover_into_a_state_dir_that_is_a_mount_point(state_dir: Path, dir_pool: Pool,
+                                                        dir_drives: list[Path]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("LOUD SKIP: mounting a tmpfs needs root")
+    dir_pool.write_bytes("Documents/a.txt", b"a")
+    dir_pool.close()
+    saved = state_dir.parent / "saved-state"
+    shutil.copytree(state_dir, saved)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(state_dir)], check=True)
+    try:
+        for f in saved.iterdir():
+            shutil.copy(f, state_dir / f.name)
+        recover(state_dir, dir_drives, force=True)
+        with Pool.open(state_dir) as pool:
+            assert pool.read_bytes("Documents/a.txt") == b"a"
+    finally:
+        subprocess.run(["umount", str(state_dir)], check=True)
+
+
+def test_a_folder_renamed_while_away_merges_into_what_the_drive_picked_up(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.makedirs("Videos/holiday")
+    dir_pool.makedirs("Videos/2024")
+    dir_pool.write_bytes("Videos/holiday/clip.mkv", b"clip")
+    holder = copies_on_disk(dir_drives, "Videos/holiday/clip.mkv")[0].parents[3]
+    unplug(holder)
+    dir_pool.delete("Videos/2024")
+    dir_pool.rename("Videos/holiday", "Videos/2024")
+    plug(holder)
+    (holder / "HomePool/Videos/2024").mkdir(exist_ok=True)
+    (holder / "HomePool/Videos/2024/.DS_Store").write_bytes(b"finder")  # picked up on a Mac
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:
+        check(pool, repair=True)
+        assert pool.read_bytes("Videos/2024/clip.mkv") == b"clip"
+        assert_clean(pool)
+
+
+def test_a_rename_made_while_away_keeps_what_was_edited_at_the_destination(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Videos/notes.txt", b"old notes")
+    dir_pool.write_bytes("Videos/notes-new.txt", b"new notes")
+    away = copies_on_disk(dir_drives, "Videos/notes.txt")[0].parents[2]
+    if not (away / "HomePool/Videos/notes-new.txt").exists():
+        pytest.skip("placement put the two files on different drives")  # mfs: same drive here
+    unplug(away)
+    (away / "HomePool/Videos/notes.txt").write_bytes(b"edited on a laptop")
+    dir_pool.rename("Videos/notes-new.txt", "Videos/notes.txt")
+    plug(away)
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:
+        check(pool, repair=True)
+        contents = {p.read_bytes() for p in (away / "HomePool/Videos").iterdir()}
+        assert b"edited on a laptop" in contents
+
+
+def test_writes_owe_nothing_to_drives_that_are_there(dir_pool: Pool) -> None:
+    dir_pool.write_bytes("Photos/x.jpg", b"v1")
+    dir_pool.set_copies("Photos", 3)
+    dir_pool.set_copies("Photos", 2)
+    dir_pool.write_bytes("Photos/x.jpg", b"v2")
+    assert all(dir_pool.cat.owed(d.id) == [] for d in dir_pool.drives())
+    assert_clean(dir_pool)
+
+
+@pytest.mark.expect_errors
+def test_a_copy_marked_bad_is_kept_when_the_other_has_rotted(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Photos/a.jpg", b"the real photo")
+    first, second = copies_on_disk(dir_drives, "Photos/a.jpg")
+    node = dir_pool.stat("Photos/a.jpg")
+    bad_drive = next(d for d, _ in dir_pool.replicas("Photos/a.jpg") if first.is_relative_to(d.root))
+    dir_pool.mark_bad(node.id, bad_drive.id)  # a passing hiccup
+    st = second.stat()
+    second.write_bytes(b"the rotted pho")  # same size, same time: silent rot
+    os.utime(second, ns=(st.st_atime_ns, st.st_mtime_ns))
+    dir_pool.set_copies("Photos", 2)
+    assert first.read_bytes() == b"the real photo"
+    assert dir_pool.read_bytes("Photos/a.jpg") == b"the real photo"
+
+
+def test_an_extra_copy_dropped_by_an_overwrite_leaves_the_catalog(dir_pool: Pool) -> None:
+    dir_pool.write_bytes("Photos/x.jpg", b"same bytes", mtime_ns=10**18)
+    dir_pool.set_copies("Photos", 3)
+    with dir_pool.cat.transaction():  # folder back to 2 without reconciling: one extra copy
+        dir_pool.cat.set_folder_copies(dir_pool.folder("Photos")[0].id, 2)
+    dir_pool.write_bytes("Photos/x.jpg", b"same bytes", mtime_ns=2 * 10**18)
+    assert len(dir_pool.replicas("Photos/x.jpg")) == 2
+    assert_clean(dir_pool)
+
+
+def test_a_folder_deleted_while_away_stays_deleted(state_dir: Path, dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.makedirs("Documents/Old taxes")
+    unplug(dir_drives[0])
+    dir_pool.delete("Documents/Old taxes")
+    plug(dir_drives[0])
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:
+        check(pool, repair=True)
+        assert pool.lookup("Documents/Old taxes") is None
+        assert not (dir_drives[0] / "HomePool/Documents/Old taxes").exists()
+
+
+def test_a_case_variant_folder_blocked_by_a_file_is_left_alone(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Videos/2010", b"a file named like a folder")
+    (dir_drives[0] / "HomePool/videos/2010").mkdir(parents=True)
+    (dir_drives[0] / "HomePool/videos/2010/clip.mkv").write_bytes(b"clip")
+    problems = check(dir_pool, repair=True)
+    assert any("left alone" in p.detail for p in problems)

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 # Bump with every schema change and add a step to `_UPGRADES`.
-CURRENT_REV = 1
+#   1: the first catalog
+#   2: `owed` (steps owed to drives that were missing)
+CURRENT_REV = 2
 ROOT_ID = 1
 
 
@@ -173,8 +175,13 @@ SCHEMA = """
         """
 
 
-# Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1.
-_UPGRADES: dict[int, Any] = {}
+def _owed_table(db: sqlite3.Connection) -> None:
+    start = SCHEMA.index("CREATE TABLE owed")
+    db.execute(SCHEMA[start: SCHEMA.index(";", start)])
+
+
+# Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1 (inside a transaction).
+_UPGRADES: dict[int, Any] = {1: _owed_table}
 
 
 class Catalog:
@@ -452,6 +459,10 @@ class Catalog:
 
     def owe(self, drive_id: int, payload: dict[str, Any]) -> None:
         self.db.execute("INSERT INTO owed (drive_id, payload) VALUES (?, ?)", (drive_id, json.dumps(payload)))
+
+    def has_table(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                               (name,)).fetchone() is not None
 
     def owed(self, drive_id: int) -> list[tuple[int, dict[str, Any]]]:
         rows = self.db.execute("SELECT id, payload FROM owed WHERE drive_id = ? ORDER BY id", (drive_id,))

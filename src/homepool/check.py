@@ -1,5 +1,8 @@
 """`homepool check [--repair]`: does the catalog agree with the drives?
 
+Like every command that changes the pool, `check` opens it for writing, which first finishes
+operations a crash interrupted and makes the steps owed to drives that are back (pool.py).
+
 Each check is named after the invariant it guards. Without repair, nothing is changed; with
 it, each problem is fixed through the pool API. Repairs never delete a user's data: the only
 files removed are homepool's own temp files and copies the catalog knows to be stale; a copy
@@ -39,6 +42,7 @@ def check(pool: Pool, repair: bool = False) -> list[Problem]:
     drives = pool.drives()
     problems += check_drives_present(drives)
     present = [d for d in drives if d.row.state == "active"]
+    problems += check_owed_settled(pool, present, repair)
     problems += check_no_orphan_temps(pool, present, repair)
     problems += check_replicas_match(pool, present, repair)
     problems += check_no_stray_files(pool, present, repair)
@@ -62,6 +66,24 @@ def check_drives_present(drives: list[Drive]) -> list[Problem]:
     return [Problem("drives_present", "", f"drive {d.name} is missing: its copies cannot be read; "
                     "mount it again (or `homepool drive add NEWPATH` if it moved)")
             for d in drives if d.row.state != "active"]
+
+
+def check_owed_settled(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
+    """No step owed to a present drive is left: opening the pool tried them all, so one still
+    here cannot be made. Repair gives it up, so that what it concerns is taken in as found."""
+    out = []
+    for d in drives:
+        for owed_id, step in pool.cat.owed(d.id):
+            what = f"{step['op']} of {step.get('path') or step.get('src')}"
+            p = Problem("owed_settled", "", f"{what} on {d.name} could not be made (see the error log)")
+            if repair:
+                with pool.cat.transaction():
+                    pool.cat.owed_done(owed_id)
+                pool._changed = True
+                p.detail += "; given up, the files there are checked as they are"
+                p.fixed = True
+            out.append(p)
+    return out
 
 
 def check_no_orphan_temps(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:

@@ -228,7 +228,8 @@ class Drive:
         except FileNotFoundError:
             return False
 
-    def rmdir(self, pool_path: str) -> None:
+    def rmdir(self, pool_path: str) -> bool:
+        """Remove an empty directory; False if something (not in the catalog) is still in it."""
         try:
             os.rmdir(self.real(pool_path))
         except FileNotFoundError:
@@ -236,4 +237,5 @@ class Drive:
         except OSError as e:
             if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-            # Something not in the catalog is in there: leave it for `check` to report.
+            return False  # left for `check` to report
+        return True

@@ -205,8 +205,18 @@ class Pool:
             if cat.meta("pool_id") != config.pool_id:
                 cat.close()
                 raise NotAPool(path=state_dir, why=f"{CATALOG_FILE} belongs to another pool than {CONFIG_FILE}")
-            if rev < CURRENT_REV and write:
-                cat.upgrade()
+            if rev < CURRENT_REV:
+                # An older catalog is upgraded in place (under the lock, also for a reader).
+                if lock is None:
+                    with_lock = PoolLock(state_dir)
+                    with_lock.acquire()
+                    try:
+                        cat.upgrade()
+                    finally:
+                        with_lock.release()
+                else:
+                    cat.upgrade()
+                log.info("upgraded the catalog from revision %d to %d", rev, CURRENT_REV)
         except BaseException:
             if lock:
                 lock.release()
@@ -619,8 +629,7 @@ class Pool:
                     log.error("could not remove the old copy of %s on %s: %s", p["path"], d.name, e)
         return done
 
-    def _record_write(self, p: dict, done: list[int], parent: Node | None = None,
-                      drives: dict[int, Drive] | None = None) -> None:
+    def _record_write(self, p: dict, done: list[int], parent: Node | None, drives: dict[int, Drive]) -> None:
         """Catalog steps of a 'write' (inside the caller's transaction)."""
         if not done:
             return  # the old state stands
@@ -638,12 +647,13 @@ class Pool:
             self.cat.set_replica(node_id, drive_id, p["size"], p["mtime_ns"], p["hash"])
         # Every other copy that does not hold the new content is no copy of this file any
         # more: the dropped old copies, and targets whose new copy did not make it.
+        dropped = set(map(int, p["drop"]))
         for drive_id, r in old.items():
-            if drive_id in done or r.hash == p["hash"]:
+            if drive_id in done or (r.hash == p["hash"] and drive_id not in dropped):
                 continue
             self.cat.drop_replica(node_id, drive_id)
-            d = drives.get(drive_id) if drives else None
-            if drive_id in map(int, p["drop"]) and (d is None or d.row.state != "active"):
+            d = drives.get(drive_id) if drives is not None else None
+            if drive_id in dropped and (d is None or d.row.state != "active"):
                 self.cat.owe(drive_id, {"op": "unlink", "path": p["path"], "size": r.size, "mtime_ns": r.mtime_ns})
 
     def _apply_drop(self, p: dict, drives: dict[int, Drive]) -> set[int]:
@@ -742,7 +752,7 @@ class Pool:
         with self.cat.transaction():
             if op == "write":
                 for f, targets in zip(payload["files"], done, strict=True):
-                    self._record_write(f, targets, drives=drives)
+                    self._record_write(f, targets, None, drives)
             elif op == "drop":
                 self._record_drop(payload, drives, failed)
             else:
@@ -775,11 +785,22 @@ class Pool:
         for owed_id, step in self.cat.owed(drive.id):
             try:
                 if step["op"] == "unlink":
+                    node = self.lookup(step["path"])
+                    recorded = node is not None and any(r.drive_id == drive.id for r in self.cat.replicas(node.id))
                     st = os.stat(drive.real(step["path"]))
-                    if (st.st_size, st.st_mtime_ns) == (step["size"], step["mtime_ns"]):
+                    if not recorded and (st.st_size, st.st_mtime_ns) == (step["size"], step["mtime_ns"]):
                         os.unlink(drive.real(step["path"]))
                         out.append(f"removed {step['path']} from {drive.name} (deleted while it was away)")
+                elif step["op"] == "rmdir":
+                    if drive.rmdir(step["path"]):
+                        out.append(f"removed folder {step['path']} from {drive.name} (deleted while it was away)")
                 elif step["op"] == "rename":
+                    dst = drive.real(step["dst"])
+                    if step.get("kind", "file") == "file" and drive.real(step["src"]).exists() and dst.exists():
+                        # Something is at the destination there (maybe edited elsewhere): keep it.
+                        aside = conflict_name(step["dst"], drive.label, lambda q: drive.real(q).exists())
+                        os.rename(dst, drive.real(aside))
+                        out.append(f"kept {step['dst']} on {drive.name} aside as {aside}")
                     rename_on(drive, step["src"], step["dst"], step.get("kind", "file"))
                     out.append(f"renamed {step['src']} to {step['dst']} on {drive.name} (while it was away)")
             except FileNotFoundError:
@@ -792,7 +813,10 @@ class Pool:
                 self.cat.owed_done(owed_id)
             self._changed = True
         if out:
-            drive.syncfs()
+            try:
+                drive.syncfs()
+            except OSError as e:
+                log.error("could not flush %s: %s", drive.name, e)
         return out
 
     def finish_journal(self) -> list[str]:
@@ -915,10 +939,18 @@ class Pool:
         if node.is_dir:
             if self.cat.has_children(node.id):
                 raise DirectoryNotEmpty(path=full)
-            for d in self.drives(present_only=True):
-                d.rmdir(full)
+            later = []
+            for d in self.drives():
+                try:
+                    if d.row.state != "active" or not d.rmdir(full):
+                        later.append(d.id)
+                except OSError as e:
+                    log.error("could not remove %s on %s: %s", full, d.name, e)
+                    later.append(d.id)
             with self.cat.transaction():
                 self.cat.delete_node(node.id)
+                for drive_id in later:  # missing, or something unknown in it: try again later
+                    self.cat.owe(drive_id, {"op": "rmdir", "path": full})
             self._changed = True
             return
         drives = [r.drive_id for r in self.cat.replicas(node.id)]
@@ -957,17 +989,33 @@ class Pool:
                     out.append(r.drive_id)
             return out
 
+        def intact(drive_id: int) -> bool:
+            try:
+                return hash_file(active[drive_id].real(path)) == node.hash
+            except OSError:
+                return False
+
         bad = [r.drive_id for r in self.cat.replicas(node.id) if r.state == "bad" and r.drive_id in active]
-        if bad and verified():
-            self._run("drop", {"path": path, "drives": bad})  # a good copy is left to re-make them from
+        if bad:
+            # A copy marked bad after a passing hiccup may be fine: keep it if it hashes right.
+            # The rest go only when a good copy has proved itself by its hash.
+            for d in [d for d in bad if intact(d)]:
+                with self.cat.transaction():
+                    self.cat.set_replica_state(node.id, d, "ok")
+                self._changed = True
+            bad = [d for d in bad if d not in good()]
+            if bad and any(intact(d) for d in verified()):
+                self._run("drop", {"path": path, "drives": bad})
         have = good()
         if len(have) > wanted:
             sure = verified()
             if len(sure) >= wanted:
-                # Keep verified copies, on the drives with the most room; drop the rest.
+                # Keep verified copies, on the drives with the most room; drop only other
+                # verified ones. A copy whose size or time changed is left for `check`, which
+                # keeps it aside: it may be someone's edit.
                 rooms = {c.drive_id: c.room for c in self._candidates(drives)}
                 keep = sorted(sure, key=lambda d: -rooms.get(d, 0))[:wanted]
-                extra = [d for d in good() if d not in keep]
+                extra = [d for d in sure if d not in keep]
                 if extra:
                     self._run("drop", {"path": path, "drives": extra})
             return len(good())
@@ -1106,11 +1154,15 @@ class Pool:
             return f"left {path} on {drive.name} alone: files belong inside a folder"
         canonical = self._canonical(path)
         if canonical != path:
+            self._register_dir(canonical.rpartition("/")[0])  # NotADirectory if a file is in the way
             taken = lambda p: self.lookup(p) is not None or drive.real(p).exists()  # noqa: E731
             dest = conflict_name(canonical, drive.label, taken) if taken(canonical) else canonical
-            drive.makedirs(dest.rpartition("/")[0])
-            os.rename(drive.real(path), drive.real(dest))
-            fsync_dir(drive.real(dest).parent)
+            try:
+                drive.makedirs(dest.rpartition("/")[0])
+                os.rename(drive.real(path), drive.real(dest))
+                fsync_dir(drive.real(dest).parent)
+            except OSError as e:
+                return f"left {path} on {drive.name} alone: could not move it to {dest}: {e}"
             return self.register_file(drive, dest, known_hash) + f" (moved from {path})"
         real = drive.real(path)
         st = os.stat(real)
@@ -1143,15 +1195,29 @@ def copy_is_at_fault(e: OSError) -> bool:
 
 
 def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
-    """Rename a pool path on one drive (idempotent: nothing to do if `src` is not there)."""
+    """Rename a pool path on one drive (idempotent: nothing to do if `src` is not there).
+    A directory whose destination already exists there (an empty one, or one a returning
+    drive picked up elsewhere, say a .DS_Store) is merged into it entry by entry; an entry
+    whose name is taken on both sides stays at `src` for `check` to show."""
     s, t = d.real(src), d.real(dst)
     if not (s.exists() or s.is_symlink()):
         return
     d.makedirs(dst.rpartition("/")[0])
     if kind == "dir" and t.is_dir():
-        with suppress(OSError):
-            t.rmdir()  # an empty directory is replaced, as rename(2) does
+        _merge_dir(s, t)
+        return
     os.rename(s, t)
+
+
+def _merge_dir(s: Path, t: Path) -> None:
+    for entry in os.scandir(s):
+        target = t / entry.name
+        if not (target.exists() or target.is_symlink()):
+            os.rename(entry.path, target)
+        elif entry.is_dir(follow_symlinks=False) and target.is_dir():
+            _merge_dir(Path(entry.path), target)
+    with suppress(OSError):
+        s.rmdir()
 
 
 def describe(op: str, payload: dict) -> str:
@@ -1379,7 +1445,7 @@ class WriteBatch:
                                 fsync_dir(d.real(s.path).parent)
         with pool.cat.transaction():
             for p, done, s in zip(payloads, results, self.staged, strict=True):
-                pool._record_write(p, done, self._parents[s.path])
+                pool._record_write(p, done, self._parents[s.path], by_id)
             pool.cat.journal_done(entry)
         self.committed += len(self.staged)
         self.staged = []

@@ -16,6 +16,7 @@ import os
 import shutil
 import sqlite3
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from .catalog import Catalog
@@ -75,16 +76,27 @@ def recover(state_dir: Path, drive_paths: list[Path], force: bool = False) -> li
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = PoolLock(state_dir)
     lock.acquire()
-    scratch = state_dir.parent / f".{state_dir.name}.recovering-{os.getpid()}"
+    scratch = state_dir / f".recovering-{os.getpid()}"  # same filesystem: the moves below are renames
     shutil.rmtree(scratch, ignore_errors=True)
+    moved: list[tuple[Path, Path]] = []
     try:
         lines = _rebuild(scratch, pool_id, roots)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for name in (CONFIG_FILE, CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm"):
             if (state_dir / name).exists():  # with --force: kept aside, never deleted
-                os.replace(state_dir / name, state_dir / f"{name}.before-recover-{stamp}")
+                aside = state_dir / f"{name}.before-recover-{stamp}"
+                os.replace(state_dir / name, aside)
+                moved.append((aside, state_dir / name))
         os.replace(scratch / CATALOG_FILE, state_dir / CATALOG_FILE)
         os.replace(scratch / CONFIG_FILE, state_dir / CONFIG_FILE)  # last: it marks a complete pool
+    except BaseException:
+        if moved:  # put the old state back: a failed recover leaves things as they were
+            for name in (CONFIG_FILE, CATALOG_FILE):
+                with suppress(FileNotFoundError):
+                    os.unlink(state_dir / name)
+            for aside, back in moved:
+                os.replace(aside, back)
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         lock.release()
@@ -132,7 +144,9 @@ def _rebuild(scratch: Path, pool_id: str, roots: dict[str, Path]) -> list[str]:
             uuids = {row.id: row.uuid for row in old.drives()}
             new_ids = {row.uuid: row.id for row in pool.cat.drives()}
             with pool.cat.transaction():
-                for drive_id, step in old.db.execute("SELECT drive_id, payload FROM owed ORDER BY id"):
+                owed = old.db.execute("SELECT drive_id, payload FROM owed ORDER BY id").fetchall() \
+                    if old.has_table("owed") else []
+                for drive_id, step in owed:
                     pool.cat.owe(new_ids[uuids[drive_id]], json.loads(step))
             old.close()
         else:
