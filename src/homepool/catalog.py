@@ -2,7 +2,8 @@
 
 Drives are the truth for data; the catalog says which files exist, what they should contain
 (hash, size), where their copies are, how many copies each folder wants, and which multi-step
-operations are under way (the journal). Only `pool.py` writes to it. All SQL lives here.
+operations are under way (the journal). Only the pool layer (`pool/`, and `recover` building
+a new catalog) writes to it. All SQL lives here.
 
 `create_tables` is the schema's documentation. The connection runs in autocommit mode;
 `transaction()` groups statements (BEGIN IMMEDIATE, so a writer waits for another writer

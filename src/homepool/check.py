@@ -1,7 +1,10 @@
 """`homepool check [--repair]`: does the catalog agree with the drives?
 
+This module only looks and decides; every repair is a `Pool` method (the pool layer is the one
+place that changes drives and catalog together).
+
 Like every command that changes the pool, `check` opens it for writing, which first finishes
-operations a crash interrupted and makes the steps owed to drives that are back (pool.py).
+operations a crash interrupted and makes the steps owed to drives that are back (pool/).
 
 Each check is named after the invariant it guards. Without repair, nothing is changed; with
 it, each problem is fixed through the pool API. Repairs never delete a user's data: the only
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 
 from .drives import Drive
 from .errors import HomepoolError
-from .pool import Pool, conflict_name, describe, scan_tree
+from .pool import Pool, describe, scan_tree
 from .streams import hash_file
 
 log = logging.getLogger(__name__)
@@ -77,9 +80,7 @@ def check_owed_settled(pool: Pool, drives: list[Drive], repair: bool) -> list[Pr
             what = f"{step['op']} of {step.get('path') or step.get('src')}"
             p = Problem("owed_settled", "", f"{what} on {d.name} could not be made (see the error log)")
             if repair:
-                with pool.cat.transaction():
-                    pool.cat.owed_done(owed_id)
-                pool._changed = True
+                pool.give_up_owed(owed_id)
                 p.detail += "; given up, the files there are checked as they are"
                 p.fixed = True
             out.append(p)
@@ -100,7 +101,7 @@ def check_no_orphan_temps(pool: Pool, drives: list[Drive], repair: bool) -> list
                 continue
             p = Problem("no_orphan_temps", "", f"unfinished write {name} on {d.name} (an interrupted copy)")
             if repair:
-                os.unlink(d.tmpdir / name)
+                pool.remove_orphan_temp(d, name)
                 p.fixed = True
             out.append(p)
     return out
@@ -125,9 +126,7 @@ def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool) -> list[
             except FileNotFoundError:
                 p = Problem("replicas_match", path, f"copy on {d.name} is missing")
                 if repair:
-                    with pool.cat.transaction():
-                        pool.cat.drop_replica(node.id, d.id)
-                    pool._changed = True
+                    pool.forget_copy(node.id, d.id)
                     p.fixed = True
                 out.append(p)
                 continue
@@ -143,9 +142,7 @@ def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool) -> list[
                 if intact:
                     p = Problem("replicas_match", path, f"copy on {d.name} was marked bad but reads back intact")
                     if repair:
-                        with pool.cat.transaction():
-                            pool.cat.set_replica_state(node.id, d.id, "ok")
-                        pool._changed = True
+                        pool.restore_copy(node.id, d.id)
                         p.fixed = True
                         good += 1
                     out.append(p)
@@ -154,10 +151,7 @@ def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool) -> list[
             if digest == node.hash:
                 p = Problem("replicas_match", path, f"copy on {d.name} has a changed time, same content")
                 if repair:
-                    os.utime(d.real(path), ns=(node.mtime_ns, node.mtime_ns))
-                    with pool.cat.transaction():
-                        pool.cat.set_replica(node.id, d.id, node.size, node.mtime_ns, node.hash, r.state)
-                    pool._changed = True
+                    pool.retime_copy(node, d, r.state)
                     p.fixed = True
                 out.append(p)
                 good += r.state == "ok"
@@ -167,25 +161,9 @@ def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool) -> list[
             p = Problem("replicas_match", path, f"copy on {d.name} was changed outside the pool")
             if repair:
                 if good:  # the pool still has the right content: keep the changed one aside
-                    aside = conflict_name(path, d.label, lambda q, d=d: pool.lookup(q) is not None
-                                          or d.real(q).exists())
-                    os.rename(d.real(path), d.real(aside))
-                    with pool.cat.transaction():
-                        pool.cat.drop_replica(node.id, d.id)
-                    pool._changed = True
-                    pool.register_file(d, aside)
-                    p.detail += f"; kept it as {aside}"
+                    p.detail += f"; kept it as {pool.set_copy_aside(node, d)}"
                 else:  # the only copies were edited on the drive: the edit is the file now
-                    st = os.stat(d.real(path))
-                    digest = hash_file(d.real(path))
-                    with pool.cat.transaction():
-                        pool.cat.update_file(node.id, st.st_size, st.st_mode, st.st_mtime_ns, digest)
-                        for r in reps:
-                            if r.drive_id != d.id:
-                                pool.cat.set_replica_state(node.id, r.drive_id, "bad")
-                        pool.cat.set_replica(node.id, d.id, st.st_size, st.st_mtime_ns, digest)
-                    pool._changed = True
-                    node = pool.cat.node(node.id)
+                    node = pool.take_edited_copy(node, d)
                     good = 1
                     p.detail += "; took its new content as the file's"
                 p.fixed = True

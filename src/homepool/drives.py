@@ -5,7 +5,7 @@ A member drive is any mounted filesystem (or, with --allow-shared-device, a dire
   .homepool/catalog.db   a recent copy of the pool's catalog (for `recover`)
   .homepool/tmp/         files being written; never visible in the tree
   HomePool/<pool path>   the pool's files, as plain files any PC can read
-Called by `pool.py` only (and `recover.py`, which reads identities).
+Called by the pool layer (`pool/`) only (and `recover.py`, which reads identities).
 """
 
 from __future__ import annotations

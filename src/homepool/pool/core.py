@@ -1,26 +1,10 @@
-"""The pool: the one place that changes drives and catalog together.
-
-Everything else (CLI, import, check, recover, and later the FUSE mount, WebDAV and the
-background services) calls this API and never touches a member drive's tree or the catalog on
-its own.
-
-How a change stays consistent across a crash (see docs/architecture.md):
-  1. new data is written to temp files in each target drive's .homepool/tmp/ and made durable;
-  2. a journal row describing the switch is committed to the catalog;
-  3. the switch is made on the drives (renames, unlinks), all idempotent, and made durable;
-  4. the result is recorded and the journal row deleted, in one transaction.
-A crash before 2 leaves orphan temp files (the old state; `check --repair` deletes them). A
-crash after 2 leaves a journal row; `check --repair` repeats 3 and 4 (the new state).
-
-Not thread-safe: one Pool object per thread of control. Each operation works on a snapshot of
-the drive list taken when it starts.
-"""
+"""The `Pool` API: drives, folders, the tree, reads, renames, deletes, copies, and the
+journal that makes each change crash-safe (see the package docstring)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import errno
 import logging
 import os
 import sqlite3
@@ -33,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import paths, placement
-from .catalog import CURRENT_REV, ROOT_ID, Catalog, Node
-from .config import CATALOG_FILE, CONFIG_FILE, PoolConfig, PoolLock
-from .drives import (
+from .. import paths, placement
+from ..catalog import CURRENT_REV, ROOT_ID, Catalog, Node
+from ..config import CATALOG_FILE, CONFIG_FILE, PoolConfig, PoolLock
+from ..drives import (
     CATALOG_COPY,
     META_DIR,
     TREE_DIR,
@@ -48,12 +32,11 @@ from .drives import (
     write_atomic,
     write_identity,
 )
-from .errors import (
+from ..errors import (
     AlreadyExists,
     BadCopies,
     BadDrive,
     DirectoryNotEmpty,
-    DriveIOError,
     FolderExists,
     HomepoolError,
     IsADirectory,
@@ -67,9 +50,11 @@ from .errors import (
     PoolExists,
     PoolFull,
 )
-from .errors import NotADirectory as NotADir
-from .streams import Target, copy_to, hash_file
-from .units import human
+from ..errors import NotADirectory as NotADir
+from ..streams import Target, copy_to, hash_file
+from ..units import human
+from .batch import WriteBatch
+from .ondrive import conflict_name, copy_is_at_fault, rename_on, scan_tree
 
 log = logging.getLogger(__name__)
 
@@ -112,28 +97,6 @@ class FolderInfo:
     files: int
     bytes: int
     short: int  # files with fewer good copies than `copies`
-
-
-@dataclass
-class Staged:
-    """A file fully written to temp files, waiting to be switched into place."""
-
-    path: str
-    targets: dict[int, str]  # drive id -> temp file name in that drive's .homepool/tmp/
-    drop: list[int]  # drives whose old copy is to be removed
-    size: int
-    mode: int
-    mtime_ns: int
-    hash: str
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _read_umask()
 
 
 def _now_ns() -> int:
@@ -620,13 +583,7 @@ class Pool:
                 log.error("could not put %s into place on %s: %s", p["path"], d.name, e)
         if not done:
             return done  # nothing new is in place: the old copies stay, all of them
-        for key in p["drop"]:
-            d = drives.get(int(key))
-            if d is not None and d.row.state == "active":
-                try:
-                    d.unlink(p["path"])
-                except OSError as e:
-                    log.error("could not remove the old copy of %s on %s: %s", p["path"], d.name, e)
+        self._unlink_on(drives, p["drop"], p["path"], "old copy")  # a failure leaves it for `check`
         return done
 
     def _record_write(self, p: dict, done: list[int], parent: Node | None, drives: dict[int, Drive]) -> None:
@@ -656,18 +613,23 @@ class Pool:
             if drive_id in dropped and (d is None or d.row.state != "active"):
                 self.cat.owe(drive_id, {"op": "unlink", "path": p["path"], "size": r.size, "mtime_ns": r.mtime_ns})
 
-    def _apply_drop(self, p: dict, drives: dict[int, Drive]) -> set[int]:
-        """Drive steps of a 'drop'; returns the drives that could not take them."""
+    @staticmethod
+    def _unlink_on(drives: dict[int, Drive], keys: list, path: str, what: str) -> set[int]:
+        """Remove `path` on the present drives among `keys`; returns the ones that failed."""
         failed = set()
-        for key in p["drives"]:
+        for key in keys:
             d = drives.get(int(key))
             if d is not None and d.row.state == "active":
                 try:
-                    d.unlink(p["path"])
+                    d.unlink(path)
                 except OSError as e:
-                    log.error("could not remove the copy of %s on %s: %s", p["path"], d.name, e)
+                    log.error("could not remove the %s of %s on %s: %s", what, path, d.name, e)
                     failed.add(d.id)
         return failed
+
+    def _apply_drop(self, p: dict, drives: dict[int, Drive]) -> set[int]:
+        """Drive steps of a 'drop'; returns the drives that could not take them."""
+        return self._unlink_on(drives, p["drives"], p["path"], "copy")
 
     def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
         node = self.lookup(p["path"])
@@ -685,15 +647,7 @@ class Pool:
 
     def _apply_rename(self, p: dict, drives: dict[int, Drive]) -> set[int]:
         """Drive steps of a 'rename'; returns the drives that could not take them."""
-        failed = set()
-        for key in p["unlink_dst"]:
-            d = drives.get(int(key))
-            if d is not None and d.row.state == "active":
-                try:
-                    d.unlink(p["dst"])
-                except OSError as e:
-                    log.error("could not remove the replaced copy of %s on %s: %s", p["dst"], d.name, e)
-                    failed.add(d.id)
+        failed = self._unlink_on(drives, p["unlink_dst"], p["dst"], "replaced copy")
         for key in p["moves"]:
             d = drives.get(int(key))
             if d is not None and d.row.state == "active":
@@ -1086,6 +1040,64 @@ class Pool:
             return bool(done)
         return False
 
+    # -- repairs (`check --repair` decides, these do) ---------------------------------------
+
+    def give_up_owed(self, owed_id: int) -> None:
+        with self.cat.transaction():
+            self.cat.owed_done(owed_id)
+        self._changed = True
+
+    def remove_orphan_temp(self, drive: Drive, name: str) -> None:
+        """Delete a temp file no journal row needs (an interrupted write; never in the pool)."""
+        with suppress(FileNotFoundError):
+            os.unlink(drive.tmpdir / name)
+
+    def forget_copy(self, node_id: int, drive_id: int) -> None:
+        """The copy is gone from its drive: stop counting it (`reconcile` re-makes it)."""
+        with self.cat.transaction():
+            self.cat.drop_replica(node_id, drive_id)
+        self._changed = True
+
+    def restore_copy(self, node_id: int, drive_id: int) -> None:
+        """A copy marked bad has proved intact (it hashes right): serve it again."""
+        with self.cat.transaction():
+            self.cat.set_replica_state(node_id, drive_id, "ok")
+        self._changed = True
+
+    def retime_copy(self, node: Node, drive: Drive, state: str) -> None:
+        """A copy with the right content but another time: give it the file's time back."""
+        path = self.path_of(node.id)
+        os.utime(drive.real(path), ns=(node.mtime_ns, node.mtime_ns))
+        with self.cat.transaction():
+            self.cat.set_replica(node.id, drive.id, node.size, node.mtime_ns, node.hash, state)
+        self._changed = True
+
+    def set_copy_aside(self, node: Node, drive: Drive) -> str:
+        """A copy changed outside the pool while the pool has the right content elsewhere:
+        keep the changed one as a file of its own, `name (conflict LABEL).ext`."""
+        path = self.path_of(node.id)
+        aside = conflict_name(path, drive.label, lambda q: self.lookup(q) is not None or drive.real(q).exists())
+        os.rename(drive.real(path), drive.real(aside))
+        fsync_dir(drive.real(aside).parent)
+        self.forget_copy(node.id, drive.id)
+        self.register_file(drive, aside)
+        return aside
+
+    def take_edited_copy(self, node: Node, drive: Drive) -> Node:
+        """Every copy was changed outside the pool: this one's content becomes the file's, the
+        others are marked bad (and re-made from it)."""
+        path = self.path_of(node.id)
+        st = os.stat(drive.real(path))
+        digest = hash_file(drive.real(path))
+        with self.cat.transaction():
+            self.cat.update_file(node.id, st.st_size, st.st_mode, st.st_mtime_ns, digest)
+            for r in self.cat.replicas(node.id):
+                if r.drive_id != drive.id:
+                    self.cat.set_replica_state(node.id, r.drive_id, "bad")
+            self.cat.set_replica(node.id, drive.id, st.st_size, st.st_mtime_ns, digest)
+        self._changed = True
+        return self.cat.node(node.id)
+
     # -- files that are on a drive but not in the catalog ------------------------------------
 
     def register_tree(self, drive: Drive, known: dict[str, tuple[int, int, str]] | None = None,
@@ -1187,39 +1199,6 @@ class Pool:
         return f"added {path} from {drive.name}"
 
 
-def copy_is_at_fault(e: OSError) -> bool:
-    """Whether an error opening or reading a copy means the copy itself is damaged or gone
-    (not, say, too many open files, which says nothing about the copy)."""
-    return e.errno in (errno.ENOENT, errno.EIO, errno.ESTALE, errno.ENXIO, errno.ENODEV, errno.EBADMSG,
-                       errno.EUCLEAN)
-
-
-def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
-    """Rename a pool path on one drive (idempotent: nothing to do if `src` is not there).
-    A directory whose destination already exists there (an empty one, or one a returning
-    drive picked up elsewhere, say a .DS_Store) is merged into it entry by entry; an entry
-    whose name is taken on both sides stays at `src` for `check` to show."""
-    s, t = d.real(src), d.real(dst)
-    if not (s.exists() or s.is_symlink()):
-        return
-    d.makedirs(dst.rpartition("/")[0])
-    if kind == "dir" and t.is_dir():
-        _merge_dir(s, t)
-        return
-    os.rename(s, t)
-
-
-def _merge_dir(s: Path, t: Path) -> None:
-    for entry in os.scandir(s):
-        target = t / entry.name
-        if not (target.exists() or target.is_symlink()):
-            os.rename(entry.path, target)
-        elif entry.is_dir(follow_symlinks=False) and target.is_dir():
-            _merge_dir(Path(entry.path), target)
-    with suppress(OSError):
-        s.rmdir()
-
-
 def describe(op: str, payload: dict) -> str:
     """A journal entry for people: 'write of Photos/a.jpg (and 41 more)'."""
     if op == "write":
@@ -1229,225 +1208,3 @@ def describe(op: str, payload: dict) -> str:
     return f"{op} of {payload.get('path') or payload.get('src')}"
 
 
-def scan_tree(root: Path) -> Iterator[tuple[str, bool]]:
-    """(relative path, is_dir) of everything under `root`, parents first. Skips symlinks and
-    special files (the pool stores neither yet)."""
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        try:
-            entries = sorted(os.scandir(root / rel if rel else root), key=lambda e: e.name)
-        except OSError as err:
-            log.error("cannot read %s: %s", root / rel, err)
-            continue
-        for entry in entries:
-            path = f"{rel}/{entry.name}" if rel else entry.name
-            try:
-                path.encode("utf-8")
-            except UnicodeEncodeError:
-                log.warning("skipping %s: its name is not valid UTF-8; rename it to bring it into the pool",
-                            root / os.fsdecode(path.encode("utf-8", "surrogateescape")))
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                yield path, True
-                stack.append(path)
-            elif entry.is_file(follow_symlinks=False):
-                yield path, False
-
-
-def conflict_name(path: str, label: str, taken) -> str:
-    """`dir/name (conflict LABEL).ext`, numbered if needed, for a copy that must be kept aside."""
-    label = "".join(c if c.isprintable() and c not in "/\\" else "-" for c in label)
-    head, _, name = path.rpartition("/")
-    stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
-    for i in range(1, 1000):
-        tag = f" (conflict {label})" if i == 1 else f" (conflict {label} {i})"
-        cand = f"{stem}{tag}{dot}{ext}"
-        full = f"{head}/{cand}" if head else cand
-        if not taken(full):
-            return full
-    raise AlreadyExists(path=path)
-
-
-class WriteBatch:
-    """Stage many new files, then switch them all into place with one flush per drive.
-
-    `put` writes a file to temp files on its target drives; `commit` (on leaving the `with`
-    block, or from `commit_if_full`) makes them durable and switches them in. With
-    durability 'fsync' every file is fsynced on its own (for single writes); with 'syncfs'
-    each drive is flushed once per batch (imports of many small files)."""
-
-    def __init__(self, pool: Pool, durability: str, max_files: int, max_bytes: int, max_seconds: float) -> None:
-        self.pool = pool
-        self.durability = durability
-        self.max_files = max_files
-        self.max_bytes = max_bytes
-        self.max_seconds = max_seconds
-        self.staged: list[Staged] = []
-        self.full: set[int] = set()  # drives that said ENOSPC
-        self.drives = pool.drives()
-        self.by_id = {d.id: d for d in self.drives}
-        self.committed = 0
-        # Per-file work must not grow with the pool: what placement needs is read once per
-        # batch and then kept up to date with what the batch itself stages.
-        self._dirs: dict[str, tuple[Node, int, str]] = {}  # parent path -> (node, copies, canonical path)
-        self._parents: dict[str, Node] = {}  # staged path -> its parent's node
-        self._snapshot()
-
-    def _snapshot(self) -> None:
-        self.used = self.pool.cat.bytes_by_drive()
-        self.stats = {d.id: d.statvfs() for d in self.drives if d.row.state == "active"}
-        self.devices = {d.id: d.device() for d in self.drives}
-        self.reserved: dict[int, int] = {}  # bytes staged per drive since the snapshot
-        self.staged_bytes = 0
-        self.started = time.monotonic()
-
-    def candidates(self) -> list[placement.Candidate]:
-        out = []
-        for d in self.drives:
-            if d.row.state != "active" or d.id in self.full:
-                continue
-            r = self.reserved.get(d.id, 0)
-            size, free = self.stats[d.id]
-            out.append(placement.Candidate(d.id, d.room(self.used.get(d.id, 0) + r, (size, free - r)),
-                                           self.devices[d.id]))
-        return out
-
-    def _parent(self, dir_path: str) -> tuple[Node, int, str]:
-        hit = self._dirs.get(dir_path)
-        if hit is None:
-            pool = self.pool
-            node = pool.lookup(dir_path)
-            if node is None:
-                raise NotFound(path=dir_path)
-            if not node.is_dir:
-                raise NotADir(path=dir_path)
-            copies = pool.copies_wanted(node.id) if node.id != ROOT_ID else 1
-            hit = self._dirs[dir_path] = (node, copies, pool.path_of(node.id))
-        return hit
-
-    def __enter__(self) -> WriteBatch:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        # Whatever stopped us, files already staged are complete: keep them.
-        self.commit()
-
-    def put(self, path: str, src: BinaryIO, size: int, mode: int, mtime_ns: int) -> Staged:
-        pool = self.pool
-        parts = paths.split(path)
-        if len(parts) < 2:
-            raise NotInFolder(path=paths.join(parts) or "/")
-        parent, copies, parent_path = self._parent(paths.join(parts[:-1]))
-        norm = f"{parent_path}/{parts[-1]}"
-        if norm in self._parents:
-            self.commit()
-        node = pool.cat.child(parent.id, parts[-1])
-        if node is not None and node.is_dir:
-            raise IsADirectory(path=norm)
-        by_id = self.by_id
-        targets, drop = pool._targets_for(node, norm, size, copies, self.candidates())
-        fds: list[Target] = []
-        tmps: dict[int, str] = {}
-        try:
-            for drive_id in targets:
-                d = by_id[drive_id]
-                tmp = f"{d.tmpdir_s}/{d.new_tmp_name()}"
-                try:
-                    fds.append(Target(drive_id, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode & 0o777)))
-                    tmps[drive_id] = tmp
-                except OSError as e:
-                    log.error("cannot write to %s: %s", d.name, e)
-            fsync = self.durability == "fsync"
-            n, digest = copy_to(src, fds, size, fsync=False)
-            # Created with the final mode above; fchmod only where the umask or special bits
-            # (setgid, sticky) would leave it different. Saves a syscall per small file.
-            needs_chmod = (mode & 0o7777) != (mode & 0o777 & ~UMASK)
-            for t in fds:
-                if t.error is None:
-                    try:
-                        if needs_chmod:
-                            os.fchmod(t.fd, mode & 0o7777)
-                        os.utime(t.fd, ns=(mtime_ns, mtime_ns))
-                        if fsync:
-                            os.fsync(t.fd)
-                    except OSError as e:
-                        t.error = e
-        except BaseException:
-            for t in fds:
-                os.close(t.fd)
-            for tmp in tmps.values():
-                with suppress(OSError):
-                    os.unlink(tmp)
-            raise
-        ok: dict[int, str] = {}
-        for t in fds:
-            os.close(t.fd)
-            if t.error is not None:
-                d = by_id[t.key]
-                log.error("writing %s to %s failed: %s", norm, d.name, t.error)
-                with suppress(OSError):
-                    os.unlink(tmps[t.key])
-                if t.error.errno == errno.ENOSPC:
-                    self.full.add(t.key)  # place nothing more there in this batch
-            else:
-                ok[t.key] = tmps[t.key].rpartition("/")[2]
-                self.reserved[t.key] = self.reserved.get(t.key, 0) + n
-        self.staged_bytes += n
-        if not ok:
-            err = fds[0].error if fds else None
-            if err is not None and err.errno == errno.ENOSPC:
-                raise PoolFull(path=norm, size=human(size), largest="less")
-            raise DriveIOError(drive=", ".join(by_id[t].name for t in targets), op="write", path=norm,
-                               err=err or "no drive could take it")
-        staged = Staged(norm, ok, drop, n, stat_.S_IFREG | (mode & 0o7777), mtime_ns, digest)
-        self.staged.append(staged)
-        self._parents[norm] = parent
-        return staged
-
-    def commit_if_full(self) -> None:
-        if (len(self.staged) >= self.max_files or self.staged_bytes >= self.max_bytes
-                or time.monotonic() - self.started >= self.max_seconds):
-            self.commit()
-
-    def discard(self, staged: Staged) -> None:
-        """Forget a staged file (its source turned out to have changed): delete its temps."""
-        self.staged.remove(staged)
-        del self._parents[staged.path]
-        for key, name in staged.targets.items():
-            with suppress(OSError):
-                (self.by_id[key].tmpdir / name).unlink()
-
-    def commit(self) -> None:
-        if not self.staged:
-            return
-        pool = self.pool
-        by_id = self.by_id
-        touched = {by_id[k] for s in self.staged for k in [*s.targets, *s.drop] if k in by_id}
-        if self.durability == "syncfs":
-            for d in touched:
-                d.syncfs()
-        payloads = [{"path": s.path, "targets": {str(k): v for k, v in s.targets.items()}, "drop": s.drop,
-                     "size": s.size, "mode": s.mode, "mtime_ns": s.mtime_ns, "hash": s.hash} for s in self.staged]
-        with pool.cat.transaction():
-            entry = pool.cat.journal_add("write", {"files": payloads})
-        pool._changed = True
-        made: set[tuple[int, str]] = set()
-        results = [pool._apply_write(p, by_id, made) for p in payloads]
-        for d in touched:
-            if d.row.state == "active":
-                if self.durability == "syncfs":
-                    d.syncfs()
-                else:
-                    for s in self.staged:
-                        if d.id in s.targets or d.id in s.drop:
-                            with suppress(FileNotFoundError):
-                                fsync_dir(d.real(s.path).parent)
-        with pool.cat.transaction():
-            for p, done, s in zip(payloads, results, self.staged, strict=True):
-                pool._record_write(p, done, self._parents[s.path], by_id)
-            pool.cat.journal_done(entry)
-        self.committed += len(self.staged)
-        self.staged = []
-        self._parents = {}
-        self._snapshot()

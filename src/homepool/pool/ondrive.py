@@ -1,0 +1,91 @@
+"""Helpers on one drive's plain tree: walking it, renaming on it, naming conflict copies.
+No catalog here: `core` decides, these only do."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+
+from ..drives import Drive
+from ..errors import AlreadyExists
+
+log = logging.getLogger(__name__)
+
+
+def copy_is_at_fault(e: OSError) -> bool:
+    """Whether an error opening or reading a copy means the copy itself is damaged or gone
+    (not, say, too many open files, which says nothing about the copy)."""
+    return e.errno in (errno.ENOENT, errno.EIO, errno.ESTALE, errno.ENXIO, errno.ENODEV, errno.EBADMSG,
+                       errno.EUCLEAN)
+
+
+def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
+    """Rename a pool path on one drive (idempotent: nothing to do if `src` is not there).
+    A directory whose destination already exists there (an empty one, or one a returning
+    drive picked up elsewhere, say a .DS_Store) is merged into it entry by entry; an entry
+    whose name is taken on both sides stays at `src` for `check` to show."""
+    s, t = d.real(src), d.real(dst)
+    if not (s.exists() or s.is_symlink()):
+        return
+    d.makedirs(dst.rpartition("/")[0])
+    if kind == "dir" and t.is_dir():
+        _merge_dir(s, t)
+        return
+    os.rename(s, t)
+
+
+def _merge_dir(s: Path, t: Path) -> None:
+    for entry in os.scandir(s):
+        target = t / entry.name
+        if not (target.exists() or target.is_symlink()):
+            os.rename(entry.path, target)
+        elif entry.is_dir(follow_symlinks=False) and target.is_dir():
+            _merge_dir(Path(entry.path), target)
+    with suppress(OSError):
+        s.rmdir()
+
+
+def scan_tree(root: Path) -> Iterator[tuple[str, bool]]:
+    """(relative path, is_dir) of everything under `root`, parents first. Skips symlinks and
+    special files (the pool stores neither yet)."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        try:
+            entries = sorted(os.scandir(root / rel if rel else root), key=lambda e: e.name)
+        except OSError as err:
+            log.error("cannot read %s: %s", root / rel, err)
+            continue
+        for entry in entries:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                log.warning("skipping %s: its name is not valid UTF-8; rename it to bring it into the pool",
+                            root / os.fsdecode(path.encode("utf-8", "surrogateescape")))
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                yield path, True
+                stack.append(path)
+            elif entry.is_file(follow_symlinks=False):
+                yield path, False
+
+
+def conflict_name(path: str, label: str, taken) -> str:
+    """`dir/name (conflict LABEL).ext`, numbered if needed, for a copy that must be kept aside."""
+    label = "".join(c if c.isprintable() and c not in "/\\" else "-" for c in label)
+    head, _, name = path.rpartition("/")
+    stem, dot, ext = name.partition(".") if not name.startswith(".") else (name, "", "")
+    for i in range(1, 1000):
+        tag = f" (conflict {label})" if i == 1 else f" (conflict {label} {i})"
+        cand = f"{stem}{tag}{dot}{ext}"
+        full = f"{head}/{cand}" if head else cand
+        if not taken(full):
+            return full
+    raise AlreadyExists(path=path)
+
+
