@@ -129,6 +129,26 @@ class RecoverRefused(PoolStateError):
     """Cannot recover: {why}."""
 
 
+class MountpointMissing(BadInput):
+    """Cannot mount at {path}: it is not an existing directory. Create it first (mkdir -p {path})."""
+
+
+class MountpointBusy(BadInput):
+    """Cannot use {path}: {why}."""
+
+
+class NotMounted(BadInput):
+    """{path} is not a homepool mount."""
+
+
+class FuseUnavailable(PoolStateError):
+    """FUSE is not available: {why}."""
+
+
+class MountFailed(PoolStateError):
+    """Could not mount the pool at {path}: {why}."""
+
+
 # -- no space (5) ----------------------------------------------------------------------------
 
 

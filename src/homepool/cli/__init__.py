@@ -111,4 +111,4 @@ def run() -> None:
 
 
 # Last: each command module adds its commands to `app` (and may use `main`).
-from . import demo, drive, files, folder, pool_cmd  # noqa: E402, F401, I001
+from . import demo, drive, files, folder, mount_cmd, pool_cmd  # noqa: E402, F401, I001

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import paths, placement
-from ..catalog import CURRENT_REV, ROOT_ID, Catalog, Node
+from ..catalog import CURRENT_REV, ROOT_ID, Catalog, Node, NoSuchRowError
 from ..config import CATALOG_FILE, CONFIG_FILE, PoolConfig, PoolLock
 from ..drives import (
     CATALOG_COPY,
@@ -814,6 +814,59 @@ class Pool:
                 if copy_is_at_fault(e):
                     self.mark_bad(node.id, d.id)
         raise NoReadableCopy(path=norm, tried=", ".join(tried) or "no drive holds a copy")
+
+    # -- by node id (the FUSE adapter's view: node ids are its inode numbers) ----------------
+
+    def node(self, node_id: int) -> Node:
+        try:
+            return self.cat.node(node_id)
+        except NoSuchRowError:
+            raise NotFound(path=f"#{node_id}") from None
+
+    def child(self, parent_id: int, name: str) -> Node | None:
+        """The entry `name` in directory `parent_id` (folders match as Windows would)."""
+        found = self.cat.child(parent_id, name)
+        if found is None and parent_id == ROOT_ID:
+            folder = self.cat.folder_by_fold(paths.fold(name))
+            found = self.cat.node(folder[0]) if folder else None
+        return found
+
+    def children(self, node_id: int) -> list[Node]:
+        return self.cat.children(node_id)
+
+    def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset()) -> tuple[int, Drive]:
+        """An O_RDONLY file descriptor on a good copy of file `node_id` (not on `exclude`d
+        drives), and its drive. A copy that fails to open is marked bad if it is at fault."""
+        node = self.node(node_id)
+        path = self.path_of(node_id)
+        drives = {d.id: d for d in self.drives()}
+        tried = []
+        for r in self.cat.replicas(node_id):
+            d = drives.get(r.drive_id)
+            if r.state != "ok" or d is None or d.row.state != "active" or d.id in exclude:
+                continue
+            tried.append(d.label)
+            try:
+                return os.open(d.real(path), os.O_RDONLY), d
+            except OSError as e:
+                self.copy_failed(node.id, d, e)
+        raise NoReadableCopy(path=path, tried=", ".join(tried) or "no drive holds a copy")
+
+    def copy_failed(self, node_id: int, drive: Drive, err: OSError) -> None:
+        """A copy could not be read: log it, and mark it bad if the copy itself is at fault."""
+        log.error("copy of %s on %s is unreadable (%s); using another copy", self.path_of(node_id), drive.name, err)
+        if copy_is_at_fault(err):
+            self.mark_bad(node_id, drive.id)
+
+    def space(self) -> tuple[int, int]:
+        """(size, free) of the pool: the sum over present drives, as the pool may use them."""
+        used = self.cat.bytes_by_drive()
+        size = free = 0
+        for d in self.drives(present_only=True):
+            s, f = d.capacity(used.get(d.id, 0))
+            size += s
+            free += f
+        return size, free
 
     def read_bytes(self, path: str) -> bytes:
         with self.open_read(path) as f:

@@ -1,0 +1,133 @@
+"""Running the FUSE mount: `homepool mount` and `homepool unmount`.
+
+`serve(pool, mountpoint)` runs in the foreground until the filesystem is unmounted (by
+`homepool unmount`, `fusermount3 -u` or `umount`) or the process gets SIGINT/SIGTERM, and
+always unmounts on the way out. `start_background` runs it in a child process and returns once
+the mount is up (or says why it did not come up).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import FuseUnavailable, MountFailed, MountpointBusy, MountpointMissing, NotMounted
+
+log = logging.getLogger(__name__)
+
+FSNAME = "homepool"
+
+
+def check_mountpoint(mountpoint: Path) -> Path:
+    if not mountpoint.exists():
+        raise MountpointMissing(path=mountpoint)
+    if not mountpoint.is_dir():
+        raise MountpointMissing(path=mountpoint)
+    if os.path.ismount(mountpoint):
+        raise MountpointBusy(path=mountpoint, why="something is already mounted there")
+    return Path(os.path.realpath(mountpoint))
+
+
+def check_fuse() -> None:
+    if not Path("/dev/fuse").exists():
+        raise FuseUnavailable(why="/dev/fuse does not exist (load the fuse module, or run on a machine with FUSE)")
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError as e:
+        raise FuseUnavailable(why=f"pyfuse3 cannot be loaded ({e}); run `make setup`") from None
+
+
+def serve(pool: object, mountpoint: Path, allow_other: bool = False) -> None:
+    """Mount `pool` at `mountpoint` and serve it until unmounted or signalled."""
+    import pyfuse3
+    import trio
+
+    from .fuse_ops import PoolOperations
+
+    ops = PoolOperations(pool)  # type: ignore[arg-type]
+    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks access
+    options |= {f"fsname={FSNAME}", "subtype=homepool", "ro"}
+    if allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(ops, str(mountpoint), options)
+    except RuntimeError as e:
+        raise MountFailed(path=mountpoint, why=str(e)) from None
+    log.info("mounted the pool at %s", mountpoint)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        log.info("signal received: unmounting %s", mountpoint)
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(on_signal)
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", mountpoint)
+
+
+def start_background(state_dir: Path, mountpoint: Path, allow_other: bool, timeout: float = 20.0) -> Path:
+    """Run `homepool mount --foreground` in its own session; return its log file once mounted."""
+    logfile = state_dir / "mount.log"
+    args = [sys.executable, "-m", "homepool", "--pool", str(state_dir), "-v", "mount", "--foreground", str(mountpoint)]
+    if allow_other:
+        args.append("--allow-other")
+    # posix_spawn, not Popen: the daemon outlives this process, which never waits for it.
+    pid = os.posix_spawn(sys.executable, args, dict(os.environ), setsid=True, file_actions=[
+        (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, str(logfile), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
+    ])
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mountpoint):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            last = logfile.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise MountFailed(path=mountpoint, why=last[0].removeprefix("homepool: error: "))
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGTERM)
+            raise MountFailed(path=mountpoint, why=f"not mounted after {timeout:.0f} s; see {logfile}")
+        time.sleep(0.05)  # waiting for the child to mount; bounded by the deadline
+    return logfile
+
+
+def is_homepool_mount(mountpoint: Path) -> bool:
+    real = os.path.realpath(mountpoint)
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            source, target, fstype = line.split()[:3]
+            target = target.encode().decode("unicode_escape")
+            if target == real and source == FSNAME and fstype.startswith("fuse"):
+                return True
+    return False
+
+
+def unmount(mountpoint: Path, timeout: float = 20.0) -> None:
+    if not is_homepool_mount(mountpoint):
+        raise NotMounted(path=mountpoint)
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [tool, "-u", str(mountpoint)] if tool else ["umount", str(mountpoint)]
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode == 0 or not is_homepool_mount(mountpoint):
+            return
+        if time.monotonic() > deadline:
+            raise MountpointBusy(path=mountpoint, why=f"still in use ({r.stderr.strip()}); close what uses it")
+        time.sleep(0.1)  # busy: a program still has files open there; bounded by the deadline

@@ -1,0 +1,172 @@
+"""The FUSE mount (first slice: a read-only view), on a real mount in a child process."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from homepool import mount as mount_mod
+from homepool.cli import main
+from homepool.errors import FuseUnavailable
+from homepool.pool import Pool
+
+from .helpers import copies_on_disk
+
+
+def fuse_or_skip() -> None:
+    try:
+        mount_mod.check_fuse()
+    except FuseUnavailable as e:
+        pytest.skip(f"LOUD SKIP: {e}")
+
+
+def wait_for(cond, timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)  # polling a condition, bounded by the deadline
+
+
+def force_unmount(mnt: Path) -> None:
+    for cmd in (["fusermount3", "-u", str(mnt)], ["umount", str(mnt)], ["umount", "-l", str(mnt)]):
+        if not os.path.ismount(mnt):
+            return
+        subprocess.run(cmd, capture_output=True)
+
+
+@pytest.fixture
+def mounted(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """The pool mounted at tmp/mnt by `homepool mount --foreground`; always unmounted after."""
+    fuse_or_skip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    log = tmp_path / "mount.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "homepool", "--pool", str(state_dir), "mount", "-f", str(mnt)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, what="the mount")
+        assert os.path.ismount(mnt), log.read_text()
+        yield mnt, proc
+    finally:
+        force_unmount(mnt)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fill(pool: Pool) -> dict[str, bytes]:
+    files = {"Photos/2010/beach.jpg": os.urandom(300_000), "Photos/2010/notes.txt": b"sunny",
+             "Documents/a.txt": b"letter", "Videos/film.mkv": os.urandom(3_000_000)}
+    for path, data in files.items():
+        pool.makedirs(path.rpartition("/")[0])
+        pool.write_bytes(path, data, mode=0o640, mtime_ns=1_300_000_000_000_000_000)
+    return files
+
+
+def test_the_tree_and_attributes_match_the_pool(dir_pool: Pool, mounted) -> None:
+    files = fill(dir_pool)
+    mnt, _ = mounted
+    assert sorted(os.listdir(mnt)) == sorted(n.name for n in dir_pool.listdir(""))
+    assert sorted(os.listdir(mnt / "Photos/2010")) == ["beach.jpg", "notes.txt"]
+    for path, data in files.items():
+        st = os.stat(mnt / path)
+        assert st.st_size == len(data)
+        assert st.st_mtime_ns == 1_300_000_000_000_000_000
+        assert st.st_mode & 0o7777 == 0o640
+        assert st.st_ino == dir_pool.stat(path).id
+    assert os.path.isdir(mnt / "Photos/2010")
+
+
+def test_reads_return_the_content(dir_pool: Pool, mounted) -> None:
+    files = fill(dir_pool)
+    mnt, _ = mounted
+    for path, data in files.items():
+        assert (mnt / path).read_bytes() == data
+    with open(mnt / "Videos/film.mkv", "rb") as f:
+        f.seek(1_000_003)
+        assert f.read(5000) == files["Videos/film.mkv"][1_000_003:1_005_003]
+
+
+def test_missing_names_and_case(dir_pool: Pool, mounted) -> None:
+    fill(dir_pool)
+    mnt, _ = mounted
+    with pytest.raises(FileNotFoundError):
+        os.stat(mnt / "Photos/nope.jpg")
+    assert os.path.isdir(mnt / "photos")  # folders match as Windows would
+
+
+def test_changes_are_refused_with_erofs(dir_pool: Pool, mounted) -> None:
+    fill(dir_pool)
+    mnt, _ = mounted
+    for attempt in (lambda: os.open(mnt / "Photos/new.jpg", os.O_WRONLY | os.O_CREAT),
+                    lambda: os.open(mnt / "Documents/a.txt", os.O_WRONLY | os.O_APPEND),
+                    lambda: os.mkdir(mnt / "Photos/new"), lambda: os.unlink(mnt / "Documents/a.txt"),
+                    lambda: os.rename(mnt / "Documents/a.txt", mnt / "Documents/b.txt")):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno == errno.EROFS
+    assert dir_pool.read_bytes("Documents/a.txt") == b"letter"
+
+
+def test_files_added_while_mounted_appear(dir_pool: Pool, mounted) -> None:
+    mnt, _ = mounted
+    assert not (mnt / "Documents/later.txt").exists()
+    dir_pool.write_bytes("Documents/later.txt", b"added after mounting")
+    wait_for(lambda: (mnt / "Documents/later.txt").exists(), what="the new file")
+    assert (mnt / "Documents/later.txt").read_bytes() == b"added after mounting"
+
+
+@pytest.mark.expect_errors
+def test_a_read_falls_over_to_the_other_copy(dir_pool: Pool, dir_drives: list[Path], mounted) -> None:
+    dir_pool.write_bytes("Photos/only-twice.jpg", b"precious" * 1000)
+    mnt, _ = mounted
+    for copy in copies_on_disk(dir_drives, "Photos/only-twice.jpg")[:1]:
+        copy.unlink()  # one copy lost behind the pool's back
+    assert (mnt / "Photos/only-twice.jpg").read_bytes() == b"precious" * 1000
+
+
+def test_statfs_shows_the_pool(dir_pool: Pool, mounted) -> None:
+    mnt, _ = mounted
+    st = os.statvfs(mnt)
+    size, free = dir_pool.space()
+    assert st.f_blocks * st.f_frsize == size // 4096 * 4096
+    assert abs(st.f_bavail * st.f_frsize - free) < 1 << 20
+
+
+def test_sigterm_unmounts_cleanly(dir_pool: Pool, mounted) -> None:
+    mnt, proc = mounted
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert not os.path.ismount(mnt)
+
+
+def test_mount_and_unmount_commands(dir_pool: Pool, state_dir: Path, tmp_path: Path, capsys) -> None:
+    fuse_or_skip()
+    mnt = tmp_path / "m"
+    assert main(["--pool", str(state_dir), "mount", str(tmp_path / "missing")]) == 3
+    assert "mkdir -p" in capsys.readouterr().err
+    assert main(["--pool", str(state_dir), "unmount", str(tmp_path)]) == 3
+    assert "not a homepool mount" in capsys.readouterr().err
+    mnt.mkdir()
+    try:
+        assert main(["--pool", str(state_dir), "mount", str(mnt)]) == 0
+        assert os.path.ismount(mnt) and mount_mod.is_homepool_mount(mnt)
+        assert main(["--pool", str(state_dir), "mount", str(mnt)]) == 3
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "already mounted" in err
+        assert main(["--pool", str(state_dir), "unmount", str(mnt)]) == 0
+        assert not os.path.ismount(mnt)
+    finally:
+        force_unmount(mnt)
