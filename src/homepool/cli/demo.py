@@ -11,6 +11,7 @@ import os
 import random
 import shlex
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Annotated
 import typer
 
 from .. import loopdrives
+from .. import mount as mount_mod
+from ..errors import FuseUnavailable
 from . import app, main, out
 
 SIZES = [96 << 20, 160 << 20, 256 << 20]
@@ -58,6 +61,31 @@ def step(args: list[str], note: str = "") -> None:
     code = main(args)
     if code != 0:
         raise RuntimeError(f"`homepool {shlex.join(args)}` failed with exit code {code}")
+
+
+def mount_step(base: Path, library: Path) -> Path | None:
+    """7. The pool as one folder tree in the filesystem (read-only for now), if FUSE is here."""
+    try:
+        mount_mod.check_fuse()
+    except FuseUnavailable as e:
+        out.print(f"\n[bold]7. (Skipping the mount: {e})[/bold]")
+        return None
+    mnt = base / "pool"
+    mnt.mkdir()
+    step(["mount", str(mnt)], "7. Mount the pool: one folder tree for every program (read-only for now).")
+    for cmd in (["ls", "-l", str(mnt)], ["ls", "-l", str(mnt / "Documents")]):
+        out.print(f"[cyan]$ {shlex.join(cmd)}[/cyan]")
+        out.print(subprocess.run(cmd, capture_output=True, text=True).stdout.rstrip(), markup=False)
+    sample = sorted((mnt / "Documents").iterdir())[0]
+    original = library / "Documents" / sample.name
+    cmd = ["cmp", str(sample), str(original)]
+    out.print(f"[cyan]$ {shlex.join(cmd)} && echo same[/cyan]")
+    same = subprocess.run(cmd, capture_output=True).returncode == 0
+    out.print("same" if same else "DIFFERENT", markup=False)
+    if not same:
+        raise RuntimeError(f"{sample} read through the mount differs from {original}")
+    step(["unmount", str(mnt)])
+    return mnt
 
 
 @app.command("demo")
@@ -114,8 +142,9 @@ def do_demo(
         if sample is not None:
             out.print(f"   {sample} is an ordinary file of {sample.stat().st_size} bytes.")
         step(["status"], "6. Status: drives, space, folders and their health.")
+        mounted = mount_step(base, library)
 
-        out.print("\n[bold]7. Lose the system drive: delete the pool's state directory, then rebuild it "
+        out.print("\n[bold]8. Lose the system drive: delete the pool's state directory, then rebuild it "
                   "from the drives.[/bold]")
         out.print(f"[cyan]$ rm -rf {state}[/cyan]")
         shutil.rmtree(state)
@@ -124,6 +153,8 @@ def do_demo(
         step(["folder", "list"], "   Folders, copies and files are all back:")
         out.print(f"\nTour finished in {time.monotonic() - started:.1f} s.")
     finally:
+        if "mounted" in locals() and mounted is not None and os.path.ismount(mounted):
+            subprocess.run(["fusermount3", "-u", str(mounted)], capture_output=True)
         if old_env is None:
             os.environ.pop("HOMEPOOL_POOL", None)
         else:
