@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,8 +47,8 @@ def force_unmount(mnt: Path) -> None:
         subprocess.run(cmd, capture_output=True)
 
 
-@pytest.fixture
-def mounted(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
+@contextmanager
+def mount_pool(state_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
     """The pool mounted at tmp/mnt by `homepool mount --foreground`; always unmounted after."""
     fuse_or_skip()
     mnt = tmp_path / "mnt"
@@ -64,6 +68,12 @@ def mounted(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> Iterator[tuple[P
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def mounted(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen]]:
+    with mount_pool(state_dir, tmp_path) as m:
+        yield m
 
 
 def fill(pool: Pool) -> dict[str, bytes]:
@@ -170,3 +180,64 @@ def test_mount_and_unmount_commands(dir_pool: Pool, state_dir: Path, tmp_path: P
         assert not os.path.ismount(mnt)
     finally:
         force_unmount(mnt)
+
+
+def open_copies(pid: int) -> list[str]:
+    """The drive files a mount daemon has open, from /proc."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if "/HomePool/" in target:
+                out.append(target)
+    return out
+
+
+def test_concurrent_readers_spread_over_the_copies(dir_pool: Pool, mounted) -> None:
+    dir_pool.write_bytes("Music/song.flac", b"la" * 100_000)
+    mnt, proc = mounted
+    with open(mnt / "Music/song.flac", "rb") as a, open(mnt / "Music/song.flac", "rb") as b:
+        assert a.read(10) == b.read(10) == b"lalalalala"
+        held = open_copies(proc.pid)
+        assert len(held) == 2 and held[0] != held[1], held  # one reader per drive
+
+
+def test_extended_attributes_come_from_the_copies(dir_pool: Pool, dir_drives: list[Path], mounted) -> None:
+    dir_pool.write_bytes("Documents/tagged.txt", b"x")
+    for copy in copies_on_disk(dir_drives, "Documents/tagged.txt"):
+        os.setxattr(copy, "user.origin", b"scanner")
+    mnt, _ = mounted
+    assert os.getxattr(mnt / "Documents/tagged.txt", "user.origin") == b"scanner"
+    assert "user.origin" in os.listxattr(mnt / "Documents/tagged.txt")
+    with pytest.raises(OSError) as e:
+        os.getxattr(mnt / "Documents/tagged.txt", "user.missing")
+    assert e.value.errno == errno.ENODATA
+
+
+EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32): the filesystem fails every I/O from now on
+
+
+@pytest.mark.expect_errors
+def test_a_drive_failing_under_a_reader_is_invisible_to_it(state_dir: Path, loop_drives, tmp_path: Path) -> None:
+    a, b = loop_drives(64, 64)
+    data = os.urandom(8 << 20)
+    with Pool.create(state_dir) as pool:
+        pool.add_drive(a)
+        pool.add_drive(b)
+        pool.write_bytes("Videos/film.mkv", data)
+        pool.set_copies("Videos", 2)
+    with mount_pool(state_dir, tmp_path) as (mnt, proc):
+        with open(mnt / "Videos/film.mkv", "rb", buffering=0) as f:
+            first = f.read(1 << 20)
+            (held,) = open_copies(proc.pid)
+            dying = a if held.startswith(str(a)) else b
+            fd = os.open(dying, os.O_RDONLY)
+            try:  # the drive under the reader fails: every read there is EIO from now on
+                fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("I", 2))
+            finally:
+                os.close(fd)
+            rest = f.read()
+        assert first + rest == data
+    with Pool.open(state_dir, write=False) as pool:
+        states = {d.root: state for d, state in pool.replicas("Videos/film.mkv")}
+        assert states[dying] == "bad"

@@ -6,9 +6,10 @@ errno in one place, `_errno`. Handlers run on the trio event loop; the catalog c
 and synchronous there, while file reads go to a worker thread (`trio.to_thread`), so one slow
 drive never stalls the loop.
 
-First slice (issue 3): a read-only view. Lookups, attributes, directory listings, reads that
-fall over to another copy on an I/O error, and pool-wide `statfs`. Everything that would change
-the pool answers EROFS until writes arrive.
+First slice (issue 3): a read-only view. Lookups, attributes, directory listings, reads from
+the least busy copy that fall over to another copy on an I/O error, extended attributes (read
+from the copies), and pool-wide `statfs`. Everything that would change the pool answers EROFS
+until writes arrive.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class PoolOperations(pyfuse3.Operations):
         self.pool = pool
         self._open: dict[int, _Open] = {}
         self._next_fh = 1
+        self._readers: dict[int, int] = {}  # drive id -> open files reading from it
 
     # -- attributes ----------------------------------------------------------------------
 
@@ -132,10 +134,11 @@ class PoolOperations(pyfuse3.Operations):
             node = self.pool.node(inode)
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            fd, drive = self.pool.open_copy(node.id)
+            fd, drive = self.pool.open_copy(node.id, busy=self._readers)
         fh = self._next_fh
         self._next_fh += 1
         self._open[fh] = _Open(node.id, fd, drive.id)
+        self._readers[drive.id] = self._readers.get(drive.id, 0) + 1
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -148,14 +151,33 @@ class PoolOperations(pyfuse3.Operations):
                 with _errno():
                     self.pool.copy_failed(f.node_id, self.pool.drive(f.drive_id), e)
                     f.failed.add(f.drive_id)
-                    fd, drive = self.pool.open_copy(f.node_id, exclude=frozenset(f.failed))
+                    fd, drive = self.pool.open_copy(f.node_id, exclude=frozenset(f.failed), busy=self._readers)
                 os.close(f.fd)
+                self._readers[f.drive_id] -= 1
+                self._readers[drive.id] = self._readers.get(drive.id, 0) + 1
                 f.fd, f.drive_id = fd, drive.id
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         f = self._open.pop(fh, None)
         if f is not None:
             os.close(f.fd)
+            self._readers[f.drive_id] -= 1
+
+    # -- extended attributes (read from the copies, which all carry the same ones) -----------
+
+    async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name.startswith(b"security.") or name.startswith(b"system."):
+            # Asked before every write and exec (security.capability): answered without a drive.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        with _errno():
+            value = self.pool.copy_xattrs(inode).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        with _errno():
+            return [n for n in self.pool.copy_xattrs(inode) if n.startswith(b"user.")]
 
     # -- the filesystem ------------------------------------------------------------------
 

@@ -834,14 +834,17 @@ class Pool:
     def children(self, node_id: int) -> list[Node]:
         return self.cat.children(node_id)
 
-    def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset()) -> tuple[int, Drive]:
+    def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
+                  busy: dict[int, int] | None = None) -> tuple[int, Drive]:
         """An O_RDONLY file descriptor on a good copy of file `node_id` (not on `exclude`d
-        drives), and its drive. A copy that fails to open is marked bad if it is at fault."""
+        drives), and its drive: the least `busy` one (readers per drive), so concurrent readers
+        spread over the copies. A copy that fails to open is marked bad if it is at fault."""
         node = self.node(node_id)
         path = self.path_of(node_id)
         drives = {d.id: d for d in self.drives()}
         tried = []
-        for r in self.cat.replicas(node_id):
+        replicas = sorted(self.cat.replicas(node_id), key=lambda r: (busy or {}).get(r.drive_id, 0))
+        for r in replicas:
             d = drives.get(r.drive_id)
             if r.state != "ok" or d is None or d.row.state != "active" or d.id in exclude:
                 continue
@@ -857,6 +860,23 @@ class Pool:
         log.error("copy of %s on %s is unreadable (%s); using another copy", self.path_of(node_id), drive.name, err)
         if copy_is_at_fault(err):
             self.mark_bad(node_id, drive.id)
+
+    def copy_xattrs(self, node_id: int) -> dict[bytes, bytes]:
+        """The extended attributes of a file's copy (or a directory on a drive), read from the
+        first present drive that has it. Copies carry the same ones (written to all)."""
+        node = self.node(node_id)
+        path = self.path_of(node_id)
+        drives = self.drives(present_only=True)
+        holders = {r.drive_id for r in self.cat.replicas(node_id) if r.state == "ok"} if not node.is_dir else None
+        for d in drives:
+            if holders is not None and d.id not in holders:
+                continue
+            try:
+                names = os.listxattr(d.real(path), follow_symlinks=False)
+                return {os.fsencode(n): os.getxattr(d.real(path), n, follow_symlinks=False) for n in names}
+            except FileNotFoundError:
+                continue
+        return {}
 
     def space(self) -> tuple[int, int]:
         """(size, free) of the pool: the sum over present drives, as the pool may use them."""
