@@ -241,3 +241,12 @@ def test_a_drive_failing_under_a_reader_is_invisible_to_it(state_dir: Path, loop
     with Pool.open(state_dir, write=False) as pool:
         states = {d.root: state for d, state in pool.replicas("Videos/film.mkv")}
         assert states[dying] == "bad"
+
+
+def test_a_file_replaced_while_mounted_is_read_fresh(dir_pool: Pool, mounted) -> None:
+    dir_pool.write_bytes("Documents/v.txt", b"version 1")
+    mnt, _ = mounted
+    assert (mnt / "Documents/v.txt").read_bytes() == b"version 1"
+    assert (mnt / "Documents/v.txt").read_bytes() == b"version 1"  # cached: same content
+    dir_pool.write_bytes("Documents/v.txt", b"version 2")
+    wait_for(lambda: (mnt / "Documents/v.txt").read_bytes() == b"version 2", what="the new version")

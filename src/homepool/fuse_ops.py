@@ -74,6 +74,7 @@ class PoolOperations(pyfuse3.Operations):
         self._open: dict[int, _Open] = {}
         self._next_fh = 1
         self._readers: dict[int, int] = {}  # drive id -> open files reading from it
+        self._cached: dict[int, str | None] = {}  # inode -> content hash when last opened
 
     # -- attributes ----------------------------------------------------------------------
 
@@ -139,7 +140,11 @@ class PoolOperations(pyfuse3.Operations):
         self._next_fh += 1
         self._open[fh] = _Open(node.id, fd, drive.id)
         self._readers[drive.id] = self._readers.get(drive.id, 0) + 1
-        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=False)
+        # The kernel may keep this file's cached pages only if its content is what it was at
+        # the last open (an import may have replaced it since; the hash says so).
+        keep = self._cached.get(node.id) == node.hash
+        self._cached[node.id] = node.hash
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep)
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         f = self._open[fh]
