@@ -186,13 +186,17 @@ class Pool:
             raise
         pool = cls(state_dir, config, cat, lock)
         if write:
-            # We hold the lock, so whatever is in the journal was left by a crashed process:
-            # finish it now, before any new change could be overtaken by an old one replayed.
-            for line in pool.finish_journal():
-                log.warning("%s", line)
-            for d in pool.drives(present_only=True):
-                for line in pool.settle_owed(d):
-                    log.info("%s", line)
+            try:
+                # We hold the lock, so whatever is in the journal was left by a crashed process:
+                # finish it now, before any new change could be overtaken by an old one replayed.
+                for line in pool.finish_journal():
+                    log.warning("%s", line)
+                for d in pool.drives(present_only=True):
+                    for line in pool.settle_owed(d):
+                        log.info("%s", line)
+            except BaseException:
+                pool.close()
+                raise
         return pool
 
     def close(self) -> None:
@@ -799,21 +803,8 @@ class Pool:
         node = self.stat(path)
         if node.is_dir:
             raise IsADirectory(path=paths.normalize(path))
-        norm = self.path_of(node.id)
-        drives = {d.id: d for d in self.drives()}
-        tried = []
-        for r in self.cat.replicas(node.id):
-            d = drives.get(r.drive_id)
-            if r.state != "ok" or d is None or d.row.state != "active":
-                continue
-            tried.append(d.label)
-            try:
-                return open(d.real(norm), "rb")  # noqa: SIM115 (the caller closes it)
-            except OSError as e:
-                log.error("copy of %s on %s is unreadable (%s); using another copy", norm, d.name, e)
-                if copy_is_at_fault(e):
-                    self.mark_bad(node.id, d.id)
-        raise NoReadableCopy(path=norm, tried=", ".join(tried) or "no drive holds a copy")
+        fd, _ = self.open_copy(node.id)
+        return os.fdopen(fd, "rb")
 
     # -- by node id (the FUSE adapter's view: node ids are its inode numbers) ----------------
 
