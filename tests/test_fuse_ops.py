@@ -176,8 +176,10 @@ def test_mount_and_unmount_commands(dir_pool: Pool, state_dir: Path, tmp_path: P
         assert main(["--pool", str(state_dir), "mount", str(mnt)]) == 3
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "already mounted" in err
+        assert mount_mod.pidfile(state_dir, mnt).exists()
         assert main(["--pool", str(state_dir), "unmount", str(mnt)]) == 0
         assert not os.path.ismount(mnt)
+        assert not mount_mod.pidfile(state_dir, mnt).exists()  # the daemon is gone too
     finally:
         force_unmount(mnt)
 

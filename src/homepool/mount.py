@@ -8,6 +8,7 @@ the mount is up (or says why it did not come up).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -124,6 +125,35 @@ def start_background(state_dir: Path, mountpoint: Path, allow_other: bool, timeo
     return logfile
 
 
+def pidfile(state_dir: Path, mountpoint: Path) -> Path:
+    """Where the daemon serving `mountpoint` notes its pid, so `unmount` can wait for its end."""
+    name = hashlib.sha1(os.fsencode(os.path.realpath(mountpoint))).hexdigest()[:16]
+    return state_dir / "mounts" / f"{name}.pid"
+
+
+def write_pidfile(state_dir: Path, mountpoint: Path) -> Path:
+    path = pidfile(state_dir, mountpoint)
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(f"{os.getpid()}\n{os.path.realpath(mountpoint)}\n")
+    return path
+
+
+def wait_for_daemon(state_dir: Path, mountpoint: Path, deadline: float) -> None:
+    """After the kernel let go of the mount, wait until its daemon has closed the pool too (it
+    may still be writing the catalog's last pages)."""
+    path = pidfile(state_dir, mountpoint)
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return  # no daemon of this pool known there
+    while path.exists() and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)  # waiting for the daemon to finish; bounded by the deadline
+
+
 def is_homepool_mount(mountpoint: Path) -> bool:
     real = os.path.realpath(mountpoint)
     with open("/proc/self/mounts") as f:
@@ -135,7 +165,7 @@ def is_homepool_mount(mountpoint: Path) -> bool:
     return False
 
 
-def unmount(mountpoint: Path, timeout: float = 20.0) -> None:
+def unmount(state_dir: Path, mountpoint: Path, timeout: float = 20.0) -> None:
     if not is_homepool_mount(mountpoint):
         raise NotMounted(path=mountpoint)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
@@ -144,6 +174,7 @@ def unmount(mountpoint: Path, timeout: float = 20.0) -> None:
     while True:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode == 0 or not is_homepool_mount(mountpoint):
+            wait_for_daemon(state_dir, mountpoint, deadline)
             return
         if time.monotonic() > deadline:
             raise MountpointBusy(path=mountpoint, why=f"still in use ({r.stderr.strip()}); close what uses it")

@@ -29,14 +29,16 @@ def do_mount(
         log = mount_mod.start_background(state.state_dir, target, allow_other)
         out.print(f"Mounted the pool at {target} (log: {log}). `homepool unmount {target}` to stop.")
         return
+    pid = mount_mod.write_pidfile(state.state_dir, target)
     try:
         mount_mod.serve(pool, target, allow_other)
     finally:
         pool.close()
+        pid.unlink(missing_ok=True)  # last: `unmount` waits for it
 
 
 @app.command("unmount")
 def do_unmount(mountpoint: Annotated[Path, typer.Argument(help="Where the pool is mounted.")]) -> None:
     """Unmount the pool (waits while programs still use it, up to 20 s)."""
-    mount_mod.unmount(mountpoint)
+    mount_mod.unmount(state.state_dir, mountpoint)
     out.print(f"Unmounted {mountpoint}.")
