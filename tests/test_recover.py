@@ -42,10 +42,14 @@ def test_delete_state_dir_then_recover_gives_the_same_pool(state_dir: Path, loop
         importer.run(pool, src / "2010", "Scans/")
         pool.makedirs("Documents/empty")
     before = listing(state_dir, capsys)
+    with Pool.open(state_dir, write=False) as pool:
+        nodes = {path: (n.kind, n.size, n.mode, n.mtime_ns, n.hash) for path, n in pool.walk()}
     shutil.rmtree(state_dir)
     lines = recover(state_dir, mounts)
     assert any("recovered 30 files" in line for line in lines)
     assert listing(state_dir, capsys) == before
+    with Pool.open(state_dir, write=False) as pool:  # to the nanosecond, folders included
+        assert {path: (n.kind, n.size, n.mode, n.mtime_ns, n.hash) for path, n in pool.walk()} == nodes
     with Pool.open(state_dir) as pool:
         assert {d.label: d.max_size for d in pool.cat.drives()} == {"Disk 0": None, "Disk 1": None,
                                                                      "Disk 2": 200 << 20}

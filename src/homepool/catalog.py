@@ -351,6 +351,9 @@ class Catalog:
             (size, mode, mtime_ns, hash_, id_),
         )
 
+    def update_dir(self, id_: int, mode: int, mtime_ns: int) -> None:
+        self.db.execute("UPDATE nodes SET mode = ?, mtime_ns = ? WHERE id = ? AND kind = 'dir'", (mode, mtime_ns, id_))
+
     def move_node(self, id_: int, parent_id: int, name: str) -> None:
         self.db.execute("UPDATE nodes SET parent_id = ?, name = ? WHERE id = ?", (parent_id, name, id_))
 

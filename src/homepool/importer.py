@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import paths
 from .catalog import Node
-from .errors import BadSource, ImportTooBig, NoSuchFolder, NotADirectory, PoolFull, SourceVanished
+from .errors import BadSource, ImportTooBig, NotADirectory, PoolFull, SourceVanished
 from .pool import Pool
 from .units import human
 
@@ -183,8 +183,7 @@ def run(pool: Pool, src: Path, dest: str, progress: Callable[[int, SourceFile], 
                     continue
                 after = os.fstat(fh.fileno())  # changed since `plan` looked at it?
             if staged.size != f.size or after.st_mtime_ns != f.mtime_ns or after.st_size != f.size:
-                if staged in batch.staged:
-                    batch.discard(staged)
+                batch.discard(staged)  # not committed yet: commits happen only below
                 raise SourceVanished(path=str(f.src))
             batch.commit_if_full()
             result.imported += 1
@@ -193,5 +192,3 @@ def run(pool: Pool, src: Path, dest: str, progress: Callable[[int, SourceFile], 
                 progress(f.size, f)
     return result
 
-
-__all__ = ["ImportPlan", "ImportResult", "NoSuchFolder", "plan", "run", "check_space"]

@@ -122,6 +122,7 @@ def _rebuild(scratch: Path, pool_id: str, roots: dict[str, Path]) -> list[str]:
             old = None
     with Pool.create(scratch, folders={}, config=config) as pool:
         known: dict[str, tuple[int, int, str]] = {}
+        dirs: dict[str, tuple[int, int]] = {}  # folder path -> (mode, mtime_ns) in the catalog copy
         given = dict(roots)
         taken = {str(r) for r in roots.values()}
         if old is not None:
@@ -139,6 +140,8 @@ def _rebuild(scratch: Path, pool_id: str, roots: dict[str, Path]) -> list[str]:
             for path, node in old.walk():
                 if not node.is_dir and node.hash:
                     known[path] = (node.size, node.mtime_ns, node.hash)
+                elif node.is_dir:
+                    dirs[path] = (node.mode, node.mtime_ns)
             # Steps owed to drives (deletes and renames they missed) must survive too, or
             # deleted files would come back.
             uuids = {row.id: row.uuid for row in old.drives()}
@@ -169,6 +172,10 @@ def _rebuild(scratch: Path, pool_id: str, roots: dict[str, Path]) -> list[str]:
             done[d.id] += pool.register_tree(d, known)
             lines.append(f"drive {d.name}: {len(done[d.id])} file copies")
             lines += ["  " + line for line in done[d.id] if "conflict" in line or "alone" in line]
+        with pool.cat.transaction():  # folders keep the mode and time they had
+            for path, node in pool.cat.walk():
+                if node.is_dir and path in dirs:
+                    pool.cat.update_dir(node.id, *dirs[path])
         files, _ = pool.cat.count_files()
         lines.append(f"recovered {files} files in {len(pool.cat.folders())} folders")
     return lines
