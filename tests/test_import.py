@@ -171,7 +171,8 @@ def test_kill_9_during_import_then_check_repair(state_dir: Path, loop_drives: Lo
     src = make_tree(tmp_path / "src", 1200, 20_000)
     for i in range(3):  # a few big ones too, so a kill can land mid-file
         (tmp_path / f"src/set0/big{i}.bin").write_bytes(os.urandom(12 * MiB))
-    env = {**os.environ, "HOMEPOOL_POOL": str(state_dir)}
+    # Commits every 50 files, so "after 40/400 files" are points in the middle, whatever the speed.
+    env = {**os.environ, "HOMEPOOL_POOL": str(state_dir), "HOMEPOOL_IMPORT_BATCH_FILES": "50"}
     proc = subprocess.Popen([sys.executable, "-m", "homepool", "import", "-q", str(tmp_path / "src"), "Photos/"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

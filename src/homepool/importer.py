@@ -166,7 +166,9 @@ def run(pool: Pool, src: Path, dest: str, progress: Callable[[int, SourceFile], 
     check_space(pool, p)
     pool.makedirs_many(p.dirs)
     result = ImportResult(skipped_same=p.skipped_same, skipped_other=p.skipped_other)
-    with pool.batch() as batch:
+    # Batch size can be lowered (tests use it to make commits frequent and kill points exact).
+    max_files = int(os.environ.get("HOMEPOOL_IMPORT_BATCH_FILES", "5000"))
+    with pool.batch(max_files=max_files) as batch:
         for f in p.files:
             try:
                 fh = open(f.src, "rb", buffering=0)  # noqa: SIM115 (closed below, after the checks)
