@@ -217,7 +217,7 @@ class Pool:
     def save_catalog_copies(self) -> None:
         """Put a copy of the catalog on every present drive, so `recover` keeps the settings."""
         for d in self.drives(present_only=True):
-            tmp = d.meta / (CATALOG_COPY + ".tmp")
+            tmp = d.meta / f"{CATALOG_COPY}.{os.getpid()}.tmp"  # the mount and a command may both save
             try:
                 with suppress(FileNotFoundError):
                     tmp.unlink()
