@@ -94,7 +94,7 @@ def write_identity(root: Path, ident: Identity) -> None:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new content."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes may write the same file
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
