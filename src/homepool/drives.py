@@ -189,7 +189,7 @@ class Drive:
         return self.tree / pool_path if pool_path else self.tree
 
     def new_tmp(self) -> Path:
-        return self.tmpdir / f"{uuid.uuid4().hex}.part"
+        return self.tmpdir / self.new_tmp_name()
 
     def new_tmp_name(self) -> str:
         return f"{uuid.uuid4().hex}.part"

@@ -54,7 +54,8 @@ def _mode(node: Node) -> str:
                                                                                else stat_.S_IFREG)))
 
 
-def _line(pool: Pool, node: Node, name: str, show_drives: bool) -> str:
+def _line(pool: Pool, node: Node, name: str, labels: dict[int, str] | None) -> str:
+    """One `ls` line; `labels` (drive id -> label) adds which drives hold each copy."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(node.mtime_ns / 1e9))
     if node.is_dir:
         extra = ""
@@ -67,8 +68,7 @@ def _line(pool: Pool, node: Node, name: str, show_drives: bool) -> str:
     wanted = pool.copies_wanted(node.id)
     shown = f"{good}/{wanted} copies"
     line = f"{_mode(node)}  {human(node.size):>10}  {when}  {shown:<10}  {name}"
-    if show_drives:
-        labels = {d.id: d.label for d in pool.drives()}
+    if labels is not None:
         line += "  [" + ", ".join(labels.get(r.drive_id, "?") + ("" if r.state == "ok" else " (bad)")
                                    for r in reps) + "]"
     return line
@@ -84,8 +84,9 @@ def do_ls(
     with open_pool(write=False) as pool:
         node = pool.stat(path)
         base = pool.path_of(node.id)
+        labels = {d.id: d.label for d in pool.cat.drives()} if drives else None  # read once, not per line
         if not node.is_dir:
-            out.print(_line(pool, node, base, drives), markup=False)
+            out.print(_line(pool, node, base, labels), markup=False)
             return
         todo = [(base, node)]
         first = True
@@ -98,6 +99,6 @@ def do_ls(
                 out.print(f"{dpath or '/'}:", markup=False)
             first = False
             for child in children:
-                out.print(_line(pool, child, child.name, drives), markup=False)
+                out.print(_line(pool, child, child.name, labels), markup=False)
             if recursive:
                 todo[0:0] = [(paths.join([*paths.split(dpath), c.name]), c) for c in children if c.is_dir]

@@ -249,8 +249,8 @@ class Pool:
                 out.append(d)
         return out
 
-    def drive(self, drive_id: int, drives: list[Drive] | None = None) -> Drive:
-        for d in drives if drives is not None else self.drives():
+    def drive(self, drive_id: int) -> Drive:
+        for d in self.drives():
             if d.id == drive_id:
                 return d
         raise KeyError(drive_id)
