@@ -284,15 +284,31 @@ def test_fewer_copies_never_removes_a_copy_edited_on_its_drive(dir_pool: Pool, d
 def test_an_older_catalog_is_upgraded(state_dir: Path, dir_pool: Pool, capsys) -> None:
     import sqlite3
 
+    dir_pool.write_bytes("Documents/kept.txt", b"kept", mode=0o640)
     dir_pool.close()
-    db = sqlite3.connect(state_dir / "catalog.db")
-    db.execute("DROP TABLE owed")
-    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_rev'")
-    db.commit()
+    db = sqlite3.connect(state_dir / "catalog.db", isolation_level=None)
+    db.executescript("""
+        PRAGMA foreign_keys=OFF;
+        BEGIN;
+        DROP TABLE owed;
+        CREATE TABLE nodes_rev1 (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES nodes(id),
+            name TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('dir', 'file')),
+            size INTEGER NOT NULL DEFAULT 0, mode INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, hash TEXT,
+            UNIQUE (parent_id, name));
+        INSERT INTO nodes_rev1 SELECT id, parent_id, name, kind, size, mode, mtime_ns, hash FROM nodes;
+        DROP TABLE nodes;
+        ALTER TABLE nodes_rev1 RENAME TO nodes;
+        UPDATE meta SET value = '1' WHERE key = 'schema_rev';
+        COMMIT;
+    """)
     db.close()
     assert main(["--pool", str(state_dir), "status"]) == 0  # a reader upgrades too
     with Pool.open(state_dir) as pool:
-        assert pool.cat.schema_rev() == 2 and pool.cat.owed(1) == []
+        assert pool.cat.schema_rev() == 3 and pool.cat.owed(1) == []
+        node = pool.stat("Documents/kept.txt")
+        assert (node.size, node.mode & 0o777, node.uid, node.ctime_ns) == (4, 0o640, 0, node.mtime_ns)
+        assert pool.read_bytes("Documents/kept.txt") == b"kept"
+        assert_clean(pool)
 
 
 def test_recover_into_a_state_dir_that_is_a_mount_point(state_dir: Path, dir_pool: Pool,

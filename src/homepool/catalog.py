@@ -24,7 +24,8 @@ from typing import Any
 # Bump with every schema change and add a step to `_UPGRADES`.
 #   1: the first catalog
 #   2: `owed` (steps owed to drives that were missing)
-CURRENT_REV = 2
+#   3: nodes gain owners, ctime, symlinks and special files (what the mount needs)
+CURRENT_REV = 3
 ROOT_ID = 1
 
 
@@ -49,15 +50,26 @@ class Node:
     id: int
     parent_id: int | None
     name: str
-    kind: str  # 'dir' or 'file'
+    kind: str  # 'dir', 'file', 'symlink' or 'special' (a FIFO, socket or device node)
     size: int
     mode: int
     mtime_ns: int
     hash: str | None
+    uid: int = 0
+    gid: int = 0
+    ctime_ns: int = 0
+    target: str | None = None  # a symlink's target
+    rdev: int = 0  # a device node's device number
 
     @property
     def is_dir(self) -> bool:
         return self.kind == "dir"
+
+    @property
+    def is_file(self) -> bool:
+        """Only files have copies (on as many drives as their folder wants). Directories,
+        symlinks and special files are small and are made on every drive."""
+        return self.kind == "file"
 
 
 @dataclass(frozen=True)
@@ -115,15 +127,24 @@ SCHEMA = """
         -- bytes, `hash` the BLAKE3 hex digest of the content. For dirs size is 0 and hash
         -- NULL. `mtime_ns`/`mode` are what the plain copies on the drives carry too.
         -- Names are UTF-8 and unique within a directory (case-sensitive, as on the drives).
+        -- `mode` includes the file type bits. `uid`/`gid`/`ctime_ns` are what the mount shows
+        -- (the copies carry the same owner). A 'symlink' has its `target` (and `size` is its
+        -- length), a 'special' node is a FIFO, socket or device (`rdev`). Like directories,
+        -- symlinks and special files are on every drive and have no `replicas` rows.
         CREATE TABLE nodes (
             id        INTEGER PRIMARY KEY,
             parent_id INTEGER REFERENCES nodes(id),
             name      TEXT NOT NULL,
-            kind      TEXT NOT NULL CHECK (kind IN ('dir', 'file')),
+            kind      TEXT NOT NULL CHECK (kind IN ('dir', 'file', 'symlink', 'special')),
             size      INTEGER NOT NULL DEFAULT 0,
             mode      INTEGER NOT NULL,
             mtime_ns  INTEGER NOT NULL,
             hash      TEXT,
+            uid       INTEGER NOT NULL DEFAULT 0,
+            gid       INTEGER NOT NULL DEFAULT 0,
+            ctime_ns  INTEGER NOT NULL DEFAULT 0,
+            target    TEXT,
+            rdev      INTEGER NOT NULL DEFAULT 0,
             UNIQUE (parent_id, name)
         );
 
@@ -181,8 +202,18 @@ def _owed_table(db: sqlite3.Connection) -> None:
     db.execute(SCHEMA[start: SCHEMA.index(";", start)])
 
 
+def _nodes_v3(db: sqlite3.Connection) -> None:
+    """Rebuild `nodes` with the revision 3 columns (a CHECK cannot be altered in place)."""
+    start = SCHEMA.index("CREATE TABLE nodes")
+    db.execute(SCHEMA[start: SCHEMA.index(";", start)].replace("CREATE TABLE nodes", "CREATE TABLE nodes_v3"))
+    db.execute("INSERT INTO nodes_v3 (id, parent_id, name, kind, size, mode, mtime_ns, hash, ctime_ns)"
+               " SELECT id, parent_id, name, kind, size, mode, mtime_ns, hash, mtime_ns FROM nodes")
+    db.execute("DROP TABLE nodes")
+    db.execute("ALTER TABLE nodes_v3 RENAME TO nodes")
+
+
 # Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1 (inside a transaction).
-_UPGRADES: dict[int, Any] = {1: _owed_table}
+_UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3}
 
 
 class Catalog:
@@ -196,6 +227,11 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
+        # Pool paths by node id, kept by the mount (the only writer while it runs): every
+        # FUSE operation needs one, and a walk up the tree costs a query per level.
+        self.track_paths = False
+        self._paths: dict[int, str] = {}
+        self._next_id: int | None = None
 
     @classmethod
     def create(cls, path: Path, pool_id: str, now_ns: int) -> Catalog:
@@ -233,6 +269,7 @@ class Catalog:
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._paths.clear()
             raise
         finally:
             self._depth = 0
@@ -255,12 +292,20 @@ class Catalog:
 
     def upgrade(self) -> None:
         """Bring an older catalog up to CURRENT_REV (the caller checked it is not newer)."""
-        with self.transaction():
-            rev = self.schema_rev()
-            while rev < CURRENT_REV:
-                _UPGRADES[rev](self.db)
-                rev += 1
-            self.set_meta("schema_rev", str(rev))
+        # Off while tables are rebuilt (SQLite's documented way: `replicas` and `folders` point
+        # at `nodes` by name), and checked before the upgrade commits.
+        self.db.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with self.transaction():
+                rev = self.schema_rev()
+                while rev < CURRENT_REV:
+                    _UPGRADES[rev](self.db)
+                    rev += 1
+                self.set_meta("schema_rev", str(rev))
+                if self.db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                    raise sqlite3.IntegrityError("the upgraded catalog has dangling references")
+        finally:
+            self.db.execute("PRAGMA foreign_keys=ON")
 
     def backup_to(self, dest: Path) -> None:
         """Write a consistent copy of the catalog to `dest` (the caller makes it atomic)."""
@@ -302,13 +347,32 @@ class Catalog:
 
     # -- nodes -------------------------------------------------------------------------------
 
-    _NODE_COLS = "id, parent_id, name, kind, size, mode, mtime_ns, hash"
+    _NODE_COLS = "id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target, rdev"
 
     def node(self, id_: int) -> Node:
         row = self.db.execute(f"SELECT {self._NODE_COLS} FROM nodes WHERE id = ?", (id_,)).fetchone()
         if row is None:
             raise NoSuchRowError(f"node {id_}")
         return Node(*row)
+
+    def node_or_none(self, id_: int) -> Node | None:
+        row = self.db.execute(f"SELECT {self._NODE_COLS} FROM nodes WHERE id = ?", (id_,)).fetchone()
+        return Node(*row) if row else None
+
+    def path_of(self, id_: int) -> str:
+        """The pool path of node `id_` ('' for the root)."""
+        if id_ == ROOT_ID:
+            return ""
+        if (known := self._paths.get(id_)) is not None:
+            return known
+        row = self.db.execute("SELECT parent_id, name FROM nodes WHERE id = ?", (id_,)).fetchone()
+        if row is None:
+            raise NoSuchRowError(f"node {id_}")
+        parent = self.path_of(row[0])
+        path = f"{parent}/{row[1]}" if parent else row[1]
+        if self.track_paths:
+            self._paths[id_] = path
+        return path
 
     def child(self, parent_id: int, name: str) -> Node | None:
         row = self.db.execute(
@@ -326,10 +390,19 @@ class Catalog:
         return self.db.execute("SELECT 1 FROM nodes WHERE parent_id = ? LIMIT 1", (id_,)).fetchone() is not None
 
     def add_node(self, parent_id: int, name: str, kind: str, mode: int, mtime_ns: int,
-                 size: int = 0, hash_: str | None = None) -> int:
+                 size: int = 0, hash_: str | None = None, uid: int = 0, gid: int = 0,
+                 target: str | None = None, rdev: int = 0) -> int:
+        new_id = None
+        if self.track_paths:
+            # The mount's inode numbers are node ids: never hand out the id of a node deleted
+            # while the kernel may still know it (SQLite reuses the highest id).
+            if self._next_id is None:
+                self._next_id = int(self.get_val("SELECT COALESCE(MAX(id), 0) + 1 FROM nodes"))
+            new_id, self._next_id = self._next_id, self._next_id + 1
         cur = self.db.execute(
-            "INSERT INTO nodes (parent_id, name, kind, size, mode, mtime_ns, hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (parent_id, name, kind, size, mode, mtime_ns, hash_),
+            "INSERT INTO nodes (id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target,"
+            " rdev) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (new_id, parent_id, name, kind, size, mode, mtime_ns, hash_, uid, gid, mtime_ns, target, rdev),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -338,26 +411,36 @@ class Catalog:
                     ) -> int | None:
         """Create or update the file `name` in `parent_id`; its id, or None if a dir has that name."""
         row = self.db.execute(
-            "INSERT INTO nodes (parent_id, name, kind, size, mode, mtime_ns, hash) VALUES (?, ?, 'file', ?, ?, ?, ?)"
+            "INSERT INTO nodes (parent_id, name, kind, size, mode, mtime_ns, hash, ctime_ns)"
+            " VALUES (?, ?, 'file', ?, ?, ?, ?, ?)"
             " ON CONFLICT (parent_id, name) DO UPDATE SET size = excluded.size, mode = excluded.mode,"
-            " mtime_ns = excluded.mtime_ns, hash = excluded.hash WHERE kind = 'file' RETURNING id",
-            (parent_id, name, size, mode, mtime_ns, hash_),
+            " mtime_ns = excluded.mtime_ns, hash = excluded.hash, ctime_ns = excluded.mtime_ns"
+            " WHERE kind = 'file' RETURNING id",
+            (parent_id, name, size, mode, mtime_ns, hash_, mtime_ns),
         ).fetchone()
         return int(row[0]) if row else None
 
     def update_file(self, id_: int, size: int, mode: int, mtime_ns: int, hash_: str | None) -> None:
         self.db.execute(
-            "UPDATE nodes SET size = ?, mode = ?, mtime_ns = ?, hash = ? WHERE id = ?",
-            (size, mode, mtime_ns, hash_, id_),
+            "UPDATE nodes SET size = ?, mode = ?, mtime_ns = ?, hash = ?, ctime_ns = MAX(ctime_ns, ?) WHERE id = ?",
+            (size, mode, mtime_ns, hash_, mtime_ns, id_),
         )
+
+    def set_attrs(self, id_: int, **cols: Any) -> None:
+        """Set some of a node's columns (the mount's setattr, and its bookkeeping after writes)."""
+        assert cols and set(cols) <= {"size", "mode", "mtime_ns", "hash", "uid", "gid", "ctime_ns"}, cols
+        sets = ", ".join(f"{c} = ?" for c in cols)
+        self.db.execute(f"UPDATE nodes SET {sets} WHERE id = ?", (*cols.values(), id_))
 
     def update_dir(self, id_: int, mode: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE nodes SET mode = ?, mtime_ns = ? WHERE id = ? AND kind = 'dir'", (mode, mtime_ns, id_))
 
     def move_node(self, id_: int, parent_id: int, name: str) -> None:
         self.db.execute("UPDATE nodes SET parent_id = ?, name = ? WHERE id = ?", (parent_id, name, id_))
+        self._paths.clear()  # everything below it moved too
 
     def delete_node(self, id_: int) -> None:
+        self._paths.pop(id_, None)
         self.db.execute("DELETE FROM replicas WHERE node_id = ?", (id_,))
         self.db.execute("DELETE FROM folders WHERE node_id = ?", (id_,))
         self.db.execute("DELETE FROM nodes WHERE id = ?", (id_,))
@@ -394,7 +477,7 @@ class Catalog:
             f"SELECT {', '.join('n.' + c.strip() for c in self._NODE_COLS.split(','))}, f.copies "
             "FROM folders f JOIN nodes n ON n.id = f.node_id ORDER BY n.name"
         )
-        return [(Node(*r[:8]), int(r[8])) for r in rows]
+        return [(Node(*r[:-1]), int(r[-1])) for r in rows]
 
     def folder_by_fold(self, fold: str) -> tuple[int, int] | None:
         row = self.db.execute("SELECT node_id, copies FROM folders WHERE fold = ?", (fold,)).fetchone()
@@ -483,6 +566,9 @@ class Catalog:
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
+
+    def journal_update(self, entry_id: int, payload: dict[str, Any]) -> None:
+        self.db.execute("UPDATE journal SET payload = ? WHERE id = ?", (json.dumps(payload), entry_id))
 
     def journal_done(self, entry_id: int) -> None:
         self.db.execute("DELETE FROM journal WHERE id = ?", (entry_id,))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tomli_w
 
-from .errors import NotAPool, PoolBusy
+from .errors import NotAPool, PoolBusy, PoolMounted
 
 CONFIG_FILE = "pool.toml"
 CATALOG_FILE = "catalog.db"
@@ -99,12 +99,19 @@ class PoolLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").split("\n")
             os.close(fd)
-            raise PoolBusy(pid=holder) from None
+            if len(holder) > 1 and holder[1].startswith("mounted at "):
+                raise PoolMounted(pid=holder[0], where=holder[1].removeprefix("mounted at ")) from None
+            raise PoolBusy(pid=holder[0].strip() or "?") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+
+    def note(self, what: str) -> None:
+        """Say what holds the lock (the busy error shows it), e.g. 'mounted at /srv/pool'."""
+        assert self.fd is not None
+        os.pwrite(self.fd, f"{os.getpid()}\n{what}\n".encode(), 0)
 
     def release(self) -> None:
         if self.fd is not None:

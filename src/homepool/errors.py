@@ -176,6 +176,11 @@ class PoolBusy(HomepoolError):
     exit_code = 6
 
 
+class PoolMounted(PoolBusy):
+    """The pool is mounted at {where} (pid {pid}), which makes every change to it: copy files in there, or
+    `homepool unmount {where}` first."""
+
+
 # -- data (7) and drive I/O (8) --------------------------------------------------------------
 
 

@@ -19,7 +19,10 @@ import sys
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         level = record.levelname.lower()
-        return f"homepool: {level}: {record.getMessage()}"
+        line = f"homepool: {level}: {record.getMessage()}"
+        if record.exc_info:  # a bug: the traceback is what a bug report needs
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 def setup(verbose: bool = False, debug_modules: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ from .errors import FuseUnavailable, MountFailed, MountpointBusy, MountpointMiss
 log = logging.getLogger(__name__)
 
 FSNAME = "homepool"
+CATALOG_COPY_EVERY = 600.0  # seconds between catalog copies to the drives while mounted
 
 
 def check_mountpoint(mountpoint: Path) -> Path:
@@ -51,9 +52,11 @@ def serve(pool: object, mountpoint: Path, allow_other: bool = False) -> None:
 
     from .fuse_ops import PoolOperations
 
+    pool.go_live()  # type: ignore[attr-defined]
+    os.umask(0)  # modes come from the callers (the kernel applied their umask)
     ops = PoolOperations(pool)  # type: ignore[arg-type]
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks access
-    options |= {f"fsname={FSNAME}", "subtype=homepool", "ro"}
+    options |= {f"fsname={FSNAME}", "subtype=homepool"}
     if allow_other:
         options.add("allow_other")
     try:
@@ -72,7 +75,14 @@ def serve(pool: object, mountpoint: Path, allow_other: bool = False) -> None:
                         pyfuse3.terminate()
                         return
 
+            async def save_catalog_copies() -> None:
+                # `recover` rebuilds the pool from the newest catalog copy on the drives.
+                while True:
+                    await trio.sleep(CATALOG_COPY_EVERY)
+                    pool.save_catalog_copies()  # type: ignore[attr-defined]
+
             nursery.start_soon(on_signal)
+            nursery.start_soon(save_catalog_copies)
             nursery.start_soon(trio.to_thread.run_sync, raise_readahead, mountpoint)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()

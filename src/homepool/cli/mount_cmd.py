@@ -20,16 +20,18 @@ def do_mount(
     allow_other: Annotated[bool, typer.Option("--allow-other", help="Let other users (and Samba) see the "
                                               "mount; permissions are still checked.")] = False,
 ) -> None:
-    """Show the pool as one folder tree at MOUNTPOINT (read-only for now)."""
+    """Show the pool as one folder tree at MOUNTPOINT, to read and write like a local disk."""
     mount_mod.check_fuse()
     target = mount_mod.check_mountpoint(mountpoint)
-    pool = Pool.open(state.state_dir, write=False)  # a reader: commands that change the pool still run
+    pool = Pool.open(state.state_dir, write=True)  # the mount is the pool's writer while it runs
     if not foreground:
         pool.close()
         log = mount_mod.start_background(state.state_dir, target, allow_other)
         out.print(f"Mounted the pool at {target} (log: {log}). `homepool unmount {target}` to stop.")
         return
     pid = mount_mod.write_pidfile(state.state_dir, target)
+    assert pool.lock is not None
+    pool.lock.note(f"mounted at {target}")
     try:
         mount_mod.serve(pool, target, allow_other)
     finally:

@@ -1,7 +1,8 @@
 """The pool: the one place that changes drives and catalog together.
 
 Modules: `core` (the `Pool` API), `batch` (`WriteBatch`: many new files made durable
-together), `ondrive` (small helpers on one drive's plain tree, no catalog).
+together), `live` (the mount's changes: files written in place on all their copies),
+`ondrive` (small helpers on one drive's plain tree, no catalog).
 
 Everything else (CLI, import, check, recover, and later the FUSE mount, WebDAV and the
 background services) calls this API and never touches a member drive's tree or the catalog on
@@ -23,9 +24,10 @@ the drive list taken when it starts.
 
 from .batch import Staged, WriteBatch
 from .core import DEFAULT_FOLDERS, MAX_COPIES, DriveInfo, FolderInfo, Pool, describe
+from .live import LiveFile
 from .ondrive import conflict_name, copy_is_at_fault, rename_on, scan_tree
 
 __all__ = [
-    "DEFAULT_FOLDERS", "MAX_COPIES", "DriveInfo", "FolderInfo", "Pool", "Staged", "WriteBatch",
+    "DEFAULT_FOLDERS", "MAX_COPIES", "DriveInfo", "FolderInfo", "LiveFile", "Pool", "Staged", "WriteBatch",
     "conflict_name", "copy_is_at_fault", "describe", "rename_on", "scan_tree",
 ]

@@ -54,6 +54,7 @@ from ..errors import NotADirectory as NotADir
 from ..streams import Target, copy_to, hash_file
 from ..units import human
 from .batch import WriteBatch
+from .live import DRIVES_TTL, LiveFile, LiveOps
 from .ondrive import conflict_name, copy_is_at_fault, rename_on, scan_tree
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
-class Pool:
+class Pool(LiveOps):
     """An open pool. Use `Pool.create` or `Pool.open`, and close it (or use `with`)."""
 
     def __init__(self, state_dir: Path, config: PoolConfig, catalog: Catalog, lock: PoolLock | None) -> None:
@@ -112,6 +113,13 @@ class Pool:
         self.cat = catalog
         self.lock = lock
         self._changed = False
+        # Serving a mount (`go_live`): open files by node, files deleted while open, and a
+        # drive snapshot (taken at, drives) reused for DRIVES_TTL seconds.
+        self.live = False
+        self._open: dict[int, list[LiveFile]] = {}
+        self._orphans: dict[int, Node] = {}
+        self._changes: dict[int, int] = {}  # node id -> changes made through open files
+        self.drive_cache: tuple[float, list[Drive]] | None = None
 
     # -- opening and closing -----------------------------------------------------------------
 
@@ -234,6 +242,17 @@ class Pool:
 
     def drives(self, present_only: bool = False) -> list[Drive]:
         """A snapshot of the member drives; records drives that went missing or came back."""
+        if self.live:
+            if self.drive_cache is None or time.monotonic() - self.drive_cache[0] > DRIVES_TTL:
+                self.drive_cache = (time.monotonic(), self._look_at_drives())
+            return [d for d in self.drive_cache[1] if d.row.state == "active" or not present_only]
+        out = self._look_at_drives()
+        return [d for d in out if d.row.state == "active" or not present_only]
+
+    def drives_by_id(self) -> dict[int, Drive]:
+        return {d.id: d for d in self.drives()}
+
+    def _look_at_drives(self) -> list[Drive]:
         out = []
         for row in self.cat.drives():
             d = Drive(row)
@@ -245,8 +264,7 @@ class Pool:
                 d = Drive(dataclasses.replace(row, state=state))
                 if state == "active" and self.lock is not None:
                     self.settle_owed(d)
-            if state == "active" or not present_only:
-                out.append(d)
+            out.append(d)
         return out
 
     def drive(self, drive_id: int) -> Drive:
@@ -435,12 +453,10 @@ class Pool:
         return node
 
     def path_of(self, node_id: int) -> str:
-        parts = []
-        node = self.cat.node(node_id)
-        while node.parent_id is not None:
-            parts.append(node.name)
-            node = self.cat.node(node.parent_id)
-        return "/".join(reversed(parts))
+        try:
+            return self.cat.path_of(node_id)
+        except NoSuchRowError:
+            raise NotFound(path=f"#{node_id}") from None
 
     def listdir(self, path: str) -> list[Node]:
         node = self.stat(path)
@@ -697,6 +713,7 @@ class Pool:
     def _finish(self, entry: int, op: str, payload: dict, drives: dict[int, Drive]) -> list[int] | None:
         done: list[list[int]] = []
         failed: set[int] = set()
+        kept = None
         if op == "write":
             made: set[tuple[int, str]] = set()
             done = [self._apply_write(f, drives, made) for f in payload["files"]]
@@ -704,6 +721,8 @@ class Pool:
             failed = self._apply_drop(payload, drives)
         elif op == "rename":
             failed = self._apply_rename(payload, drives)
+        elif op == "live":
+            kept = self._apply_live(payload, drives)
         else:
             raise ValueError(f"unknown journal op {op!r}")
         self._sync_drives(drives, payload)
@@ -713,12 +732,16 @@ class Pool:
                     self._record_write(f, targets, None, drives)
             elif op == "drop":
                 self._record_drop(payload, drives, failed)
+            elif op == "live":
+                self._record_live(payload, kept)
             else:
                 self._record_rename(payload, drives, failed)
             self.cat.journal_done(entry)
         return done[0] if op == "write" and len(done) == 1 else None
 
     def _sync_drives(self, drives: dict[int, Drive], payload: dict) -> None:
+        if self.live:
+            return  # through the mount: as durable as a local filesystem (see pool/live.py)
         keys = set(map(str, payload.get("drives", []))) | set(map(str, payload.get("moves", []))) \
             | set(map(str, payload.get("unlink_dst", [])))
         for f in payload.get("files", []):
@@ -785,6 +808,8 @@ class Pool:
             self._finish(e.id, e.op, e.payload, drives)
             self._changed = True
             out.append(f"finished an interrupted {describe(e.op, e.payload)}")
+            if e.op == "live" and (node := self.cat.node_or_none(e.payload["node"])) is not None:
+                self.reconcile(node)  # re-make the copies that were dropped
         return out
 
     def journal_tmp_names(self) -> dict[int, set[str]]:
@@ -808,12 +833,6 @@ class Pool:
 
     # -- by node id (the FUSE adapter's view: node ids are its inode numbers) ----------------
 
-    def node(self, node_id: int) -> Node:
-        try:
-            return self.cat.node(node_id)
-        except NoSuchRowError:
-            raise NotFound(path=f"#{node_id}") from None
-
     def child(self, parent_id: int, name: str) -> Node | None:
         """The entry `name` in directory `parent_id` (folders match as Windows would)."""
         found = self.cat.child(parent_id, name)
@@ -823,7 +842,8 @@ class Pool:
         return found
 
     def children(self, node_id: int) -> list[Node]:
-        return self.cat.children(node_id)
+        """The entries of a directory (files being written through the mount as they are now)."""
+        return [self.node(n.id) if n.id in self._open else n for n in self.cat.children(node_id)]
 
     def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
                   busy: dict[int, int] | None = None) -> tuple[int, Drive]:
@@ -1269,6 +1289,8 @@ def describe(op: str, payload: dict) -> str:
         files = payload["files"]
         more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
         return f"write of {files[0]['path'] if files else '?'}{more}"
+    if op == "live":
+        return f"change of {payload['path']} through the mount"
     return f"{op} of {payload.get('path') or payload.get('src')}"
 
 

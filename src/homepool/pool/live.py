@@ -1,0 +1,763 @@
+"""The mount's side of the pool: files changed in place, in real time, on all their copies.
+
+An import stages whole files and switches them into place (`core`). A program writing through
+the mount writes into the plain files on the drives as it goes, as on any local filesystem.
+This module is that path, by node id (the mount's inode numbers):
+
+- `LiveFile` is one open file: a descriptor on each of its copies. Its methods only do drive
+  I/O and run in worker threads: a write goes to every copy at once (each extra copy on its own
+  thread, so one drive never waits for another), `fsync` returns once every copy has it.
+- `LiveOps` are the `Pool` methods the mount calls. They decide and keep the catalog, on the
+  mount's event loop thread (the catalog is one SQLite connection).
+
+Crash safety. A file being changed has a 'live' journal row (its node, path and copies) from
+its first change until its release records size, time and hash. A crash leaves the row; when
+the pool is next opened for writing, the first copy still there is taken as the file, hashed,
+recorded, and the other copies are re-made from it. Creates, deletes and renames use the
+journal ops of `core` ('drop', 'rename') like every other change, but through the mount the
+drives are not flushed after each one (`Pool.go_live`): a killed daemon loses nothing (the
+kernel has the writes), and against power loss the pool is as durable as a local filesystem:
+`fsync` is honoured on every copy.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as stat_
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from .. import paths, placement
+from ..catalog import ROOT_ID, Node
+from ..drives import Drive
+from ..errors import (
+    AlreadyExists,
+    DirectoryNotEmpty,
+    IsADirectory,
+    NotFound,
+    NotInFolder,
+    PoolFull,
+)
+from ..errors import NotADirectory as NotADir
+from ..streams import CHUNK, new_hasher
+from ..units import human
+from .ondrive import conflict_name, copy_is_at_fault
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+    from ..config import PoolConfig
+
+log = logging.getLogger(__name__)
+
+EMPTY_HASH = new_hasher().hexdigest()
+DRIVES_TTL = 2.0  # seconds the mount trusts its drive snapshot (an I/O error refreshes it sooner)
+
+# Extra copies are written on these threads while the calling thread writes the first copy.
+_mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror")
+
+
+def _pwrite_all(fd: int, data: bytes, off: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view, off = view[n:], off + n
+
+
+class LiveFile:
+    """One open file of the mount: descriptors on its copies. Drive I/O only (thread-safe)."""
+
+    def __init__(self, node_id: int, path: str, fds: dict[int, int], size: int, writable: bool) -> None:
+        self.node_id = node_id
+        self.path = path
+        self.fds = fds  # drive id -> descriptor on that drive's copy (the first one is read)
+        self.writable = writable
+        self.size = size
+        self.mtime_ns = 0  # of the last change made through this handle
+        self.journal_id: int | None = None  # set from the first change until the release records it
+        self.changed = False  # written or truncated through this handle
+        self.unlinked = False  # deleted while open: reads go on, nothing is recorded
+        self.held: list[int] = []  # the copies it had when it was finished
+        self.failed: set[int] = set()  # drives whose copy failed a read
+        self.seen = 0  # the node's change count when `finish` looked at the copies
+        self._lock = threading.Lock()
+        # The content hash is kept up as long as writes come in order from offset 0 (the usual
+        # case); otherwise the file is hashed again when it is released.
+        self._hasher = new_hasher() if size == 0 else None
+        self._hashed = 0
+
+    @property
+    def read_fd(self) -> int:
+        return next(iter(self.fds.values()))
+
+    @property
+    def dirty(self) -> bool:
+        return self.journal_id is not None
+
+    def write(self, data: bytes, off: int, fds: dict[int, int] | None = None) -> list[tuple[int, OSError]]:
+        """Write to every copy (or those in `fds`) at once; returns the copies that failed."""
+        failed: list[tuple[int, OSError]] = []
+        items = list((fds or self.fds).items())
+        extra: list[tuple[int, Future[None]]] = [(d, _mirror.submit(_pwrite_all, fd, data, off)) for d, fd in items[1:]]
+        try:
+            _pwrite_all(items[0][1], data, off)
+        except OSError as e:
+            failed.append((items[0][0], e))
+        for d, fut in extra:
+            try:
+                fut.result()
+            except OSError as e:
+                failed.append((d, e))
+        if len(failed) < len(items):
+            self._wrote(data, off)
+        return failed
+
+    def _wrote(self, data: bytes, off: int) -> None:
+        with self._lock:
+            if self._hasher is not None and off == self._hashed:
+                self._hasher.update(data)
+                self._hashed += len(data)
+            else:
+                self._hasher = None  # out of order: hashed again at release
+            self.size = max(self.size, off + len(data))
+            self.mtime_ns = time.time_ns()
+            self.changed = True
+
+    def truncate(self, size: int, fds: dict[int, int] | None = None) -> list[tuple[int, OSError]]:
+        failed = self._each(lambda fd: os.ftruncate(fd, size), fds)
+        with self._lock:
+            if size == 0:
+                self._hasher, self._hashed = new_hasher(), 0
+            elif size != self._hashed:
+                self._hasher = None
+            self.size = size
+            self.mtime_ns = time.time_ns()
+            self.changed = True
+        return failed
+
+    def fsync(self, datasync: bool = False) -> list[tuple[int, OSError]]:
+        return self._each(os.fdatasync if datasync else os.fsync)
+
+    def _each(self, fn: Callable[[int], Any], fds: dict[int, int] | None = None) -> list[tuple[int, OSError]]:
+        """Run `fn` on every copy's descriptor (or those in `fds`) at once."""
+        futs = [(d, _mirror.submit(fn, fd)) for d, fd in (fds or self.fds).items()]
+        failed = []
+        for d, fut in futs:
+            try:
+                fut.result()
+            except OSError as e:
+                failed.append((d, e))
+        return failed
+
+    def read(self, size: int, off: int) -> bytes:
+        return os.pread(self.read_fd, size, off)
+
+    def finish(self) -> tuple[int, int, str] | None:
+        """At release: give every copy the same time, hash the content if writes were out of
+        order, close. Returns (size, mtime_ns, hash) to record, None if nothing changed."""
+        self.held = list(self.fds)
+        try:
+            if not self.dirty or self.unlinked or not self.fds:
+                return None
+            first = self.read_fd
+            st = os.fstat(first)
+            for fd in list(self.fds.values())[1:]:
+                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+            if self._hasher is not None and self._hashed == st.st_size:
+                digest = self._hasher.hexdigest()
+            else:
+                digest = hash_fd(first)
+            return st.st_size, st.st_mtime_ns, digest
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            try:
+                os.close(fd)
+            except OSError as e:
+                log.warning("closing a copy of %s: %s", self.path, e)
+        self.fds = {}
+
+
+def hash_fd(fd: int) -> str:
+    h = new_hasher()
+    off = 0
+    while chunk := os.pread(fd, CHUNK, off):
+        h.update(chunk)
+        off += len(chunk)
+    return h.hexdigest()
+
+
+class LiveOps:
+    """The `Pool` methods the mount uses (mixed into `Pool`)."""
+
+    if TYPE_CHECKING:  # what this mixin uses of `Pool`
+        cat: Catalog
+        config: PoolConfig
+        live: bool
+        drive_cache: tuple[float, list[Drive]] | None
+        _changed: bool
+        _open: dict[int, list[LiveFile]]
+        _orphans: dict[int, Node]
+        _changes: dict[int, int]
+
+        def drives_by_id(self) -> dict[int, Drive]: ...
+        def path_of(self, node_id: int) -> str: ...
+        def copies_wanted(self, node_id: int) -> int: ...
+        def _candidates(self, drives: list[Drive]) -> list[placement.Candidate]: ...
+        def add_folder(self, name: str, copies: int = 1) -> None: ...
+        def delete(self, path: str) -> None: ...
+        def rename(self, src: str, dst: str) -> None: ...
+        def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
+                      busy: dict[int, int] | None = None) -> tuple[int, Drive]: ...
+        def copy_failed(self, node_id: int, drive: Drive, err: OSError) -> None: ...
+
+    # -- the mount's session -----------------------------------------------------------------
+
+    def go_live(self) -> None:
+        """Serve a mount: no flush after each change (see the module docstring), a catalog
+        commit that does not wait for the disk (it survives a killed process, and the WAL is
+        flushed at each checkpoint), and a drive snapshot trusted for DRIVES_TTL seconds."""
+        self.live = True
+        self.cat.db.execute("PRAGMA synchronous=NORMAL")
+        self.cat.track_paths = True
+
+    def node(self, node_id: int) -> Node:
+        """A node as the mount shows it: a file being written has its current size and time."""
+        node = self.cat.node_or_none(node_id)
+        if node is None:
+            gone = self._orphans.get(node_id)
+            if gone is None:
+                raise NotFound(path=f"#{node_id}")
+            node = gone
+        for f in self._open.get(node_id, ()):
+            if f.changed:
+                node = replace(node, size=f.size, mtime_ns=max(node.mtime_ns, f.mtime_ns),
+                               ctime_ns=max(node.ctime_ns, f.mtime_ns))
+        return node
+
+    def _in_folder(self, parent_id: int, name: str) -> tuple[Node, str]:
+        """The parent node and the new entry's pool path, for something made inside a folder."""
+        parent = self.node(parent_id)
+        if not parent.is_dir:
+            raise NotADir(path=self.path_of(parent_id))
+        if parent_id == ROOT_ID:
+            raise NotInFolder(path=name)
+        path = f"{self.path_of(parent_id)}/{name}"
+        paths.split(path)  # the name is valid
+        if self.cat.child(parent_id, name) is not None:
+            raise AlreadyExists(path=path)
+        return parent, path
+
+    @staticmethod
+    def _owner(parent: Node, mode: int, uid: int, gid: int) -> tuple[int, int, int]:
+        """(mode, uid, gid) of a new entry: a set-group-ID directory passes its group on."""
+        if parent.mode & stat_.S_ISGID:
+            gid = parent.gid
+            if stat_.S_ISDIR(mode):
+                mode |= stat_.S_ISGID
+        return mode, uid, gid
+
+    # -- files -------------------------------------------------------------------------------
+
+    def create_file(self, parent_id: int, name: str, mode: int, uid: int, gid: int) -> tuple[Node, LiveFile]:
+        """A new empty file, open for writing, on as many drives (with room) as its folder wants."""
+        parent, path = self._in_folder(parent_id, name)
+        mode, uid, gid = self._owner(parent, stat_.S_IFREG | (mode & 0o7777), uid, gid)
+        drives = self.drives_by_id()
+        cands = self._candidates(list(drives.values()))
+        targets = placement.choose(self.config.placement, cands, 0, self.copies_wanted(parent_id))
+        if not targets:
+            raise PoolFull(path=path, size=human(0), largest=human(max((c.room for c in cands), default=0)))
+        now = time.time_ns()
+        with self.cat.transaction():
+            node_id = self.cat.add_node(parent_id, name, "file", mode, now, 0, EMPTY_HASH, uid, gid)
+            for d in targets:
+                self.cat.set_replica(node_id, d, 0, now, EMPTY_HASH)
+            journal = self.cat.journal_add("live", {"node": node_id, "path": path, "drives": targets})
+        fds: dict[int, int] = {}
+        for d in targets:
+            try:
+                fds[d] = self._create_copy(drives[d], path, mode, uid, gid)
+            except OSError as e:
+                log.error("could not create %s on %s: %s", path, drives[d].name, e)
+        f = LiveFile(node_id, path, fds, 0, writable=True)
+        f.journal_id = journal
+        f.mtime_ns = now
+        self._open.setdefault(node_id, []).append(f)
+        if not fds:
+            self.release_file(f, None)
+            raise OSError(errno.EIO, f"no drive could create {path}")
+        self._changed = True
+        return self.node(node_id), f
+
+    def _create_copy(self, d: Drive, path: str, mode: int, uid: int, gid: int) -> int:
+        real = f"{d.tree_s}/{path}"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        try:
+            fd = os.open(real, flags, mode & 0o7777)
+        except FileExistsError:
+            # Something the catalog does not know is there: keep it aside, never overwrite it.
+            aside = conflict_name(path, d.label, lambda q: os.path.lexists(d.real(q)))
+            log.error("%s on %s was not in the pool; kept aside as %s", path, d.name, aside)
+            os.rename(real, d.real(aside))
+            fd = os.open(real, flags, mode & 0o7777)
+        except FileNotFoundError:
+            d.makedirs(path.rpartition("/")[0])
+            fd = os.open(real, flags, mode & 0o7777)
+        os.fchown(fd, uid, gid)
+        if mode & 0o7000:
+            os.fchmod(fd, mode & 0o7777)  # set-id bits do not survive chown
+        return fd
+
+    def open_file(self, node_id: int, write: bool, busy: dict[int, int] | None = None) -> LiveFile:
+        """Open a file: for reading, on the least busy good copy; for writing, on all of them."""
+        node = self.node(node_id)
+        if node.is_dir:
+            raise IsADirectory(path=self.path_of(node_id))
+        if not node.is_file:
+            raise OSError(errno.ENXIO, "not a regular file")
+        path = self.path_of(node_id)
+        if not write:
+            fd, source = self.open_copy(node_id, busy=busy)
+            f = LiveFile(node_id, path, {source.id: fd}, node.size, writable=False)
+        else:
+            drives = self.drives_by_id()
+            fds = {}
+            for r in self.cat.replicas(node_id):
+                d = drives.get(r.drive_id)
+                if r.state != "ok" or d is None or d.row.state != "active":
+                    continue
+                try:
+                    fds[d.id] = os.open(d.real(path), os.O_RDWR | os.O_CLOEXEC)
+                except OSError as e:
+                    self.copy_failed(node_id, d, e)
+            if not fds:
+                raise OSError(errno.EIO, f"no copy of {path} can be opened")
+            f = LiveFile(node_id, path, fds, node.size, writable=True)
+            if node.hash != EMPTY_HASH:
+                f._hasher = None
+        self._open.setdefault(node_id, []).append(f)
+        return f
+
+    def will_change(self, f: LiveFile) -> None:
+        """Before each change through `f`; the first is journaled (a crash now is repaired)."""
+        self._changes[f.node_id] = self._changes.get(f.node_id, 0) + 1
+        if f.journal_id is None and not f.unlinked:
+            with self.cat.transaction():
+                f.journal_id = self.cat.journal_add("live", {"node": f.node_id, "path": f.path,
+                                                             "drives": list(f.fds)})
+            self._changed = True
+
+    def copies_failed(self, f: LiveFile, failed: list[tuple[int, OSError]],
+                      retry: Callable[[dict[int, int]], list[tuple[int, OSError]]]) -> None:
+        """After a write or truncate some copies failed: a full drive's copy moves to a drive
+        with room (then `retry` the change there); any other failed copy is dropped (its half
+        written file removed), recorded as a shortfall for `check --repair`. Raises if none is left."""
+        for drive_id, err in failed:
+            fd = f.fds.pop(drive_id)
+            d: Drive | None = self.drives_by_id().get(drive_id)
+            if err.errno in (errno.ENOSPC, errno.EDQUOT) and d is not None:
+                if self._move_copy(f, d, fd, retry):
+                    continue
+                f.fds[drive_id] = fd  # nowhere to go: the pool is really full
+                raise err
+            log.error("a copy of %s on %s failed (%s); dropped, `homepool check --repair` re-makes it",
+                      f.path, d.name if d else drive_id, err)
+            self._drop_live_copy(f, drive_id, fd)
+            self.drive_cache = None
+        if not f.fds:
+            raise OSError(errno.EIO, f"every copy of {f.path} failed")
+
+    def _drop_live_copy(self, f: LiveFile, drive_id: int, fd: int) -> None:
+        os.close(fd)
+        d = self.drives_by_id().get(drive_id)
+        with self.cat.transaction():
+            self.cat.drop_replica(f.node_id, drive_id)
+        if d is not None and d.row.state == "active":
+            try:
+                os.unlink(d.real(f.path))  # never keep half a copy
+            except OSError as e:
+                log.error("could not remove the failed copy of %s on %s: %s", f.path, d.name, e)
+
+    def _move_copy(self, f: LiveFile, full: Drive, fd: int,
+                   retry: Callable[[dict[int, int]], list[tuple[int, OSError]]]) -> bool:
+        """Move the copy on the `full` drive to one with room for it, and redo the change there."""
+        drives = self.drives_by_id()
+        size = os.fstat(fd).st_size
+        cands = [c for c in self._candidates(list(drives.values()))
+                 if c.drive_id not in f.fds and c.drive_id != full.id]
+        need = max(size, f.size) + CHUNK * 16
+        target = placement.choose(self.config.placement, cands, need, 1)
+        if not target:
+            return False
+        to = drives[target[0]]
+        node = self.node(f.node_id)
+        new_fd = self._create_copy(to, f.path, node.mode, node.uid, node.gid)
+        try:
+            off = 0
+            while chunk := os.pread(fd, CHUNK, off):
+                _pwrite_all(new_fd, chunk, off)
+                off += len(chunk)
+            os.ftruncate(new_fd, size)
+        except OSError:
+            os.close(new_fd)
+            os.unlink(to.real(f.path))
+            return False
+        log.warning("%s moved from %s to %s, which has room for it", f.path, full.name, to.name)
+        with self.cat.transaction():
+            self.cat.drop_replica(f.node_id, full.id)
+            self.cat.set_replica(f.node_id, to.id, size, time.time_ns(), None)
+            if f.journal_id is not None:
+                self.cat.journal_update(f.journal_id, {"node": f.node_id, "path": f.path,
+                                                       "drives": [*f.fds, to.id]})
+        os.close(fd)
+        try:
+            os.unlink(full.real(f.path))
+        except OSError as e:
+            log.error("could not remove the old copy of %s on %s: %s", f.path, full.name, e)
+        f.fds[to.id] = new_fd
+        failed = retry({to.id: new_fd})
+        if failed:
+            raise failed[0][1]
+        return True
+
+    def releasing(self, f: LiveFile) -> None:
+        """Call before `f.finish()`: notes which changes the file has had when it is looked at."""
+        f.seen = self._changes.get(f.node_id, 0)
+
+    def release_file(self, f: LiveFile, result: tuple[int, int, str] | None) -> None:
+        """Record what `f.finish()` found (size, time, hash of the copies) and close the handle.
+        A result overtaken by a change through another handle is not recorded (that handle's
+        release records the newer state)."""
+        handles = self._open.get(f.node_id, [])
+        if f in handles:
+            handles.remove(f)
+        if not handles:
+            self._open.pop(f.node_id, None)
+            self._orphans.pop(f.node_id, None)
+        current = f.seen == self._changes.get(f.node_id, 0)
+        if not handles:
+            self._changes.pop(f.node_id, None)
+        if f.journal_id is None:
+            return
+        with self.cat.transaction():
+            node = self.cat.node_or_none(f.node_id)
+            if result is not None and node is not None and not f.unlinked and current:
+                size, mtime_ns, digest = result
+                held = set(f.held)
+                self.cat.set_attrs(f.node_id, size=size, mtime_ns=mtime_ns, hash=digest,
+                                   ctime_ns=max(node.ctime_ns, mtime_ns))
+                for r in self.cat.replicas(f.node_id):
+                    if r.drive_id in held:
+                        self.cat.set_replica(f.node_id, r.drive_id, size, mtime_ns, digest)
+                    elif r.state == "ok":
+                        # Not written (its drive was missing or it failed): it is stale now.
+                        self.cat.drop_replica(f.node_id, r.drive_id)
+                        self.cat.owe(r.drive_id, {"op": "unlink", "path": f.path, "size": r.size,
+                                                  "mtime_ns": r.mtime_ns})
+            self.cat.journal_done(f.journal_id)
+        f.journal_id = None
+        self._changed = True
+
+    def truncate_file(self, node_id: int, size: int) -> None:
+        """Truncate a file that is not open here (setattr by path)."""
+        f = self.open_file(node_id, write=True)
+        try:
+            self.will_change(f)
+            failed = f.truncate(size)
+            if failed:
+                self.copies_failed(f, failed, lambda fds: f.truncate(size, fds))
+        finally:
+            self.releasing(f)
+            self.release_file(f, f.finish())
+
+    # -- the tree ----------------------------------------------------------------------------
+
+    def make_dir(self, parent_id: int, name: str, mode: int, uid: int, gid: int) -> Node:
+        """A new directory (at the root: a new folder with 1 copy), on every present drive."""
+        if parent_id == ROOT_ID:
+            self.add_folder(name)
+            node = self.cat.child(ROOT_ID, name)
+            assert node is not None
+            with self.cat.transaction():
+                self.cat.set_attrs(node.id, mode=stat_.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid)
+
+            def own(p: str) -> None:
+                os.chmod(p, mode & 0o7777)
+                os.lchown(p, uid, gid)
+
+            self._on_every_drive(name, own)
+            return self.node(node.id)
+        parent, path = self._in_folder(parent_id, name)
+        mode, uid, gid = self._owner(parent, stat_.S_IFDIR | (mode & 0o7777), uid, gid)
+        with self.cat.transaction():
+            node_id = self.cat.add_node(parent_id, name, "dir", mode, time.time_ns(), uid=uid, gid=gid)
+        self._changed = True
+
+        def make(p: str) -> None:
+            try:
+                os.mkdir(p, mode & 0o7777)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                os.makedirs(p, mode & 0o7777)
+            os.lchown(p, uid, gid)
+            if mode & 0o7000:
+                os.chmod(p, mode & 0o7777)
+
+        self._on_every_drive(path, make)
+        return self.node(node_id)
+
+    def make_node(self, parent_id: int, name: str, mode: int, uid: int, gid: int,
+                  target: str | None = None, rdev: int = 0) -> Node:
+        """A symlink (`target`) or a special file (FIFO, socket, device), on every present drive."""
+        parent, path = self._in_folder(parent_id, name)
+        mode, uid, gid = self._owner(parent, mode, uid, gid)
+        kind = "symlink" if target is not None else "special"
+        size = len(os.fsencode(target)) if target is not None else 0
+
+        def make(p: str) -> None:
+            if os.path.lexists(p):
+                os.unlink(p)  # a leftover of an earlier crash (the catalog did not have it)
+            if target is not None:
+                os.symlink(target, p)
+            else:
+                os.mknod(p, mode, rdev)
+            os.lchown(p, uid, gid)
+
+        made = self._on_every_drive(path, make)
+        if not made:
+            raise OSError(errno.EIO, f"no drive could make {path}")
+        with self.cat.transaction():
+            node_id = self.cat.add_node(parent_id, name, kind, mode, time.time_ns(), size, None, uid, gid,
+                                        target, rdev)
+        self._changed = True
+        return self.node(node_id)
+
+    def _on_every_drive(self, path: str, fn: Callable[[str], Any]) -> list[int]:
+        """Do `fn(real path)` on every present drive; returns the drives where it worked."""
+        done = []
+        for d in self.drives_by_id().values():
+            if d.row.state != "active":
+                continue
+            try:
+                fn(f"{d.tree_s}/{path}")
+                done.append(d.id)
+            except OSError as e:
+                log.error("could not change %s on %s: %s", path, d.name, e)
+        return done
+
+    def remove(self, parent_id: int, name: str, rmdir: bool) -> None:
+        """unlink (rmdir=False) or rmdir: the errors and checks a local filesystem makes."""
+        node = self.cat.child(parent_id, name)
+        if node is None:
+            raise NotFound(path=f"{self.path_of(parent_id)}/{name}")
+        path = self.path_of(node.id)
+        if rmdir and not node.is_dir:
+            raise NotADir(path=path)
+        if not rmdir and node.is_dir:
+            raise IsADirectory(path=path)
+        if node.is_dir and self.cat.has_children(node.id):
+            raise DirectoryNotEmpty(path=path)
+        if not node.is_dir and not node.is_file:
+            self._on_every_drive(path, os.unlink)
+            with self.cat.transaction():
+                self.cat.delete_node(node.id)
+            self._changed = True
+            return
+        self._keep_if_open(node)
+        self.delete(path)
+
+    def _keep_if_open(self, node: Node) -> None:
+        """A file deleted (or replaced) while open stays readable through its handles."""
+        handles = self._open.get(node.id)
+        if handles:
+            self._orphans[node.id] = self.node(node.id)
+            for f in handles:
+                f.unlinked = True
+
+    def move(self, parent_id: int, name: str, new_parent_id: int, new_name: str, noreplace: bool) -> None:
+        """rename(2) within the pool: atomically replaces a file, or an empty directory."""
+        node = self.cat.child(parent_id, name)
+        if node is None:
+            raise NotFound(path=f"{self.path_of(parent_id)}/{name}")
+        src = self.path_of(node.id)
+        dst = f"{self.path_of(new_parent_id)}/{new_name}" if new_parent_id != ROOT_ID else new_name
+        old = self.cat.child(new_parent_id, new_name)
+        if old is not None and old.id != node.id:
+            if noreplace:
+                raise AlreadyExists(path=dst)
+            if old.is_dir != node.is_dir:
+                raise (IsADirectory if old.is_dir else NotADir)(path=dst)
+            if old.is_file:
+                self._keep_if_open(old)
+            if not old.is_dir and not (old.is_file and node.is_file):
+                # A symlink or special file on one side: the old entry goes first. (Between
+                # the two steps the name is briefly absent: files replace files atomically.)
+                self.remove(new_parent_id, new_name, rmdir=False)
+        if node.is_dir or node.is_file:
+            self.rename(src, dst)
+            for f in self._open.get(node.id, ()):
+                f.path = self.path_of(node.id)
+            return
+        if new_parent_id == ROOT_ID:
+            raise NotInFolder(path=dst)
+        for d in self.drives_by_id().values():
+            if d.row.state == "active":
+                try:
+                    os.rename(d.real(src), d.real(dst))
+                except OSError as e:
+                    log.error("could not rename %s on %s: %s", src, d.name, e)
+        with self.cat.transaction():
+            self.cat.move_node(node.id, new_parent_id, new_name)
+        self._changed = True
+
+    def set_attrs(self, node_id: int, *, mode: int | None = None, uid: int | None = None,
+                  gid: int | None = None, size: int | None = None, mtime_ns: int | None = None,
+                  atime_ns: int | None = None, handle: LiveFile | None = None) -> Node:
+        """chmod, chown, truncate, utimens: on every copy (or every drive, for a directory)."""
+        node = self.node(node_id)
+        path = self.path_of(node_id)
+        if size is not None:
+            if node.is_dir:
+                raise IsADirectory(path=path)
+            writer = handle if handle is not None and handle.writable else None
+            writer = writer or next((f for f in self._open.get(node_id, ()) if f.writable), None)
+            if writer is None:
+                self.truncate_file(node_id, size)
+            else:
+                self.will_change(writer)
+                failed = writer.truncate(size)
+                if failed:
+                    self.copies_failed(writer, failed, lambda fds: writer.truncate(size, fds))
+            node = self.node(node_id)
+        now = time.time_ns()
+        cols: dict[str, int] = {}
+        if mode is not None:
+            cols["mode"] = (node.mode & ~0o7777) | (mode & 0o7777)
+        if uid is not None and uid != node.uid or gid is not None and gid != node.gid:
+            cols["uid"] = node.uid if uid is None else uid
+            cols["gid"] = node.gid if gid is None else gid
+            if not node.is_dir and "mode" not in cols:
+                cols["mode"] = node.mode & ~(stat_.S_ISUID | stat_.S_ISGID)  # chown clears set-id bits
+        if mtime_ns is not None:
+            cols["mtime_ns"] = mtime_ns
+        if cols or mtime_ns is not None or atime_ns is not None or size is not None:
+            cols["ctime_ns"] = now
+        if not cols:
+            return node
+
+        def apply(p: str) -> None:
+            if "uid" in cols:
+                os.lchown(p, cols["uid"], cols["gid"])
+            if "mode" in cols and not stat_.S_ISLNK(node.mode):
+                os.chmod(p, cols["mode"] & 0o7777)
+            if mtime_ns is not None or atime_ns is not None:
+                m = mtime_ns if mtime_ns is not None else node.mtime_ns
+                os.utime(p, ns=(atime_ns if atime_ns is not None else m, m), follow_symlinks=False)
+
+        if node.is_file:
+            drives = self.drives_by_id()
+            for r in self.cat.replicas(node_id):
+                d = drives.get(r.drive_id)
+                if d is not None and d.row.state == "active" and r.state == "ok":
+                    try:
+                        apply(f"{d.tree_s}/{path}")
+                    except OSError as e:
+                        log.error("could not change %s on %s: %s", path, d.name, e)
+        else:
+            self._on_every_drive(path, apply)
+        with self.cat.transaction():
+            self.cat.set_attrs(node_id, **cols)
+            if node.is_file and "mtime_ns" in cols:
+                for r in self.cat.replicas(node_id):
+                    self.cat.set_replica(node_id, r.drive_id, r.size, cols["mtime_ns"], r.hash, r.state)
+        for f in self._open.get(node_id, ()):
+            if mtime_ns is not None:
+                f.mtime_ns = 0  # the time set now wins over the writes before it
+        self._changed = True
+        return self.node(node_id)
+
+    # -- extended attributes -----------------------------------------------------------------
+
+    def set_xattr(self, node_id: int, name: bytes, value: bytes | None) -> None:
+        """Set (or with None, remove) an extended attribute on every copy."""
+        node = self.node(node_id)
+        path = self.path_of(node_id)
+        reals = self._reals(node)
+        if not reals:
+            raise OSError(errno.EIO, f"no copy of {path} is present")
+        errors: list[OSError] = []
+        for real in reals:
+            try:
+                if value is None:
+                    os.removexattr(real, name, follow_symlinks=False)
+                else:
+                    os.setxattr(real, name, value, follow_symlinks=False)
+            except OSError as e:
+                errors.append(e)
+        if len(errors) == len(reals):
+            raise errors[0]  # ENODATA, ENOTSUP, E2BIG...: the answer the drives give
+        with self.cat.transaction():
+            self.cat.set_attrs(node_id, ctime_ns=time.time_ns())
+
+    def _reals(self, node: Node) -> list[str]:
+        path = self.path_of(node.id)
+        drives = self.drives_by_id()
+        ids = [r.drive_id for r in self.cat.replicas(node.id) if r.state == "ok"] if node.is_file else list(drives)
+        return [f"{drives[i].tree_s}/{path}" for i in ids if i in drives and drives[i].row.state == "active"]
+
+    # -- crash repair: the 'live' journal op ---------------------------------------------------
+
+    def _apply_live(self, p: dict, drives: dict[int, Drive]) -> tuple[int, int, int, str] | None:
+        """A file was being changed when the mount stopped: the first copy still there is the
+        file now; the others are removed (re-made from it afterwards). Returns (drive, size,
+        mtime, hash) of the kept copy, None if no copy is left."""
+        kept = None
+        if self.cat.node_or_none(p["node"]) is None:
+            return None  # deleted since: its copies went with it
+        path = self.path_of(p["node"])  # renamed since, perhaps
+        for key in p["drives"]:
+            d = drives.get(int(key))
+            if d is None or d.row.state != "active":
+                continue
+            real = d.real(path)
+            try:
+                st = os.lstat(real)
+                if not stat_.S_ISREG(st.st_mode):
+                    continue
+                if kept is None:
+                    with open(real, "rb") as fh:
+                        kept = (d.id, st.st_size, st.st_mtime_ns, hash_fd(fh.fileno()))
+                else:
+                    os.unlink(real)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if not copy_is_at_fault(e):
+                    log.error("could not look at %s on %s: %s", path, d.name, e)
+        return kept
+
+    def _record_live(self, p: dict, kept: tuple[int, int, int, str] | None) -> None:
+        node = self.cat.node_or_none(p["node"])
+        if node is None:
+            return
+        if kept is None:
+            if not any(r.drive_id not in p["drives"] for r in self.cat.replicas(node.id)):
+                log.error("%s was being written when the mount stopped and no copy of it is left", p["path"])
+                self.cat.delete_node(node.id)
+            return
+        drive_id, size, mtime_ns, digest = kept
+        self.cat.set_attrs(node.id, size=size, mtime_ns=mtime_ns, hash=digest)
+        for r in self.cat.replicas(node.id):
+            if r.drive_id != drive_id:
+                self.cat.drop_replica(node.id, r.drive_id)
+        self.cat.set_replica(node.id, drive_id, size, mtime_ns, digest)
+

@@ -1,0 +1,299 @@
+"""Changing the pool through the mount: every operation, its errors, copies and the catalog
+(real mounts over directory drives, and real ext4 loop drives where space or crashes matter)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+
+from homepool.pool import Pool
+
+from .helpers import assert_clean, copies_on_disk
+from .mounting import mount_pool
+
+Mount = Callable[[], Path]
+
+
+@pytest.fixture
+def mnt(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> Iterator[Path]:
+    """The three-drive directory pool (Documents: 2 copies, Videos: 1), mounted."""
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (m, _):
+        yield m
+
+
+def reader(state_dir: Path) -> Pool:
+    return Pool.open(state_dir, write=False)
+
+
+def raises(errnum: int, fn: Callable[[], object]) -> None:
+    with pytest.raises(OSError) as e:
+        fn()
+    assert e.value.errno == errnum, (errno.errorcode.get(e.value.errno or 0), errno.errorcode[errnum])
+
+
+def test_a_new_file_is_written_to_every_copy_and_recorded(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
+    data = os.urandom(3 << 20)
+    (mnt / "Documents/report.pdf").write_bytes(data)
+    assert (mnt / "Documents/report.pdf").read_bytes() == data
+    copies = copies_on_disk(dir_drives, "Documents/report.pdf")
+    assert len(copies) == 2 and all(c.read_bytes() == data for c in copies)  # byte-identical plain files
+    assert copies[0].stat().st_mtime_ns == copies[1].stat().st_mtime_ns
+    with reader(state_dir) as pool:
+        node = pool.stat("Documents/report.pdf")
+        assert node.size == len(data) and node.hash == blake3.blake3(data).hexdigest()
+        assert sorted(state for _, state in pool.replicas("Documents/report.pdf")) == ["ok", "ok"]
+        assert node.mtime_ns == copies[0].stat().st_mtime_ns
+        assert_clean(pool)
+
+
+def test_a_one_copy_folder_keeps_one_copy(mnt: Path, dir_drives: list[Path]) -> None:
+    (mnt / "Videos/clip.mkv").write_bytes(b"v" * 100_000)
+    assert len(copies_on_disk(dir_drives, "Videos/clip.mkv")) == 1
+
+
+def test_open_flags_excl_trunc_append(mnt: Path, state_dir: Path) -> None:
+    p = mnt / "Documents/log.txt"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"one\n")
+    os.close(fd)
+    raises(errno.EEXIST, lambda: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+    fd = os.open(p, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"two\n")
+    os.close(fd)
+    assert p.read_bytes() == b"one\ntwo\n"
+    assert stat.S_IMODE(p.stat().st_mode) == 0o600
+    fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+    os.close(fd)
+    assert p.read_bytes() == b"" and p.stat().st_size == 0
+    with reader(state_dir) as pool:
+        assert pool.stat("Documents/log.txt").size == 0
+
+
+def test_random_writes_and_truncate_keep_copies_identical(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
+    p = mnt / "Documents/db.bin"
+    model = bytearray(os.urandom(200_000))
+    p.write_bytes(model)
+    with open(p, "r+b", buffering=0) as f:
+        for off, n in ((150_000, 70_000), (10, 5), (400_000, 3)):  # over, inside, past the end (a hole)
+            chunk = os.urandom(n)
+            f.seek(off)
+            f.write(chunk)
+            model[len(model):off] = bytes(max(0, off - len(model)))
+            model[off:off + n] = chunk
+        f.truncate(300_000)
+        del model[300_000:]
+        assert os.fstat(f.fileno()).st_size == 300_000
+    os.truncate(p, 250_000)  # by path, while not open
+    del model[250_000:]
+    assert p.read_bytes() == bytes(model)
+    assert all(c.read_bytes() == bytes(model) for c in copies_on_disk(dir_drives, "Documents/db.bin"))
+    with reader(state_dir) as pool:
+        node = pool.stat("Documents/db.bin")
+        assert (node.size, node.hash) == (len(model), blake3.blake3(model).hexdigest())
+        assert_clean(pool)
+
+
+def test_directories(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
+    os.mkdir(mnt / "Documents/taxes", 0o750)
+    assert stat.S_IMODE((mnt / "Documents/taxes").stat().st_mode) == 0o750
+    assert all((d / "HomePool/Documents/taxes").is_dir() for d in dir_drives)
+    raises(errno.EEXIST, lambda: os.mkdir(mnt / "Documents/taxes"))
+    (mnt / "Documents/taxes/2025.pdf").write_bytes(b"x")
+    raises(errno.ENOTEMPTY, lambda: os.rmdir(mnt / "Documents/taxes"))
+    raises(errno.ENOTDIR, lambda: os.rmdir(mnt / "Documents/taxes/2025.pdf"))
+    raises(errno.EISDIR, lambda: os.unlink(mnt / "Documents/taxes"))
+    os.unlink(mnt / "Documents/taxes/2025.pdf")
+    os.rmdir(mnt / "Documents/taxes")
+    assert not any((d / "HomePool/Documents/taxes").exists() for d in dir_drives)
+    raises(errno.ENOENT, lambda: os.rmdir(mnt / "Documents/taxes"))
+    os.mkdir(mnt / "Scans")  # at the top: a new folder
+    raises(errno.EPERM, lambda: (mnt / "loose.txt").write_bytes(b"x"))  # files live in folders
+    with reader(state_dir) as pool:
+        assert pool.folder("Scans")[1] == 1
+        assert_clean(pool)
+
+
+def test_unlink_while_open_stays_readable(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
+    data = os.urandom(1 << 20)
+    (mnt / "Documents/tmp.bin").write_bytes(data)
+    with open(mnt / "Documents/tmp.bin", "rb") as r, open(mnt / "Documents/tmp.bin", "r+b") as w:
+        os.unlink(mnt / "Documents/tmp.bin")
+        assert not (mnt / "Documents/tmp.bin").exists()
+        assert r.read() == data
+        w.write(b"still writable")
+        w.flush()
+        assert os.fstat(w.fileno()).st_size == len(data)
+    assert copies_on_disk(dir_drives, "Documents/tmp.bin") == []
+    with reader(state_dir) as pool:
+        assert pool.lookup("Documents/tmp.bin") is None
+        assert_clean(pool)
+
+
+def test_rename(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
+    (mnt / "Documents/a.txt").write_bytes(b"A")
+    (mnt / "Documents/b.txt").write_bytes(b"B")
+    os.rename(mnt / "Documents/a.txt", mnt / "Documents/b.txt")  # atomic replace
+    assert (mnt / "Documents/b.txt").read_bytes() == b"A" and not (mnt / "Documents/a.txt").exists()
+    os.mkdir(mnt / "Documents/sub")
+    os.rename(mnt / "Documents/b.txt", mnt / "Documents/sub/c.txt")
+    os.rename(mnt / "Documents/sub/c.txt", mnt / "Videos/c.txt")  # to a 1-copy folder
+    assert len(copies_on_disk(dir_drives, "Videos/c.txt")) == 1
+    os.mkdir(mnt / "Documents/empty")
+    os.rename(mnt / "Documents/sub", mnt / "Documents/empty")  # over an empty directory
+    os.mkdir(mnt / "Documents/full")
+    (mnt / "Documents/full/x").write_bytes(b"x")
+    raises(errno.ENOTEMPTY, lambda: os.rename(mnt / "Documents/empty", mnt / "Documents/full"))
+    raises(errno.EISDIR, lambda: os.rename(mnt / "Documents/full/x", mnt / "Documents/empty"))
+    raises(errno.ENOTDIR, lambda: os.rename(mnt / "Documents/empty", mnt / "Documents/full/x"))
+    raises(errno.ENOENT, lambda: os.rename(mnt / "Documents/nope", mnt / "Documents/x"))
+    with reader(state_dir) as pool:
+        assert pool.read_bytes("Videos/c.txt") == b"A"
+        assert pool.stat("Documents/empty").is_dir
+        assert_clean(pool)
+
+
+def renameat2(src: Path, dst: Path, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def test_rename_noreplace_and_exchange(mnt: Path) -> None:
+    (mnt / "Documents/a").write_bytes(b"A")
+    (mnt / "Documents/b").write_bytes(b"B")
+    raises(errno.EEXIST, lambda: renameat2(mnt / "Documents/a", mnt / "Documents/b", 1))  # RENAME_NOREPLACE
+    raises(errno.EINVAL, lambda: renameat2(mnt / "Documents/a", mnt / "Documents/b", 2))  # RENAME_EXCHANGE
+    renameat2(mnt / "Documents/a", mnt / "Documents/c", 1)
+    assert (mnt / "Documents/c").read_bytes() == b"A" and (mnt / "Documents/b").read_bytes() == b"B"
+
+
+def test_symlinks_fifos_and_no_hard_links(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
+    (mnt / "Documents/real.txt").write_bytes(b"R")
+    os.symlink("real.txt", mnt / "Documents/link")
+    assert os.readlink(mnt / "Documents/link") == "real.txt"
+    assert (mnt / "Documents/link").read_bytes() == b"R"
+    assert all(os.readlink(d / "HomePool/Documents/link") == "real.txt" for d in dir_drives)
+    os.rename(mnt / "Documents/link", mnt / "Documents/link2")
+    assert os.readlink(mnt / "Documents/link2") == "real.txt"
+    os.mkfifo(mnt / "Documents/pipe", 0o640)
+    assert stat.S_ISFIFO(os.lstat(mnt / "Documents/pipe").st_mode)
+    raises(errno.EPERM, lambda: os.link(mnt / "Documents/real.txt", mnt / "Documents/hard"))
+    os.unlink(mnt / "Documents/link2")
+    os.unlink(mnt / "Documents/pipe")
+    assert not any(os.path.lexists(d / "HomePool/Documents/link2") for d in dir_drives)
+    with reader(state_dir) as pool:
+        assert_clean(pool)
+
+
+def test_chmod_chown_utimens(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
+    p = mnt / "Documents/f.txt"
+    p.write_bytes(b"x")
+    os.chmod(p, 0o604)
+    os.chown(p, 1234, 5678)
+    os.utime(p, ns=(1_000_000_000, 1_600_000_000_123_456_789))
+    st = p.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o604, 1234, 5678)
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    for c in copies_on_disk(dir_drives, "Documents/f.txt"):
+        cst = c.stat()
+        assert (stat.S_IMODE(cst.st_mode), cst.st_uid, cst.st_gid, cst.st_mtime_ns) == \
+            (0o604, 1234, 5678, 1_600_000_000_123_456_789)
+    os.chmod(mnt / "Documents", 0o700)
+    assert stat.S_IMODE((mnt / "Documents").stat().st_mode) == 0o700
+    with reader(state_dir) as pool:
+        node = pool.stat("Documents/f.txt")
+        assert (node.uid, node.gid, node.mtime_ns) == (1234, 5678, 1_600_000_000_123_456_789)
+        assert_clean(pool)
+
+
+def test_permissions_are_enforced_for_other_users(mnt: Path) -> None:
+    os.mkdir(mnt / "Documents/private", 0o700)
+    (mnt / "Documents/private/secret").write_bytes(b"s")
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
+                        str(mnt / "Documents/private/secret")], capture_output=True, text=True)
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+
+
+def test_extended_attributes_are_set_on_every_copy(mnt: Path, dir_drives: list[Path]) -> None:
+    p = mnt / "Documents/tagged"
+    p.write_bytes(b"t")
+    os.setxattr(p, "user.rating", b"5")
+    assert os.getxattr(p, "user.rating") == b"5"
+    assert all(os.getxattr(c, "user.rating") == b"5" for c in copies_on_disk(dir_drives, "Documents/tagged"))
+    os.removexattr(p, "user.rating")
+    raises(errno.ENODATA, lambda: os.getxattr(p, "user.rating"))
+    raises(errno.ENODATA, lambda: os.removexattr(p, "user.rating"))
+
+
+def test_fsync_and_a_big_two_copy_write(mnt: Path, dir_drives: list[Path]) -> None:
+    h = hashlib.sha256()
+    with open(mnt / "Documents/big.bin", "wb") as f:
+        for _ in range(24):
+            chunk = os.urandom(1 << 20)
+            h.update(chunk)
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    copies = copies_on_disk(dir_drives, "Documents/big.bin")
+    assert len(copies) == 2
+    assert all(hashlib.sha256(c.read_bytes()).digest() == h.digest() for c in copies)
+
+
+def test_a_full_drive_moves_the_file_and_the_write_goes_on(state_dir: Path, loop_drives, tmp_path: Path) -> None:
+    small, big = loop_drives(32, 128)
+    with Pool.create(state_dir) as pool:
+        pool.add_drive(small, label="small")
+        pool.add_drive(big, label="big")
+    ballast = big / "ballast"  # behind the pool's back: the big drive looks fuller than the small one
+    with open(ballast, "wb") as f:
+        st = os.statvfs(big)
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - (16 << 20)))
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        data = os.urandom(40 << 20)  # more than the small drive holds
+        with open(mnt / "Videos/movie.mkv", "wb") as f:
+            f.write(data[: 1 << 20])
+            f.flush()
+            assert (small / "HomePool/Videos/movie.mkv").exists()  # placed on the emptier drive
+            ballast.unlink()
+            f.write(data[1 << 20:])
+        assert (mnt / "Videos/movie.mkv").read_bytes() == data
+        assert (big / "HomePool/Videos/movie.mkv").read_bytes() == data
+        assert not (small / "HomePool/Videos/movie.mkv").exists()
+    with reader(state_dir) as pool:
+        assert [d.label for d, _ in pool.replicas("Videos/movie.mkv")] == ["big"]
+        assert_clean(pool)
+
+
+def test_a_killed_mount_leaves_a_consistent_pool(state_dir: Path, dir_pool: Pool, tmp_path: Path,
+                                                 dir_drives: list[Path]) -> None:
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, proc):
+        (mnt / "Documents/done.txt").write_bytes(b"finished")
+        f = open(mnt / "Documents/half.bin", "wb")  # noqa: SIM115 - left open on purpose
+        f.write(os.urandom(1 << 20))
+        f.flush()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with pytest.raises(OSError):
+            f.close()
+    # Opening the pool for writing finishes what the mount was doing.
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/done.txt") == b"finished"
+        node = pool.stat("Documents/half.bin")
+        data = pool.read_bytes("Documents/half.bin")
+        assert node.size == len(data) and node.hash == blake3.blake3(data).hexdigest()
+        assert pool.cat.journal() == []
+        assert_clean(pool)
