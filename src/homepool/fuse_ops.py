@@ -40,7 +40,10 @@ from .pool import LiveFile, Pool
 
 log = logging.getLogger(__name__)
 
-ATTR_TIMEOUT = 1.0  # seconds the kernel may cache attributes and entries
+# Seconds the kernel may cache attributes, entries and missing names. The mount is the pool's
+# only writer while it runs and the kernel drops what its own changes make stale, so these
+# can be long: every lookup and getattr saved is a round trip through this process.
+ATTR_TIMEOUT = 60.0
 BLOCK = 4096
 
 
@@ -97,6 +100,7 @@ class PoolOperations(pyfuse3.Operations):
         super().__init__()
         self.pool = pool
         self._files: dict[int, LiveFile] = {}
+        self._dirs: dict[int, list[Node]] = {}  # open directory handles: their listing
         self._next_fh = 1
         self._readers: dict[int, int] = {}  # drive id -> open files reading from it
         self._cached: dict[int, str | None] = {}  # inode -> content hash when last opened
@@ -132,7 +136,10 @@ class PoolOperations(pyfuse3.Operations):
         with _errno():
             node = self.pool.child(parent_inode, _name(name))
             if node is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                missing = pyfuse3.EntryAttributes()  # inode 0: the kernel remembers the name is free
+                missing.st_ino = pyfuse3.InodeT(0)
+                missing.entry_timeout = ATTR_TIMEOUT
+                return missing
             return self._attr(self.pool.node(node.id))
 
     async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -162,17 +169,22 @@ class PoolOperations(pyfuse3.Operations):
         with _errno():
             if not self.pool.node(inode).is_dir:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-        return pyfuse3.FileHandleT(inode)
+            # The listing is read once per opendir (a readdir call returns a few dozen entries).
+            fh = self._next_fh
+            self._next_fh += 1
+            self._dirs[fh] = self.pool.children(inode)
+        return pyfuse3.FileHandleT(fh)
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         with _errno():
             # Entries in name order; `start_id` is how many were already returned.
-            for i, child in enumerate(self.pool.children(fh)[start_id:], start_id + 1):
-                if not pyfuse3.readdir_reply(token, os.fsencode(child.name), self._attr(child), i):
+            children = self._dirs[fh]
+            for i in range(start_id, len(children)):
+                if not pyfuse3.readdir_reply(token, os.fsencode(children[i].name), self._attr(children[i]), i + 1):
                     return
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
-        return None
+        self._dirs.pop(fh, None)
 
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, ctx: pyfuse3.RequestContext
                     ) -> pyfuse3.EntryAttributes:

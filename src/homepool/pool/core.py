@@ -120,6 +120,7 @@ class Pool(LiveOps):
         self._orphans: dict[int, Node] = {}
         self._changes: dict[int, int] = {}  # node id -> changes made through open files
         self.drive_cache: tuple[float, list[Drive]] | None = None
+        self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
 
     # -- opening and closing -----------------------------------------------------------------
 
@@ -361,6 +362,14 @@ class Pool(LiveOps):
         return out
 
     def _candidates(self, drives: list[Drive]) -> list[placement.Candidate]:
+        if self.live:  # per create through the mount: a snapshot refreshed with the drive one
+            ids = [d.id for d in drives]
+            if self._cands is None or self._cands[0] != self.drive_cache or self._cands[1] != ids:
+                self._cands = (self.drive_cache, ids, self._look_at_room(drives))
+            return self._cands[2]
+        return self._look_at_room(drives)
+
+    def _look_at_room(self, drives: list[Drive]) -> list[placement.Candidate]:
         used = self.cat.bytes_by_drive()
         return [placement.Candidate(d.id, d.room(used.get(d.id, 0)), d.device())
                 for d in drives if d.row.state == "active"]
@@ -428,6 +437,10 @@ class Pool(LiveOps):
         return node.id
 
     def copies_wanted(self, node_id: int) -> int:
+        if self.cat.track_paths:  # the mount: the path is cached, its first part is the folder
+            found = self.cat.folder_by_fold(paths.fold(self.cat.path_of(node_id).partition("/")[0]))
+            if found is not None:
+                return found[1]
         return self.cat.folder_copies(self._folder_of(node_id))
 
     # -- the tree ----------------------------------------------------------------------------
@@ -652,7 +665,7 @@ class Pool(LiveOps):
         return self._unlink_on(drives, p["drives"], p["path"], "copy")
 
     def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
-        node = self.lookup(p["path"])
+        node = self._journaled_node(p, "path")
         if node is None:
             return
         reps = {r.drive_id: r for r in self.cat.replicas(node.id)}
@@ -679,11 +692,11 @@ class Pool(LiveOps):
         return failed
 
     def _record_rename(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
-        node = self.lookup(p["src"])
+        node = self._journaled_node(p, "src")
         if node is None:
             return  # recorded before the crash
         dparts = paths.split(p["dst"])
-        parent = self.stat(paths.join(dparts[:-1]))
+        parent = self.node(p["dparent"]) if "dparent" in p else self.stat(paths.join(dparts[:-1]))
         old = self.cat.child(parent.id, dparts[-1])
         if old is not None and old.id != node.id:
             for r in self.cat.replicas(old.id):
@@ -702,6 +715,14 @@ class Pool(LiveOps):
                 self.cat.rename_folder(node.id, paths.fold(dparts[-1]))
             else:  # a subfolder became a top-level folder: it keeps the copies it had
                 self.cat.add_folder(node.id, paths.fold(dparts[-1]), int(p.get("copies", 1)))
+
+    def _journaled_node(self, p: dict, key: str) -> Node | None:
+        """The node a journal entry is about: by its id where the entry has one (the mount's
+        entries do: no walk down the tree), if it is still at the entry's path."""
+        if "id" in p:
+            node = self.cat.node_or_none(p["id"])
+            return node if node is not None and self.cat.path_of(node.id) == p[key] else None
+        return self.lookup(p[key])
 
     def _run(self, op: str, payload: dict) -> list[int] | None:
         """Journal `op`, do its drive steps, record it: the crash-safe path for every change."""

@@ -211,12 +211,15 @@ class LiveOps:
         def path_of(self, node_id: int) -> str: ...
         def copies_wanted(self, node_id: int) -> int: ...
         def _candidates(self, drives: list[Drive]) -> list[placement.Candidate]: ...
+        def _look_at_room(self, drives: list[Drive]) -> list[placement.Candidate]: ...
         def add_folder(self, name: str, copies: int = 1) -> None: ...
         def delete(self, path: str) -> None: ...
         def rename(self, src: str, dst: str) -> None: ...
         def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
                       busy: dict[int, int] | None = None) -> tuple[int, Drive]: ...
         def copy_failed(self, node_id: int, drive: Drive, err: OSError) -> None: ...
+        def _run(self, op: str, payload: dict) -> list[int] | None: ...
+        def reconcile(self, node: Node) -> int: ...
 
     # -- the mount's session -----------------------------------------------------------------
 
@@ -391,7 +394,7 @@ class LiveOps:
         """Move the copy on the `full` drive to one with room for it, and redo the change there."""
         drives = self.drives_by_id()
         size = os.fstat(fd).st_size
-        cands = [c for c in self._candidates(list(drives.values()))
+        cands = [c for c in self._look_at_room(list(drives.values()))  # fresh: room is what matters here
                  if c.drive_id not in f.fds and c.drive_id != full.id]
         need = max(size, f.size) + CHUNK * 16
         target = placement.choose(self.config.placement, cands, need, 1)
@@ -573,7 +576,11 @@ class LiveOps:
             self._changed = True
             return
         self._keep_if_open(node)
-        self.delete(path)
+        if node.is_dir:
+            self.delete(path)
+        else:
+            self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
+                               "node": True, "id": node.id})
 
     def _keep_if_open(self, node: Node) -> None:
         """A file deleted (or replaced) while open stays readable through its handles."""
@@ -602,6 +609,9 @@ class LiveOps:
                 # A symlink or special file on one side: the old entry goes first. (Between
                 # the two steps the name is briefly absent: files replace files atomically.)
                 self.remove(new_parent_id, new_name, rmdir=False)
+        if node.is_file and new_parent_id != ROOT_ID:
+            self._move_file(node, old, src, dst, new_parent_id)
+            return
         if node.is_dir or node.is_file:
             self.rename(src, dst)
             for f in self._open.get(node.id, ()):
@@ -618,6 +628,23 @@ class LiveOps:
         with self.cat.transaction():
             self.cat.move_node(node.id, new_parent_id, new_name)
         self._changed = True
+
+    def _move_file(self, node: Node, old: Node | None, src: str, dst: str, new_parent_id: int) -> None:
+        """`Pool.rename` for a file, from what the mount already knows (no walks down the tree)."""
+        moves = [r.drive_id for r in self.cat.replicas(node.id)]
+        had = [r.drive_id for r in self.cat.replicas(old.id)] if old is not None and old.id != node.id else []
+        drives = self.drives_by_id()
+        for i in moves:  # something the catalog does not know in the way: refuse up front
+            d = drives.get(i)
+            if d is not None and d.row.state == "active" and i not in had and os.path.lexists(d.real(dst)):
+                raise AlreadyExists(path=f"{dst} (on drive {d.label!r}; `homepool check` shows it)")
+        self._run("rename", {"src": src, "dst": dst, "kind": "file", "moves": moves,
+                             "unlink_dst": [i for i in had if i not in moves], "id": node.id,
+                             "dparent": new_parent_id})
+        for f in self._open.get(node.id, ()):
+            f.path = dst
+        if src.partition("/")[0] != dst.partition("/")[0]:  # another folder: its copies may differ
+            self.reconcile(self.cat.node(node.id))
 
     def set_attrs(self, node_id: int, *, mode: int | None = None, uid: int | None = None,
                   gid: int | None = None, size: int | None = None, mtime_ns: int | None = None,

@@ -1,0 +1,30 @@
+#!/bin/bash
+# The homepool mount beside a bare drive and mergerfs over the same three loop drives, with
+# ../shared/bench/poolbench (one interleaved run). Usage, as root, from the repository:
+#   bench/mount_bench.sh [poolbench run options...]      e.g. --suite full --json bench/results/mount-full.json
+# Targets: raw (the bare third drive), mergerfs (upstream's recommended options), homepool
+# (a 1-copy folder) and homepool-2x (a 2-copy folder). Everything is torn down on exit.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PB=${POOLBENCH:-$ROOT/../shared/bench/poolbench}
+W=${BENCH_DIR:-/var/tmp/homepool-bench}
+HP="$ROOT/.venv/bin/homepool --pool $W/state"
+mkdir -p "$W"
+cleanup() {
+    $HP unmount "$W/pool" 2>/dev/null || true
+    "$PB" mergerfs down "$W/mergerfs" >/dev/null 2>&1 || true
+    "$PB" drives down "$W/drives" >/dev/null 2>&1 || true
+    rm -rf "$W/state" "$W/pool"
+}
+trap cleanup EXIT
+cleanup
+mkdir -p "$W/drives" "$W/pool"
+mapfile -t D < <("$PB" drives up "$W/drives" --sizes 2G,3G,5G)
+$HP init >/dev/null
+for d in "${D[@]}"; do $HP drive add "$d" >/dev/null; done
+$HP folder set Documents --copies 2 >/dev/null
+$HP folder set Videos --copies 1 >/dev/null
+$HP mount "$W/pool" >/dev/null
+"$PB" mergerfs up "$W/drives" "$W/mergerfs" >/dev/null
+"$PB" run --target raw="${D[2]}" --target mergerfs="$W/mergerfs" \
+    --target homepool="$W/pool/Videos" --target homepool-2x="$W/pool/Documents" "$@"
