@@ -294,7 +294,13 @@ class PoolOperations(pyfuse3.Operations):
         return len(buf)
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
-        return None
+        """Each close(): the catalog records the file as it is now (release may come later)."""
+        f = self._files[fh]
+        if f.dirty:
+            with _errno():
+                self.pool.releasing(f)
+                result = await trio.to_thread.run_sync(f.settle)
+                self.pool.record_file(f, result)
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         f = self._files[fh]

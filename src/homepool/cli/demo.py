@@ -64,7 +64,7 @@ def step(args: list[str], note: str = "") -> None:
 
 
 def mount_step(base: Path, library: Path) -> Path | None:
-    """7. The pool as one folder tree in the filesystem (read-only for now), if FUSE is here."""
+    """7. The pool as one folder tree in the filesystem, read and written, if FUSE is here."""
     try:
         mount_mod.check_fuse()
     except FuseUnavailable as e:
@@ -72,7 +72,7 @@ def mount_step(base: Path, library: Path) -> Path | None:
         return None
     mnt = base / "pool"
     mnt.mkdir()
-    step(["mount", str(mnt)], "7. Mount the pool: one folder tree for every program (read-only for now).")
+    step(["mount", str(mnt)], "7. Mount the pool: one folder tree for every program, to read and write.")
     for cmd in (["ls", "-l", str(mnt)], ["ls", "-l", str(mnt / "Documents")]):
         out.print(f"[cyan]$ {shlex.join(cmd)}[/cyan]")
         out.print(subprocess.run(cmd, capture_output=True, text=True).stdout.rstrip(), markup=False)
@@ -84,8 +84,20 @@ def mount_step(base: Path, library: Path) -> Path | None:
     out.print("same" if same else "DIFFERENT", markup=False)
     if not same:
         raise RuntimeError(f"{sample} read through the mount differs from {original}")
+    note = mnt / "Documents" / "written-through-the-mount.txt"
+    out.print(f"[cyan]$ echo 'a new note' > {note}[/cyan]")
+    note.write_text("a new note\n")
     step(["unmount", str(mnt)])
+    copies = [d for d in drives_of(base) if (d / "HomePool/Documents" / note.name).is_file()]
+    out.print(f"   Documents keeps 2 copies, so the note is a plain file on {len(copies)} drives: "
+              + ", ".join(str(d / "HomePool/Documents" / note.name) for d in copies))
+    if len(copies) != 2:
+        raise RuntimeError(f"{note.name} should be on 2 drives, found {len(copies)}")
     return mnt
+
+
+def drives_of(base: Path) -> list[Path]:
+    return sorted(p for p in base.iterdir() if (p / "HomePool").is_dir())
 
 
 @app.command("demo")

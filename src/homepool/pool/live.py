@@ -84,7 +84,11 @@ class LiveFile:
         self.unlinked = False  # deleted while open: reads go on, nothing is recorded
         self.held: list[int] = []  # the copies it had when it was finished
         self.failed: set[int] = set()  # drives whose copy failed a read
-        self.seen = 0  # the node's change count when `finish` looked at the copies
+        self.seen = 0  # the node's change count when `settle` looked at the copies
+        # Descriptors of copies dropped or moved while open: closed only with the handle, as a
+        # write on another thread may still hold the number (closing it could let a new file
+        # reuse it mid-write).
+        self.retired: list[int] = []
         self._lock = threading.Lock()
         # The content hash is kept up as long as writes come in order from offset 0 (the usual
         # case); otherwise the file is hashed again when it is released.
@@ -157,32 +161,35 @@ class LiveFile:
     def read(self, size: int, off: int) -> bytes:
         return os.pread(self.read_fd, size, off)
 
-    def finish(self) -> tuple[int, int, str] | None:
-        """At release: give every copy the same time, hash the content if writes were out of
-        order, close. Returns (size, mtime_ns, hash) to record, None if nothing changed."""
+    def settle(self) -> tuple[int, int, str] | None:
+        """At close: give every copy the same time, hash the content if writes came out of
+        order. Returns (size, mtime_ns, hash) to record, None if there is nothing to record."""
         self.held = list(self.fds)
+        if not self.dirty or self.unlinked or not self.fds:
+            return None
+        first = self.read_fd
+        st = os.fstat(first)
+        for fd in list(self.fds.values())[1:]:
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with self._lock:
+            streamed = self._hasher.hexdigest() if self._hasher is not None and self._hashed == st.st_size else None
+        return st.st_size, st.st_mtime_ns, streamed or hash_fd(first)
+
+    def finish(self) -> tuple[int, int, str] | None:
+        """At release: `settle`, then close every copy."""
         try:
-            if not self.dirty or self.unlinked or not self.fds:
-                return None
-            first = self.read_fd
-            st = os.fstat(first)
-            for fd in list(self.fds.values())[1:]:
-                os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-            if self._hasher is not None and self._hashed == st.st_size:
-                digest = self._hasher.hexdigest()
-            else:
-                digest = hash_fd(first)
-            return st.st_size, st.st_mtime_ns, digest
+            return self.settle()
         finally:
             self.close()
 
     def close(self) -> None:
-        for fd in self.fds.values():
+        for fd in [*self.fds.values(), *self.retired]:
             try:
                 os.close(fd)
             except OSError as e:
                 log.warning("closing a copy of %s: %s", self.path, e)
         self.fds = {}
+        self.retired = []
 
 
 def hash_fd(fd: int) -> str:
@@ -290,14 +297,16 @@ class LiveOps:
                 fds[d] = self._create_copy(drives[d], path, mode, uid, gid)
             except OSError as e:
                 log.error("could not create %s on %s: %s", path, drives[d].name, e)
+        self._changed = True
+        if not fds:  # as if it had never been made
+            with self.cat.transaction():
+                self.cat.delete_node(node_id)
+                self.cat.journal_done(journal)
+            raise OSError(errno.EIO, f"no drive could create {path}")
         f = LiveFile(node_id, path, fds, 0, writable=True)
         f.journal_id = journal
         f.mtime_ns = now
         self._open.setdefault(node_id, []).append(f)
-        if not fds:
-            self.release_file(f, None)
-            raise OSError(errno.EIO, f"no drive could create {path}")
-        self._changed = True
         return self.node(node_id), f
 
     def _create_copy(self, d: Drive, path: str, mode: int, uid: int, gid: int) -> int:
@@ -379,7 +388,7 @@ class LiveOps:
             raise OSError(errno.EIO, f"every copy of {f.path} failed")
 
     def _drop_live_copy(self, f: LiveFile, drive_id: int, fd: int) -> None:
-        os.close(fd)
+        f.retired.append(fd)
         d = self.drives_by_id().get(drive_id)
         with self.cat.transaction():
             self.cat.drop_replica(f.node_id, drive_id)
@@ -420,7 +429,7 @@ class LiveOps:
             if f.journal_id is not None:
                 self.cat.journal_update(f.journal_id, {"node": f.node_id, "path": f.path,
                                                        "drives": [*f.fds, to.id]})
-        os.close(fd)
+        f.retired.append(fd)
         try:
             os.unlink(full.real(f.path))
         except OSError as e:
@@ -432,23 +441,15 @@ class LiveOps:
         return True
 
     def releasing(self, f: LiveFile) -> None:
-        """Call before `f.finish()`: notes which changes the file has had when it is looked at."""
+        """Call before `f.settle()` or `f.finish()`: notes which changes the file has had then."""
         f.seen = self._changes.get(f.node_id, 0)
 
-    def release_file(self, f: LiveFile, result: tuple[int, int, str] | None) -> None:
-        """Record what `f.finish()` found (size, time, hash of the copies) and close the handle.
-        A result overtaken by a change through another handle is not recorded (that handle's
-        release records the newer state)."""
-        handles = self._open.get(f.node_id, [])
-        if f in handles:
-            handles.remove(f)
-        if not handles:
-            self._open.pop(f.node_id, None)
-            self._orphans.pop(f.node_id, None)
+    def record_file(self, f: LiveFile, result: tuple[int, int, str] | None, closing: bool = False) -> None:
+        """Record what `f.settle()` found (size, time, hash of the copies): at each close, so the
+        catalog agrees when close() returns. A result overtaken by a change made meanwhile is
+        not recorded: the journal row stays until a later close records the newer state."""
         current = f.seen == self._changes.get(f.node_id, 0)
-        if not handles:
-            self._changes.pop(f.node_id, None)
-        if f.journal_id is None:
+        if f.journal_id is None or not (current or closing):
             return
         with self.cat.transaction():
             node = self.cat.node_or_none(f.node_id)
@@ -467,7 +468,21 @@ class LiveOps:
                                                   "mtime_ns": r.mtime_ns})
             self.cat.journal_done(f.journal_id)
         f.journal_id = None
+        if current:
+            f.changed, f.mtime_ns = False, 0  # the catalog has it all now
         self._changed = True
+
+    def release_file(self, f: LiveFile, result: tuple[int, int, str] | None) -> None:
+        """After `f.finish()`: record (see `record_file`) and forget the handle."""
+        handles = self._open.get(f.node_id, [])
+        if f in handles:
+            handles.remove(f)
+        if not handles:
+            self._open.pop(f.node_id, None)
+            self._orphans.pop(f.node_id, None)
+        self.record_file(f, result, closing=True)
+        if not handles:
+            self._changes.pop(f.node_id, None)
 
     def truncate_file(self, node_id: int, size: int) -> None:
         """Truncate a file that is not open here (setattr by path)."""
