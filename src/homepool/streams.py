@@ -26,12 +26,20 @@ def new_hasher() -> blake3.blake3:
 
 
 def hash_file(path: str | os.PathLike[str]) -> str:
-    h = new_hasher()
     with open(path, "rb", buffering=0) as f:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
+        return hash_fd(f.fileno())
+
+
+def hash_fd(fd: int) -> str:
+    """The whole file's hash, read with pread: the descriptor's offset is left alone (the
+    mount hashes copies that programs still have open)."""
+    h = new_hasher()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    off = 0
+    while n := os.preadv(fd, [buf], off):
+        h.update(view[:n])
+        off += n
     return h.hexdigest()
 
 

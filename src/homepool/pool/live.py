@@ -45,7 +45,7 @@ from ..errors import (
     PoolFull,
 )
 from ..errors import NotADirectory as NotADir
-from ..streams import CHUNK, new_hasher
+from ..streams import CHUNK, hash_fd, hash_file, new_hasher
 from ..units import human
 from .ondrive import conflict_name, copy_is_at_fault
 
@@ -190,15 +190,6 @@ class LiveFile:
                 log.warning("closing a copy of %s: %s", self.path, e)
         self.fds = {}
         self.retired = []
-
-
-def hash_fd(fd: int) -> str:
-    h = new_hasher()
-    off = 0
-    while chunk := os.pread(fd, CHUNK, off):
-        h.update(chunk)
-        off += len(chunk)
-    return h.hexdigest()
 
 
 class LiveOps:
@@ -353,8 +344,6 @@ class LiveOps:
             if not fds:
                 raise OSError(errno.EIO, f"no copy of {path} can be opened")
             f = LiveFile(node_id, path, fds, node.size, writable=True)
-            if node.hash != EMPTY_HASH:
-                f._hasher = None
         self._open.setdefault(node_id, []).append(f)
         return f
 
@@ -705,17 +694,11 @@ class LiveOps:
                 m = mtime_ns if mtime_ns is not None else node.mtime_ns
                 os.utime(p, ns=(atime_ns if atime_ns is not None else m, m), follow_symlinks=False)
 
-        if node.is_file:
-            drives = self.drives_by_id()
-            for r in self.cat.replicas(node_id):
-                d = drives.get(r.drive_id)
-                if d is not None and d.row.state == "active" and r.state == "ok":
-                    try:
-                        apply(f"{d.tree_s}/{path}")
-                    except OSError as e:
-                        log.error("could not change %s on %s: %s", path, d.name, e)
-        else:
-            self._on_every_drive(path, apply)
+        for d, real in self._reals(node):
+            try:
+                apply(real)
+            except OSError as e:
+                log.error("could not change %s on %s: %s", path, d.name, e)
         with self.cat.transaction():
             self.cat.set_attrs(node_id, **cols)
             if node.is_file and "mtime_ns" in cols:
@@ -737,7 +720,7 @@ class LiveOps:
         if not reals:
             raise OSError(errno.EIO, f"no copy of {path} is present")
         errors: list[OSError] = []
-        for real in reals:
+        for _, real in reals:
             try:
                 if value is None:
                     os.removexattr(real, name, follow_symlinks=False)
@@ -750,11 +733,14 @@ class LiveOps:
         with self.cat.transaction():
             self.cat.set_attrs(node_id, ctime_ns=time.time_ns())
 
-    def _reals(self, node: Node) -> list[str]:
+    def _reals(self, node: Node) -> list[tuple[Drive, str]]:
+        """(drive, real path) of each present copy of a node: a file's good copies, or the
+        entry on every drive for anything else."""
         path = self.path_of(node.id)
         drives = self.drives_by_id()
         ids = [r.drive_id for r in self.cat.replicas(node.id) if r.state == "ok"] if node.is_file else list(drives)
-        return [f"{drives[i].tree_s}/{path}" for i in ids if i in drives and drives[i].row.state == "active"]
+        return [(drives[i], f"{drives[i].tree_s}/{path}") for i in ids
+                if i in drives and drives[i].row.state == "active"]
 
     # -- crash repair: the 'live' journal op ---------------------------------------------------
 
@@ -776,8 +762,7 @@ class LiveOps:
                 if not stat_.S_ISREG(st.st_mode):
                     continue
                 if kept is None:
-                    with open(real, "rb") as fh:
-                        kept = (d.id, st.st_size, st.st_mtime_ns, hash_fd(fh.fileno()))
+                    kept = (d.id, st.st_size, st.st_mtime_ns, hash_file(real))
                 else:
                     os.unlink(real)
             except FileNotFoundError:
