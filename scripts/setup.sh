@@ -5,8 +5,8 @@ set -eu
 PYTHON=${PYTHON:-python3}
 
 # python3-venv: the venv module; e2fsprogs/util-linux/mount: the loop drives of the demo and
-# tests; fuse3/libfuse3-dev/pkg-config: the FUSE mount; ca-certificates: pip over HTTPS.
-PACKAGES="python3 python3-venv python3-dev gcc ca-certificates e2fsprogs util-linux mount fuse3 libfuse3-dev pkg-config"
+# tests; fuse3: fusermount3, to unmount (and mount when not root); ca-certificates: pip over HTTPS.
+PACKAGES="python3 python3-venv python3-dev gcc ca-certificates e2fsprogs util-linux mount fuse3"
 
 if command -v dpkg-query >/dev/null 2>&1; then
     missing=""

@@ -41,16 +41,18 @@ def force_unmount(mnt: Path) -> None:
 
 
 @contextmanager
-def mount_pool(state_dir: Path, tmp_path: Path, name: str = "mnt") -> Iterator[tuple[Path, subprocess.Popen]]:
-    """The pool mounted at tmp/NAME by `homepool mount --foreground`; always unmounted after.
-    The pool must not be open for writing in the test (the mount is its writer)."""
+def mount_pool(state_dir: Path, tmp_path: Path, name: str = "mnt", env: dict[str, str] | None = None
+               ) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """The pool mounted at tmp/NAME by `homepool mount --foreground` (with `env` added to its
+    environment); always unmounted after. The pool must not be open for writing in the test
+    (the mount is its writer)."""
     fuse_or_skip()
     mnt = tmp_path / name
     mnt.mkdir(exist_ok=True)
     log = tmp_path / f"{name}.log"
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "homepool", "--pool", str(state_dir), "mount", "-f", str(mnt)],
-                                stdout=out, stderr=subprocess.STDOUT)
+        cmd = [sys.executable, "-m", "homepool", "--pool", str(state_dir), "-v", "mount", "-f", str(mnt)]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, what="the mount")
         assert os.path.ismount(mnt), log.read_text()

@@ -144,15 +144,19 @@ def random_op(rng: random.Random) -> tuple:
     return (kind, name)
 
 
-@pytest.mark.parametrize("folder", ["Documents", "Videos"])  # 2 copies, 1 copy
+# 2 copies; 1 copy; 1 copy with writes passed through to the drive too (the capped test drives
+# have less room than a writer normally needs for that)
+@pytest.mark.parametrize(("folder", "env"), [("Documents", {}), ("Videos", {}),
+                                             ("Videos", {"HOMEPOOL_PASSTHROUGH_ROOM": "0"})],
+                         ids=["2-copies", "1-copy", "1-copy-writes-passed-through"])
 def test_the_mount_behaves_like_a_local_filesystem(dir_pool: Pool, state_dir: Path, tmp_path: Path,
-                                                   folder: str) -> None:
+                                                   folder: str, env: dict[str, str]) -> None:
     dir_pool.close()
     plain = tmp_path / "plain"
     plain.mkdir()
     seed = os.environ.get("HOMEPOOL_DIFF_SEED", "homepool")  # another seed explores other sequences
     rng = random.Random(f"{seed}-{folder}")
-    with mount_pool(state_dir, tmp_path) as (mnt, _):
+    with mount_pool(state_dir, tmp_path, env=env) as (mnt, _):
         ours, ref = Runner(mnt / folder), Runner(plain)
         for step in range(OPS):
             op = random_op(rng)

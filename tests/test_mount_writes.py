@@ -7,9 +7,11 @@ import ctypes
 import errno
 import hashlib
 import os
+import re
 import signal
 import stat
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -285,15 +287,65 @@ def test_a_killed_mount_leaves_a_consistent_pool(state_dir: Path, dir_pool: Pool
         f = open(mnt / "Documents/half.bin", "wb")  # noqa: SIM115 - left open on purpose
         f.write(os.urandom(1 << 20))
         f.flush()
+        g = open(mnt / "Videos/half.mkv", "wb")  # noqa: SIM115 - one copy: written by the kernel itself
+        g.write(os.urandom(1 << 20))
+        g.flush()
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        with pytest.raises(OSError):
-            f.close()
+        for h in (f, g):
+            with pytest.raises(OSError):
+                h.close()
     # Opening the pool for writing finishes what the mount was doing.
     with Pool.open(state_dir) as pool:
         assert pool.read_bytes("Documents/done.txt") == b"finished"
-        node = pool.stat("Documents/half.bin")
-        data = pool.read_bytes("Documents/half.bin")
-        assert node.size == len(data) and node.hash == blake3.blake3(data).hexdigest()
+        for half in ("Documents/half.bin", "Videos/half.mkv"):
+            node = pool.stat(half)
+            data = pool.read_bytes(half)
+            assert node.size == len(data) == 1 << 20 and node.hash == blake3.blake3(data).hexdigest()
+        assert pool.cat.journal() == []
+        assert_clean(pool)
+
+
+def test_one_copy_files_are_read_and_written_by_the_kernel(state_dir: Path, dir_pool: Pool, tmp_path: Path,
+                                                          dir_drives: list[Path]) -> None:
+    """Passthrough: the kernel does a 1-copy file's reads and writes on its drive (they never
+    reach the mount), and the mount still records what was written at each close, even a
+    write through a dup()ed descriptor after another one's close."""
+    dir_pool.close()
+    data = os.urandom(4 << 20)
+    # The capped test drives have less room than a writer normally needs to be passed through.
+    with mount_pool(state_dir, tmp_path, env={"HOMEPOOL_PASSTHROUGH_ROOM": "0"}) as (mnt, proc):
+        p = mnt / "Videos/clip.mkv"
+        p.write_bytes(data)
+        fd = os.open(p, os.O_RDWR)
+        got: list[bytes] = []
+        os.kill(proc.pid, signal.SIGSTOP)  # the mount answers nothing now...
+        try:
+            t = threading.Thread(target=lambda: got.append(os.pread(fd, len(data), 0)))
+            t.start()
+            t.join(timeout=20)
+            assert not t.is_alive(), "a read of a 1-copy file waited for the mount"
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        assert got == [data]  # ...yet the open file's reads went on
+        os.pwrite(fd, b"new", 0)
+        os.pwrite(fd, b"tail", len(data))
+        assert p.stat().st_size == len(data) + 4  # the mount looks at the copy while it is written
+        fd2 = os.dup(fd)
+        os.close(fd)  # recorded at this close...
+        expected = b"new" + data[3:] + b"tail"
+        with reader(state_dir) as pool:
+            assert pool.stat("Videos/clip.mkv").hash == blake3.blake3(expected).hexdigest()
+        os.pwrite(fd2, b"NEW", 0)  # ...and a write through the other descriptor after it
+        os.close(fd2)
+        expected = b"NEW" + expected[3:]
+        assert p.read_bytes() == expected
+    served = next(line for line in (tmp_path / "mnt.log").read_text().splitlines() if "requests served" in line)
+    assert not re.search(r"\b(READ|WRITE) \d", served), served  # none of the data went through the mount
+    (copy,) = copies_on_disk(dir_drives, "Videos/clip.mkv")
+    assert copy.read_bytes() == expected
+    with reader(state_dir) as pool:
+        node = pool.stat("Videos/clip.mkv")
+        assert node.size == len(expected) and node.hash == blake3.blake3(expected).hexdigest()
         assert pool.cat.journal() == []
         assert_clean(pool)

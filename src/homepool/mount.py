@@ -15,10 +15,15 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import FuseUnavailable, MountFailed, MountpointBusy, MountpointMissing, NotMounted
+
+if TYPE_CHECKING:
+    from .pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -39,59 +44,43 @@ def check_mountpoint(mountpoint: Path) -> Path:
 def check_fuse() -> None:
     if not Path("/dev/fuse").exists():
         raise FuseUnavailable(why="/dev/fuse does not exist (load the fuse module, or run on a machine with FUSE)")
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError as e:
-        raise FuseUnavailable(why=f"pyfuse3 cannot be loaded ({e}); run `make setup`") from None
 
 
-def serve(pool: object, mountpoint: Path, allow_other: bool = False) -> None:
+def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     """Mount `pool` at `mountpoint` and serve it until unmounted or signalled."""
-    import pyfuse3
-    import trio
+    from .fuse.ops import PoolOperations
+    from .fuse.session import Session
 
-    from .fuse_ops import PoolOperations
-
-    pool.go_live()  # type: ignore[attr-defined]
+    pool.go_live()
     os.umask(0)  # modes come from the callers (the kernel applied their umask)
-    ops = PoolOperations(pool)  # type: ignore[arg-type]
-    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks access
-    options |= {f"fsname={FSNAME}", "subtype=homepool"}
-    if allow_other:
-        options.add("allow_other")
+    ops = PoolOperations(pool)
+    session = Session(ops, mountpoint, FSNAME, allow_other)
     try:
-        pyfuse3.init(ops, str(mountpoint), options)
-    except RuntimeError as e:
-        raise MountFailed(path=mountpoint, why=str(e)) from None
+        session.mount()
+    except OSError as e:
+        raise MountFailed(path=mountpoint, why=e.strerror or str(e)) from None
+    ops.session = session
     log.info("mounted the pool at %s", mountpoint)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal received: unmounting %s", mountpoint)
+        session.stop()
 
-            async def on_signal() -> None:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        log.info("signal received: unmounting %s", mountpoint)
-                        pyfuse3.terminate()
-                        return
-
-            async def save_catalog_copies() -> None:
-                # `recover` rebuilds the pool from the newest catalog copy on the drives.
-                while True:
-                    await trio.sleep(CATALOG_COPY_EVERY)
-                    pool.save_catalog_copies()  # type: ignore[attr-defined]
-
-            nursery.start_soon(on_signal)
-            nursery.start_soon(save_catalog_copies)
-            nursery.start_soon(trio.to_thread.run_sync, raise_readahead, mountpoint)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
-
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
     try:
-        trio.run(main)
+        # `recover` rebuilds the pool from the newest catalog copy on the drives.
+        while not session.done.wait(CATALOG_COPY_EVERY):
+            with ops.lock:
+                pool.save_catalog_copies()
     finally:
-        pyfuse3.close(unmount=True)
-        log.info("unmounted %s", mountpoint)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        session.stop()
+        # Requests still running finish their catalog work first; then the pool may close.
+        if not ops.lock.acquire(timeout=30):
+            log.error("a request is still running after 30 s; closing the pool anyway")
+        log.info("unmounted %s; requests served: %s", mountpoint, session.summary())
 
 
 READAHEAD_KB = 2048

@@ -54,7 +54,7 @@ from ..errors import NotADirectory as NotADir
 from ..streams import Target, copy_to, hash_file
 from ..units import human
 from .batch import WriteBatch
-from .live import DRIVES_TTL, LiveFile, LiveOps
+from .live import DRIVES_TTL, PASSTHROUGH_ROOM, LiveFile, LiveOps
 from .ondrive import conflict_name, copy_is_at_fault, rename_on, scan_tree
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,7 @@ class Pool(LiveOps):
         # Serving a mount (`go_live`): open files by node, files deleted while open, and a
         # drive snapshot (taken at, drives) reused for DRIVES_TTL seconds.
         self.live = False
+        self.passthrough_room = PASSTHROUGH_ROOM
         self._open: dict[int, list[LiveFile]] = {}
         self._orphans: dict[int, Node] = {}
         self._changes: dict[int, int] = {}  # node id -> changes made through open files

@@ -56,13 +56,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EMPTY_HASH = new_hasher().hexdigest()
+# Free bytes a drive needs for writes to skip the mount (see may_pass_through); the environment
+# variable HOMEPOOL_PASSTHROUGH_ROOM overrides it.
+PASSTHROUGH_ROOM = 4 << 30
 DRIVES_TTL = 2.0  # seconds the mount trusts its drive snapshot (an I/O error refreshes it sooner)
 
 # Extra copies are written on these threads while the calling thread writes the first copy.
 _mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror")
 
 
-def _pwrite_all(fd: int, data: bytes, off: int) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
     view = memoryview(data)
     while view:
         n = os.pwrite(fd, view, off)
@@ -72,11 +75,17 @@ def _pwrite_all(fd: int, data: bytes, off: int) -> None:
 class LiveFile:
     """One open file of the mount: descriptors on its copies. Drive I/O only (thread-safe)."""
 
-    def __init__(self, node_id: int, path: str, fds: dict[int, int], size: int, writable: bool) -> None:
+    def __init__(self, node_id: int, path: str, fds: dict[int, int], size: int, writable: bool,
+                 single: bool = False) -> None:
         self.node_id = node_id
         self.path = path
         self.fds = fds  # drive id -> descriptor on that drive's copy (the first one is read)
         self.writable = writable
+        self.single = single  # the file has this one copy: nothing to mirror or fall back to
+        # Passed through: the kernel reads and writes the copy itself, so changes are found by
+        # looking at it (`known`: size, mtime, ctime and hash when last recorded).
+        self.passthrough = False
+        self.known: tuple[int, int, int, str | None] | None = None
         self.size = size
         self.mtime_ns = 0  # of the last change made through this handle
         self.journal_id: int | None = None  # set from the first change until the release records it
@@ -103,7 +112,7 @@ class LiveFile:
     def dirty(self) -> bool:
         return self.journal_id is not None
 
-    def write(self, data: bytes, off: int, fds: dict[int, int] | None = None) -> list[tuple[int, OSError]]:
+    def write(self, data: bytes | memoryview, off: int, fds: dict[int, int] | None = None) -> list[tuple[int, OSError]]:
         """Write to every copy (or those in `fds`) at once; returns the copies that failed."""
         failed: list[tuple[int, OSError]] = []
         items = list((fds or self.fds).items())
@@ -121,7 +130,7 @@ class LiveFile:
             self._wrote(data, off)
         return failed
 
-    def _wrote(self, data: bytes, off: int) -> None:
+    def _wrote(self, data: bytes | memoryview, off: int) -> None:
         with self._lock:
             if self._hasher is not None and off == self._hashed:
                 self._hasher.update(data)
@@ -169,11 +178,27 @@ class LiveFile:
             return None
         first = self.read_fd
         st = os.fstat(first)
+        if self.passthrough:
+            now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            digest = self.known[3] if self.known is not None and now == self.known[:3] else None
+            digest = digest or hash_fd(first)
+            self.known = (*now, digest)
+            return st.st_size, st.st_mtime_ns, digest
         for fd in list(self.fds.values())[1:]:
             os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
         with self._lock:
             streamed = self._hasher.hexdigest() if self._hasher is not None and self._hashed == st.st_size else None
         return st.st_size, st.st_mtime_ns, streamed or hash_fd(first)
+
+    def looked_at(self) -> tuple[int, int] | None:
+        """(size, mtime) of a passed-through file being written, from its copy."""
+        if not (self.passthrough and self.writable):
+            return None
+        with self._lock:
+            if not self.fds:
+                return None  # closed
+            st = os.fstat(self.read_fd)
+        return st.st_size, st.st_mtime_ns
 
     def finish(self) -> tuple[int, int, str] | None:
         """At release: `settle`, then close every copy."""
@@ -183,13 +208,13 @@ class LiveFile:
             self.close()
 
     def close(self) -> None:
-        for fd in [*self.fds.values(), *self.retired]:
+        with self._lock:  # detached first: `looked_at` on another thread never sees a closed one
+            fds, self.fds, self.retired = [*self.fds.values(), *self.retired], {}, []
+        for fd in fds:
             try:
                 os.close(fd)
             except OSError as e:
                 log.warning("closing a copy of %s: %s", self.path, e)
-        self.fds = {}
-        self.retired = []
 
 
 class LiveOps:
@@ -226,6 +251,7 @@ class LiveOps:
         commit that does not wait for the disk (it survives a killed process, and the WAL is
         flushed at each checkpoint), and a drive snapshot trusted for DRIVES_TTL seconds."""
         self.live = True
+        self.passthrough_room = int(os.environ.get("HOMEPOOL_PASSTHROUGH_ROOM", PASSTHROUGH_ROOM))
         self.cat.db.execute("PRAGMA synchronous=NORMAL")
         self.cat.track_paths = True
 
@@ -238,10 +264,16 @@ class LiveOps:
                 raise NotFound(path=f"#{node_id}")
             node = gone
         for f in self._open.get(node_id, ()):
-            if f.changed:
+            if seen := f.looked_at():
+                node = replace(node, size=seen[0], mtime_ns=seen[1], ctime_ns=max(node.ctime_ns, seen[1]))
+            elif f.changed:
                 node = replace(node, size=f.size, mtime_ns=max(node.mtime_ns, f.mtime_ns),
                                ctime_ns=max(node.ctime_ns, f.mtime_ns))
         return node
+
+    def handles(self, node_id: int) -> list[LiveFile]:
+        """The mount's open handles on a file."""
+        return self._open.get(node_id, [])
 
     def _in_folder(self, parent_id: int, name: str) -> tuple[Node, str]:
         """The parent node and the new entry's pool path, for something made inside a folder."""
@@ -294,7 +326,7 @@ class LiveOps:
                 self.cat.delete_node(node_id)
                 self.cat.journal_done(journal)
             raise OSError(errno.EIO, f"no drive could create {path}")
-        f = LiveFile(node_id, path, fds, 0, writable=True)
+        f = LiveFile(node_id, path, fds, 0, writable=True, single=len(fds) == 1)
         f.journal_id = journal
         f.mtime_ns = now
         self._open.setdefault(node_id, []).append(f)
@@ -329,7 +361,8 @@ class LiveOps:
         path = self.path_of(node_id)
         if not write:
             fd, source = self.open_copy(node_id, busy=busy)
-            f = LiveFile(node_id, path, {source.id: fd}, node.size, writable=False)
+            copies = sum(r.state == "ok" for r in self.cat.replicas(node_id))
+            f = LiveFile(node_id, path, {source.id: fd}, node.size, writable=False, single=copies == 1)
         else:
             drives = self.drives_by_id()
             fds = {}
@@ -343,9 +376,33 @@ class LiveOps:
                     self.copy_failed(node_id, d, e)
             if not fds:
                 raise OSError(errno.EIO, f"no copy of {path} can be opened")
-            f = LiveFile(node_id, path, fds, node.size, writable=True)
+            f = LiveFile(node_id, path, fds, node.size, writable=True, single=len(fds) == 1)
         self._open.setdefault(node_id, []).append(f)
         return f
+
+    def may_pass_through(self, f: LiveFile) -> bool:
+        """Whether the kernel may do `f`'s I/O itself: only for a file with one copy (nothing to
+        mirror or fall back to), and for a writer only while its drive has `passthrough_room` (the
+        kernel would hand ENOSPC to the program; here the file moves to a drive with room)."""
+        if not f.single:
+            return False
+        if not f.writable:
+            return True
+        (drive_id,) = f.fds
+        cands = self._candidates(list(self.drives_by_id().values()))
+        return any(c.drive_id == drive_id and c.room >= self.passthrough_room for c in cands)
+
+    def pass_through(self, f: LiveFile) -> None:
+        """The kernel does `f`'s I/O on its copy from now on. What it writes is found at each
+        close by looking at the copy; a writer is journaled from the start, as its first write
+        will not be seen."""
+        f.passthrough = True
+        if f.writable:
+            st = os.fstat(f.read_fd)
+            node = self.node(f.node_id)
+            trusted = node.hash if not f.changed and st.st_size == node.size else None
+            f.known = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, trusted)
+            self.will_change(f)
 
     def will_change(self, f: LiveFile) -> None:
         """Before each change through `f`; the first is journaled (a crash now is repaired)."""
@@ -455,8 +512,12 @@ class LiveOps:
                         self.cat.drop_replica(f.node_id, r.drive_id)
                         self.cat.owe(r.drive_id, {"op": "unlink", "path": f.path, "size": r.size,
                                                   "mtime_ns": r.mtime_ns})
-            self.cat.journal_done(f.journal_id)
-        f.journal_id = None
+            # A passed-through writer may write again unseen until its release: still journaled.
+            keep = f.passthrough and f.writable and not closing
+            if not keep:
+                self.cat.journal_done(f.journal_id)
+        if not keep:
+            f.journal_id = None
         if current:
             f.changed, f.mtime_ns = False, 0  # the catalog has it all now
         self._changed = True

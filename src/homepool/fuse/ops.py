@@ -1,0 +1,370 @@
+"""The FUSE adapter: the pool as one local filesystem.
+
+It translates and never decides: every answer comes from the `Pool` API (inode numbers are the
+catalog's node ids, the root is node 1 as FUSE expects), and every homepool error becomes an
+errno in one place, `_errno`. The transport (`session.py`) calls these methods on several
+threads at once. The pool is not thread-safe, so every call into it holds `self.lock`; what
+touches file data (reads, writes to all copies, fsync, hashing at close) runs outside it, so
+one slow drive never holds up the rest. The pool decides where copies go, what a failed copy
+means, and what gets recorded (`pool/live.py`).
+
+Passthrough: a file with exactly one copy is opened by the kernel itself on its drive, so
+its reads and writes never come here (the session says whether the kernel offers it). The
+kernel wants every open of an inode to use the same drive file, so the id it gave us is kept
+per inode while any handle on it is open.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import stat as stat_
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..catalog import Node
+from ..errors import (
+    AlreadyExists,
+    BadFolderName,
+    BadPath,
+    DirectoryNotEmpty,
+    FolderExists,
+    HomepoolError,
+    IsADirectory,
+    NoReadableCopy,
+    NotADirectory,
+    NotFound,
+    NotInFolder,
+    PoolFull,
+)
+from ..pool import LiveFile, Pool
+from .protocol import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr
+from .session import Ctx, FuseError, Opened, Session, SetAttr, StatFs
+
+log = logging.getLogger(__name__)
+
+# Seconds the kernel may cache attributes, entries and missing names. The mount is the pool's
+# only writer while it runs and the kernel drops what its own changes make stale, so these
+# can be long: every lookup and getattr saved is a round trip through this process.
+ATTR_TIMEOUT = 60.0
+BLOCK = 4096
+XATTR_CREATE, XATTR_REPLACE = 1, 2
+
+
+@contextmanager
+def _errno() -> Iterator[None]:
+    """Map homepool errors to errno, the one place that does (handlers raise only FuseError)."""
+    try:
+        yield
+    except FuseError:
+        raise
+    except HomepoolError as e:
+        code = _ERRNO.get(type(e))
+        if code is None:
+            code = next((c for t, c in _ERRNO.items() if isinstance(e, t)), errno.EIO)
+            if code == errno.EIO:
+                log.error("%s", e)
+        raise FuseError(code) from None
+    except OSError as e:  # a drive's own error keeps its errno
+        raise FuseError(e.errno or errno.EIO) from None
+
+
+_ERRNO: dict[type, int] = {
+    NotFound: errno.ENOENT,
+    NoReadableCopy: errno.EIO,
+    AlreadyExists: errno.EEXIST,
+    FolderExists: errno.EEXIST,
+    DirectoryNotEmpty: errno.ENOTEMPTY,
+    IsADirectory: errno.EISDIR,
+    NotADirectory: errno.ENOTDIR,
+    NotInFolder: errno.EPERM,  # the root holds folders only
+    PoolFull: errno.ENOSPC,
+    BadPath: errno.EINVAL,
+    BadFolderName: errno.EINVAL,
+}
+_KIND = {"dir": stat_.S_IFDIR, "file": stat_.S_IFREG, "symlink": stat_.S_IFLNK}
+
+
+def _name(name: bytes) -> str:
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FuseError(errno.EILSEQ) from None  # the catalog holds UTF-8 names
+
+
+def attr_of(node: Node) -> Attr:
+    kind = stat_.S_IFMT(node.mode) or _KIND.get(node.kind, stat_.S_IFREG)
+    return Attr(ino=node.id, size=node.size, mode=kind | (node.mode & 0o7777), nlink=2 if node.is_dir else 1,
+                uid=node.uid, gid=node.gid, rdev=node.rdev, mtime_ns=node.mtime_ns,
+                ctime_ns=max(node.ctime_ns, node.mtime_ns), atime_ns=node.mtime_ns, blksize=BLOCK)
+
+
+class PoolOperations:
+    timeout = ATTR_TIMEOUT
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.session: Session | None = None  # set by `serve` once mounted (passthrough needs it)
+        self.lock = threading.RLock()  # held for every call into the pool
+        self._files: dict[int, LiveFile] = {}
+        self._dirs: dict[int, list[Node]] = {}  # open directory handles: their listing
+        self._next_fh = itertools.count(1)
+        self._readers: dict[int, int] = {}  # drive id -> open files reading from it
+        self._cached: dict[int, str | None] = {}  # inode -> content hash when last opened
+        self._backing: dict[int, list[int]] = {}  # inode -> [passthrough id, handles using it]
+
+    # -- attributes ----------------------------------------------------------------------
+
+    def getattr(self, ctx: Ctx, ino: int) -> Attr:
+        with self.lock, _errno():
+            return attr_of(self.pool.node(ino))
+
+    def lookup(self, ctx: Ctx, parent: int, name: bytes) -> Attr | None:
+        with self.lock, _errno():
+            node = self.pool.child(parent, _name(name))
+            return None if node is None else attr_of(self.pool.node(node.id))
+
+    def setattr(self, ctx: Ctx, ino: int, fh: int | None, change: SetAttr) -> Attr:
+        with self.lock, _errno():
+            f = self._files.get(fh) if fh is not None else None
+            opened = None
+            if change.size is not None and (f is None or not f.writable):
+                f = opened = self.pool.open_file(ino, write=True)  # truncate(2) of a path
+            try:
+                node = self.pool.set_attrs(ino, size=change.size, handle=f, mode=change.mode, uid=change.uid,
+                                           gid=change.gid, mtime_ns=change.mtime_ns, atime_ns=change.atime_ns)
+            finally:
+                if opened is not None:
+                    self._finish(opened)
+            return attr_of(self.pool.node(node.id))
+
+    # -- directories ---------------------------------------------------------------------
+
+    def opendir(self, ctx: Ctx, ino: int) -> int:
+        with self.lock, _errno():
+            if not self.pool.node(ino).is_dir:
+                raise FuseError(errno.ENOTDIR)
+            # The listing is read once per opendir (a readdir call returns a few dozen entries).
+            fh = next(self._next_fh)
+            self._dirs[fh] = self.pool.children(ino)
+        return fh
+
+    def readdir(self, fh: int, off: int) -> Iterator[tuple[bytes, Attr, int]]:
+        """Entries in name order; `off` is how many were already returned."""
+        children = self._dirs[fh]
+        for i in range(off, len(children)):
+            yield children[i].name.encode(), attr_of(children[i]), i + 1
+
+    def releasedir(self, fh: int) -> None:
+        with self.lock:
+            self._dirs.pop(fh, None)
+
+    def mkdir(self, ctx: Ctx, parent: int, name: bytes, mode: int) -> Attr:
+        with self.lock, _errno():
+            return attr_of(self.pool.make_dir(parent, _name(name), mode, ctx.uid, ctx.gid))
+
+    def rmdir(self, ctx: Ctx, parent: int, name: bytes) -> None:
+        with self.lock, _errno():
+            self.pool.remove(parent, _name(name), rmdir=True)
+
+    def unlink(self, ctx: Ctx, parent: int, name: bytes) -> None:
+        with self.lock, _errno():
+            self.pool.remove(parent, _name(name), rmdir=False)
+
+    def rename(self, ctx: Ctx, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
+        if flags & RENAME_EXCHANGE:
+            raise FuseError(errno.EINVAL)  # copies may sit on different drives: see docs
+        with self.lock, _errno():
+            self.pool.move(parent, _name(name), new_parent, _name(new_name), noreplace=bool(flags & RENAME_NOREPLACE))
+
+    def symlink(self, ctx: Ctx, parent: int, name: bytes, target: bytes) -> Attr:
+        with self.lock, _errno():
+            return attr_of(self.pool.make_node(parent, _name(name), stat_.S_IFLNK | 0o777, ctx.uid, ctx.gid,
+                                               target=_name(target)))
+
+    def readlink(self, ctx: Ctx, ino: int) -> bytes:
+        with self.lock, _errno():
+            node = self.pool.node(ino)
+        if node.target is None:
+            raise FuseError(errno.EINVAL)
+        return node.target.encode()
+
+    def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int) -> Attr:
+        with self.lock, _errno():
+            if stat_.S_ISREG(mode):
+                node, f = self.pool.create_file(parent, _name(name), mode, ctx.uid, ctx.gid)
+                self._finish(f)
+                return attr_of(self.pool.node(node.id))
+            return attr_of(self.pool.make_node(parent, _name(name), mode, ctx.uid, ctx.gid, rdev=rdev))
+
+    def link(self, ctx: Ctx, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        raise FuseError(errno.EPERM)  # no hard links yet: see docs/user-guide.md
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _handle(self, f: LiveFile, keep_cache: bool = False) -> Opened:
+        """Under the lock: a handle for `f`, passed through to the kernel when it can be."""
+        backing = self._backing.get(f.node_id)
+        if backing is None and self.session is not None and len(self.pool.handles(f.node_id)) == 1 \
+                and self.pool.may_pass_through(f):
+            # The first handle on a 1-copy file: the kernel does its I/O on the drive's file.
+            backing_id = self.session.backing_open(f.read_fd)
+            if backing_id is not None:
+                backing = self._backing[f.node_id] = [backing_id, 0]
+        if backing is not None and not f.single:
+            # The inode is passed through, but this handle would have to write every copy.
+            self._finish(f)
+            raise FuseError(errno.ETXTBSY)
+        fh = next(self._next_fh)
+        self._files[fh] = f
+        if not f.writable:
+            (d,) = f.fds
+            self._readers[d] = self._readers.get(d, 0) + 1
+        if backing is None:
+            return Opened(fh, keep_cache=keep_cache)
+        backing[1] += 1
+        self.pool.pass_through(f)
+        return Opened(fh, backing_id=backing[0])
+
+    def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, flags: int) -> tuple[Attr, Opened]:
+        with self.lock, _errno():
+            node, f = self.pool.create_file(parent, _name(name), mode, ctx.uid, ctx.gid)
+            self._cached.pop(node.id, None)
+            return attr_of(node), self._handle(f)
+
+    def open(self, ctx: Ctx, ino: int, flags: int) -> Opened:
+        write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
+        with self.lock, _errno():
+            f = self.pool.open_file(ino, write=write, busy=self._readers)
+            if flags & os.O_TRUNC and f.size:
+                self.pool.set_attrs(ino, size=0, handle=f)
+            node = self.pool.node(ino)
+            # The kernel may keep this file's cached pages only if its content is what it was at
+            # the last open (it may have been replaced since; the hash says so).
+            keep = not write and self._cached.get(node.id) == node.hash and node.hash is not None
+            self._cached[node.id] = node.hash if not write else None
+            return self._handle(f, keep_cache=keep)
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        f = self._files[fh]
+        while True:
+            try:
+                return f.read(size, off)
+            except OSError as e:
+                if f.writable:
+                    raise FuseError(e.errno or errno.EIO) from None
+                # This copy failed mid-read: mark it, and carry on from another copy.
+                with self.lock, _errno():
+                    (drive_id, fd), = f.fds.items()
+                    self.pool.copy_failed(f.node_id, self.pool.drive(drive_id), e)
+                    f.failed.add(drive_id)
+                    fd2, drive = self.pool.open_copy(f.node_id, exclude=frozenset(f.failed), busy=self._readers)
+                    os.close(fd)
+                    self._readers[drive_id] -= 1
+                    self._readers[drive.id] = self._readers.get(drive.id, 0) + 1
+                    f.fds = {drive.id: fd2}
+
+    def write(self, fh: int, off: int, data: memoryview) -> int:
+        f = self._files[fh]
+        with self.lock, _errno():
+            self.pool.will_change(f)
+        with _errno():
+            failed = f.write(data, off)
+        if failed:
+            with self.lock, _errno():
+                self.pool.copies_failed(f, failed, lambda fds: f.write(data, off, fds))
+        return len(data)
+
+    def flush(self, fh: int) -> None:
+        """Each close(): the catalog records the file as it is now (release may come later)."""
+        f = self._files[fh]
+        if f.dirty:
+            with self.lock:
+                self.pool.releasing(f)
+            with _errno():
+                result = f.settle()
+            with self.lock, _errno():
+                self.pool.record_file(f, result)
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        f = self._files[fh]
+        with _errno():
+            failed = f.fsync(datasync)
+        if failed:
+            with self.lock, _errno():
+                self.pool.copies_failed(f, failed, lambda fds: f.fsync(datasync))
+
+    def release(self, fh: int) -> None:
+        with self.lock:
+            f = self._files.pop(fh, None)
+            if f is None:
+                return
+            if not f.writable:
+                for d in f.fds:
+                    self._readers[d] -= 1
+            if f.passthrough:
+                backing = self._backing[f.node_id]
+                backing[1] -= 1
+                if backing[1] == 0:
+                    del self._backing[f.node_id]
+                    assert self.session is not None
+                    self.session.backing_close(backing[0])
+        with self.lock, _errno():
+            self.pool.releasing(f)
+        with _errno():
+            result = f.finish()
+        with self.lock, _errno():
+            self.pool.release_file(f, result)
+
+    def _finish(self, f: LiveFile) -> None:
+        """Under the lock: close a handle the kernel never saw."""
+        self.pool.releasing(f)
+        self.pool.release_file(f, f.finish())
+
+    # -- extended attributes (kept on the copies, which all carry the same ones) -------------
+
+    def getxattr(self, ctx: Ctx, ino: int, name: bytes) -> bytes:
+        if name.startswith((b"security.", b"system.")):
+            # Asked before every write and exec (security.capability): answered without a drive.
+            raise FuseError(errno.ENODATA)
+        with self.lock, _errno():
+            value = self.pool.copy_xattrs(ino).get(name)
+        if value is None:
+            raise FuseError(errno.ENODATA)
+        return value
+
+    def listxattr(self, ctx: Ctx, ino: int) -> list[bytes]:
+        with self.lock, _errno():
+            return [n for n in self.pool.copy_xattrs(ino) if n.startswith((b"user.", b"trusted."))]
+
+    def setxattr(self, ctx: Ctx, ino: int, name: bytes, value: bytes, flags: int) -> None:
+        if not name.startswith((b"user.", b"trusted.")):
+            raise FuseError(errno.ENOTSUP)  # security.* and ACLs are not kept (see docs)
+        with self.lock, _errno():
+            if flags & (XATTR_CREATE | XATTR_REPLACE):
+                there = name in self.pool.copy_xattrs(ino)
+                if flags & XATTR_CREATE and there:
+                    raise FuseError(errno.EEXIST)
+                if flags & XATTR_REPLACE and not there:
+                    raise FuseError(errno.ENODATA)
+            self.pool.set_xattr(ino, name, value)
+
+    def removexattr(self, ctx: Ctx, ino: int, name: bytes) -> None:
+        if not name.startswith((b"user.", b"trusted.")):
+            raise FuseError(errno.ENODATA)
+        with self.lock, _errno():
+            self.pool.set_xattr(ino, name, None)
+
+    # -- the filesystem ------------------------------------------------------------------
+
+    def statfs(self, ctx: Ctx) -> StatFs:
+        with self.lock, _errno():
+            size, free = self.pool.space()
+            files, _ = self.pool.cat.count_files()
+        blocks, bfree = size // BLOCK, free // BLOCK
+        # like ext4: inodes are not the limit here
+        return StatFs(blocks=blocks, bfree=bfree, bavail=bfree, files=files + bfree, ffree=bfree,
+                      bsize=BLOCK, namelen=255)

@@ -1,0 +1,130 @@
+"""The kernel's FUSE protocol as it crosses /dev/fuse: opcodes, flags and message layouts.
+
+Taken from the kernel's `include/uapi/linux/fuse.h` (protocol 7.40, the first with passthrough).
+Every message starts with `fuse_in_header`; every reply with `fuse_out_header`, whose error is
+a negative errno. Little-endian, as the kernel lays the structs out on the machines we run on.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import NamedTuple
+
+MAJOR = 7
+MINOR = 40  # what we speak: 7.40 adds passthrough (older kernels get the smaller of the two)
+MIN_MINOR = 31  # the oldest kernel protocol whose message layouts this module knows (Linux 5.10)
+ROOT_ID = 1
+
+
+
+class Op(enum.IntEnum):
+    """Request opcodes (enum fuse_opcode), the ones this transport knows."""
+
+    LOOKUP, FORGET, GETATTR, SETATTR, READLINK, SYMLINK = 1, 2, 3, 4, 5, 6
+    MKNOD, MKDIR, UNLINK, RMDIR, RENAME, LINK = 8, 9, 10, 11, 12, 13
+    OPEN, READ, WRITE, STATFS, RELEASE = 14, 15, 16, 17, 18
+    FSYNC, SETXATTR, GETXATTR, LISTXATTR, REMOVEXATTR, FLUSH, INIT = 20, 21, 22, 23, 24, 25, 26
+    OPENDIR, READDIR, RELEASEDIR, FSYNCDIR, ACCESS, CREATE, INTERRUPT, DESTROY = 27, 28, 29, 30, 34, 35, 36, 38
+    IOCTL, BATCH_FORGET, READDIRPLUS, RENAME2, LSEEK, STATX = 39, 42, 44, 45, 46, 52
+
+
+# INIT flags (bits 32 and up travel in flags2)
+ASYNC_READ = 1 << 0
+ATOMIC_O_TRUNC = 1 << 3
+BIG_WRITES = 1 << 5
+AUTO_INVAL_DATA = 1 << 12
+DO_READDIRPLUS = 1 << 13
+READDIRPLUS_AUTO = 1 << 14
+ASYNC_DIO = 1 << 15
+PARALLEL_DIROPS = 1 << 18
+MAX_PAGES = 1 << 22
+INIT_EXT = 1 << 30
+PASSTHROUGH = 1 << 37
+
+# open reply flags
+FOPEN_DIRECT_IO = 1 << 0
+FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_PASSTHROUGH = 1 << 7
+
+# setattr `valid` bits
+FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 8
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1 << 0, 1 << 1
+FSYNC_FDATASYNC = 1 << 0
+
+# /dev/fuse ioctls: _IOW(229, nr, size)
+DEV_IOC_BACKING_OPEN = (1 << 30) | (16 << 16) | (229 << 8) | 1  # struct fuse_backing_map
+DEV_IOC_BACKING_CLOSE = (1 << 30) | (4 << 16) | (229 << 8) | 2  # uint32_t backing id
+
+IN_HEADER = struct.Struct("<IIQQIIIHH")  # len opcode unique nodeid uid gid pid total_extlen padding
+OUT_HEADER = struct.Struct("<IiQ")  # len error unique
+INIT_IN = struct.Struct("<IIIII")  # major minor max_readahead flags flags2 (then unused)
+# major minor max_readahead flags max_background congestion_threshold max_write time_gran
+# max_pages map_alignment flags2 max_stack_depth, then 24 unused bytes
+INIT_OUT = struct.Struct("<IIIIHHIIHHII24x")
+ATTR = struct.Struct("<QQQQQQIIIIIIIIII")  # fuse_attr (88 bytes)
+ENTRY_OUT = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid (+nsec), then ATTR
+ATTR_OUT = struct.Struct("<QII")  # attr_valid attr_valid_nsec dummy, then ATTR
+OPEN_OUT = struct.Struct("<QIi")  # fh open_flags backing_id
+OPEN_IN = struct.Struct("<II")  # flags open_flags
+CREATE_IN = struct.Struct("<IIII")  # flags mode umask open_flags
+MKNOD_IN = struct.Struct("<IIII")  # mode rdev umask padding
+MKDIR_IN = struct.Struct("<II")  # mode umask
+RENAME_IN = struct.Struct("<Q")  # newdir
+RENAME2_IN = struct.Struct("<QII")  # newdir flags padding
+LINK_IN = struct.Struct("<Q")
+SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")
+READ_IN = struct.Struct("<QQIIQII")  # fh offset size read_flags lock_owner flags padding
+WRITE_IN = READ_IN  # fh offset size write_flags lock_owner flags padding; the data follows
+WRITE_OUT = struct.Struct("<II")
+RELEASE_IN = struct.Struct("<QIIQ")
+FLUSH_IN = struct.Struct("<QIIQ")
+FSYNC_IN = struct.Struct("<QII")
+SETXATTR_IN = struct.Struct("<II")  # size flags (without FUSE_SETXATTR_EXT)
+GETXATTR_IN = struct.Struct("<II")  # size padding
+GETXATTR_OUT = struct.Struct("<II")
+STATFS_OUT = struct.Struct("<QQQQQIIII24x")  # blocks bfree bavail files ffree bsize namelen frsize padding
+DIRENT = struct.Struct("<QQII")  # ino off namelen type, then the name padded to 8 bytes
+FORGET_ONE = struct.Struct("<QQ")
+
+
+class Attr(NamedTuple):
+    """What the kernel is told about an inode (struct fuse_attr)."""
+
+    ino: int
+    size: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    mtime_ns: int
+    ctime_ns: int
+    atime_ns: int
+    blksize: int = 4096
+
+
+def pack_attr(a: Attr) -> bytes:
+    return ATTR.pack(a.ino, a.size, (a.size + 511) // 512,
+                     a.atime_ns // 10**9, a.mtime_ns // 10**9, a.ctime_ns // 10**9,
+                     a.atime_ns % 10**9, a.mtime_ns % 10**9, a.ctime_ns % 10**9,
+                     a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize, 0)
+
+
+def pack_entry(a: Attr | None, timeout: float) -> bytes:
+    """fuse_entry_out; `a` None is a missing name the kernel may remember for `timeout`."""
+    sec, nsec = int(timeout), int((timeout % 1) * 1e9)
+    if a is None:
+        return ENTRY_OUT.pack(0, 0, sec, 0, nsec, 0) + bytes(ATTR.size)
+    return ENTRY_OUT.pack(a.ino, 0, sec, sec, nsec, nsec) + pack_attr(a)
+
+
+def pack_attr_out(a: Attr, timeout: float) -> bytes:
+    return ATTR_OUT.pack(int(timeout), int((timeout % 1) * 1e9), 0) + pack_attr(a)
+
+
+def dirent(ino: int, off: int, name: bytes, mode: int) -> bytes:
+    rec = DIRENT.pack(ino, off, len(name), (mode >> 12) & 0o17) + name
+    return rec + bytes(-len(rec) % 8)

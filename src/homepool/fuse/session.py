@@ -1,0 +1,452 @@
+"""The FUSE transport: mount, then read requests from /dev/fuse and write replies.
+
+Our own, with no libfuse underneath, for two reasons measured in docs/benchmarks.md: it can
+hand the kernel a member drive's file (FUSE passthrough, Linux >= 6.9), so reads and 1-copy
+writes never reach this process; and a pool of plain threads, each reading a request, running
+it and replying, costs far less per request than an event loop that hands work to threads.
+
+The threads are libfuse's multi-threaded loop: any of them may take the next request, a slow
+drive holds only the threads waiting on it, and blocking I/O never stalls the others. The
+operations object (`ops.PoolOperations`) does the work and decides; this module only parses,
+packs and calls. Interrupts are not honoured (each request finishes), and FORGET is not
+needed: inode numbers are catalog node ids, which live as long as the node.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import socket
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from . import protocol as p
+
+log = logging.getLogger(__name__)
+
+MAX_WRITE = 1 << 20  # bytes per READ/WRITE request (BASELINE.md: 1 MiB requests pay off)
+BUFSIZE = MAX_WRITE + 64 * 1024  # a request's header, its fixed part and 1 MiB of data
+THREADS = 8
+MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
+
+
+class FuseError(Exception):
+    """A request's answer is this errno."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.errno = code
+
+
+class Ctx(NamedTuple):
+    """Who made a request."""
+
+    uid: int
+    gid: int
+    pid: int
+
+
+class Opened(NamedTuple):
+    """The answer to an open: our handle, and how the kernel should do the file's I/O."""
+
+    fh: int
+    keep_cache: bool = False
+    backing_id: int | None = None  # passthrough: the kernel reads and writes this file itself
+
+
+class SetAttr(NamedTuple):
+    """The attributes a setattr changes (None: leave as is)."""
+
+    size: int | None
+    mode: int | None
+    uid: int | None
+    gid: int | None
+    atime_ns: int | None
+    mtime_ns: int | None
+
+
+class StatFs(NamedTuple):
+    blocks: int
+    bfree: int
+    bavail: int
+    files: int
+    ffree: int
+    bsize: int
+    namelen: int
+
+
+def _names(body: memoryview, count: int) -> list[bytes]:
+    """The NUL-terminated names at the start of a request's body."""
+    return bytes(body).split(b"\0", count)[:count]
+
+
+class Session:
+    """One mount of `ops` at `mountpoint`, served until it is unmounted or `stop` is called."""
+
+    def __init__(self, ops: Any, mountpoint: Path, fsname: str, allow_other: bool = False) -> None:
+        self.ops = ops
+        self.mountpoint = mountpoint
+        self.fsname = fsname
+        self.allow_other = allow_other
+        self.fd = -1
+        self.passthrough = False  # negotiated at INIT; switched off if the kernel refuses a file
+        self.minor = 0
+        self.done = threading.Event()  # the connection ended (unmounted) or `stop` was called
+        self.served: Counter[int] = Counter()  # requests by opcode (for the log: what reached us)
+        self._threads: list[threading.Thread] = []
+        self._handlers: dict[int, Callable[[Ctx, int, memoryview], Any]] = {
+            p.Op.LOOKUP: self._lookup, p.Op.GETATTR: self._getattr, p.Op.SETATTR: self._setattr,
+            p.Op.READLINK: self._readlink, p.Op.SYMLINK: self._symlink, p.Op.MKNOD: self._mknod,
+            p.Op.MKDIR: self._mkdir, p.Op.UNLINK: self._unlink, p.Op.RMDIR: self._rmdir,
+            p.Op.RENAME: self._rename, p.Op.RENAME2: self._rename2, p.Op.LINK: self._link,
+            p.Op.OPEN: self._open, p.Op.CREATE: self._create, p.Op.READ: self._read, p.Op.WRITE: self._write,
+            p.Op.FLUSH: self._flush, p.Op.RELEASE: self._release, p.Op.FSYNC: self._fsync,
+            p.Op.STATFS: self._statfs, p.Op.OPENDIR: self._opendir, p.Op.READDIR: self._readdir,
+            p.Op.READDIRPLUS: self._readdirplus, p.Op.RELEASEDIR: self._releasedir,
+            p.Op.FSYNCDIR: self._fsyncdir, p.Op.SETXATTR: self._setxattr, p.Op.GETXATTR: self._getxattr,
+            p.Op.LISTXATTR: self._listxattr, p.Op.REMOVEXATTR: self._removexattr,
+        }
+
+    # -- mounting ------------------------------------------------------------------------
+
+    def mount(self) -> None:
+        """Mount, answer the kernel's INIT, and start the threads that serve requests."""
+        opts = "default_permissions" + (",allow_other" if self.allow_other else "")
+        try:
+            self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+            data = f"fd={self.fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()},{opts}"
+            _mount(self.fsname, str(self.mountpoint), f"fuse.{self.fsname}", MS_NOSUID | MS_NODEV, data)
+        except PermissionError:  # not root: fusermount3 mounts for us and hands back the device
+            if self.fd >= 0:
+                os.close(self.fd)
+            self.fd = _fusermount(self.mountpoint, f"fsname={self.fsname},subtype={self.fsname},nosuid,nodev,{opts}")
+        self._init()
+        for i in range(THREADS):
+            t = threading.Thread(target=self._serve, name=f"fuse-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        """Unmount (lazily: programs with files open keep them until they close)."""
+        self.done.set()
+        unmount(self.mountpoint)
+
+    def _init(self) -> None:
+        buf = bytearray(BUFSIZE)
+        os.readv(self.fd, [buf])
+        _, opcode, unique, *_ = p.IN_HEADER.unpack_from(buf)
+        if opcode != p.Op.INIT:
+            raise OSError(errno.EPROTO, f"the kernel's first FUSE message was {opcode}, not INIT")
+        major, minor, max_readahead, flags, flags2 = p.INIT_IN.unpack_from(buf, p.IN_HEADER.size)
+        offered = flags | (flags2 << 32 if flags & p.INIT_EXT else 0)
+        if major != p.MAJOR or minor < p.MIN_MINOR:
+            self._reply(unique, -errno.EPROTO)
+            raise OSError(errno.EPROTO, f"the kernel speaks FUSE {major}.{minor}; homepool needs 7.{p.MIN_MINOR}")
+        self.minor = min(minor, p.MINOR)
+        want = (p.ASYNC_READ | p.ATOMIC_O_TRUNC | p.BIG_WRITES | p.AUTO_INVAL_DATA | p.DO_READDIRPLUS
+                | p.READDIRPLUS_AUTO | p.ASYNC_DIO | p.PARALLEL_DIROPS | p.MAX_PAGES | p.INIT_EXT | p.PASSTHROUGH)
+        granted = offered & want
+        self.passthrough = bool(granted & p.PASSTHROUGH) and self.minor >= 40 \
+            and os.environ.get("HOMEPOOL_PASSTHROUGH", "on") != "off"
+        if not self.passthrough:
+            granted &= ~p.PASSTHROUGH
+        reply = p.INIT_OUT.pack(p.MAJOR, self.minor, max_readahead, granted & 0xFFFFFFFF, 16, 12, MAX_WRITE, 1,
+                                MAX_WRITE // 4096, 0, granted >> 32, 2 if self.passthrough else 0)
+        self._reply(unique, 0, reply)
+        log.info("FUSE 7.%d, passthrough %s", self.minor, "on" if self.passthrough else "off")
+
+    def summary(self) -> str:
+        names = {op.value: op.name for op in p.Op}
+        return ", ".join(f"{names.get(op, op)} {n}" for op, n in sorted(self.served.items())) or "none"
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        buf = bytearray(BUFSIZE)
+        view = memoryview(buf)
+        while True:
+            try:
+                n = os.readv(self.fd, [buf])
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                    continue  # a signal, or a request interrupted before we read it
+                if e.errno != errno.ENODEV:
+                    log.error("reading /dev/fuse: %s", e)
+                break  # ENODEV: unmounted
+            _, opcode, unique, nodeid, uid, gid, pid, extlen, _ = p.IN_HEADER.unpack_from(buf)
+            body = view[p.IN_HEADER.size:n]
+            self.served[opcode] += 1
+            handler = self._handlers.get(opcode)
+            if handler is None:
+                if opcode in (p.Op.FORGET, p.Op.BATCH_FORGET, p.Op.INTERRUPT):
+                    continue  # no reply expected
+                if opcode == p.Op.DESTROY:
+                    self._reply(unique, 0)
+                    break
+                self._reply(unique, -errno.ENOSYS)
+                continue
+            try:
+                out = handler(Ctx(uid, gid, pid), nodeid, body)
+            except FuseError as e:
+                self._reply(unique, -e.errno)
+            except Exception:  # a bug costs one request, never the mount
+                log.exception("internal error in FUSE request %d", opcode)
+                self._reply(unique, -errno.EIO)
+            else:
+                self._reply(unique, 0, out)
+        self.done.set()
+
+    def _reply(self, unique: int, error: int, payload: bytes | memoryview | None = None) -> None:
+        size = p.OUT_HEADER.size + (len(payload) if payload else 0)
+        parts: list[bytes | memoryview] = [p.OUT_HEADER.pack(size, error, unique)]
+        if payload:
+            parts.append(payload)
+        try:
+            os.writev(self.fd, parts)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENODEV):  # ENOENT: the request was interrupted
+                log.error("replying to the kernel: %s", e)
+
+    # -- passthrough ---------------------------------------------------------------------
+
+    def backing_open(self, fd: int) -> int | None:
+        """Register a member drive's file for passthrough; its id, or None if refused."""
+        if not self.passthrough:
+            return None
+        import fcntl
+
+        arg = bytearray(p_backing_map(fd))
+        try:
+            return fcntl.ioctl(self.fd, p.DEV_IOC_BACKING_OPEN, arg)
+        except OSError as e:
+            log.warning("passthrough refused by the kernel (%s); reads and writes go through homepool", e)
+            if e.errno in (errno.EPERM, errno.ENOTTY, errno.EOPNOTSUPP):
+                self.passthrough = False  # it will not change while mounted
+            return None
+
+    def backing_close(self, backing_id: int) -> None:
+        import fcntl
+
+        try:
+            fcntl.ioctl(self.fd, p.DEV_IOC_BACKING_CLOSE, bytearray(backing_id.to_bytes(4, "little")))
+        except OSError as e:
+            log.warning("closing passthrough id %d: %s", backing_id, e)
+
+    # -- requests: each parses its message, calls `ops`, packs the reply -------------------
+
+    def _lookup(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        (name,) = _names(body, 1)
+        return p.pack_entry(self.ops.lookup(ctx, nodeid, name), self.ops.timeout)
+
+    def _getattr(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        return p.pack_attr_out(self.ops.getattr(ctx, nodeid), self.ops.timeout)
+
+    def _setattr(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        (valid, _, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, _, uid, gid, _
+         ) = p.SETATTR_IN.unpack_from(body)
+        now = None
+        if valid & (p.FATTR_ATIME_NOW | p.FATTR_MTIME_NOW):
+            import time
+
+            now = time.time_ns()
+        change = SetAttr(
+            size=size if valid & p.FATTR_SIZE else None,
+            mode=mode if valid & p.FATTR_MODE else None,
+            uid=uid if valid & p.FATTR_UID else None,
+            gid=gid if valid & p.FATTR_GID else None,
+            atime_ns=now if valid & p.FATTR_ATIME_NOW else atime * 10**9 + atimensec if valid & p.FATTR_ATIME else None,
+            mtime_ns=now if valid & p.FATTR_MTIME_NOW else mtime * 10**9 + mtimensec if valid & p.FATTR_MTIME else None,
+        )
+        attr = self.ops.setattr(ctx, nodeid, fh if valid & p.FATTR_FH else None, change)
+        return p.pack_attr_out(attr, self.ops.timeout)
+
+    def _readlink(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        return self.ops.readlink(ctx, nodeid)
+
+    def _symlink(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        name, target = _names(body, 2)
+        return p.pack_entry(self.ops.symlink(ctx, nodeid, name, target), self.ops.timeout)
+
+    def _mknod(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        mode, rdev, _, _ = p.MKNOD_IN.unpack_from(body)
+        (name,) = _names(body[p.MKNOD_IN.size:], 1)
+        return p.pack_entry(self.ops.mknod(ctx, nodeid, name, mode, rdev), self.ops.timeout)
+
+    def _mkdir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        mode, _ = p.MKDIR_IN.unpack_from(body)
+        (name,) = _names(body[p.MKDIR_IN.size:], 1)
+        return p.pack_entry(self.ops.mkdir(ctx, nodeid, name, mode), self.ops.timeout)
+
+    def _unlink(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        self.ops.unlink(ctx, nodeid, _names(body, 1)[0])
+        return b""
+
+    def _rmdir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        self.ops.rmdir(ctx, nodeid, _names(body, 1)[0])
+        return b""
+
+    def _rename(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        (newdir,) = p.RENAME_IN.unpack_from(body)
+        old, new = _names(body[p.RENAME_IN.size:], 2)
+        self.ops.rename(ctx, nodeid, old, newdir, new, 0)
+        return b""
+
+    def _rename2(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        newdir, flags, _ = p.RENAME2_IN.unpack_from(body)
+        old, new = _names(body[p.RENAME2_IN.size:], 2)
+        self.ops.rename(ctx, nodeid, old, newdir, new, flags)
+        return b""
+
+    def _link(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        (old,) = p.LINK_IN.unpack_from(body)
+        (name,) = _names(body[p.LINK_IN.size:], 1)
+        return p.pack_entry(self.ops.link(ctx, old, nodeid, name), self.ops.timeout)
+
+    @staticmethod
+    def _opened(o: Opened) -> bytes:
+        flags = (p.FOPEN_KEEP_CACHE if o.keep_cache else 0) | (p.FOPEN_PASSTHROUGH if o.backing_id is not None else 0)
+        return p.OPEN_OUT.pack(o.fh, flags, o.backing_id or 0)
+
+    def _open(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        flags, _ = p.OPEN_IN.unpack_from(body)
+        return self._opened(self.ops.open(ctx, nodeid, flags))
+
+    def _create(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        flags, mode, _, _ = p.CREATE_IN.unpack_from(body)
+        (name,) = _names(body[p.CREATE_IN.size:], 1)
+        attr, opened = self.ops.create(ctx, nodeid, name, mode, flags)
+        return p.pack_entry(attr, self.ops.timeout) + self._opened(opened)
+
+    def _read(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        fh, off, size, *_ = p.READ_IN.unpack_from(body)
+        return self.ops.read(fh, off, size)
+
+    def _write(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        fh, off, size, *_ = p.WRITE_IN.unpack_from(body)
+        data = body[p.WRITE_IN.size:p.WRITE_IN.size + size]
+        return p.WRITE_OUT.pack(self.ops.write(fh, off, data), 0)
+
+    def _flush(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        (fh, *_) = p.FLUSH_IN.unpack_from(body)
+        self.ops.flush(fh)
+        return b""
+
+    def _release(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        (fh, *_) = p.RELEASE_IN.unpack_from(body)
+        self.ops.release(fh)
+        return b""
+
+    def _fsync(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        fh, flags, _ = p.FSYNC_IN.unpack_from(body)
+        self.ops.fsync(fh, bool(flags & p.FSYNC_FDATASYNC))
+        return b""
+
+    def _statfs(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        s = self.ops.statfs(ctx)
+        return p.STATFS_OUT.pack(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize, 0)
+
+    def _opendir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        return p.OPEN_OUT.pack(self.ops.opendir(ctx, nodeid), 0, 0)
+
+    def _entries(self, body: memoryview, plus: bool) -> bytes:
+        fh, off, size, *_ = p.READ_IN.unpack_from(body)
+        out: list[bytes] = []
+        used = 0
+        entries: Iterable[tuple[bytes, p.Attr, int]] = self.ops.readdir(fh, off)
+        for name, attr, next_off in entries:
+            rec = p.dirent(attr.ino, next_off, name, attr.mode)
+            if plus:
+                rec = p.pack_entry(attr, self.ops.timeout) + rec
+            if used + len(rec) > size:
+                break
+            out.append(rec)
+            used += len(rec)
+        return b"".join(out)
+
+    def _readdir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        return self._entries(body, plus=False)
+
+    def _readdirplus(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        return self._entries(body, plus=True)
+
+    def _releasedir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        (fh, *_) = p.RELEASE_IN.unpack_from(body)
+        self.ops.releasedir(fh)
+        return b""
+
+    def _fsyncdir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        return b""  # the catalog is the directory; it is committed with each change
+
+    def _setxattr(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        size, flags = p.SETXATTR_IN.unpack_from(body)
+        rest = bytes(body[p.SETXATTR_IN.size:])
+        name, _, value = rest.partition(b"\0")
+        self.ops.setxattr(ctx, nodeid, name, value[:size], flags)
+        return b""
+
+    def _xattr_reply(self, data: bytes, size: int) -> bytes:
+        if size == 0:
+            return p.GETXATTR_OUT.pack(len(data), 0)
+        if len(data) > size:
+            raise FuseError(errno.ERANGE)
+        return data
+
+    def _getxattr(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        size, _ = p.GETXATTR_IN.unpack_from(body)
+        (name,) = _names(body[p.GETXATTR_IN.size:], 1)
+        return self._xattr_reply(self.ops.getxattr(ctx, nodeid, name), size)
+
+    def _listxattr(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        size, _ = p.GETXATTR_IN.unpack_from(body)
+        return self._xattr_reply(b"".join(n + b"\0" for n in self.ops.listxattr(ctx, nodeid)), size)
+
+    def _removexattr(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
+        self.ops.removexattr(ctx, nodeid, _names(body, 1)[0])
+        return b""
+
+
+def p_backing_map(fd: int) -> bytes:
+    """struct fuse_backing_map {int32 fd; uint32 flags; uint64 padding}"""
+    return fd.to_bytes(4, "little", signed=True) + bytes(12)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    if _libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode()) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mount: {os.strerror(e)}")
+
+
+def _fusermount(mountpoint: Path, opts: str) -> int:
+    """Mount as an ordinary user: fusermount3 (setuid root) mounts and sends the /dev/fuse fd
+    back over a socket named in _FUSE_COMMFD."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
+        proc = subprocess.Popen(["fusermount3", "-o", opts, "--", str(mountpoint)], env=env,
+                                pass_fds=[theirs.fileno()], stderr=subprocess.PIPE)
+        theirs.close()
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        _, err = proc.communicate()
+        if not fds:
+            raise OSError(errno.EPERM, err.decode(errors="replace").strip() or "fusermount3 failed")
+        return fds[0]
+    finally:
+        ours.close()
+
+
+def unmount(mountpoint: Path) -> None:
+    """Detach the mount (root), or ask fusermount3 to."""
+    if _libc.umount2(str(mountpoint).encode(), MNT_DETACH) == 0:
+        return
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOENT):
+        return  # not mounted any more
+    subprocess.run(["fusermount3", "-u", "-z", "--", str(mountpoint)], capture_output=True)
