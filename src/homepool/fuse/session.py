@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import socket
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -219,8 +221,6 @@ class Session:
         """Register a member drive's file for passthrough; its id, or None if refused."""
         if not self.passthrough:
             return None
-        import fcntl
-
         arg = bytearray(p_backing_map(fd))
         try:
             return fcntl.ioctl(self.fd, p.DEV_IOC_BACKING_OPEN, arg)
@@ -231,8 +231,6 @@ class Session:
             return None
 
     def backing_close(self, backing_id: int) -> None:
-        import fcntl
-
         try:
             fcntl.ioctl(self.fd, p.DEV_IOC_BACKING_CLOSE, bytearray(backing_id.to_bytes(4, "little")))
         except OSError as e:
@@ -252,8 +250,6 @@ class Session:
          ) = p.SETATTR_IN.unpack_from(body)
         now = None
         if valid & (p.FATTR_ATIME_NOW | p.FATTR_MTIME_NOW):
-            import time
-
             now = time.time_ns()
         change = SetAttr(
             size=size if valid & p.FATTR_SIZE else None,
