@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 FSNAME = "homepool"
 CATALOG_COPY_EVERY = 600.0  # seconds between catalog copies to the drives while mounted
+SYNC_EVERY = 1.0  # seconds between flushes of the catalog's log to the disk while mounted
 
 
 def check_mountpoint(mountpoint: Path) -> Path:
@@ -55,24 +56,31 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     os.umask(0)  # modes come from the callers (the kernel applied their umask)
     ops = PoolOperations(pool)
     session = Session(ops, mountpoint, FSNAME, allow_other)
-    try:
-        session.mount()
-    except OSError as e:
-        raise MountFailed(path=mountpoint, why=e.strerror or str(e)) from None
-    ops.session = session
-    log.info("mounted the pool at %s", mountpoint)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal received: unmounting %s", mountpoint)
         session.stop()
 
+    # Before mounting: a signal that comes as soon as the mount is there still unmounts it.
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        session.mount()
+    except OSError as e:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        raise MountFailed(path=mountpoint, why=e.strerror or str(e)) from None
+    ops.session = session
+    log.info("mounted the pool at %s", mountpoint)
+
     threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
     try:
-        # `recover` rebuilds the pool from the newest catalog copy on the drives.
-        while not session.done.wait(CATALOG_COPY_EVERY):
-            with ops.lock:
-                pool.save_catalog_copies()
+        copied = time.monotonic()
+        while not session.done.wait(SYNC_EVERY):
+            pool.sync_catalog()
+            if time.monotonic() - copied > CATALOG_COPY_EVERY:
+                with ops.lock:  # `recover` rebuilds the pool from the newest catalog copy on the drives
+                    pool.save_catalog_copies()
+                copied = time.monotonic()
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)

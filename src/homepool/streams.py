@@ -19,6 +19,7 @@ import blake3
 CHUNK = 1 << 20
 QUEUE_DEPTH = 8
 THREADED_ABOVE = 8 * CHUNK  # below this, writing inline is cheaper than handing off
+MULTITHREAD_ABOVE = 16 * CHUNK  # files this big are hashed by several threads at once
 
 
 def new_hasher() -> blake3.blake3:
@@ -32,9 +33,11 @@ def hash_file(path: str | os.PathLike[str]) -> str:
 
 def hash_fd(fd: int) -> str:
     """The whole file's hash, read with pread: the descriptor's offset is left alone (the
-    mount hashes copies that programs still have open)."""
-    h = new_hasher()
-    buf = bytearray(CHUNK)
+    mount hashes copies that programs still have open). The buffer fits the file (a fresh
+    1 MiB one costs more than hashing a small file), and big files are hashed on every core."""
+    size = os.fstat(fd).st_size
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO) if size >= MULTITHREAD_ABOVE else new_hasher()
+    buf = bytearray(min(CHUNK, size + 1))  # +1: the read that finds the end
     view = memoryview(buf)
     off = 0
     while n := os.preadv(fd, [buf], off):

@@ -296,6 +296,12 @@ class PoolOperations:
         if failed:
             with self.lock, _errno():
                 self.pool.copies_failed(f, failed, lambda fds: f.fsync(datasync))
+        self.fsyncdir()  # the file's name and copies, too
+
+    def fsyncdir(self) -> None:
+        """The catalog is every directory: what it has recorded reaches the disk."""
+        with _errno():
+            self.pool.sync_catalog()
 
     def release(self, fh: int) -> None:
         with self.lock:
