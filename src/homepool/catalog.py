@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # Bump with every schema change and add a step to `_UPGRADES`.
 #   1: the first catalog
@@ -71,6 +71,22 @@ class Node:
         """Only files have copies (on as many drives as their folder wants). Directories,
         symlinks and special files are small and are made on every drive."""
         return self.kind == "file"
+
+
+class Entry(NamedTuple):
+    """A directory entry as a listing shows it: a Node's attributes without its content (and
+    cheaper to make, as listings have thousands)."""
+
+    id: int
+    name: str
+    kind: str
+    size: int
+    mode: int
+    mtime_ns: int
+    uid: int
+    gid: int
+    ctime_ns: int
+    rdev: int
 
 
 @dataclass(frozen=True)
@@ -401,6 +417,13 @@ class Catalog:
             f"SELECT {self._NODE_COLS} FROM nodes WHERE parent_id = ? ORDER BY name", (parent_id,)
         )
         return [Node(*r) for r in rows]
+
+    def entries(self, parent_id: int) -> list[Entry]:
+        """`children`, as listing entries."""
+        rows = self.db.execute(
+            "SELECT id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev FROM nodes"
+            " WHERE parent_id = ? ORDER BY name", (parent_id,))
+        return list(map(Entry._make, rows))
 
     def has_children(self, id_: int) -> bool:
         return self.db.execute("SELECT 1 FROM nodes WHERE parent_id = ? LIMIT 1", (id_,)).fetchone() is not None

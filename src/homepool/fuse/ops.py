@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..catalog import Node
+from ..catalog import Entry, Node
 from ..errors import (
     AlreadyExists,
     BadFolderName,
@@ -95,11 +95,10 @@ def _name(name: bytes) -> str:
         raise FuseError(errno.EILSEQ) from None  # the catalog holds UTF-8 names
 
 
-def attr_of(node: Node) -> Attr:
+def attr_of(node: Node | Entry) -> Attr:
     kind = stat_.S_IFMT(node.mode) or _KIND.get(node.kind, stat_.S_IFREG)
-    return Attr(ino=node.id, size=node.size, mode=kind | (node.mode & 0o7777), nlink=2 if node.is_dir else 1,
-                uid=node.uid, gid=node.gid, rdev=node.rdev, mtime_ns=node.mtime_ns,
-                ctime_ns=max(node.ctime_ns, node.mtime_ns), atime_ns=node.mtime_ns, blksize=BLOCK)
+    return Attr(node.id, node.size, kind | (node.mode & 0o7777), 2 if node.kind == "dir" else 1, node.uid,
+                node.gid, node.rdev, node.mtime_ns, max(node.ctime_ns, node.mtime_ns), node.mtime_ns, BLOCK)
 
 
 class PoolOperations:
@@ -110,7 +109,7 @@ class PoolOperations:
         self.session: Session | None = None  # set by `serve` once mounted (passthrough needs it)
         self.lock = threading.RLock()  # held for every call into the pool
         self._files: dict[int, LiveFile] = {}
-        self._dirs: dict[int, list[Node]] = {}  # open directory handles: their listing
+        self._dirs: dict[int, list[Entry]] = {}  # open directory handles: their listing
         self._next_fh = itertools.count(1)
         self._readers: dict[int, int] = {}  # drive id -> open files reading from it
         self._cached: dict[int, str | None] = {}  # inode -> content hash when last opened
@@ -149,7 +148,7 @@ class PoolOperations:
                 raise FuseError(errno.ENOTDIR)
             # The listing is read once per opendir (a readdir call returns a few dozen entries).
             fh = next(self._next_fh)
-            self._dirs[fh] = self.pool.children(ino)
+            self._dirs[fh] = self.pool.entries(ino)
         return fh
 
     def readdir(self, fh: int, off: int) -> Iterator[tuple[bytes, Attr, int]]:

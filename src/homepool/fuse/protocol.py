@@ -87,6 +87,7 @@ GETXATTR_IN = struct.Struct("<II")  # size padding
 GETXATTR_OUT = struct.Struct("<II")
 STATFS_OUT = struct.Struct("<QQQQQIIII24x")  # blocks bfree bavail files ffree bsize namelen frsize padding
 DIRENT = struct.Struct("<QQII")  # ino off namelen type, then the name padded to 8 bytes
+DIRENTPLUS = struct.Struct("<" + ENTRY_OUT.format[1:] + ATTR.format[1:] + DIRENT.format[1:])  # then the name
 FORGET_ONE = struct.Struct("<QQ")
 
 
@@ -123,6 +124,19 @@ def pack_entry(a: Attr | None, timeout: float) -> bytes:
 
 def pack_attr_out(a: Attr, timeout: float) -> bytes:
     return ATTR_OUT.pack(int(timeout), int((timeout % 1) * 1e9), 0) + pack_attr(a)
+
+
+def direntplus(a: Attr, off: int, name: bytes, timeout: float) -> bytes:
+    """A READDIRPLUS entry: `pack_entry` and `dirent` in one (a listing packs thousands)."""
+    sec, nsec = int(timeout), int((timeout % 1) * 1e9)
+    asec, ansec = divmod(a.atime_ns, 10**9)
+    msec, mnsec = divmod(a.mtime_ns, 10**9)
+    csec, cnsec = divmod(a.ctime_ns, 10**9)
+    rec = DIRENTPLUS.pack(a.ino, 0, sec, sec, nsec, nsec,
+                          a.ino, a.size, (a.size + 511) // 512, asec, msec, csec, ansec, mnsec, cnsec,
+                          a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize, 0,
+                          a.ino, off, len(name), (a.mode >> 12) & 0o17) + name
+    return rec + bytes(-len(rec) % 8)
 
 
 def dirent(ino: int, off: int, name: bytes, mode: int) -> bytes:

@@ -359,11 +359,10 @@ class Session:
         fh, off, size, *_ = p.READ_IN.unpack_from(body)
         out: list[bytes] = []
         used = 0
+        timeout = self.ops.timeout
         entries: Iterable[tuple[bytes, p.Attr, int]] = self.ops.readdir(fh, off)
         for name, attr, next_off in entries:
-            rec = p.dirent(attr.ino, next_off, name, attr.mode)
-            if plus:
-                rec = p.pack_entry(attr, self.ops.timeout) + rec
+            rec = p.direntplus(attr, next_off, name, timeout) if plus else p.dirent(attr.ino, next_off, name, attr.mode)
             if used + len(rec) > size:
                 break
             out.append(rec)

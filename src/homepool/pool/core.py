@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import paths, placement
-from ..catalog import CURRENT_REV, ROOT_ID, Catalog, Node, NoSuchRowError
+from ..catalog import CURRENT_REV, ROOT_ID, Catalog, Entry, Node, NoSuchRowError
 from ..config import CATALOG_FILE, CONFIG_FILE, PoolConfig, PoolLock
 from ..drives import (
     CATALOG_COPY,
@@ -863,9 +863,14 @@ class Pool(LiveOps):
             found = self.cat.node(folder[0]) if folder else None
         return found
 
-    def children(self, node_id: int) -> list[Node]:
-        """The entries of a directory (files being written through the mount as they are now)."""
-        return [self.node(n.id) if n.id in self._open else n for n in self.cat.children(node_id)]
+    def entries(self, node_id: int) -> list[Entry]:
+        """A directory's listing (files being written through the mount as they are now)."""
+        out = self.cat.entries(node_id)
+        for i, e in enumerate(out):
+            if e.id in self._open:
+                n = self.node(e.id)
+                out[i] = e._replace(size=n.size, mtime_ns=n.mtime_ns, ctime_ns=n.ctime_ns)
+        return out
 
     def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
                   busy: dict[int, int] | None = None) -> tuple[int, Drive]:
