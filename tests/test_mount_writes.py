@@ -221,6 +221,33 @@ def test_chmod_chown_utimens(mnt: Path, state_dir: Path, dir_drives: list[Path])
         assert_clean(pool)
 
 
+def test_attributes_set_while_open_are_recorded_at_close(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
+    """tar's way: write, then fchown, fchmod and futimens on the open descriptor, then close."""
+    p = mnt / "Documents/extracted.txt"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"content")
+        os.fchown(fd, 1234, 5678)
+        os.fchmod(fd, 0o640)
+        os.utime(fd, ns=(1_000_000_000, 1_500_000_000_000_000_007))
+        st = p.stat()  # seen while still open
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) == \
+            (0o640, 1234, 5678, 1_500_000_000_000_000_007)
+    finally:
+        os.close(fd)
+    copies = copies_on_disk(dir_drives, "Documents/extracted.txt")
+    assert len(copies) == 2
+    for c in copies:
+        cst = c.stat()
+        assert (stat.S_IMODE(cst.st_mode), cst.st_uid, cst.st_gid, cst.st_mtime_ns) == \
+            (0o640, 1234, 5678, 1_500_000_000_000_000_007)
+    with reader(state_dir) as pool:
+        node = pool.stat("Documents/extracted.txt")
+        assert (stat.S_IMODE(node.mode), node.uid, node.gid, node.mtime_ns) == \
+            (0o640, 1234, 5678, 1_500_000_000_000_000_007)
+        assert_clean(pool)
+
+
 def test_permissions_are_enforced_for_other_users(mnt: Path) -> None:
     os.mkdir(mnt / "Documents/private", 0o700)
     (mnt / "Documents/private/secret").write_bytes(b"s")
@@ -290,6 +317,7 @@ def test_a_killed_mount_leaves_a_consistent_pool(state_dir: Path, dir_pool: Pool
         g = open(mnt / "Videos/half.mkv", "wb")  # noqa: SIM115 - one copy: written by the kernel itself
         g.write(os.urandom(1 << 20))
         g.flush()
+        os.fchmod(f.fileno(), 0o604)  # recorded only at close: the repair takes it from the copy
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         for h in (f, g):
@@ -302,6 +330,7 @@ def test_a_killed_mount_leaves_a_consistent_pool(state_dir: Path, dir_pool: Pool
             node = pool.stat(half)
             data = pool.read_bytes(half)
             assert node.size == len(data) == 1 << 20 and node.hash == blake3.blake3(data).hexdigest()
+        assert stat.S_IMODE(pool.stat("Documents/half.bin").mode) == 0o604
         assert pool.cat.journal() == []
         assert_clean(pool)
 

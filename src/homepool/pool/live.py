@@ -87,6 +87,7 @@ class LiveFile:
         self.passthrough = False
         self.known: tuple[int, int, int, str | None] | None = None
         self.recorded: tuple[int, int, str] | None = None  # what the last close recorded
+        self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
         self.size = size
         self.mtime_ns = 0  # of the last change made through this handle
         self.journal_id: int | None = None  # set from the first change until the release records it
@@ -153,6 +154,20 @@ class LiveFile:
             self.mtime_ns = time.time_ns()
             self.changed = True
         return failed
+
+    def change(self, cols: dict[str, int], atime_ns: int | None) -> None:
+        """chown, chmod and utimens on every copy, through its descriptor (`set_attrs`' columns)."""
+        for d, fd in list(self.fds.items()):
+            try:
+                if "uid" in cols:
+                    os.fchown(fd, cols["uid"], cols["gid"])
+                if "mode" in cols:
+                    os.fchmod(fd, cols["mode"] & 0o7777)
+                if "mtime_ns" in cols or atime_ns is not None:
+                    m = cols.get("mtime_ns", os.fstat(fd).st_mtime_ns)
+                    os.utime(fd, ns=(m if atime_ns is None else atime_ns, m))
+            except OSError as e:
+                log.error("could not change %s on drive %d: %s", self.path, d, e)
 
     def fsync(self, datasync: bool = False) -> list[tuple[int, OSError]]:
         return self._each(os.fdatasync if datasync else os.fsync)
@@ -270,6 +285,8 @@ class LiveOps:
                 raise NotFound(path=f"#{node_id}")
             node = gone
         for f in self._open.get(node_id, ()):
+            if f.attrs:
+                node = replace(node, **f.attrs)  # type: ignore[arg-type]  # int columns only
             if seen := f.looked_at():
                 node = replace(node, size=seen[0], mtime_ns=seen[1], ctime_ns=max(node.ctime_ns, seen[1]))
             elif f.changed:
@@ -505,13 +522,14 @@ class LiveOps:
             return
         # A passed-through writer's release usually finds what its last close recorded.
         fresh = result is not None and result != f.recorded and not f.unlinked and current
+        attrs, f.attrs = ({} if f.unlinked else f.attrs), {}
         with self.cat.transaction():
-            node = self.cat.node_or_none(f.node_id) if fresh else None
-            if result is not None and node is not None:
+            node = self.cat.node_or_none(f.node_id) if fresh or attrs else None
+            if node is not None and result is not None and fresh:
                 size, mtime_ns, digest = result
+                self.cat.set_attrs(f.node_id, **{**attrs, "size": size, "mtime_ns": mtime_ns, "hash": digest,
+                                                 "ctime_ns": max(node.ctime_ns, attrs.get("ctime_ns", 0), mtime_ns)})
                 held = set(f.held)
-                self.cat.set_attrs(f.node_id, size=size, mtime_ns=mtime_ns, hash=digest,
-                                   ctime_ns=max(node.ctime_ns, mtime_ns))
                 for r in self.cat.replicas(f.node_id):
                     if r.drive_id in held:
                         self.cat.set_replica(f.node_id, r.drive_id, size, mtime_ns, digest)
@@ -521,6 +539,11 @@ class LiveOps:
                         self.cat.owe(r.drive_id, {"op": "unlink", "path": f.path, "size": r.size,
                                                   "mtime_ns": r.mtime_ns})
                 f.recorded = result
+            elif node is not None and attrs:
+                self.cat.set_attrs(f.node_id, **attrs)
+                if "mtime_ns" in attrs:
+                    for r in self.cat.replicas(f.node_id):
+                        self.cat.set_replica(f.node_id, r.drive_id, r.size, attrs["mtime_ns"], r.hash, r.state)
             # A passed-through writer may write again unseen until its release: still journaled.
             keep = f.passthrough and f.writable and not closing
             if not keep:
@@ -754,6 +777,19 @@ class LiveOps:
             cols["ctime_ns"] = now
         if not cols:
             return node
+        being_written = next((f for f in self._open.get(node_id, ()) if f.writable and not f.unlinked), None)
+        if being_written is not None:
+            # Being written (tar sets owner, mode and times before it closes each file): the
+            # copies change through its descriptors, and the catalog takes the change with its
+            # next close. Until then its journal row has a crash repaired from a copy, attributes
+            # and all.
+            self.will_change(being_written)
+            being_written.change(cols, atime_ns)
+            being_written.attrs.update(cols)
+            if mtime_ns is not None:
+                for f in self._open.get(node_id, ()):
+                    f.mtime_ns = 0  # the time set now wins over the writes before it
+            return self.node(node_id)
 
         def apply(p: str) -> None:
             if "uid" in cols:
@@ -814,10 +850,10 @@ class LiveOps:
 
     # -- crash repair: the 'live' journal op ---------------------------------------------------
 
-    def _apply_live(self, p: dict, drives: dict[int, Drive]) -> tuple[int, int, int, str] | None:
+    def _apply_live(self, p: dict, drives: dict[int, Drive]) -> tuple[int, os.stat_result, str] | None:
         """A file was being changed when the mount stopped: the first copy still there is the
-        file now; the others are removed (re-made from it afterwards). Returns (drive, size,
-        mtime, hash) of the kept copy, None if no copy is left."""
+        file now; the others are removed (re-made from it afterwards). Returns (drive, stat,
+        hash) of the kept copy, None if no copy is left."""
         kept = None
         if self.cat.node_or_none(p["node"]) is None:
             return None  # deleted since: its copies went with it
@@ -832,7 +868,7 @@ class LiveOps:
                 if not stat_.S_ISREG(st.st_mode):
                     continue
                 if kept is None:
-                    kept = (d.id, st.st_size, st.st_mtime_ns, hash_file(real))
+                    kept = (d.id, st, hash_file(real))
                 else:
                     os.unlink(real)
             except FileNotFoundError:
@@ -842,7 +878,7 @@ class LiveOps:
                     log.error("could not look at %s on %s: %s", path, d.name, e)
         return kept
 
-    def _record_live(self, p: dict, kept: tuple[int, int, int, str] | None) -> None:
+    def _record_live(self, p: dict, kept: tuple[int, os.stat_result, str] | None) -> None:
         node = self.cat.node_or_none(p["node"])
         if node is None:
             return
@@ -851,8 +887,11 @@ class LiveOps:
                 log.error("%s was being written when the mount stopped and no copy of it is left", p["path"])
                 self.cat.delete_node(node.id)
             return
-        drive_id, size, mtime_ns, digest = kept
-        self.cat.set_attrs(node.id, size=size, mtime_ns=mtime_ns, hash=digest)
+        drive_id, st, digest = kept
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+        # Owner and mode too: the mount records those set while a file is open at its close.
+        self.cat.set_attrs(node.id, size=size, mtime_ns=mtime_ns, hash=digest, mode=st.st_mode, uid=st.st_uid,
+                           gid=st.st_gid)
         for r in self.cat.replicas(node.id):
             if r.drive_id != drive_id:
                 self.cat.drop_replica(node.id, r.drive_id)
