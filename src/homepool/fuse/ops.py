@@ -138,7 +138,7 @@ class PoolOperations:
             finally:
                 if opened is not None:
                     self._finish(opened)
-            return attr_of(self.pool.node(node.id))
+            return attr_of(node if opened is None else self.pool.node(ino))
 
     # -- directories ---------------------------------------------------------------------
 
