@@ -41,17 +41,19 @@ def force_unmount(mnt: Path) -> None:
 
 
 @contextmanager
-def mount_pool(state_dir: Path, tmp_path: Path, name: str = "mnt", env: dict[str, str] | None = None
-               ) -> Iterator[tuple[Path, subprocess.Popen]]:
+def mount_pool(state_dir: Path, tmp_path: Path, name: str = "mnt", env: dict[str, str] | None = None,
+               allow_other: bool = False) -> Iterator[tuple[Path, subprocess.Popen]]:
     """The pool mounted at tmp/NAME by `homepool mount --foreground` (with `env` added to its
-    environment); always unmounted after. The pool must not be open for writing in the test
-    (the mount is its writer)."""
+    environment; `allow_other` lets other users in); always unmounted after. The pool must not
+    be open for writing in the test (the mount is its writer)."""
     fuse_or_skip()
     mnt = tmp_path / name
     mnt.mkdir(exist_ok=True)
     log = tmp_path / f"{name}.log"
     with open(log, "ab") as out:
         cmd = [sys.executable, "-m", "homepool", "--pool", str(state_dir), "-v", "mount", "-f", str(mnt)]
+        if allow_other:
+            cmd.append("--allow-other")
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         wait_for(lambda: os.path.ismount(mnt) or proc.poll() is not None, what="the mount")

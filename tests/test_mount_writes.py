@@ -8,9 +8,11 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -248,12 +250,38 @@ def test_attributes_set_while_open_are_recorded_at_close(mnt: Path, state_dir: P
         assert_clean(pool)
 
 
-def test_permissions_are_enforced_for_other_users(mnt: Path) -> None:
-    os.mkdir(mnt / "Documents/private", 0o700)
-    (mnt / "Documents/private/secret").write_bytes(b"s")
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
-                        str(mnt / "Documents/private/secret")], capture_output=True, text=True)
-    assert r.returncode != 0 and "Permission denied" in r.stderr
+def test_permissions_are_enforced_for_other_users(dir_pool: Pool, state_dir: Path) -> None:
+    """With other users let in (--allow-other), the kernel checks every mode as on a local
+    filesystem (default_permissions), and a write by another user clears set-id bits."""
+    dir_pool.close()
+    # pytest's own temporary folders are closed to other users: mount where they can reach.
+    place = Path(tempfile.mkdtemp(prefix="homepool-users-", dir="/var/tmp"))
+    try:
+        os.chmod(place, 0o755)
+        with mount_pool(state_dir, place, allow_other=True) as (mnt, _):
+            docs = mnt / "Documents"
+            os.chmod(docs, 0o777)
+            (docs / "public").write_bytes(b"p")
+            os.chmod(docs / "public", 0o644)
+            os.mkdir(docs / "private", 0o700)
+            (docs / "private/secret").write_bytes(b"s")
+            (docs / "setid").write_bytes(b"x")
+            os.chmod(docs / "setid", 0o6777)
+            nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+            def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([*nobody, *cmd], capture_output=True, text=True)
+
+            assert as_nobody("cat", str(docs / "public")).stdout == "p"  # let in...
+            for denied in (as_nobody("cat", str(docs / "private/secret")),  # ...but not everywhere
+                           as_nobody("sh", "-c", f"echo x > {docs / 'public'}"),
+                           as_nobody("ls", str(docs / "private"))):
+                assert denied.returncode != 0 and "Permission denied" in denied.stderr
+            assert as_nobody("sh", "-c", f"echo y >> {docs / 'setid'}").returncode == 0
+            assert stat.S_IMODE((docs / "setid").stat().st_mode) == 0o777
+            assert (docs / "public").read_bytes() == b"p"
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
 
 
 def test_extended_attributes_are_set_on_every_copy(mnt: Path, dir_drives: list[Path]) -> None:
