@@ -181,6 +181,11 @@ class PoolMounted(PoolBusy):
     `homepool unmount {where}` first."""
 
 
+class MountUnreachable(PoolBusy):
+    """The pool is mounted at {where} (pid {pid}), but the mount does not answer ({why}); try again in a
+    moment, or `homepool unmount {where}` and run the command then."""
+
+
 # -- data (7) and drive I/O (8) --------------------------------------------------------------
 
 

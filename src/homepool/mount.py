@@ -18,11 +18,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .errors import FuseUnavailable, MountFailed, MountpointBusy, MountpointMissing, NotMounted
+from .catalog import ROOT_ID
+from .control import ControlServer
+from .errors import BadInput, FuseUnavailable, MountFailed, MountpointBusy, MountpointMissing, NotMounted
 
 if TYPE_CHECKING:
+    from .fuse.ops import PoolOperations
     from .pool import Pool
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,8 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         raise MountFailed(path=mountpoint, why=e.strerror or str(e)) from None
     ops.session = session
     log.info("mounted the pool at %s", mountpoint)
+    control = ControlServer(pool.state_dir, lambda request: answer(pool, ops, request))
+    control.start()
 
     threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
     try:
@@ -82,6 +87,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
                     pool.save_catalog_copies()
                 copied = time.monotonic()
     finally:
+        control.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
         session.stop()
@@ -89,6 +95,32 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         if not ops.lock.acquire(timeout=30):
             log.error("a request is still running after 30 s; closing the pool anyway")
         log.info("unmounted %s; requests served: %s", mountpoint, session.summary())
+
+
+def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str, Any]:
+    """What a command asks of the mount over the control socket (see control.py)."""
+    op, lock = request.get("op"), ops.lock
+    if op == "set_copies":
+        copies = int(request["copies"])
+        with lock:
+            node, before, files = pool.change_copies(str(request["folder"]), copies)
+        short = []
+        for node_id in files:  # the lock is let go between files: the mount goes on serving
+            with lock:
+                got = pool.reconcile_unless_open(node_id)
+                if got is not None and got < copies:
+                    short.append(pool.path_of(node_id))
+        with lock:
+            drives = len(pool.drives(present_only=True))
+        return {"name": node.name, "before": before, "short": short, "drives": drives}
+    if op == "add_folder":
+        with lock:
+            pool.add_folder(str(request["folder"]), int(request["copies"]))
+            node, _ = pool.folder(str(request["folder"]))
+            if ops.session is not None:  # the kernel may remember that the name was not there
+                ops.session.forget_entry(ROOT_ID, node.name.encode())
+            return {"drives": len(pool.drives(present_only=True))}
+    raise BadInput(message=f"the mount does not know the request {op!r}; is it an older homepool?")
 
 
 READAHEAD_KB = 2048

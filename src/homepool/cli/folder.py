@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from .. import control
+from ..errors import PoolMounted
 from ..units import human
-from . import app, open_pool, out
+from . import app, open_pool, out, state
 
 folder_app = typer.Typer(help="Top-level folders and how many copies their files get.", no_args_is_help=True)
 app.add_typer(folder_app, name="folder")
@@ -20,9 +22,12 @@ CopiesOpt = Annotated[int, typer.Option("--copies", "-c", help="Keep each file o
 @folder_app.command("add")
 def do_folder_add(name: str, copies: CopiesOpt = 1) -> None:
     """Create a top-level folder."""
-    with open_pool() as pool:
-        pool.add_folder(name, copies)
-        drives = len(pool.drives(present_only=True))
+    try:
+        with open_pool() as pool:
+            pool.add_folder(name, copies)
+            drives = len(pool.drives(present_only=True))
+    except PoolMounted as mounted:  # the mount makes the change
+        drives = control.ask(state.state_dir, mounted, {"op": "add_folder", "folder": name, "copies": copies})["drives"]
     out.print(f"Created folder {name.strip('/')} with {copies} {'copy' if copies == 1 else 'copies'}.")
     if copies > drives:
         out.print(f"Note: the pool has {drives} drive(s), so its files will be short of copies until you add "
@@ -31,12 +36,18 @@ def do_folder_add(name: str, copies: CopiesOpt = 1) -> None:
 
 @folder_app.command("set")
 def do_folder_set(name: str, copies: CopiesOpt) -> None:
-    """Change a folder's copies; copies are added or removed right away to match."""
-    with open_pool() as pool:
-        node, before = pool.folder(name)
-        short = pool.set_copies(name, copies)
-        drives = len(pool.drives(present_only=True))
-    out.print(f"Folder {node.name}: {before} -> {copies} {'copy' if copies == 1 else 'copies'}.")
+    """Change a folder's copies; copies are added or removed right away to match (while mounted,
+    a file open for writing gets them when it is closed)."""
+    try:
+        with open_pool() as pool:
+            node, before = pool.folder(name)
+            name = node.name
+            short = pool.set_copies(name, copies)
+            drives = len(pool.drives(present_only=True))
+    except PoolMounted as mounted:  # the mount makes the change
+        r = control.ask(state.state_dir, mounted, {"op": "set_copies", "folder": name, "copies": copies})
+        name, before, short, drives = r["name"], r["before"], r["short"], r["drives"]
+    out.print(f"Folder {name}: {before} -> {copies} {'copy' if copies == 1 else 'copies'}.")
     if short:
         why = f"the pool has {drives} drive(s)" if copies > drives else "no drive has room for more"
         out.print(f"{len(short)} file(s) are short of copies ({why}); they get them when a drive is added "

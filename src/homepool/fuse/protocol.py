@@ -89,6 +89,10 @@ STATFS_OUT = struct.Struct("<QQQQQIIII24x")  # blocks bfree bavail files ffree b
 DIRENT = struct.Struct("<QQII")  # ino off namelen type, then the name padded to 8 bytes
 DIRENTPLUS = struct.Struct("<" + ENTRY_OUT.format[1:] + ATTR.format[1:] + DIRENT.format[1:])  # then the name
 FORGET_ONE = struct.Struct("<QQ")
+# Notifications: written to /dev/fuse unasked (unique 0, the code in the error field).
+NOTIFY_INVAL_INODE, NOTIFY_INVAL_ENTRY = 2, 3
+INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino offset length (offset -1: attributes only)
+INVAL_ENTRY_OUT = struct.Struct("<QII")  # parent namelen flags, then the name and a NUL
 
 
 class Attr(NamedTuple):

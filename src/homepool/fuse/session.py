@@ -220,6 +220,21 @@ class Session:
             if e.errno not in (errno.ENOENT, errno.ENODEV):  # ENOENT: the request was interrupted
                 log.error("replying to the kernel: %s", e)
 
+    # -- telling the kernel what changed behind its back ----------------------------------
+
+    def forget_entry(self, parent: int, name: bytes) -> None:
+        """Drop the kernel's cached entry (or cached absence) of `name` in `parent`, and the
+        parent's attributes: for changes made without a request (a command via the control socket)."""
+        self._notify(p.NOTIFY_INVAL_ENTRY, p.INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0")
+        self._notify(p.NOTIFY_INVAL_INODE, p.INVAL_INODE_OUT.pack(parent, -1, 0))  # attributes only
+
+    def _notify(self, code: int, payload: bytes) -> None:
+        try:
+            os.writev(self.fd, [p.OUT_HEADER.pack(p.OUT_HEADER.size + len(payload), code, 0), payload])
+        except OSError as e:
+            if e.errno != errno.ENOENT:  # ENOENT: nothing of it was cached
+                log.warning("telling the kernel of a change: %s", e)
+
     # -- passthrough ---------------------------------------------------------------------
 
     def backing_open(self, fd: int) -> int | None:

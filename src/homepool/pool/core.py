@@ -119,6 +119,7 @@ class Pool(LiveOps):
         self.passthrough_room = PASSTHROUGH_ROOM
         self._open: dict[int, list[LiveFile]] = {}
         self._orphans: dict[int, Node] = {}
+        self._reconcile_at_release: set[int] = set()  # files whose copies change once closed
         self._changes: dict[int, int] = {}  # node id -> changes made through open files
         self.drive_cache: tuple[float, list[Drive]] | None = None
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None

@@ -245,6 +245,7 @@ class LiveOps:
         _open: dict[int, list[LiveFile]]
         _orphans: dict[int, Node]
         _changes: dict[int, int]
+        _reconcile_at_release: set[int]
 
         def drives_by_id(self) -> dict[int, Drive]: ...
         def path_of(self, node_id: int) -> str: ...
@@ -252,6 +253,8 @@ class LiveOps:
         def _candidates(self, drives: list[Drive]) -> list[placement.Candidate]: ...
         def _look_at_room(self, drives: list[Drive]) -> list[placement.Candidate]: ...
         def add_folder(self, name: str, copies: int = 1) -> None: ...
+        def folder(self, name: str) -> tuple[Node, int]: ...
+        def _check_copies(self, copies: int) -> None: ...
         def delete(self, path: str) -> None: ...
         def rename(self, src: str, dst: str) -> None: ...
         def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
@@ -565,6 +568,34 @@ class LiveOps:
         self.record_file(f, result, closing=True)
         if not handles:
             self._changes.pop(f.node_id, None)
+        if not any(h.writable for h in handles) and f.node_id in self._reconcile_at_release:
+            self._reconcile_at_release.discard(f.node_id)
+            self.reconcile_unless_open(f.node_id)
+
+    # -- folders' copies, changed while mounted ------------------------------------------------
+
+    def change_copies(self, name: str, copies: int) -> tuple[Node, int, list[int]]:
+        """A folder's copies change while mounted: the folder, its copies before, and its
+        files, each to be given its copies by `reconcile_unless_open` (one at a time: the
+        mount serves requests in between)."""
+        self._check_copies(copies)
+        node, before = self.folder(name)
+        with self.cat.transaction():
+            self.cat.set_folder_copies(node.id, copies)
+        self._changed = True
+        return node, before, [f.id for f in self.cat.subtree_files(node.id)]
+
+    def reconcile_unless_open(self, node_id: int) -> int | None:
+        """Add or remove copies of a file to match its folder now, or, while the mount has it
+        open for writing, at its release (a copy made now would miss the writes to come).
+        Returns the good copies it has, or None if that waits or the file is gone."""
+        node = self.cat.node_or_none(node_id)
+        if node is None or not node.is_file:
+            return None
+        if any(f.writable for f in self._open.get(node_id, ())):
+            self._reconcile_at_release.add(node_id)
+            return None
+        return self.reconcile(node)
 
     def truncate_file(self, node_id: int, size: int) -> None:
         """Truncate a file that is not open here (setattr by path)."""
@@ -741,7 +772,7 @@ class LiveOps:
         for f in self._open.get(node.id, ()):
             f.path = dst
         if src.partition("/")[0] != dst.partition("/")[0]:  # another folder: its copies may differ
-            self.reconcile(self.cat.node(node.id))
+            self.reconcile_unless_open(node.id)
 
     def set_attrs(self, node_id: int, *, mode: int | None = None, uid: int | None = None,
                   gid: int | None = None, size: int | None = None, mtime_ns: int | None = None,

@@ -1,0 +1,111 @@
+"""The mount's control socket: commands that change the pool while it is mounted.
+
+While the pool is mounted, the mount process is its only writer (it holds the pool lock), so a
+command such as `homepool folder set` asks the mount to make the change instead of opening the
+pool itself. The socket is STATE/control.sock, open to its owner only (0600). One JSON request
+per connection, one JSON answer: {"ok": true, "result": ...}, or {"ok": false, "message": ...,
+"exit_code": ...} for a `HomepoolError`, which the command raises again as its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from .errors import HomepoolError, MountUnreachable, PoolMounted
+
+log = logging.getLogger(__name__)
+
+SOCKET = "control.sock"
+MAX_REQUEST = 1 << 16
+
+
+class FromMount(HomepoolError):
+    """{message}"""
+
+
+class ControlServer:
+    """Answers requests on STATE/control.sock with `handle(request) -> result`, one thread each."""
+
+    def __init__(self, state_dir: Path, handle: Callable[[dict[str, Any]], Any]) -> None:
+        self.path = state_dir / SOCKET
+        self.handle = handle
+        self._sock: socket.socket | None = None
+
+    def start(self) -> None:
+        with suppress(FileNotFoundError):
+            self.path.unlink()  # left by a mount that was killed
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # 0600 from the start: no moment when others could connect
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        sock.listen(8)
+        self._sock = sock
+        threading.Thread(target=self._accept, name="control", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            with suppress(FileNotFoundError):
+                self.path.unlink()
+            self._sock.close()
+            self._sock = None
+
+    def _accept(self) -> None:
+        while (sock := self._sock) is not None:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return  # closed by `stop`
+            threading.Thread(target=self._answer, args=(conn,), name="control-request", daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                request = json.loads(_read_line(conn))
+                answer = {"ok": True, "result": self.handle(request)}
+            except HomepoolError as e:
+                answer = {"ok": False, "message": str(e), "exit_code": e.exit_code}
+            except Exception as e:  # a bug costs this request, never the mount
+                log.exception("control request failed")
+                answer = {"ok": False, "message": f"the mount could not do that: {e}", "exit_code": 4}
+            with suppress(OSError):
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+
+
+def ask(state_dir: Path, mounted: PoolMounted, request: dict[str, Any]) -> Any:
+    """Have the mount that holds the pool do `request`; its result, or its error raised here."""
+    path = state_dir / SOCKET
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(path))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            answer = json.loads(_read_line(sock))
+    except (OSError, ValueError) as e:
+        raise MountUnreachable(where=mounted.kwargs["where"], pid=mounted.kwargs["pid"],
+                               why=getattr(e, "strerror", None) or str(e)) from None
+    if not answer.get("ok"):
+        err = FromMount(message=answer.get("message", "the mount refused"))
+        err.exit_code = int(answer.get("exit_code", 4))
+        raise err
+    return answer.get("result")
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ValueError("control message too long")
+    return data

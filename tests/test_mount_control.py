@@ -1,0 +1,62 @@
+"""Changing the pool while it is mounted: commands ask the mount over its control socket."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from homepool.cli import main
+from homepool.pool import Pool
+
+from .helpers import assert_clean, copies_on_disk
+from .mounting import mount_pool, wait_for
+
+
+def test_folder_copies_change_while_mounted(dir_pool: Pool, state_dir: Path, tmp_path: Path,
+                                            dir_drives: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        for i in range(3):
+            (mnt / f"Documents/f{i}").write_bytes(b"%d" % i * 1000)
+        busy = open(mnt / "Documents/busy", "wb")  # noqa: SIM115 - open across the change on purpose
+        try:
+            busy.write(b"before ")
+            busy.flush()
+            assert main(["--pool", str(state_dir), "folder", "set", "documents", "--copies", "1"]) == 0
+            assert "Folder Documents: 2 -> 1 copy." in capsys.readouterr().out
+            for i in range(3):  # done at once...
+                assert len(copies_on_disk(dir_drives, f"Documents/f{i}")) == 1
+            # ...but a file open for writing keeps every copy it writes to until it is closed
+            assert len(copies_on_disk(dir_drives, "Documents/busy")) == 2
+            busy.write(b"after")
+        finally:
+            busy.close()
+        # The kernel sends the release just after close() returns.
+        wait_for(lambda: len(copies_on_disk(dir_drives, "Documents/busy")) == 1, what="the copy to go")
+        assert [c.read_bytes() for c in copies_on_disk(dir_drives, "Documents/busy")] == [b"before after"]
+        assert (mnt / "Documents/busy").read_bytes() == b"before after"
+
+        assert main(["--pool", str(state_dir), "folder", "set", "Documents", "--copies", "2"]) == 0
+        assert all(len(copies_on_disk(dir_drives, f"Documents/f{i}")) == 2 for i in range(3))
+        assert not (mnt / "Projects").exists()  # the kernel remembers it is not there...
+        assert main(["--pool", str(state_dir), "folder", "add", "Projects", "--copies", "2"]) == 0
+        assert (mnt / "Projects").is_dir()  # ...until the mount tells it otherwise
+        (mnt / "Projects/song.flac").write_bytes(b"la")
+        assert len(copies_on_disk(dir_drives, "Projects/song.flac")) == 2
+
+        # The mount's refusals reach the command as its own one-line errors.
+        capsys.readouterr()
+        assert main(["--pool", str(state_dir), "folder", "set", "Nope", "--copies", "2"]) == 3
+        assert "No folder named 'Nope'" in capsys.readouterr().err
+        assert main(["--pool", str(state_dir), "folder", "set", "Projects", "--copies", "0"]) == 3
+        assert "Copies must be a whole number" in capsys.readouterr().err
+
+        (state_dir / "control.sock").unlink()  # a mount that cannot be reached
+        assert main(["--pool", str(state_dir), "folder", "set", "Projects", "--copies", "1"]) == 6
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "does not answer" in err
+    with Pool.open(state_dir, write=False) as pool:
+        assert pool.folder("Documents")[1] == 2 and pool.folder("Projects")[1] == 2
+        assert len(pool.replicas("Documents/busy")) == 2
+        assert_clean(pool)
