@@ -87,6 +87,9 @@ def mount_step(base: Path, library: Path) -> Path | None:
     note = mnt / "Documents" / "written-through-the-mount.txt"
     out.print(f"[cyan]$ echo 'a new note' > {note}[/cyan]")
     note.write_text("a new note\n")
+    step(["folder", "set", "Music", "--copies", "1"],
+         "   Settings change while mounted too: the mount makes the change (extra copies go now).")
+    step(["folder", "set", "Music", "--copies", "2"])
     step(["unmount", str(mnt)])
     copies = [d for d in drives_of(base) if (d / "HomePool/Documents" / note.name).is_file()]
     out.print(f"   Documents keeps 2 copies, so the note is a plain file on {len(copies)} drives: "
