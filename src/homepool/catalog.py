@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -244,6 +245,8 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
+        self._totals_db: sqlite3.Connection | None = None  # see `totals`
+        self._totals_lock = threading.Lock()
         # Pool paths by node id, kept by the mount (the only writer while it runs): every
         # FUSE operation needs one, and a walk up the tree costs a query per level.
         self.track_paths = False
@@ -264,6 +267,9 @@ class Catalog:
         return cat
 
     def close(self) -> None:
+        with self._totals_lock:
+            if self._totals_db is not None:
+                self._totals_db.close()
         self.db.close()
 
     def sync_log(self) -> None:
@@ -376,6 +382,19 @@ class Catalog:
     def bytes_by_drive(self) -> dict[int, int]:
         rows = self.db.execute("SELECT drive_id, SUM(size) FROM replicas GROUP BY drive_id")
         return {d: int(s) for d, s in rows}
+
+    def totals(self) -> tuple[dict[int, int], int]:
+        """(bytes_by_drive, number of files) as of the last commit, read on a connection of its
+        own: on a big pool these sums take a while, and this way they hold up no one (the
+        mount's `statfs` runs them without its lock)."""
+        with self._totals_lock:
+            if self._totals_db is None:
+                self._totals_db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
+                                                  check_same_thread=False)
+            db = self._totals_db
+            rows = db.execute("SELECT drive_id, SUM(size) FROM replicas GROUP BY drive_id").fetchall()
+            files = db.execute("SELECT COUNT(*) FROM nodes WHERE kind = 'file'").fetchone()[0]
+        return {d: int(s) for d, s in rows}, int(files)
 
     # -- nodes -------------------------------------------------------------------------------
 

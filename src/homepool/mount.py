@@ -59,6 +59,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     os.umask(0)  # modes come from the callers (the kernel applied their umask)
     ops = PoolOperations(pool)
     session = Session(ops, mountpoint, FSNAME, allow_other)
+    ops.session = session  # before mounting: the first requests may come at once
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal received: unmounting %s", mountpoint)
@@ -72,7 +73,6 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         for s, handler in old.items():
             signal.signal(s, handler)
         raise MountFailed(path=mountpoint, why=e.strerror or str(e)) from None
-    ops.session = session
     log.info("mounted the pool at %s", mountpoint)
     control = ControlServer(pool.state_dir, lambda request: answer(pool, ops, request))
     control.start()

@@ -22,6 +22,7 @@ import logging
 import os
 import stat as stat_
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 # only writer while it runs and the kernel drops what its own changes make stale, so these
 # can be long: every lookup and getattr saved is a round trip through this process.
 ATTR_TIMEOUT = 60.0
+STATFS_TTL = 2.0  # seconds a statfs answer is reused
 BLOCK = 4096
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 
@@ -106,14 +108,15 @@ class PoolOperations:
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self.session: Session | None = None  # set by `serve` once mounted (passthrough needs it)
+        self.session: Session | None = None  # set by `serve` before it mounts (passthrough needs it)
         self.lock = threading.RLock()  # held for every call into the pool
         self._files: dict[int, LiveFile] = {}
-        self._dirs: dict[int, list[Entry]] = {}  # open directory handles: their listing
+        self._dirs: dict[int, tuple[int, list[Entry] | None]] = {}  # open directory handles: inode, listing
         self._next_fh = itertools.count(1)
         self._readers: dict[int, int] = {}  # drive id -> open files reading from it
         self._cached: dict[int, str | None] = {}  # inode -> content hash when last opened
         self._backing: dict[int, list[int]] = {}  # inode -> [passthrough id, handles using it]
+        self._statfs: tuple[float, StatFs] | None = None  # (when, answer)
 
     # -- attributes ----------------------------------------------------------------------
 
@@ -146,14 +149,17 @@ class PoolOperations:
         with self.lock, _errno():
             if not self.pool.node(ino).is_dir:
                 raise FuseError(errno.ENOTDIR)
-            # The listing is read once per opendir (a readdir call returns a few dozen entries).
             fh = next(self._next_fh)
-            self._dirs[fh] = self.pool.entries(ino)
+            self._dirs[fh] = (ino, None)  # listed at the first readdir (the kernel may have it cached)
         return fh
 
     def readdir(self, fh: int, off: int) -> Iterator[tuple[bytes, Attr, int]]:
         """Entries in name order; `off` is how many were already returned."""
-        children = self._dirs[fh]
+        ino, children = self._dirs[fh]
+        if children is None or off == 0:  # read once per opendir, or again from the start
+            with self.lock, _errno():
+                children = self.pool.entries(ino)
+            self._dirs[fh] = (ino, children)
         for i in range(off, len(children)):
             yield children[i].name.encode(), attr_of(children[i]), i + 1
 
@@ -366,10 +372,18 @@ class PoolOperations:
     # -- the filesystem ------------------------------------------------------------------
 
     def statfs(self, ctx: Ctx) -> StatFs:
+        """Pool-wide totals (copies counted), at most STATFS_TTL seconds old: `df` and Samba ask
+        often, and the sums behind them grow with the pool (they run without the lock)."""
+        cached = self._statfs
+        if cached is not None and time.monotonic() - cached[0] < STATFS_TTL:
+            return cached[1]
+        with _errno():
+            used, files = self.pool.cat.totals()
         with self.lock, _errno():
-            size, free = self.pool.space()
-            files, _ = self.pool.cat.count_files()
+            size, free = self.pool.space(used)
         blocks, bfree = size // BLOCK, free // BLOCK
         # like ext4: inodes are not the limit here
-        return StatFs(blocks=blocks, bfree=bfree, bavail=bfree, files=files + bfree, ffree=bfree,
-                      bsize=BLOCK, namelen=255)
+        answer = StatFs(blocks=blocks, bfree=bfree, bavail=bfree, files=files + bfree, ffree=bfree,
+                        bsize=BLOCK, namelen=255)
+        self._statfs = (time.monotonic(), answer)
+        return answer

@@ -45,6 +45,7 @@ PASSTHROUGH = 1 << 37
 # open reply flags
 FOPEN_DIRECT_IO = 1 << 0
 FOPEN_KEEP_CACHE = 1 << 1
+FOPEN_CACHE_DIR = 1 << 3
 FOPEN_PASSTHROUGH = 1 << 7
 
 # setattr `valid` bits
@@ -91,7 +92,7 @@ DIRENTPLUS = struct.Struct("<" + ENTRY_OUT.format[1:] + ATTR.format[1:] + DIRENT
 FORGET_ONE = struct.Struct("<QQ")
 # Notifications: written to /dev/fuse unasked (unique 0, the code in the error field).
 NOTIFY_INVAL_INODE, NOTIFY_INVAL_ENTRY = 2, 3
-INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino offset length (offset -1: attributes only)
+INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino offset length (offset -1: attributes only; length 0: to the end)
 INVAL_ENTRY_OUT = struct.Struct("<QII")  # parent namelen flags, then the name and a NUL
 
 

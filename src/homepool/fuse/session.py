@@ -224,9 +224,10 @@ class Session:
 
     def forget_entry(self, parent: int, name: bytes) -> None:
         """Drop the kernel's cached entry (or cached absence) of `name` in `parent`, and the
-        parent's attributes: for changes made without a request (a command via the control socket)."""
+        parent's attributes and listing: for changes made without a request (a command via the
+        control socket)."""
         self._notify(p.NOTIFY_INVAL_ENTRY, p.INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0")
-        self._notify(p.NOTIFY_INVAL_INODE, p.INVAL_INODE_OUT.pack(parent, -1, 0))  # attributes only
+        self._notify(p.NOTIFY_INVAL_INODE, p.INVAL_INODE_OUT.pack(parent, 0, 0))  # attributes and listing
 
     def _notify(self, code: int, payload: bytes) -> None:
         try:
@@ -368,7 +369,9 @@ class Session:
         return p.STATFS_OUT.pack(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize, 0)
 
     def _opendir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
-        return p.OPEN_OUT.pack(self.ops.opendir(ctx, nodeid), 0, 0)
+        # The kernel may keep listings: it drops one itself when a change through the mount
+        # touches the directory, and `forget_entry` drops it for a change made otherwise.
+        return p.OPEN_OUT.pack(self.ops.opendir(ctx, nodeid), p.FOPEN_CACHE_DIR | p.FOPEN_KEEP_CACHE, 0)
 
     def _entries(self, body: memoryview, plus: bool) -> bytes:
         fh, off, size, *_ = p.READ_IN.unpack_from(body)

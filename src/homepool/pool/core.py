@@ -917,9 +917,10 @@ class Pool(LiveOps):
                 continue
         return {}
 
-    def space(self) -> tuple[int, int]:
-        """(size, free) of the pool: the sum over present drives, as the pool may use them."""
-        used = self.cat.bytes_by_drive()
+    def space(self, used: dict[int, int] | None = None) -> tuple[int, int]:
+        """(size, free) of the pool: the sum over present drives, as the pool may use them
+        (`used`: bytes stored per drive, if already known)."""
+        used = self.cat.bytes_by_drive() if used is None else used
         size = free = 0
         for d in self.drives(present_only=True):
             s, f = d.capacity(used.get(d.id, 0))
