@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,10 @@ def test_folder_copies_change_while_mounted(dir_pool: Pool, state_dir: Path, tmp
         assert main(["--pool", str(state_dir), "folder", "set", "Documents", "--copies", "2"]) == 0
         assert all(len(copies_on_disk(dir_drives, f"Documents/f{i}")) == 2 for i in range(3))
         assert not (mnt / "Projects").exists()  # the kernel remembers it is not there...
+        assert "Projects" not in os.listdir(mnt)  # ...and keeps the listing
         assert main(["--pool", str(state_dir), "folder", "add", "Projects", "--copies", "2"]) == 0
         assert (mnt / "Projects").is_dir()  # ...until the mount tells it otherwise
+        assert "Projects" in os.listdir(mnt)
         (mnt / "Projects/song.flac").write_bytes(b"la")
         assert len(copies_on_disk(dir_drives, "Projects/song.flac")) == 2
 
