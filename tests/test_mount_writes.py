@@ -23,7 +23,7 @@ import pytest
 from homepool.pool import Pool
 
 from .helpers import assert_clean, copies_on_disk
-from .mounting import mount_pool
+from .mounting import mount_pool, wait_for
 
 Mount = Callable[[], Path]
 
@@ -220,6 +220,65 @@ def test_chmod_chown_utimens(mnt: Path, state_dir: Path, dir_drives: list[Path])
     with reader(state_dir) as pool:
         node = pool.stat("Documents/f.txt")
         assert (node.uid, node.gid, node.mtime_ns) == (1234, 5678, 1_600_000_000_123_456_789)
+        assert_clean(pool)
+
+
+def test_a_directory_changes_time_when_its_entries_change(mnt: Path, state_dir: Path) -> None:
+    d, other = mnt / "Documents/d", mnt / "Documents/other"
+    os.mkdir(d)
+    os.mkdir(other)
+
+    def times(p: Path) -> tuple[int, int]:
+        st = p.stat()
+        return st.st_mtime_ns, st.st_ctime_ns
+
+    for change in (lambda: (d / "f").write_bytes(b"x"), lambda: os.mkdir(d / "sub"),
+                   lambda: os.symlink("f", d / "link"), lambda: os.mkfifo(d / "fifo"),
+                   lambda: os.rename(d / "f", d / "g"), lambda: os.unlink(d / "g"), lambda: os.rmdir(d / "sub")):
+        before = times(d)
+        change()
+        after = times(d)
+        assert after[0] > before[0] and after[1] > before[1]
+    before_d, before_other = times(d), times(other)
+    os.rename(d / "link", other / "link")  # both sides change
+    assert times(d)[0] > before_d[0] and times(other)[0] > before_other[0]
+    os.utime(d, ns=(5, 1_000_000_000_000_000_000))  # a time set by hand wins
+    assert times(d)[0] == 1_000_000_000_000_000_000
+    shown = times(other)[0]
+
+    def recorded() -> int:
+        with reader(state_dir) as pool:
+            return pool.stat("Documents/other").mtime_ns
+    wait_for(lambda: recorded() == shown, what="the mount to record the directory's time")
+
+
+def test_names_longer_than_255_bytes(mnt: Path) -> None:
+    long = mnt / "Documents" / ("x" * 256)
+    raises(errno.ENAMETOOLONG, lambda: long.write_bytes(b"x"))
+    raises(errno.ENAMETOOLONG, lambda: long.stat())
+    raises(errno.ENAMETOOLONG, lambda: os.mkdir(long))
+    (mnt / "Documents/short").write_bytes(b"x")
+    raises(errno.ENAMETOOLONG, lambda: os.rename(mnt / "Documents/short", long))
+    (mnt / "Documents" / ("y" * 255)).write_bytes(b"fits")
+    assert (mnt / "Documents" / ("y" * 255)).read_bytes() == b"fits"
+
+
+def test_a_size_past_the_drives_limit_is_refused_and_drops_no_copy(mnt: Path, state_dir: Path,
+                                                                    dir_drives: list[Path]) -> None:
+    """EFBIG from every copy is the caller's error, not a failed drive: the copies stay."""
+    too_big = 999_999_999_999_999  # past ext4's largest file
+    for folder in ("Documents", "Videos"):
+        p = mnt / folder / "keep.txt"
+        p.write_bytes(b"precious")
+        raises(errno.EFBIG, lambda p=p: os.truncate(p, too_big))
+        with open(p, "r+b") as f:
+            raises(errno.EFBIG, lambda f=f: os.ftruncate(f.fileno(), too_big))
+            raises(errno.EFBIG, lambda f=f: os.pwrite(f.fileno(), b"x", too_big))
+        assert p.read_bytes() == b"precious"
+        wanted = 2 if folder == "Documents" else 1
+        assert [c.read_bytes() for c in copies_on_disk(dir_drives, f"{folder}/keep.txt")] == [b"precious"] * wanted
+    with reader(state_dir) as pool:
+        assert len(pool.replicas("Documents/keep.txt")) == 2 and pool.stat("Documents/keep.txt").size == 8
         assert_clean(pool)
 
 

@@ -40,6 +40,10 @@ class BadPath(BadInput):
     """Invalid pool path {path!r}: {why}."""
 
 
+class NameTooLong(BadPath):
+    """Invalid pool path {path!r}: {why}."""
+
+
 class BadFolderName(BadInput):
     """Invalid folder name {name!r}: {why}."""
 

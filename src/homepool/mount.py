@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 FSNAME = "homepool"
 CATALOG_COPY_EVERY = 600.0  # seconds between catalog copies to the drives while mounted
-SYNC_EVERY = 1.0  # seconds between flushes of the catalog's log to the disk while mounted
+SYNC_EVERY = 1.0  # seconds between flushes of the catalog (and its log) to the disk while mounted
 
 
 def check_mountpoint(mountpoint: Path) -> Path:
@@ -81,6 +81,8 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     try:
         copied = time.monotonic()
         while not session.done.wait(SYNC_EVERY):
+            with ops.lock:
+                pool.save_dir_times()
             pool.sync_catalog()
             if time.monotonic() - copied > CATALOG_COPY_EVERY:
                 with ops.lock:  # `recover` rebuilds the pool from the newest catalog copy on the drives

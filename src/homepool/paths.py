@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from .errors import BadFolderName, BadPath
+from .errors import BadFolderName, BadPath, NameTooLong
 
 NAME_MAX = 255  # bytes, as on ext4, xfs, btrfs and NTFS (in UTF-16 units there, close enough)
 PATH_MAX = 4096
@@ -30,13 +30,13 @@ def split(path: str) -> tuple[str, ...]:
     except UnicodeEncodeError:
         raise BadPath(path=path, why="it is not valid UTF-8") from None
     if len(path.encode("utf-8", "surrogateescape")) > PATH_MAX:
-        raise BadPath(path=path, why=f"it is longer than {PATH_MAX} bytes")
+        raise NameTooLong(path=path, why=f"it is longer than {PATH_MAX} bytes")
     parts = tuple(p for p in path.split("/") if p not in ("", "."))
     for part in parts:
         if part == "..":
             raise BadPath(path=path, why="'..' would leave the pool")
         if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
-            raise BadPath(path=path, why=f"a name is longer than {NAME_MAX} bytes")
+            raise NameTooLong(path=path, why=f"a name is longer than {NAME_MAX} bytes")
     return parts
 
 

@@ -35,12 +35,14 @@ from ..errors import (
     FolderExists,
     HomepoolError,
     IsADirectory,
+    NameTooLong,
     NoReadableCopy,
     NotADirectory,
     NotFound,
     NotInFolder,
     PoolFull,
 )
+from ..paths import NAME_MAX
 from ..pool import LiveFile, Pool
 from .protocol import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr
 from .session import Ctx, FuseError, Opened, Session, SetAttr, StatFs
@@ -84,6 +86,7 @@ _ERRNO: dict[type, int] = {
     NotADirectory: errno.ENOTDIR,
     NotInFolder: errno.EPERM,  # the root holds folders only
     PoolFull: errno.ENOSPC,
+    NameTooLong: errno.ENAMETOOLONG,
     BadPath: errno.EINVAL,
     BadFolderName: errno.EINVAL,
 }
@@ -91,6 +94,8 @@ _KIND = {"dir": stat_.S_IFDIR, "file": stat_.S_IFREG, "symlink": stat_.S_IFLNK}
 
 
 def _name(name: bytes) -> str:
+    if len(name) > NAME_MAX:
+        raise FuseError(errno.ENAMETOOLONG)
     try:
         return name.decode("utf-8")
     except UnicodeDecodeError:

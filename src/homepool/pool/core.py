@@ -120,6 +120,7 @@ class Pool(LiveOps):
         self._open: dict[int, list[LiveFile]] = {}
         self._orphans: dict[int, Node] = {}
         self._reconcile_at_release: set[int] = set()  # files whose copies change once closed
+        self._dir_times: dict[int, int] = {}  # directories changed through the mount: their new mtime
         self._changes: dict[int, int] = {}  # node id -> changes made through open files
         self.drive_cache: tuple[float, list[Drive]] | None = None
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
@@ -212,6 +213,8 @@ class Pool(LiveOps):
 
     def close(self) -> None:
         try:
+            if self.live:
+                self.save_dir_times()
             if self._changed:
                 self.save_catalog_copies()
         finally:
@@ -868,7 +871,7 @@ class Pool(LiveOps):
         """A directory's listing (files being written through the mount as they are now)."""
         out = self.cat.entries(node_id)
         for i, e in enumerate(out):
-            if e.id in self._open:
+            if e.id in self._open or e.id in self._dir_times:
                 n = self.node(e.id)
                 out[i] = e._replace(size=n.size, mtime_ns=n.mtime_ns, ctime_ns=n.ctime_ns)
         return out

@@ -60,6 +60,8 @@ EMPTY_HASH = new_hasher().hexdigest()
 # variable HOMEPOOL_PASSTHROUGH_ROOM overrides it.
 PASSTHROUGH_ROOM = 4 << 30
 DRIVES_TTL = 2.0  # seconds the mount trusts its drive snapshot (an I/O error refreshes it sooner)
+# Errors about the request, not the copy: every copy gives them alike (see `copies_failed`).
+REQUEST_ERRORS = {errno.EFBIG, errno.EINVAL, errno.EOVERFLOW}
 
 # Extra copies are written on these threads while the calling thread writes the first copy.
 _mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror")
@@ -145,6 +147,8 @@ class LiveFile:
 
     def truncate(self, size: int, fds: dict[int, int] | None = None) -> list[tuple[int, OSError]]:
         failed = self._each(lambda fd: os.ftruncate(fd, size), fds)
+        if len(failed) == len(fds or self.fds):
+            return failed  # nothing changed
         with self._lock:
             if size == 0:
                 self._hasher, self._hashed = new_hasher(), 0
@@ -246,6 +250,7 @@ class LiveOps:
         _orphans: dict[int, Node]
         _changes: dict[int, int]
         _reconcile_at_release: set[int]
+        _dir_times: dict[int, int]
 
         def drives_by_id(self) -> dict[int, Drive]: ...
         def path_of(self, node_id: int) -> str: ...
@@ -287,6 +292,8 @@ class LiveOps:
             if gone is None:
                 raise NotFound(path=f"#{node_id}")
             node = gone
+        if (changed := self._dir_times.get(node_id)) is not None:
+            node = replace(node, mtime_ns=changed, ctime_ns=changed)
         for f in self._open.get(node_id, ()):
             if f.attrs:
                 node = replace(node, **f.attrs)  # type: ignore[arg-type]  # int columns only
@@ -300,6 +307,22 @@ class LiveOps:
     def handles(self, node_id: int) -> list[LiveFile]:
         """The mount's open handles on a file."""
         return self._open.get(node_id, [])
+
+    def _dir_changed(self, *dir_ids: int) -> None:
+        """Entries were added to or removed from these directories: their mtime and ctime are
+        now. Kept here and shown at once, written to the catalog by `save_dir_times` (the
+        mount does every second): a commit per change would cost more than the change."""
+        now = time.time_ns()
+        for d in dir_ids:
+            self._dir_times[d] = now
+
+    def save_dir_times(self) -> None:
+        """Record the times `_dir_changed` kept (a crash loses at most these: no file's data)."""
+        if self._dir_times:
+            with self.cat.transaction():
+                for d, t in self._dir_times.items():
+                    self.cat.set_attrs(d, mtime_ns=t, ctime_ns=t)
+            self._dir_times.clear()
 
     def _in_folder(self, parent_id: int, name: str) -> tuple[Node, str]:
         """The parent node and the new entry's pool path, for something made inside a folder."""
@@ -356,6 +379,7 @@ class LiveOps:
         f.journal_id = journal
         f.mtime_ns = now
         self._open.setdefault(node_id, []).append(f)
+        self._dir_changed(parent_id)
         return self.node(node_id), f
 
     def _create_copy(self, d: Drive, path: str, mode: int, uid: int, gid: int) -> int:
@@ -443,7 +467,12 @@ class LiveOps:
                       retry: Callable[[dict[int, int]], list[tuple[int, OSError]]]) -> None:
         """After a write or truncate some copies failed: a full drive's copy moves to a drive
         with room (then `retry` the change there); any other failed copy is dropped (its half
-        written file removed), recorded as a shortfall for `check --repair`. Raises if none is left."""
+        written file removed), recorded as a shortfall for `check --repair`. Raises if none is left.
+        An error that every copy gives alike and that is about the request (a size past what the
+        drives' filesystem allows, say) is the caller's: it is raised, and no copy is dropped."""
+        codes = {err.errno for _, err in failed}
+        if len(failed) == len(f.fds) and len(codes) == 1 and codes <= REQUEST_ERRORS:
+            raise failed[0][1]
         for drive_id, err in failed:
             fd = f.fds.pop(drive_id)
             d: Drive | None = self.drives_by_id().get(drive_id)
@@ -625,6 +654,7 @@ class LiveOps:
                 os.lchown(p, uid, gid)
 
             self._on_every_drive(name, own)
+            self._dir_changed(ROOT_ID)
             return self.node(node.id)
         parent, path = self._in_folder(parent_id, name)
         mode, uid, gid = self._owner(parent, stat_.S_IFDIR | (mode & 0o7777), uid, gid)
@@ -644,6 +674,7 @@ class LiveOps:
                 os.chmod(p, mode & 0o7777)
 
         self._on_every_drive(path, make)
+        self._dir_changed(parent_id)
         return self.node(node_id)
 
     def make_node(self, parent_id: int, name: str, mode: int, uid: int, gid: int,
@@ -670,6 +701,7 @@ class LiveOps:
             node_id = self.cat.add_node(parent_id, name, kind, mode, time.time_ns(), size, None, uid, gid,
                                         target, rdev)
         self._changed = True
+        self._dir_changed(parent_id)
         return self.node(node_id)
 
     def _on_every_drive(self, path: str, fn: Callable[[str], Any]) -> list[int]:
@@ -702,13 +734,15 @@ class LiveOps:
             with self.cat.transaction():
                 self.cat.delete_node(node.id)
             self._changed = True
-            return
-        self._keep_if_open(node)
-        if node.is_dir:
-            self.delete(path)
         else:
-            self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
-                               "node": True, "id": node.id})
+            self._keep_if_open(node)
+            if node.is_dir:
+                self.delete(path)
+                self._dir_times.pop(node.id, None)
+            else:
+                self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
+                                   "node": True, "id": node.id})
+        self._dir_changed(parent_id)
 
     def _keep_if_open(self, node: Node) -> None:
         """A file deleted (or replaced) while open stays readable through its handles."""
@@ -720,6 +754,10 @@ class LiveOps:
 
     def move(self, parent_id: int, name: str, new_parent_id: int, new_name: str, noreplace: bool) -> None:
         """rename(2) within the pool: atomically replaces a file, or an empty directory."""
+        self._move(parent_id, name, new_parent_id, new_name, noreplace)
+        self._dir_changed(parent_id, new_parent_id)
+
+    def _move(self, parent_id: int, name: str, new_parent_id: int, new_name: str, noreplace: bool) -> None:
         node = self.cat.child(parent_id, name)
         if node is None:
             raise NotFound(path=f"{self.path_of(parent_id)}/{name}")
@@ -836,6 +874,8 @@ class LiveOps:
                 apply(real)
             except OSError as e:
                 log.error("could not change %s on %s: %s", path, d.name, e)
+        if (changed := self._dir_times.pop(node_id, None)) is not None:
+            cols.setdefault("mtime_ns", changed)  # a directory's time kept by `_dir_changed`
         with self.cat.transaction():
             self.cat.set_attrs(node_id, **cols)
             if node.is_file and "mtime_ns" in cols:
