@@ -137,7 +137,8 @@ def test_unlink_while_open_stays_readable(mnt: Path, state_dir: Path, dir_drives
         assert r.read() == data
         w.write(b"still writable")
         w.flush()
-        assert os.fstat(w.fileno()).st_size == len(data)
+        st = os.fstat(w.fileno())
+        assert st.st_size == len(data) and st.st_nlink == 0  # no name left
     assert copies_on_disk(dir_drives, "Documents/tmp.bin") == []
     with reader(state_dir) as pool:
         assert pool.lookup("Documents/tmp.bin") is None
@@ -261,6 +262,28 @@ def test_names_longer_than_255_bytes(mnt: Path) -> None:
     raises(errno.ENAMETOOLONG, lambda: os.rename(mnt / "Documents/short", long))
     (mnt / "Documents" / ("y" * 255)).write_bytes(b"fits")
     assert (mnt / "Documents" / ("y" * 255)).read_bytes() == b"fits"
+
+
+def test_a_path_too_long_for_the_drives_is_refused_before_anything_changes(mnt: Path, state_dir: Path,
+                                                                          dir_drives: list[Path]) -> None:
+    """A pool path plus a drive's own path must fit in PATH_MAX: one that would not is refused
+    whole (a rename the drives then refused used to leave the catalog and the drives apart)."""
+    room = 4096 - len(f"{dir_drives[0]}/HomePool/")  # what a pool path may use on these drives
+    deep = mnt / "Documents"
+    used = len("Documents")
+    while used + 1 + 200 < room:
+        deep = deep / ("d" * 200)
+        os.mkdir(deep)
+        used += 201
+    (mnt / "Documents/f").write_bytes(b"stay")
+    too_long = deep / ("n" * (room - used + 10))
+    raises(errno.ENAMETOOLONG, lambda: os.rename(mnt / "Documents/f", too_long))
+    raises(errno.ENAMETOOLONG, lambda: too_long.write_bytes(b"x"))
+    raises(errno.ENAMETOOLONG, lambda: os.mkdir(too_long))
+    assert (mnt / "Documents/f").read_bytes() == b"stay"
+    assert len(copies_on_disk(dir_drives, "Documents/f")) == 2
+    with reader(state_dir) as pool:
+        assert_clean(pool)
 
 
 def test_a_size_past_the_drives_limit_is_refused_and_drops_no_copy(mnt: Path, state_dir: Path,

@@ -127,7 +127,8 @@ class PoolOperations:
 
     def getattr(self, ctx: Ctx, ino: int) -> Attr:
         with self.lock, _errno():
-            return attr_of(self.pool.node(ino))
+            attr = attr_of(self.pool.node(ino))
+            return attr._replace(nlink=0) if self.pool.unlinked(ino) else attr
 
     def lookup(self, ctx: Ctx, parent: int, name: bytes) -> Attr | None:
         with self.lock, _errno():

@@ -40,6 +40,7 @@ from ..errors import (
     AlreadyExists,
     DirectoryNotEmpty,
     IsADirectory,
+    NameTooLong,
     NotFound,
     NotInFolder,
     PoolFull,
@@ -308,6 +309,10 @@ class LiveOps:
         """The mount's open handles on a file."""
         return self._open.get(node_id, [])
 
+    def unlinked(self, node_id: int) -> bool:
+        """A file deleted (or replaced) while open: it has no name left (nlink 0)."""
+        return node_id in self._orphans and self.cat.node_or_none(node_id) is None
+
     def _dir_changed(self, *dir_ids: int) -> None:
         """Entries were added to or removed from these directories: their mtime and ctime are
         now. Kept here and shown at once, written to the catalog by `save_dir_times` (the
@@ -332,10 +337,19 @@ class LiveOps:
         if parent_id == ROOT_ID:
             raise NotInFolder(path=name)
         path = f"{self.path_of(parent_id)}/{name}"
-        paths.split(path)  # the name is valid
+        self._fits(path)
         if self.cat.child(parent_id, name) is not None:
             raise AlreadyExists(path=path)
         return parent, path
+
+    def _fits(self, path: str) -> None:
+        """Refuse a new pool path that is invalid, or too long for a drive once the drive's own
+        path is in front (the drive would refuse it, and nothing may change half-way)."""
+        paths.split(path)
+        longest = max((len(d.tree_s) for d in self.drives_by_id().values()), default=0)
+        if longest + 1 + len(path.encode("utf-8", "surrogateescape")) >= paths.PATH_MAX:
+            raise NameTooLong(path=path[:60] + "...", why=f"with a drive's own path in front it is longer than "
+                              f"{paths.PATH_MAX} bytes")
 
     @staticmethod
     def _owner(parent: Node, mode: int, uid: int, gid: int) -> tuple[int, int, int]:
@@ -763,6 +777,7 @@ class LiveOps:
             raise NotFound(path=f"{self.path_of(parent_id)}/{name}")
         src = self.path_of(node.id)
         dst = f"{self.path_of(new_parent_id)}/{new_name}" if new_parent_id != ROOT_ID else new_name
+        self._fits(dst)
         old = self.cat.child(new_parent_id, new_name)
         if old is not None and old.id != node.id:
             if noreplace:
