@@ -211,7 +211,9 @@ def test_chmod_chown_utimens(mnt: Path, state_dir: Path, dir_drives: list[Path])
     os.utime(p, ns=(1_000_000_000, 1_600_000_000_123_456_789))
     st = p.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o604, 1234, 5678)
-    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    assert (st.st_atime_ns, st.st_mtime_ns) == (1_000_000_000, 1_600_000_000_123_456_789)
+    os.utime(p, ns=(2_000_000_000, 1_600_000_000_123_456_789))  # the access time alone
+    assert (p.stat().st_atime_ns, p.stat().st_mtime_ns) == (2_000_000_000, 1_600_000_000_123_456_789)
     for c in copies_on_disk(dir_drives, "Documents/f.txt"):
         cst = c.stat()
         assert (stat.S_IMODE(cst.st_mode), cst.st_uid, cst.st_gid, cst.st_mtime_ns) == \
@@ -220,7 +222,8 @@ def test_chmod_chown_utimens(mnt: Path, state_dir: Path, dir_drives: list[Path])
     assert stat.S_IMODE((mnt / "Documents").stat().st_mode) == 0o700
     with reader(state_dir) as pool:
         node = pool.stat("Documents/f.txt")
-        assert (node.uid, node.gid, node.mtime_ns) == (1234, 5678, 1_600_000_000_123_456_789)
+        assert (node.uid, node.gid, node.mtime_ns, node.atime_ns) == (1234, 5678, 1_600_000_000_123_456_789,
+                                                                      2_000_000_000)
         assert_clean(pool)
 
 
@@ -315,8 +318,8 @@ def test_attributes_set_while_open_are_recorded_at_close(mnt: Path, state_dir: P
         os.fchmod(fd, 0o640)
         os.utime(fd, ns=(1_000_000_000, 1_500_000_000_000_000_007))
         st = p.stat()  # seen while still open
-        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns) == \
-            (0o640, 1234, 5678, 1_500_000_000_000_000_007)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, st.st_atime_ns) == \
+            (0o640, 1234, 5678, 1_500_000_000_000_000_007, 1_000_000_000)
     finally:
         os.close(fd)
     copies = copies_on_disk(dir_drives, "Documents/extracted.txt")
@@ -327,8 +330,8 @@ def test_attributes_set_while_open_are_recorded_at_close(mnt: Path, state_dir: P
             (0o640, 1234, 5678, 1_500_000_000_000_000_007)
     with reader(state_dir) as pool:
         node = pool.stat("Documents/extracted.txt")
-        assert (stat.S_IMODE(node.mode), node.uid, node.gid, node.mtime_ns) == \
-            (0o640, 1234, 5678, 1_500_000_000_000_000_007)
+        assert (stat.S_IMODE(node.mode), node.uid, node.gid, node.mtime_ns, node.atime_ns) == \
+            (0o640, 1234, 5678, 1_500_000_000_000_000_007, 1_000_000_000)
         assert_clean(pool)
 
 

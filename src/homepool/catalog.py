@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 #   1: the first catalog
 #   2: `owed` (steps owed to drives that were missing)
 #   3: nodes gain owners, ctime, symlinks and special files (what the mount needs)
-CURRENT_REV = 3
+CURRENT_REV = 4
 ROOT_ID = 1
 
 
@@ -62,6 +62,7 @@ class Node:
     ctime_ns: int = 0
     target: str | None = None  # a symlink's target
     rdev: int = 0  # a device node's device number
+    atime_ns: int = 0  # set by utimens only: reads do not change it (as with noatime)
 
     @property
     def is_dir(self) -> bool:
@@ -88,6 +89,7 @@ class Entry(NamedTuple):
     gid: int
     ctime_ns: int
     rdev: int
+    atime_ns: int
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ SCHEMA = """
             ctime_ns  INTEGER NOT NULL DEFAULT 0,
             target    TEXT,
             rdev      INTEGER NOT NULL DEFAULT 0,
+            atime_ns  INTEGER NOT NULL DEFAULT 0,
             UNIQUE (parent_id, name)
         );
 
@@ -230,8 +233,15 @@ def _nodes_v3(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE nodes_v3 RENAME TO nodes")
 
 
+def _atime_column(db: sqlite3.Connection) -> None:
+    """Revision 4 keeps access times (until then they were shown as the modification time)."""
+    if "atime_ns" not in {row[1] for row in db.execute("PRAGMA table_info(nodes)")}:  # step 2 made it
+        db.execute("ALTER TABLE nodes ADD COLUMN atime_ns INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE nodes SET atime_ns = mtime_ns")
+
+
 # Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1 (inside a transaction).
-_UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3}
+_UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3, 3: _atime_column}
 
 
 class Catalog:
@@ -398,7 +408,7 @@ class Catalog:
 
     # -- nodes -------------------------------------------------------------------------------
 
-    _NODE_COLS = "id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target, rdev"
+    _NODE_COLS = "id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target, rdev, atime_ns"
 
     def node(self, id_: int) -> Node:
         row = self.db.execute(f"SELECT {self._NODE_COLS} FROM nodes WHERE id = ?", (id_,)).fetchone()
@@ -440,7 +450,7 @@ class Catalog:
     def entries(self, parent_id: int) -> list[Entry]:
         """`children`, as listing entries."""
         rows = self.db.execute(
-            "SELECT id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev FROM nodes"
+            "SELECT id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev, atime_ns FROM nodes"
             " WHERE parent_id = ? ORDER BY name", (parent_id,))
         return list(map(Entry._make, rows))
 
@@ -459,8 +469,8 @@ class Catalog:
             new_id, self._next_id = self._next_id, self._next_id + 1
         cur = self.db.execute(
             "INSERT INTO nodes (id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target,"
-            " rdev) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (new_id, parent_id, name, kind, size, mode, mtime_ns, hash_, uid, gid, mtime_ns, target, rdev),
+            " rdev, atime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (new_id, parent_id, name, kind, size, mode, mtime_ns, hash_, uid, gid, mtime_ns, target, rdev, mtime_ns),
         )
         assert cur.lastrowid is not None
         return cur.lastrowid
@@ -469,12 +479,12 @@ class Catalog:
                     ) -> int | None:
         """Create or update the file `name` in `parent_id`; its id, or None if a dir has that name."""
         row = self.db.execute(
-            "INSERT INTO nodes (parent_id, name, kind, size, mode, mtime_ns, hash, ctime_ns)"
-            " VALUES (?, ?, 'file', ?, ?, ?, ?, ?)"
+            "INSERT INTO nodes (parent_id, name, kind, size, mode, mtime_ns, hash, ctime_ns, atime_ns)"
+            " VALUES (?, ?, 'file', ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (parent_id, name) DO UPDATE SET size = excluded.size, mode = excluded.mode,"
             " mtime_ns = excluded.mtime_ns, hash = excluded.hash, ctime_ns = excluded.mtime_ns"
             " WHERE kind = 'file' RETURNING id",
-            (parent_id, name, size, mode, mtime_ns, hash_, mtime_ns),
+            (parent_id, name, size, mode, mtime_ns, hash_, mtime_ns, mtime_ns),
         ).fetchone()
         return int(row[0]) if row else None
 
@@ -486,7 +496,7 @@ class Catalog:
 
     def set_attrs(self, id_: int, **cols: Any) -> None:
         """Set some of a node's columns (the mount's setattr, and its bookkeeping after writes)."""
-        assert cols and set(cols) <= {"size", "mode", "mtime_ns", "hash", "uid", "gid", "ctime_ns"}, cols
+        assert cols and set(cols) <= {"size", "mode", "mtime_ns", "hash", "uid", "gid", "ctime_ns", "atime_ns"}, cols
         sets = ", ".join(f"{c} = ?" for c in cols)
         self.db.execute(f"UPDATE nodes SET {sets} WHERE id = ?", (*cols.values(), id_))
 

@@ -105,7 +105,8 @@ def _name(name: bytes) -> str:
 def attr_of(node: Node | Entry) -> Attr:
     kind = stat_.S_IFMT(node.mode) or _KIND.get(node.kind, stat_.S_IFREG)
     return Attr(node.id, node.size, kind | (node.mode & 0o7777), 2 if node.kind == "dir" else 1, node.uid,
-                node.gid, node.rdev, node.mtime_ns, max(node.ctime_ns, node.mtime_ns), node.mtime_ns, BLOCK)
+                node.gid, node.rdev, node.mtime_ns, max(node.ctime_ns, node.mtime_ns), node.atime_ns or node.mtime_ns,
+                BLOCK)
 
 
 class PoolOperations:

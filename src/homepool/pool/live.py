@@ -857,7 +857,9 @@ class LiveOps:
                 cols["mode"] = node.mode & ~(stat_.S_ISUID | stat_.S_ISGID)  # chown clears set-id bits
         if mtime_ns is not None:
             cols["mtime_ns"] = mtime_ns
-        if cols or mtime_ns is not None or atime_ns is not None or size is not None:
+        if atime_ns is not None:
+            cols["atime_ns"] = atime_ns
+        if cols or size is not None:
             cols["ctime_ns"] = now
         if not cols:
             return node
