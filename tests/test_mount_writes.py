@@ -265,6 +265,8 @@ def test_names_longer_than_255_bytes(mnt: Path) -> None:
     raises(errno.ENAMETOOLONG, lambda: os.rename(mnt / "Documents/short", long))
     (mnt / "Documents" / ("y" * 255)).write_bytes(b"fits")
     assert (mnt / "Documents" / ("y" * 255)).read_bytes() == b"fits"
+    os.symlink("z" * 300, mnt / "Documents/link")  # a symlink's target is a path, not a name
+    assert os.readlink(mnt / "Documents/link") == "z" * 300
 
 
 def test_a_path_too_long_for_the_drives_is_refused_before_anything_changes(mnt: Path, state_dir: Path,

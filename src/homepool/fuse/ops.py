@@ -42,7 +42,7 @@ from ..errors import (
     NotInFolder,
     PoolFull,
 )
-from ..paths import NAME_MAX
+from ..paths import NAME_MAX, PATH_MAX
 from ..pool import LiveFile, Pool
 from .protocol import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr
 from .session import Ctx, FuseError, Opened, Session, SetAttr, StatFs
@@ -93,8 +93,8 @@ _ERRNO: dict[type, int] = {
 _KIND = {"dir": stat_.S_IFDIR, "file": stat_.S_IFREG, "symlink": stat_.S_IFLNK}
 
 
-def _name(name: bytes) -> str:
-    if len(name) > NAME_MAX:
+def _name(name: bytes, longest: int = NAME_MAX) -> str:
+    if len(name) > longest:
         raise FuseError(errno.ENAMETOOLONG)
     try:
         return name.decode("utf-8")
@@ -195,7 +195,7 @@ class PoolOperations:
     def symlink(self, ctx: Ctx, parent: int, name: bytes, target: bytes) -> Attr:
         with self.lock, _errno():
             return attr_of(self.pool.make_node(parent, _name(name), stat_.S_IFLNK | 0o777, ctx.uid, ctx.gid,
-                                               target=_name(target)))
+                                               target=_name(target, PATH_MAX - 1)))
 
     def readlink(self, ctx: Ctx, ino: int) -> bytes:
         with self.lock, _errno():
