@@ -217,8 +217,9 @@ class PoolOperations:
 
     # -- files ---------------------------------------------------------------------------
 
-    def _handle(self, f: LiveFile, keep_cache: bool = False) -> Opened:
-        """Under the lock: a handle for `f`, passed through to the kernel when it can be."""
+    def _handle(self, f: LiveFile, node: Node, keep_cache: bool = False) -> Opened:
+        """Under the lock: a handle for `f` (a handle on `node`), passed through to the kernel
+        when it can be."""
         backing = self._backing.get(f.node_id)
         if backing is None and self.session is not None and len(self.pool.handles(f.node_id)) == 1 \
                 and self.pool.may_pass_through(f):
@@ -238,14 +239,14 @@ class PoolOperations:
         if backing is None:
             return Opened(fh, keep_cache=keep_cache)
         backing[1] += 1
-        self.pool.pass_through(f)
+        self.pool.pass_through(f, node)
         return Opened(fh, backing_id=backing[0])
 
     def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, flags: int) -> tuple[Attr, Opened]:
         with self.lock, _errno():
             node, f = self.pool.create_file(parent, _name(name), mode, ctx.uid, ctx.gid)
             self._cached.pop(node.id, None)
-            return attr_of(node), self._handle(f)
+            return attr_of(node), self._handle(f, node)
 
     def open(self, ctx: Ctx, ino: int, flags: int) -> Opened:
         write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
@@ -258,7 +259,7 @@ class PoolOperations:
             # the last open (it may have been replaced since; the hash says so).
             keep = not write and self._cached.get(node.id) == node.hash and node.hash is not None
             self._cached[node.id] = node.hash if not write else None
-            return self._handle(f, keep_cache=keep)
+            return self._handle(f, node, keep_cache=keep)
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         f = self._files[fh]

@@ -394,7 +394,7 @@ class LiveOps:
         f.mtime_ns = now
         self._open.setdefault(node_id, []).append(f)
         self._dir_changed(parent_id)
-        return self.node(node_id), f
+        return Node(node_id, parent_id, name, "file", 0, mode, now, EMPTY_HASH, uid, gid, now, None, 0, now), f
 
     def _create_copy(self, d: Drive, path: str, mode: int, uid: int, gid: int) -> int:
         real = f"{d.tree_s}/{path}"
@@ -456,14 +456,14 @@ class LiveOps:
         cands = self._candidates(list(self.drives_by_id().values()))
         return any(c.drive_id == drive_id and c.room >= self.passthrough_room for c in cands)
 
-    def pass_through(self, f: LiveFile) -> None:
-        """The kernel does `f`'s I/O on its copy from now on. What it writes is found at each
-        close by looking at the copy; a writer is journaled from the start, as its first write
-        will not be seen."""
+    def pass_through(self, f: LiveFile, node: Node | None = None) -> None:
+        """The kernel does `f`'s I/O on its copy from now on (`node`: the file, if at hand).
+        What it writes is found at each close by looking at the copy; a writer is journaled
+        from the start, as its first write will not be seen."""
         f.passthrough = True
         if f.writable:
             st = os.fstat(f.read_fd)
-            node = self.node(f.node_id)
+            node = node or self.node(f.node_id)
             trusted = node.hash if not f.changed and st.st_size == node.size else None
             f.known = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, trusted)
             self.will_change(f)
