@@ -20,6 +20,8 @@ def test_folder_copies_change_while_mounted(dir_pool: Pool, state_dir: Path, tmp
     with mount_pool(state_dir, tmp_path) as (mnt, _):
         for i in range(3):
             (mnt / f"Documents/f{i}").write_bytes(b"%d" % i * 1000)
+        os.chown(mnt / "Documents/f0", 1234, 5678)
+        os.chmod(mnt / "Documents/f0", 0o640)
         busy = open(mnt / "Documents/busy", "wb")  # noqa: SIM115 - open across the change on purpose
         try:
             busy.write(b"before ")
@@ -40,6 +42,10 @@ def test_folder_copies_change_while_mounted(dir_pool: Pool, state_dir: Path, tmp
 
         assert main(["--pool", str(state_dir), "folder", "set", "Documents", "--copies", "2"]) == 0
         assert all(len(copies_on_disk(dir_drives, f"Documents/f{i}")) == 2 for i in range(3))
+        # The copies made now are plain files like the first: same owner, mode and times.
+        first, made = (c.stat() for c in copies_on_disk(dir_drives, "Documents/f0"))
+        assert (first.st_uid, first.st_gid) == (made.st_uid, made.st_gid) == (1234, 5678)
+        assert (first.st_mode, first.st_mtime_ns) == (made.st_mode, made.st_mtime_ns)
         assert not (mnt / "Projects").exists()  # the kernel remembers it is not there...
         assert "Projects" not in os.listdir(mnt)  # ...and keeps the listing
         assert main(["--pool", str(state_dir), "folder", "add", "Projects", "--copies", "2"]) == 0

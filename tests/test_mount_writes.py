@@ -285,6 +285,11 @@ def test_a_path_too_long_for_the_drives_is_refused_before_anything_changes(mnt: 
     raises(errno.ENAMETOOLONG, lambda: os.rename(mnt / "Documents/f", too_long))
     raises(errno.ENAMETOOLONG, lambda: too_long.write_bytes(b"x"))
     raises(errno.ENAMETOOLONG, lambda: os.mkdir(too_long))
+    # A directory whose files would end up too deep is refused too.
+    os.makedirs(mnt / "Documents/tree/branch")
+    (mnt / "Documents/tree/branch/leaf").write_bytes(b"leaf")
+    raises(errno.ENAMETOOLONG, lambda: os.rename(mnt / "Documents/tree", deep / ("t" * (room - used - 12))))
+    assert (mnt / "Documents/tree/branch/leaf").read_bytes() == b"leaf"
     assert (mnt / "Documents/f").read_bytes() == b"stay"
     assert len(copies_on_disk(dir_drives, "Documents/f")) == 2
     with reader(state_dir) as pool:
@@ -319,6 +324,7 @@ def test_attributes_set_while_open_are_recorded_at_close(mnt: Path, state_dir: P
         os.fchown(fd, 1234, 5678)
         os.fchmod(fd, 0o640)
         os.utime(fd, ns=(1_000_000_000, 1_500_000_000_000_000_007))
+        assert "extracted.txt" in os.listdir(p.parent)  # a listing shows them too (the kernel keeps them)
         st = p.stat()  # seen while still open
         assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, st.st_atime_ns) == \
             (0o640, 1234, 5678, 1_500_000_000_000_000_007, 1_000_000_000)

@@ -500,6 +500,19 @@ class Catalog:
         sets = ", ".join(f"{c} = ?" for c in cols)
         self.db.execute(f"UPDATE nodes SET {sets} WHERE id = ?", (*cols.values(), id_))
 
+    def touch_dir(self, id_: int, time_ns: int) -> None:
+        """A directory's entries changed at `time_ns` (its ctime never goes back)."""
+        self.db.execute("UPDATE nodes SET mtime_ns = ?, ctime_ns = MAX(ctime_ns, ?) WHERE id = ?",
+                        (time_ns, time_ns, id_))
+
+    def deepest_below(self, id_: int) -> int:
+        """Bytes in the longest path below node `id_`, relative to it (0: nothing below)."""
+        return int(self.get_val(
+            """WITH RECURSIVE sub(id, len) AS (SELECT ?, 0 UNION ALL
+                   SELECT n.id, sub.len + 1 + length(CAST(n.name AS BLOB))
+                   FROM nodes n JOIN sub ON n.parent_id = sub.id)
+               SELECT MAX(len) FROM sub""", (id_,)))
+
     def update_dir(self, id_: int, mode: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE nodes SET mode = ?, mtime_ns = ? WHERE id = ? AND kind = 'dir'", (mode, mtime_ns, id_))
 

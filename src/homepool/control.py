@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SOCKET = "control.sock"
 MAX_REQUEST = 1 << 16
+READ_TIMEOUT = 10.0  # seconds a client may take to send its request
 
 
 class FromMount(HomepoolError):
@@ -40,24 +41,31 @@ class ControlServer:
         self._sock: socket.socket | None = None
 
     def start(self) -> None:
+        """Listen (before the mount changes its umask: the socket is never open to others).
+        A socket that cannot be made is logged, not fatal: the mount works without it."""
         with suppress(FileNotFoundError):
             self.path.unlink()  # left by a mount that was killed
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)  # 0600 from the start: no moment when others could connect
         try:
             sock.bind(str(self.path))
-        finally:
-            os.umask(old)
-        sock.listen(8)
+            os.chmod(self.path, 0o600)
+            sock.listen(8)
+        except OSError as e:
+            sock.close()
+            log.warning("no control socket at %s (%s): commands that change the pool need it unmounted",
+                        self.path, e)
+            return
         self._sock = sock
         threading.Thread(target=self._accept, name="control", daemon=True).start()
 
     def stop(self) -> None:
-        if self._sock is not None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
             with suppress(FileNotFoundError):
                 self.path.unlink()
-            self._sock.close()
-            self._sock = None
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread waiting in accept()
+            sock.close()
 
     def _accept(self) -> None:
         while (sock := self._sock) is not None:
@@ -70,7 +78,9 @@ class ControlServer:
     def _answer(self, conn: socket.socket) -> None:
         with conn:
             try:
+                conn.settimeout(READ_TIMEOUT)
                 request = json.loads(_read_line(conn))
+                conn.settimeout(None)  # the answer may take a while (copies being made)
                 answer = {"ok": True, "result": self.handle(request)}
             except HomepoolError as e:
                 answer = {"ok": False, "message": str(e), "exit_code": e.exit_code}

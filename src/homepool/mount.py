@@ -56,10 +56,13 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     from .fuse.session import Session
 
     pool.go_live()
-    os.umask(0)  # modes come from the callers (the kernel applied their umask)
     ops = PoolOperations(pool)
     session = Session(ops, mountpoint, FSNAME, allow_other)
     ops.session = session  # before mounting: the first requests may come at once
+    # Before the umask goes: the socket is made with the usual one, then closed to others.
+    control = ControlServer(pool.state_dir, lambda request: answer(pool, ops, request))
+    control.start()
+    os.umask(0)  # modes come from the callers (the kernel applied their umask)
 
     def on_signal(signum: int, frame: object) -> None:
         log.info("signal received: unmounting %s", mountpoint)
@@ -68,26 +71,24 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     # Before mounting: a signal that comes as soon as the mount is there still unmounts it.
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        session.mount()
-    except OSError as e:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        raise MountFailed(path=mountpoint, why=e.strerror or str(e)) from None
-    log.info("mounted the pool at %s", mountpoint)
-    control = ControlServer(pool.state_dir, lambda request: answer(pool, ops, request))
-    control.start()
-
-    threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
-    try:
+        try:
+            session.mount()
+        except OSError as e:
+            raise MountFailed(path=mountpoint, why=e.strerror or str(e)) from None
+        log.info("mounted the pool at %s", mountpoint)
+        threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
         copied = time.monotonic()
         while not session.done.wait(SYNC_EVERY):
-            with ops.lock:
-                pool.save_dir_times()
-            pool.sync_catalog()
-            if time.monotonic() - copied > CATALOG_COPY_EVERY:
-                with ops.lock:  # `recover` rebuilds the pool from the newest catalog copy on the drives
-                    pool.save_catalog_copies()
-                copied = time.monotonic()
+            try:
+                with ops.lock:
+                    pool.save_dir_times()
+                pool.sync_catalog()
+                if time.monotonic() - copied > CATALOG_COPY_EVERY:
+                    with ops.lock:  # `recover` rebuilds the pool from the newest catalog copy on the drives
+                        pool.save_catalog_copies()
+                    copied = time.monotonic()
+            except Exception:  # the state drive full, say: the mount goes on; the next round tries again
+                log.exception("keeping the catalog up to date")
     finally:
         control.stop()
         for s, handler in old.items():
@@ -106,22 +107,30 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
         copies = int(request["copies"])
         with lock:
             node, before, files = pool.change_copies(str(request["folder"]), copies)
-        short = []
+        short, waiting = [], 0
         for node_id in files:  # the lock is let go between files: the mount goes on serving
+            if ops.session is not None and ops.session.done.is_set():
+                raise MountFailed(path=ops.session.mountpoint, why="it is being unmounted; the folder's files get "
+                                  "their copies at the next `homepool check --repair`")
             with lock:
                 got = pool.reconcile_unless_open(node_id)
-                if got is not None and got < copies:
+                if got is None:
+                    waiting += 1
+                elif got < copies:
                     short.append(pool.path_of(node_id))
         with lock:
             drives = len(pool.drives(present_only=True))
-        return {"name": node.name, "before": before, "short": short, "drives": drives}
+        return {"name": node.name, "before": before, "short": short, "drives": drives, "waiting": waiting}
     if op == "add_folder":
         with lock:
             pool.add_folder(str(request["folder"]), int(request["copies"]))
             node, _ = pool.folder(str(request["folder"]))
-            if ops.session is not None:  # the kernel may remember that the name was not there
-                ops.session.forget_entry(ROOT_ID, node.name.encode())
-            return {"drives": len(pool.drives(present_only=True))}
+            drives = len(pool.drives(present_only=True))
+        # Outside the lock: the kernel takes the root's own lock for this, which a request
+        # waiting for ours may hold.
+        if ops.session is not None:  # the kernel may remember that the name was not there
+            ops.session.forget_entry(ROOT_ID, node.name.encode())
+        return {"drives": drives}
     raise BadInput(message=f"the mount does not know the request {op!r}; is it an older homepool?")
 
 

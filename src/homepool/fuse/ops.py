@@ -128,8 +128,12 @@ class PoolOperations:
 
     def getattr(self, ctx: Ctx, ino: int) -> Attr:
         with self.lock, _errno():
-            attr = attr_of(self.pool.node(ino))
-            return attr._replace(nlink=0) if self.pool.unlinked(ino) else attr
+            return self._attr(self.pool.node(ino))
+
+    def _attr(self, node: Node) -> Attr:
+        """Under the lock: what the kernel is told about an inode (no name left: nlink 0)."""
+        attr = attr_of(node)
+        return attr._replace(nlink=0) if self.pool.unlinked(node.id) else attr
 
     def lookup(self, ctx: Ctx, parent: int, name: bytes) -> Attr | None:
         with self.lock, _errno():
@@ -148,7 +152,7 @@ class PoolOperations:
             finally:
                 if opened is not None:
                     self._finish(opened)
-            return attr_of(node if opened is None else self.pool.node(ino))
+            return self._attr(node if opened is None else self.pool.node(ino))
 
     # -- directories ---------------------------------------------------------------------
 
@@ -331,8 +335,7 @@ class PoolOperations:
                     del self._backing[f.node_id]
                     assert self.session is not None
                     self.session.backing_close(backing[0])
-        with self.lock, _errno():
-            self.pool.releasing(f)
+            self.pool.releasing(f, closing=True)
         with _errno():
             result = f.finish()
         with self.lock, _errno():
@@ -340,7 +343,7 @@ class PoolOperations:
 
     def _finish(self, f: LiveFile) -> None:
         """Under the lock: close a handle the kernel never saw."""
-        self.pool.releasing(f)
+        self.pool.releasing(f, closing=True)
         self.pool.release_file(f, f.finish())
 
     # -- extended attributes (kept on the copies, which all carry the same ones) -------------

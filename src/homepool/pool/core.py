@@ -873,7 +873,8 @@ class Pool(LiveOps):
         for i, e in enumerate(out):
             if e.id in self._open or e.id in self._dir_times:
                 n = self.node(e.id)
-                out[i] = e._replace(size=n.size, mtime_ns=n.mtime_ns, ctime_ns=n.ctime_ns)
+                out[i] = e._replace(size=n.size, mode=n.mode, uid=n.uid, gid=n.gid, mtime_ns=n.mtime_ns,
+                                    ctime_ns=n.ctime_ns, atime_ns=n.atime_ns)
         return out
 
     def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
@@ -1120,8 +1121,9 @@ class Pool(LiveOps):
                         n, digest = copy_to(src, [t], node.size, fsync=False)  # raises for the source only
                         if t.error is None:
                             try:
+                                os.fchown(fd, node.uid, node.gid)  # before the mode: chown clears set-id bits
                                 os.fchmod(fd, node.mode & 0o7777)
-                                os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+                                os.utime(fd, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
                                 os.fsync(fd)
                             except OSError as e:
                                 t.error = e

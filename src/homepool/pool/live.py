@@ -91,6 +91,7 @@ class LiveFile:
         self.known: tuple[int, int, int, str | None] | None = None
         self.recorded: tuple[int, int, str] | None = None  # what the last close recorded
         self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
+        self.closing = False  # being released: its descriptors are about to close
         self.size = size
         self.mtime_ns = 0  # of the last change made through this handle
         self.journal_id: int | None = None  # set from the first change until the release records it
@@ -161,8 +162,13 @@ class LiveFile:
         return failed
 
     def change(self, cols: dict[str, int], atime_ns: int | None) -> None:
-        """chown, chmod and utimens on every copy, through its descriptor (`set_attrs`' columns)."""
-        for d, fd in list(self.fds.items()):
+        """chown, chmod and utimens on every copy, through its descriptor (`set_attrs`' columns).
+        Under the handle's lock: `close` cannot take the descriptors away meanwhile."""
+        with self._lock:
+            self._change(cols, atime_ns)
+
+    def _change(self, cols: dict[str, int], atime_ns: int | None) -> None:
+        for d, fd in self.fds.items():
             try:
                 if "uid" in cols:
                     os.fchown(fd, cols["uid"], cols["gid"])
@@ -294,7 +300,7 @@ class LiveOps:
                 raise NotFound(path=f"#{node_id}")
             node = gone
         if (changed := self._dir_times.get(node_id)) is not None:
-            node = replace(node, mtime_ns=changed, ctime_ns=changed)
+            node = replace(node, mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
         for f in self._open.get(node_id, ()):
             if f.attrs:
                 node = replace(node, **f.attrs)  # type: ignore[arg-type]  # int columns only
@@ -326,7 +332,7 @@ class LiveOps:
         if self._dir_times:
             with self.cat.transaction():
                 for d, t in self._dir_times.items():
-                    self.cat.set_attrs(d, mtime_ns=t, ctime_ns=t)
+                    self.cat.touch_dir(d, t)
             self._dir_times.clear()
 
     def _in_folder(self, parent_id: int, name: str) -> tuple[Node, str]:
@@ -342,12 +348,13 @@ class LiveOps:
             raise AlreadyExists(path=path)
         return parent, path
 
-    def _fits(self, path: str) -> None:
+    def _fits(self, path: str, below: int = 0) -> None:
         """Refuse a new pool path that is invalid, or too long for a drive once the drive's own
-        path is in front (the drive would refuse it, and nothing may change half-way)."""
+        path is in front (the drive would refuse it, and nothing may change half-way); `below`:
+        the longest path under it, for a directory being moved."""
         paths.split(path)
         longest = max((len(d.tree_s) for d in self.drives_by_id().values()), default=0)
-        if longest + 1 + len(path.encode("utf-8", "surrogateescape")) >= paths.PATH_MAX:
+        if longest + 1 + len(path.encode("utf-8", "surrogateescape")) + below >= paths.PATH_MAX:
             raise NameTooLong(path=path[:60] + "...", why=f"with a drive's own path in front it is longer than "
                               f"{paths.PATH_MAX} bytes")
 
@@ -555,9 +562,11 @@ class LiveOps:
             raise failed[0][1]
         return True
 
-    def releasing(self, f: LiveFile) -> None:
-        """Call before `f.settle()` or `f.finish()`: notes which changes the file has had then."""
+    def releasing(self, f: LiveFile, closing: bool = False) -> None:
+        """Call before `f.settle()` or `f.finish()` (`closing`: the handle's last): notes which
+        changes the file has had then."""
         f.seen = self._changes.get(f.node_id, 0)
+        f.closing = f.closing or closing
 
     def record_file(self, f: LiveFile, result: tuple[int, int, str] | None, closing: bool = False) -> None:
         """Record what `f.settle()` found (size, time, hash of the copies): at each close, so the
@@ -777,7 +786,7 @@ class LiveOps:
             raise NotFound(path=f"{self.path_of(parent_id)}/{name}")
         src = self.path_of(node.id)
         dst = f"{self.path_of(new_parent_id)}/{new_name}" if new_parent_id != ROOT_ID else new_name
-        self._fits(dst)
+        self._fits(dst, self.cat.deepest_below(node.id) if node.is_dir else 0)
         old = self.cat.child(new_parent_id, new_name)
         if old is not None and old.id != node.id:
             if noreplace:
@@ -863,7 +872,8 @@ class LiveOps:
             cols["ctime_ns"] = now
         if not cols:
             return node
-        being_written = next((f for f in self._open.get(node_id, ()) if f.writable and not f.unlinked), None)
+        being_written = next((f for f in self._open.get(node_id, ())
+                              if f.writable and not f.unlinked and not f.closing), None)
         if being_written is not None:
             # Being written (tar sets owner, mode and times before it closes each file): the
             # copies change through its descriptors, and the catalog takes the change with its
