@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,4 +69,29 @@ def test_folder_copies_change_while_mounted(dir_pool: Pool, state_dir: Path, tmp
     with Pool.open(state_dir, write=False) as pool:
         assert pool.folder("Documents")[1] == 2 and pool.folder("Projects")[1] == 2
         assert len(pool.replicas("Documents/busy")) == 2
+        assert_clean(pool)
+
+
+def test_requests_go_on_while_a_new_copy_is_made(dir_pool: Pool, state_dir: Path, tmp_path: Path,
+                                                 dir_drives: list[Path]) -> None:
+    """A folder change copies file data without the mount's lock: other requests are answered
+    meanwhile (before, every request waited for the whole copy)."""
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        with open(mnt / "Videos/big.mkv", "wb") as f:
+            for _ in range(60):
+                f.write(os.urandom(1 << 20))
+        done = threading.Event()
+        change = threading.Thread(target=lambda: (main(["--pool", str(state_dir), "folder", "set", "Videos",
+                                                        "--copies", "2"]), done.set()))
+        answered = 0
+        change.start()
+        while not done.is_set():
+            os.stat(mnt / "Videos/big.mkv")
+            (mnt / f"Documents/meanwhile-{answered}").write_bytes(b"x")
+            answered += 1
+        change.join()
+        assert answered >= 5, f"only {answered} requests were answered while the copy was made"
+        assert len(copies_on_disk(dir_drives, "Videos/big.mkv")) == 2
+    with Pool.open(state_dir, write=False) as pool:
         assert_clean(pool)

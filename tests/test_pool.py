@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -164,6 +166,27 @@ def test_set_copies_adds_and_removes_copies(dir_pool: Pool, dir_drives: list[Pat
     dir_pool.set_copies("Videos", 1)
     assert len(copies_on_disk(dir_drives, "Videos/a.mkv")) == 1
     assert dir_pool.read_bytes("Videos/a.mkv") == b"a" * 5000
+    assert_clean(dir_pool)
+
+
+def test_a_file_changed_while_its_new_copy_is_made_keeps_its_new_content(dir_pool: Pool,
+                                                                         dir_drives: list[Path]) -> None:
+    """The mount copies a new copy's data without its lock (`unlocked_io`), so other requests
+    go on meanwhile; one that changes the file then must not see the old data switched in."""
+    dir_pool.write_bytes("Videos/a.mkv", b"old" * 5000)
+
+    @contextmanager
+    def meanwhile() -> Iterator[None]:
+        yield
+        dir_pool.unlocked_io = nullcontext  # once
+        dir_pool.write_bytes("Videos/a.mkv", b"new" * 4000)  # another request, while unlocked
+
+    dir_pool.unlocked_io = meanwhile
+    dir_pool.set_copies("Videos", 2)
+    # The old data copied meanwhile was thrown away (no temp file is left: assert_clean); the
+    # new version was written to the two copies its folder now wants.
+    assert [c.read_bytes() for c in copies_on_disk(dir_drives, "Videos/a.mkv")] == [b"new" * 4000] * 2
+    assert dir_pool.read_bytes("Videos/a.mkv") == b"new" * 4000
     assert_clean(dir_pool)
 
 

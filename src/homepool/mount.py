@@ -59,6 +59,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     ops = PoolOperations(pool)
     session = Session(ops, mountpoint, FSNAME, allow_other)
     ops.session = session  # before mounting: the first requests may come at once
+    pool.unlocked_io = ops.unlocked  # a new copy's data is copied without holding up requests
     # Before the umask goes: the socket is made with the usual one, then closed to others.
     control = ControlServer(pool.state_dir, lambda request: answer(pool, ops, request))
     control.start()

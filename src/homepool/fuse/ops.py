@@ -124,6 +124,16 @@ class PoolOperations:
         self._backing: dict[int, list[int]] = {}  # inode -> [passthrough id, handles using it]
         self._statfs: tuple[float, StatFs] | None = None  # (when, answer)
 
+    @contextmanager
+    def unlocked(self) -> Iterator[None]:
+        """Let the lock go for a while (the pool copies a file's data in here: see
+        `Pool.unlocked_io`). Held more than once, it stays held: nothing is let go then."""
+        self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.acquire()
+
     # -- attributes ----------------------------------------------------------------------
 
     def getattr(self, ctx: Ctx, ino: int) -> Attr:

@@ -11,8 +11,8 @@ import sqlite3
 import stat as stat_
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -121,6 +121,9 @@ class Pool(LiveOps):
         self._orphans: dict[int, Node] = {}
         self._reconcile_at_release: set[int] = set()  # files whose copies change once closed
         self._dir_times: dict[int, int] = {}  # directories changed through the mount: their new mtime
+        # Around copying a file's data to make a new copy: the mount lets its lock go there, so
+        # a big file does not hold up every other request (the copy is checked afterwards).
+        self.unlocked_io: Callable[[], AbstractContextManager[object]] = nullcontext
         self._changes: dict[int, int] = {}  # node id -> changes made through open files
         self.drive_cache: tuple[float, list[Drive]] | None = None
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
@@ -1110,7 +1113,7 @@ class Pool(LiveOps):
             tmp = target.new_tmp()
             source_error: OSError | None = None
             try:
-                with open(src_drive.real(path), "rb") as src:
+                with self.unlocked_io(), open(src_drive.real(path), "rb") as src:
                     try:
                         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                     except OSError as e:
@@ -1152,11 +1155,23 @@ class Pool(LiveOps):
                 log.error("copy of %s on %s does not match its checksum; not copying it", path, src_drive.name)
                 self.mark_bad(node.id, src_drive.id)
                 continue
+            if self._changed_meanwhile(node, path):
+                with suppress(OSError):
+                    tmp.unlink()
+                log.info("%s changed while a copy of it was made; it gets its copy later", path)
+                return False
             payload = {"path": path, "targets": {str(target.id): tmp.name}, "drop": [], "size": node.size,
                        "mode": node.mode, "mtime_ns": node.mtime_ns, "hash": node.hash}
             done = self._run("write", {"files": [payload]})
             return bool(done)
         return False
+
+    def _changed_meanwhile(self, node: Node, path: str) -> bool:
+        """Whether a file copied outside the mount's lock (`unlocked_io`) was changed, moved,
+        deleted or opened for writing in the meantime: then its new copy is not switched in."""
+        now = self.cat.node_or_none(node.id)
+        return (now is None or (now.size, now.mtime_ns, now.hash) != (node.size, node.mtime_ns, node.hash)
+                or self.path_of(node.id) != path or any(f.writable for f in self._open.get(node.id, ())))
 
     # -- repairs (`check --repair` decides, these do) ---------------------------------------
 
