@@ -71,11 +71,13 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
 
     # Before mounting: a signal that comes as soon as the mount is there still unmounts it.
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    mounted = False
     try:
         try:
             session.mount()
         except OSError as e:
             raise MountFailed(path=mountpoint, why=e.strerror or str(e)) from None
+        mounted = True
         log.info("mounted the pool at %s", mountpoint)
         threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
         copied = time.monotonic()
@@ -98,7 +100,8 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         # Requests still running finish their catalog work first; then the pool may close.
         if not ops.lock.acquire(timeout=30):
             log.error("a request is still running after 30 s; closing the pool anyway")
-        log.info("unmounted %s; requests served: %s", mountpoint, session.summary())
+        if mounted:
+            log.info("unmounted %s; requests served: %s", mountpoint, session.summary())
 
 
 def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str, Any]:
