@@ -223,7 +223,7 @@ class Drive:
     def unlink(self, pool_path: str) -> bool:
         """Remove a file's copy; False if it was not there."""
         try:
-            os.unlink(self.real(pool_path))
+            os.unlink(f"{self.tree_s}/{pool_path}")
             return True
         except FileNotFoundError:
             return False

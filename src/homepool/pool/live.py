@@ -826,7 +826,7 @@ class LiveOps:
         drives = self.drives_by_id()
         for i in moves:  # something the catalog does not know in the way: refuse up front
             d = drives.get(i)
-            if d is not None and d.row.state == "active" and i not in had and os.path.lexists(d.real(dst)):
+            if d is not None and d.row.state == "active" and i not in had and os.path.lexists(f"{d.tree_s}/{dst}"):
                 raise AlreadyExists(path=f"{dst} (on drive {d.label!r}; `homepool check` shows it)")
         self._run("rename", {"src": src, "dst": dst, "kind": "file", "moves": moves,
                              "unlink_dst": [i for i in had if i not in moves], "id": node.id,

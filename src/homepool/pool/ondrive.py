@@ -28,6 +28,14 @@ def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
     A directory whose destination already exists there (an empty one, or one a returning
     drive picked up elsewhere, say a .DS_Store) is merged into it entry by entry; an entry
     whose name is taken on both sides stays at `src` for `check` to show."""
+    if kind != "dir":  # the common case in one system call: a file to a place whose folder is there
+        s_, t_ = f"{d.tree_s}/{src}", f"{d.tree_s}/{dst}"
+        try:
+            os.rename(s_, t_)
+            return
+        except FileNotFoundError:
+            if not os.path.lexists(s_):
+                return
     s, t = d.real(src), d.real(dst)
     if not (s.exists() or s.is_symlink()):
         return
