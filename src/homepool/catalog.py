@@ -244,6 +244,16 @@ def _atime_column(db: sqlite3.Connection) -> None:
 _UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3, 3: _atime_column}
 
 
+def _bytes_by_drive(db: sqlite3.Connection) -> dict[int, int]:
+    return {d: int(s) for d, s in db.execute("SELECT drive_id, SUM(size) FROM replicas GROUP BY drive_id")}
+
+
+def _count_files(db: sqlite3.Connection) -> tuple[int, int]:
+    """(number of files, bytes in them)."""
+    row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM nodes WHERE kind = 'file'").fetchone()
+    return int(row[0]), int(row[1])
+
+
 class Catalog:
     """One SQLite connection with typed accessors."""
 
@@ -390,8 +400,7 @@ class Catalog:
         return int(self.get_val("SELECT COALESCE(SUM(size), 0) FROM replicas WHERE drive_id = ?", (drive_id,)))
 
     def bytes_by_drive(self) -> dict[int, int]:
-        rows = self.db.execute("SELECT drive_id, SUM(size) FROM replicas GROUP BY drive_id")
-        return {d: int(s) for d, s in rows}
+        return _bytes_by_drive(self.db)
 
     def totals(self) -> tuple[dict[int, int], int]:
         """(bytes_by_drive, number of files) as of the last commit, read on a connection of its
@@ -401,10 +410,7 @@ class Catalog:
             if self._totals_db is None:
                 self._totals_db = sqlite3.connect(self.path, isolation_level=None, timeout=30,
                                                   check_same_thread=False)
-            db = self._totals_db
-            rows = db.execute("SELECT drive_id, SUM(size) FROM replicas GROUP BY drive_id").fetchall()
-            files = db.execute("SELECT COUNT(*) FROM nodes WHERE kind = 'file'").fetchone()[0]
-        return {d: int(s) for d, s in rows}, int(files)
+            return _bytes_by_drive(self._totals_db), _count_files(self._totals_db)[0]
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -548,8 +554,7 @@ class Catalog:
                     stack.append((path + "/", n.id))
 
     def count_files(self) -> tuple[int, int]:
-        row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM nodes WHERE kind = 'file'").fetchone()
-        return int(row[0]), int(row[1])
+        return _count_files(self.db)
 
     # -- folders -----------------------------------------------------------------------------
 

@@ -112,11 +112,17 @@ class Attr(NamedTuple):
     blksize: int = 4096
 
 
+def _attr_fields(a: Attr) -> tuple[int, ...]:
+    """struct fuse_attr's fields, in order (ATTR, and the middle of DIRENTPLUS)."""
+    asec, ansec = divmod(a.atime_ns, 10**9)
+    msec, mnsec = divmod(a.mtime_ns, 10**9)
+    csec, cnsec = divmod(a.ctime_ns, 10**9)
+    return (a.ino, a.size, (a.size + 511) // 512, asec, msec, csec, ansec, mnsec, cnsec,
+            a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize, 0)
+
+
 def pack_attr(a: Attr) -> bytes:
-    return ATTR.pack(a.ino, a.size, (a.size + 511) // 512,
-                     a.atime_ns // 10**9, a.mtime_ns // 10**9, a.ctime_ns // 10**9,
-                     a.atime_ns % 10**9, a.mtime_ns % 10**9, a.ctime_ns % 10**9,
-                     a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize, 0)
+    return ATTR.pack(*_attr_fields(a))
 
 
 def pack_entry(a: Attr | None, timeout: float) -> bytes:
@@ -134,12 +140,7 @@ def pack_attr_out(a: Attr, timeout: float) -> bytes:
 def direntplus(a: Attr, off: int, name: bytes, timeout: float) -> bytes:
     """A READDIRPLUS entry: `pack_entry` and `dirent` in one (a listing packs thousands)."""
     sec, nsec = int(timeout), int((timeout % 1) * 1e9)
-    asec, ansec = divmod(a.atime_ns, 10**9)
-    msec, mnsec = divmod(a.mtime_ns, 10**9)
-    csec, cnsec = divmod(a.ctime_ns, 10**9)
-    rec = DIRENTPLUS.pack(a.ino, 0, sec, sec, nsec, nsec,
-                          a.ino, a.size, (a.size + 511) // 512, asec, msec, csec, ansec, mnsec, cnsec,
-                          a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize, 0,
+    rec = DIRENTPLUS.pack(a.ino, 0, sec, sec, nsec, nsec, *_attr_fields(a),
                           a.ino, off, len(name), (a.mode >> 12) & 0o17) + name
     return rec + bytes(-len(rec) % 8)
 

@@ -1171,7 +1171,7 @@ class Pool(LiveOps):
         deleted or opened for writing in the meantime: then its new copy is not switched in."""
         now = self.cat.node_or_none(node.id)
         return (now is None or (now.size, now.mtime_ns, now.hash) != (node.size, node.mtime_ns, node.hash)
-                or self.path_of(node.id) != path or any(f.writable for f in self._open.get(node.id, ())))
+                or self.path_of(node.id) != path or self._being_written(node.id))
 
     # -- repairs (`check --repair` decides, these do) ---------------------------------------
 

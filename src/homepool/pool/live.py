@@ -165,20 +165,17 @@ class LiveFile:
         """chown, chmod and utimens on every copy, through its descriptor (`set_attrs`' columns).
         Under the handle's lock: `close` cannot take the descriptors away meanwhile."""
         with self._lock:
-            self._change(cols, atime_ns)
-
-    def _change(self, cols: dict[str, int], atime_ns: int | None) -> None:
-        for d, fd in self.fds.items():
-            try:
-                if "uid" in cols:
-                    os.fchown(fd, cols["uid"], cols["gid"])
-                if "mode" in cols:
-                    os.fchmod(fd, cols["mode"] & 0o7777)
-                if "mtime_ns" in cols or atime_ns is not None:
-                    m = cols.get("mtime_ns", os.fstat(fd).st_mtime_ns)
-                    os.utime(fd, ns=(m if atime_ns is None else atime_ns, m))
-            except OSError as e:
-                log.error("could not change %s on drive %d: %s", self.path, d, e)
+            for d, fd in self.fds.items():
+                try:
+                    if "uid" in cols:
+                        os.fchown(fd, cols["uid"], cols["gid"])
+                    if "mode" in cols:
+                        os.fchmod(fd, cols["mode"] & 0o7777)
+                    if "mtime_ns" in cols or atime_ns is not None:
+                        m = cols.get("mtime_ns", os.fstat(fd).st_mtime_ns)
+                        os.utime(fd, ns=(m if atime_ns is None else atime_ns, m))
+                except OSError as e:
+                    log.error("could not change %s on drive %d: %s", self.path, d, e)
 
     def fsync(self, datasync: bool = False) -> list[tuple[int, OSError]]:
         return self._each(os.fdatasync if datasync else os.fsync)
@@ -314,6 +311,10 @@ class LiveOps:
     def handles(self, node_id: int) -> list[LiveFile]:
         """The mount's open handles on a file."""
         return self._open.get(node_id, [])
+
+    def _being_written(self, node_id: int) -> bool:
+        """Whether the mount has the file open for writing."""
+        return any(f.writable for f in self._open.get(node_id, ()))
 
     def unlinked(self, node_id: int) -> bool:
         """A file deleted (or replaced) while open: it has no name left (nlink 0)."""
@@ -595,10 +596,7 @@ class LiveOps:
                                                   "mtime_ns": r.mtime_ns})
                 f.recorded = result
             elif node is not None and attrs:
-                self.cat.set_attrs(f.node_id, **attrs)
-                if "mtime_ns" in attrs:
-                    for r in self.cat.replicas(f.node_id):
-                        self.cat.set_replica(f.node_id, r.drive_id, r.size, attrs["mtime_ns"], r.hash, r.state)
+                self._record_attrs(f.node_id, attrs)
             # A passed-through writer may write again unseen until its release: still journaled.
             keep = f.passthrough and f.writable and not closing
             if not keep:
@@ -620,7 +618,7 @@ class LiveOps:
         self.record_file(f, result, closing=True)
         if not handles:
             self._changes.pop(f.node_id, None)
-        if not any(h.writable for h in handles) and f.node_id in self._reconcile_at_release:
+        if not self._being_written(f.node_id) and f.node_id in self._reconcile_at_release:
             self._reconcile_at_release.discard(f.node_id)
             self.reconcile_unless_open(f.node_id)
 
@@ -644,7 +642,7 @@ class LiveOps:
         node = self.cat.node_or_none(node_id)
         if node is None or not node.is_file:
             return None
-        if any(f.writable for f in self._open.get(node_id, ())):
+        if self._being_written(node_id):
             self._reconcile_at_release.add(node_id)
             return None
         return self.reconcile(node)
@@ -872,6 +870,9 @@ class LiveOps:
             cols["ctime_ns"] = now
         if not cols:
             return node
+        if mtime_ns is not None:
+            for f in self._open.get(node_id, ()):
+                f.mtime_ns = 0  # the time set now wins over the writes before it
         being_written = next((f for f in self._open.get(node_id, ())
                               if f.writable and not f.unlinked and not f.closing), None)
         if being_written is not None:
@@ -882,9 +883,6 @@ class LiveOps:
             self.will_change(being_written)
             being_written.change(cols, atime_ns)
             being_written.attrs.update(cols)
-            if mtime_ns is not None:
-                for f in self._open.get(node_id, ()):
-                    f.mtime_ns = 0  # the time set now wins over the writes before it
             return self.node(node_id)
 
         def apply(p: str) -> None:
@@ -904,15 +902,16 @@ class LiveOps:
         if (changed := self._dir_times.pop(node_id, None)) is not None:
             cols.setdefault("mtime_ns", changed)  # a directory's time kept by `_dir_changed`
         with self.cat.transaction():
-            self.cat.set_attrs(node_id, **cols)
-            if node.is_file and "mtime_ns" in cols:
-                for r in self.cat.replicas(node_id):
-                    self.cat.set_replica(node_id, r.drive_id, r.size, cols["mtime_ns"], r.hash, r.state)
-        for f in self._open.get(node_id, ()):
-            if mtime_ns is not None:
-                f.mtime_ns = 0  # the time set now wins over the writes before it
+            self._record_attrs(node_id, cols)
         self._changed = True
         return self.node(node_id)
+
+    def _record_attrs(self, node_id: int, cols: dict[str, int]) -> None:
+        """In a transaction: a node's new attributes, and a new mtime on its copies' records too."""
+        self.cat.set_attrs(node_id, **cols)
+        if "mtime_ns" in cols:
+            for r in self.cat.replicas(node_id):  # none for a directory
+                self.cat.set_replica(node_id, r.drive_id, r.size, cols["mtime_ns"], r.hash, r.state)
 
     # -- extended attributes -----------------------------------------------------------------
 
