@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 import pytest
 
 from homepool.check import check
-from homepool.pool import Pool
+from homepool.drives import Drive
+from homepool.pool import Pool, core
 
 from .helpers import assert_clean, copies_on_disk
 
@@ -74,6 +76,88 @@ def test_an_interrupted_rename_is_finished(dir_pool: Pool, dir_drives: list[Path
     assert dir_pool.read_bytes("Documents/b.txt") == b"A"
     assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2
     assert copies_on_disk(dir_drives, "Documents/a.txt") == []
+
+
+def crash(*a: object) -> None:
+    raise KeyboardInterrupt  # stands in for kill -9 at this point
+
+
+@pytest.mark.parametrize("change", ["rename", "delete"])
+def test_a_mount_change_recorded_before_its_drive_steps_is_finished(dir_pool: Pool, dir_drives: list[Path],
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    change: str) -> None:
+    """The mount records a rename or delete together with its journal row, in one commit, and
+    then makes it on the drives: after a crash in between (the catalog has the change, the
+    drives do not yet), repair makes the drive steps."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.go_live()
+    monkeypatch.setattr(dir_pool, "_apply_rename" if change == "rename" else "_apply_drop", crash)
+    with pytest.raises(KeyboardInterrupt):
+        if change == "rename":
+            dir_pool.rename("Documents/a.txt", "Documents/b.txt")
+        else:
+            dir_pool.delete("Documents/a.txt")
+    monkeypatch.undo()
+    assert dir_pool.lookup("Documents/a.txt") is None  # recorded...
+    assert len(copies_on_disk(dir_drives, "Documents/a.txt")) == 2  # ...and not made yet
+    assert "journal_empty" in found(dir_pool)
+    repair_then_clean(dir_pool)
+    assert copies_on_disk(dir_drives, "Documents/a.txt") == []
+    if change == "rename":
+        assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/b.txt")] == [b"A", b"A"]
+
+
+def test_a_mount_changes_journal_row_goes_with_the_next_commit(dir_pool: Pool) -> None:
+    """A finished rename's row is removed by the next commit (or within a second), not by one
+    of its own: a crash before then only redoes steps already made."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.go_live()
+    dir_pool.rename("Documents/a.txt", "Documents/b.txt")
+    assert [e.op for e in dir_pool.cat.journal()] == ["rename"]
+    repair_then_clean(dir_pool)  # redone: nothing to do, nothing lost
+    assert dir_pool.read_bytes("Documents/b.txt") == b"A"
+    dir_pool.rename("Documents/b.txt", "Documents/c.txt")
+    dir_pool.makedirs("Documents/d")  # the next commit takes the row with it
+    assert dir_pool.cat.journal() == []
+    dir_pool.delete("Documents/c.txt")
+    dir_pool.catch_up()  # what the mount does every second
+    assert dir_pool.cat.journal() == []
+
+
+@pytest.mark.expect_errors
+@pytest.mark.parametrize("change", ["rename", "delete"])
+def test_a_drive_that_fails_a_mount_change_is_owed_it(state_dir: Path, dir_pool: Pool, dir_drives: list[Path],
+                                                      monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.go_live()
+    failing = dir_pool.replicas("Documents/a.txt")[0][0]  # a drive with a copy
+    real_rename, real_unlink = core.rename_on, Drive.unlink
+
+    def rename_on(d: Drive, *a: object) -> None:
+        if d.id == failing.id:
+            raise OSError(errno.EIO, "injected")
+        real_rename(d, *a)  # type: ignore[arg-type]
+
+    def unlink(d: Drive, path: str) -> None:
+        if d.id == failing.id:
+            raise OSError(errno.EIO, "injected")
+        real_unlink(d, path)
+
+    monkeypatch.setattr(core, "rename_on", rename_on)
+    monkeypatch.setattr(Drive, "unlink", unlink)
+    if change == "rename":
+        dir_pool.rename("Documents/a.txt", "Documents/b.txt")
+    else:
+        dir_pool.delete("Documents/a.txt")
+    monkeypatch.undo()
+    assert [step["op"] for _, step in dir_pool.cat.owed(failing.id)] == ["rename" if change == "rename" else "unlink"]
+    assert len(copies_on_disk(dir_drives, "Documents/a.txt")) == 1  # left behind on the failing drive
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:  # opening makes the owed steps
+        assert_clean(pool)
+        assert copies_on_disk(dir_drives, "Documents/a.txt") == []
+        if change == "rename":
+            assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2
 
 
 def test_orphan_temp_files_are_removed(dir_pool: Pool, dir_drives: list[Path]) -> None:

@@ -95,3 +95,21 @@ def test_requests_go_on_while_a_new_copy_is_made(dir_pool: Pool, state_dir: Path
         assert len(copies_on_disk(dir_drives, "Videos/big.mkv")) == 2
     with Pool.open(state_dir, write=False) as pool:
         assert_clean(pool)
+
+
+def test_status_and_check_while_mounted_see_no_interrupted_operations(dir_pool: Pool, state_dir: Path,
+                                                                      tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """While mounted, the journal holds the mount's changes in progress (a file open for
+    writing, the last rename): they are not interrupted operations. After a crash they are."""
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, _), open(mnt / "Documents/open.txt", "wb") as f:
+        f.write(b"being written")
+        f.flush()
+        os.rename(mnt / "Documents/open.txt", mnt / "Documents/moved.txt")
+        with Pool.open(state_dir, write=False) as pool:
+            assert pool.cat.journal() != []  # what this test is about
+            assert_clean(pool)
+        capsys.readouterr()
+        assert main(["--pool", str(state_dir), "status"]) == 0
+        assert "interrupted" not in capsys.readouterr().out

@@ -432,6 +432,10 @@ def test_a_killed_mount_leaves_a_consistent_pool(state_dir: Path, dir_pool: Pool
     dir_pool.close()
     with mount_pool(state_dir, tmp_path) as (mnt, proc):
         (mnt / "Documents/done.txt").write_bytes(b"finished")
+        (mnt / "Documents/gone.txt").write_bytes(b"deleted")
+        os.unlink(mnt / "Documents/gone.txt")
+        # The last change before the kill: its journal row is still there (see _run_recorded_first).
+        os.rename(mnt / "Documents/done.txt", mnt / "Documents/moved.txt")
         f = open(mnt / "Documents/half.bin", "wb")  # noqa: SIM115 - left open on purpose
         f.write(os.urandom(1 << 20))
         f.flush()
@@ -446,7 +450,10 @@ def test_a_killed_mount_leaves_a_consistent_pool(state_dir: Path, dir_pool: Pool
                 h.close()
     # Opening the pool for writing finishes what the mount was doing.
     with Pool.open(state_dir) as pool:
-        assert pool.read_bytes("Documents/done.txt") == b"finished"
+        assert pool.read_bytes("Documents/moved.txt") == b"finished"
+        assert pool.lookup("Documents/done.txt") is None and pool.lookup("Documents/gone.txt") is None
+        for gone in ("Documents/done.txt", "Documents/gone.txt"):
+            assert copies_on_disk(dir_drives, gone) == []
         for half in ("Documents/half.bin", "Videos/half.mkv"):
             node = pool.stat(half)
             data = pool.read_bytes(half)

@@ -68,6 +68,13 @@ class Node:
     def is_dir(self) -> bool:
         return self.kind == "dir"
 
+    def but(self, **fields: Any) -> Node:
+        """A copy with some fields changed: `dataclasses.replace` without its checks, which cost
+        more than the rest of a getattr (the mount makes one per request on an open file)."""
+        new = object.__new__(Node)
+        new.__dict__.update(self.__dict__, **fields)
+        return new
+
     @property
     def is_file(self) -> bool:
         """Only files have copies (on as many drives as their folder wants). Directories,
@@ -265,6 +272,7 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
+        self._done_later: list[int] = []  # journal rows the next commit removes
         self._totals_db: sqlite3.Connection | None = None  # see `totals`
         self._totals_lock = threading.Lock()
         # Pool paths by node id, kept by the mount (the only writer while it runs): every
@@ -319,12 +327,16 @@ class Catalog:
             return
         self.db.execute("BEGIN IMMEDIATE")
         self._depth = 1
+        done, self._done_later = self._done_later, []
         try:
+            if done:
+                self.db.executemany("DELETE FROM journal WHERE id = ?", [(i,) for i in done])
             yield
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             self._paths.clear()
+            self._done_later[:0] = done
             raise
         finally:
             self._depth = 0
@@ -522,9 +534,13 @@ class Catalog:
     def update_dir(self, id_: int, mode: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE nodes SET mode = ?, mtime_ns = ? WHERE id = ? AND kind = 'dir'", (mode, mtime_ns, id_))
 
-    def move_node(self, id_: int, parent_id: int, name: str) -> None:
+    def move_node(self, id_: int, parent_id: int, name: str, subtree: bool = True) -> None:
+        """Give node `id_` a new parent and name (`subtree`: it may have nodes below it)."""
         self.db.execute("UPDATE nodes SET parent_id = ?, name = ? WHERE id = ?", (parent_id, name, id_))
-        self._paths.clear()  # everything below it moved too
+        if subtree:
+            self._paths.clear()  # everything below it moved too
+        else:
+            self._paths.pop(id_, None)
 
     def delete_node(self, id_: int) -> None:
         self._paths.pop(id_, None)
@@ -658,6 +674,17 @@ class Catalog:
 
     def journal_done(self, entry_id: int) -> None:
         self.db.execute("DELETE FROM journal WHERE id = ?", (entry_id,))
+
+    def journal_done_later(self, entry_id: int) -> None:
+        """Remove the row with the next commit (the change it covers is recorded and its drive
+        steps are done; a crash before then redoes them, harmlessly)."""
+        self._done_later.append(entry_id)
+
+    def journal_flush(self) -> None:
+        """Commit the removals `journal_done_later` holds back (the mount does every second)."""
+        if self._done_later:
+            with self.transaction():
+                pass
 
     def journal(self) -> list[JournalEntry]:
         rows = self.db.execute("SELECT id, op, payload, created FROM journal ORDER BY id")

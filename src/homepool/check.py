@@ -18,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from .config import mounted_at
 from .drives import Drive
 from .errors import HomepoolError
 from .pool import Pool, describe, scan_tree
@@ -56,8 +57,8 @@ def check(pool: Pool, repair: bool = False) -> list[Problem]:
 def check_journal_empty(pool: Pool, repair: bool) -> list[Problem]:
     """Every multi-step operation ran to its end."""
     entries = pool.cat.journal()
-    if not entries:
-        return []
+    if not entries or (not repair and mounted_at(pool.state_dir)):
+        return []  # a mount's rows are its changes in progress (files open for writing, say)
     if repair:
         return [Problem("journal_empty", "", line, fixed=True) for line in pool.finish_journal()]
     return [Problem("journal_empty", "", f"an interrupted {describe(e.op, e.payload)} is waiting to be finished")
@@ -110,9 +111,11 @@ def check_no_orphan_temps(pool: Pool, drives: list[Drive], repair: bool) -> list
 def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
     """Every recorded copy is on its drive, with the recorded size and time (or content)."""
     by_id = {d.id: d for d in drives}
+    # While mounted: files the mount is writing are recorded when closed.
+    writing = {e.payload["node"] for e in pool.cat.journal() if e.op == "live"} if mounted_at(pool.state_dir) else set()
     out = []
     for path, node in list(pool.cat.walk()):
-        if node.is_dir:
+        if node.is_dir or node.id in writing:
             continue
         reps = pool.cat.replicas(node.id)
         changed: list[tuple[Drive, str]] = []

@@ -87,6 +87,18 @@ class PoolConfig:
         write_atomic(state_dir / CONFIG_FILE, self.dumps().encode())
 
 
+def mounted_at(state_dir: Path) -> str | None:
+    """Where the pool is mounted, if a mount holds its lock now (its note says so, and that
+    process still runs homepool); None otherwise. Looks without taking the lock."""
+    try:
+        pid, what = (state_dir / LOCK_FILE).read_text().split("\n")[:2]
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            running = b"homepool" in f.read()
+    except (OSError, ValueError):
+        return None
+    return what.removeprefix("mounted at ") if running and what.startswith("mounted at ") else None
+
+
 class PoolLock:
     """An exclusive advisory lock on DIR/lock, held while a command changes the pool."""
 

@@ -84,7 +84,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         while not session.done.wait(SYNC_EVERY):
             try:
                 with ops.lock:
-                    pool.save_dir_times()
+                    pool.catch_up()
                 pool.sync_catalog()
                 if time.monotonic() - copied > CATALOG_COPY_EVERY:
                     with ops.lock:  # `recover` rebuilds the pool from the newest catalog copy on the drives

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from .. import check as check_mod
 from .. import recover as recover_mod
+from ..config import mounted_at
 from ..pool import DEFAULT_FOLDERS, Pool
 from ..units import human
 from . import app, open_pool, out, state
@@ -55,7 +56,8 @@ def status_data(pool: Pool) -> dict[str, Any]:
             alerts.append(f"folder {f.name}: {f.short} file(s) short of {f.copies} copies ({why})")
         elif f.copies > len(active):
             alerts.append(f"folder {f.name} wants {f.copies} copies but the pool has {len(active)} drive(s)")
-    unfinished = len(pool.cat.journal())
+    # While mounted, the journal holds the mount's changes in progress (files open for writing).
+    unfinished = 0 if mounted_at(pool.state_dir) else len(pool.cat.journal())
     if unfinished:
         alerts.append(f"{unfinished} interrupted operation(s): run `homepool check --repair`")
     return {

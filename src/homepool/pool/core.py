@@ -217,7 +217,7 @@ class Pool(LiveOps):
     def close(self) -> None:
         try:
             if self.live:
-                self.save_dir_times()
+                self.catch_up()
             if self._changed:
                 self.save_catalog_copies()
         finally:
@@ -674,7 +674,8 @@ class Pool(LiveOps):
 
     def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
         node = self._journaled_node(p, "path")
-        if node is None:
+        if node is None:  # recorded already (see `_run_recorded_first`)
+            self._owe_failed("drop", p, drives, failed)
             return
         reps = {r.drive_id: r for r in self.cat.replicas(node.id)}
         for key in p["drives"]:
@@ -701,8 +702,9 @@ class Pool(LiveOps):
 
     def _record_rename(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
         node = self._journaled_node(p, "src")
-        if node is None:
-            return  # recorded before the crash
+        if node is None:  # recorded already (see `_run_recorded_first`)
+            self._owe_failed("rename", p, drives, failed)
+            return
         dparts = paths.split(p["dst"])
         parent = self.node(p["dparent"]) if "dparent" in p else self.stat(paths.join(dparts[:-1]))
         old = self.cat.child(parent.id, dparts[-1])
@@ -717,7 +719,7 @@ class Pool(LiveOps):
             if d is None or d.row.state != "active" or int(key) in failed:
                 self.cat.owe(int(key), {"op": "rename", "src": p["src"], "dst": p["dst"], "kind": p["kind"]})
         was_folder = node.parent_id == ROOT_ID
-        self.cat.move_node(node.id, parent.id, dparts[-1])
+        self.cat.move_node(node.id, parent.id, dparts[-1], subtree=node.is_dir)
         if parent.id == ROOT_ID:
             if was_folder:
                 self.cat.rename_folder(node.id, paths.fold(dparts[-1]))
@@ -734,10 +736,47 @@ class Pool(LiveOps):
 
     def _run(self, op: str, payload: dict) -> list[int] | None:
         """Journal `op`, do its drive steps, record it: the crash-safe path for every change."""
+        if self.live and op in ("rename", "drop"):
+            self._run_recorded_first(op, payload)
+            return None
         with self.cat.transaction():
             entry = self.cat.journal_add(op, payload)
         self._changed = True
         return self._finish(entry, op, payload, {d.id: d for d in self.drives()})
+
+    def _run_recorded_first(self, op: str, payload: dict) -> None:
+        """The mount's renames and deletes, in one commit instead of two (a commit costs more
+        than the rest of the change): the journal row goes in with the catalog's new state,
+        then the drive steps run. The row stays until the next commit removes it, so a crash
+        in between redoes the drive steps (`_finish`; they are idempotent, and its records see
+        the change made). A drive that fails its step is owed it, as in `_finish`."""
+        drives = {d.id: d for d in self.drives()}
+        with self.cat.transaction():
+            entry = self.cat.journal_add(op, payload)
+            if op == "drop":
+                self._record_drop(payload, drives, set())
+            else:
+                self._record_rename(payload, drives, set())
+        self._changed = True
+        failed = self._apply_drop(payload, drives) if op == "drop" else self._apply_rename(payload, drives)
+        if failed:
+            with self.cat.transaction():
+                self._owe_failed(op, payload, drives, failed)
+        self.cat.journal_done_later(entry)
+
+    def _owe_failed(self, op: str, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
+        """Drives that failed the steps of a rename or drop already recorded: each is owed its
+        step (a copy left behind is removed by what it is now, its size and time)."""
+        for drive_id in failed:
+            if op == "rename" and drive_id in map(int, p["moves"]):
+                self.cat.owe(drive_id, {"op": "rename", "src": p["src"], "dst": p["dst"], "kind": p["kind"]})
+                continue
+            path = p["path"] if op == "drop" else p["dst"]
+            try:
+                st = os.lstat(drives[drive_id].real(path))
+            except OSError:
+                continue  # not there after all
+            self.cat.owe(drive_id, {"op": "unlink", "path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
 
     def _finish(self, entry: int, op: str, payload: dict, drives: dict[int, Drive]) -> list[int] | None:
         done: list[list[int]] = []

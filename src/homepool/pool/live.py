@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .. import paths, placement
@@ -297,14 +296,14 @@ class LiveOps:
                 raise NotFound(path=f"#{node_id}")
             node = gone
         if (changed := self._dir_times.get(node_id)) is not None:
-            node = replace(node, mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
+            node = node.but(mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
         for f in self._open.get(node_id, ()):
             if f.attrs:
-                node = replace(node, **f.attrs)  # type: ignore[arg-type]  # int columns only
+                node = node.but(**f.attrs)  # type: ignore[arg-type]  # int columns only
             if seen := f.looked_at():
-                node = replace(node, size=seen[0], mtime_ns=seen[1], ctime_ns=max(node.ctime_ns, seen[1]))
+                node = node.but(size=seen[0], mtime_ns=seen[1], ctime_ns=max(node.ctime_ns, seen[1]))
             elif f.changed:
-                node = replace(node, size=f.size, mtime_ns=max(node.mtime_ns, f.mtime_ns),
+                node = node.but(size=f.size, mtime_ns=max(node.mtime_ns, f.mtime_ns),
                                ctime_ns=max(node.ctime_ns, f.mtime_ns))
         return node
 
@@ -327,6 +326,12 @@ class LiveOps:
         now = time.time_ns()
         for d in dir_ids:
             self._dir_times[d] = now
+
+    def catch_up(self) -> None:
+        """What the mount holds back to save commits reaches the catalog (every second, and at
+        unmount): directory times, and the removal of finished renames' and deletes' journal rows."""
+        self.save_dir_times()
+        self.cat.journal_flush()
 
     def save_dir_times(self) -> None:
         """Record the times `_dir_changed` kept (a crash loses at most these: no file's data)."""
@@ -814,7 +819,7 @@ class LiveOps:
                 except OSError as e:
                     log.error("could not rename %s on %s: %s", src, d.name, e)
         with self.cat.transaction():
-            self.cat.move_node(node.id, new_parent_id, new_name)
+            self.cat.move_node(node.id, new_parent_id, new_name, subtree=False)
         self._changed = True
 
     def _move_file(self, node: Node, old: Node | None, src: str, dst: str, new_parent_id: int) -> None:
