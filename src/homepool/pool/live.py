@@ -584,33 +584,40 @@ class LiveOps:
         # A passed-through writer's release usually finds what its last close recorded.
         fresh = result is not None and result != f.recorded and not f.unlinked and current
         attrs, f.attrs = ({} if f.unlinked else f.attrs), {}
-        with self.cat.transaction():
-            node = self.cat.node_or_none(f.node_id) if fresh or attrs else None
-            if node is not None and result is not None and fresh:
-                size, mtime_ns, digest = result
-                self.cat.set_attrs(f.node_id, **{**attrs, "size": size, "mtime_ns": mtime_ns, "hash": digest,
-                                                 "ctime_ns": max(node.ctime_ns, attrs.get("ctime_ns", 0), mtime_ns)})
-                held = set(f.held)
-                for r in self.cat.replicas(f.node_id):
-                    if r.drive_id in held:
-                        self.cat.set_replica(f.node_id, r.drive_id, size, mtime_ns, digest)
-                    elif r.state == "ok":
-                        # Not written (its drive was missing or it failed): it is stale now.
-                        self.cat.drop_replica(f.node_id, r.drive_id)
-                        self.cat.owe(r.drive_id, {"op": "unlink", "path": f.path, "size": r.size,
-                                                  "mtime_ns": r.mtime_ns})
-                f.recorded = result
-            elif node is not None and attrs:
-                self._record_attrs(f.node_id, attrs)
-            # A passed-through writer may write again unseen until its release: still journaled.
-            keep = f.passthrough and f.writable and not closing
-            if not keep:
-                self.cat.journal_done(f.journal_id)
+        # A passed-through writer may write again unseen until its release: still journaled.
+        keep = f.passthrough and f.writable and not closing
+        if not (fresh or attrs or f.unlinked):
+            if not keep:  # nothing new to record: the row goes with the next commit, not one of its own
+                self.cat.journal_done_later(f.journal_id)
+        else:
+            with self.cat.transaction():
+                node = self.cat.node_or_none(f.node_id) if fresh or attrs else None
+                if node is not None and result is not None and fresh:
+                    self._record_result(f, node, result, attrs)
+                elif node is not None and attrs:
+                    self._record_attrs(f.node_id, attrs)
+                if not keep:
+                    self.cat.journal_done(f.journal_id)
         if not keep:
             f.journal_id = None
         if current:
             f.changed, f.mtime_ns = False, 0  # the catalog has it all now
         self._changed = True
+
+    def _record_result(self, f: LiveFile, node: Node, result: tuple[int, int, str], attrs: dict[str, int]) -> None:
+        """In `record_file`'s transaction: the file's new size, time and hash, on its copies too."""
+        size, mtime_ns, digest = result
+        self.cat.set_attrs(f.node_id, **{**attrs, "size": size, "mtime_ns": mtime_ns, "hash": digest,
+                                         "ctime_ns": max(node.ctime_ns, attrs.get("ctime_ns", 0), mtime_ns)})
+        held = set(f.held)
+        for r in self.cat.replicas(f.node_id):
+            if r.drive_id in held:
+                self.cat.set_replica(f.node_id, r.drive_id, size, mtime_ns, digest)
+            elif r.state == "ok":
+                # Not written (its drive was missing or it failed): it is stale now.
+                self.cat.drop_replica(f.node_id, r.drive_id)
+                self.cat.owe(r.drive_id, {"op": "unlink", "path": f.path, "size": r.size, "mtime_ns": r.mtime_ns})
+        f.recorded = result
 
     def release_file(self, f: LiveFile, result: tuple[int, int, str] | None) -> None:
         """After `f.finish()`: record (see `record_file`) and forget the handle."""
