@@ -614,9 +614,12 @@ class Catalog:
 
     def set_replica(self, node_id: int, drive_id: int, size: int, mtime_ns: int, hash_: str | None,
                     state: str = "ok") -> None:
+        # An upsert changes the row in place; OR REPLACE would delete and insert it, rewriting
+        # the indexes' pages too (each page written costs a commit more time).
         self.db.execute(
-            "INSERT OR REPLACE INTO replicas (node_id, drive_id, size, mtime_ns, hash, state)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO replicas (node_id, drive_id, size, mtime_ns, hash, state) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (node_id, drive_id) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns,"
+            " hash = excluded.hash, state = excluded.state",
             (node_id, drive_id, size, mtime_ns, hash_, state),
         )
 
