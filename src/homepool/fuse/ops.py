@@ -23,7 +23,7 @@ import os
 import stat as stat_
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from contextlib import contextmanager
 
 from ..catalog import Entry, Node
@@ -102,8 +102,12 @@ def _name(name: bytes, longest: int = NAME_MAX) -> str:
         raise FuseError(errno.EILSEQ) from None  # the catalog holds UTF-8 names
 
 
+def _mode_of(node: Node | Entry) -> int:
+    return stat_.S_IFMT(node.mode) or _KIND.get(node.kind, stat_.S_IFREG)
+
+
 def attr_of(node: Node | Entry) -> Attr:
-    kind = stat_.S_IFMT(node.mode) or _KIND.get(node.kind, stat_.S_IFREG)
+    kind = _mode_of(node)
     return Attr(node.id, node.size, kind | (node.mode & 0o7777), 2 if node.kind == "dir" else 1, node.uid,
                 node.gid, node.rdev, node.mtime_ns, max(node.ctime_ns, node.mtime_ns), node.atime_ns or node.mtime_ns,
                 BLOCK)
@@ -174,15 +178,20 @@ class PoolOperations:
             self._dirs[fh] = (ino, None)  # listed at the first readdir (the kernel may have it cached)
         return fh
 
-    def readdir(self, fh: int, off: int) -> Iterator[tuple[bytes, Attr, int]]:
-        """Entries in name order; `off` is how many were already returned."""
+    def readdir(self, fh: int, off: int, held: Container[int] | None = None
+                ) -> Iterator[tuple[bytes, int, int, Attr | None, int]]:
+        """Entries in name order, as (name, inode, mode, attributes, offset of the next); `off`
+        is how many were already returned. Attributes only with `held` (READDIRPLUS), and not
+        for the inodes in it (the kernel has them)."""
         ino, children = self._dirs[fh]
         if children is None or off == 0:  # read once per opendir, or again from the start
             with self.lock, _errno():
                 children = self.pool.entries(ino)
             self._dirs[fh] = (ino, children)
         for i in range(off, len(children)):
-            yield children[i].name.encode(), attr_of(children[i]), i + 1
+            e = children[i]
+            attr = None if held is None or e.id in held else attr_of(e)
+            yield e.name.encode(), e.id, attr.mode if attr is not None else _mode_of(e), attr, i + 1
 
     def releasedir(self, fh: int) -> None:
         with self.lock:

@@ -89,7 +89,9 @@ GETXATTR_OUT = struct.Struct("<II")
 STATFS_OUT = struct.Struct("<QQQQQIIII24x")  # blocks bfree bavail files ffree bsize namelen frsize padding
 DIRENT = struct.Struct("<QQII")  # ino off namelen type, then the name padded to 8 bytes
 DIRENTPLUS = struct.Struct("<" + ENTRY_OUT.format[1:] + ATTR.format[1:] + DIRENT.format[1:])  # then the name
-FORGET_ONE = struct.Struct("<QQ")
+FORGET_IN = struct.Struct("<Q")  # nlookup
+BATCH_FORGET_IN = struct.Struct("<II")  # count, then that many FORGET_ONE
+FORGET_ONE = struct.Struct("<QQ")  # nodeid nlookup
 # Notifications: written to /dev/fuse unasked (unique 0, the code in the error field).
 NOTIFY_INVAL_INODE, NOTIFY_INVAL_ENTRY = 2, 3
 INVAL_INODE_OUT = struct.Struct("<Qqq")  # ino offset length (offset -1: attributes only; length 0: to the end)
@@ -142,6 +144,15 @@ def direntplus(a: Attr, off: int, name: bytes, timeout: float) -> bytes:
     sec, nsec = int(timeout), int((timeout % 1) * 1e9)
     rec = DIRENTPLUS.pack(a.ino, 0, sec, sec, nsec, nsec, *_attr_fields(a),
                           a.ino, off, len(name), (a.mode >> 12) & 0o17) + name
+    return rec + bytes(-len(rec) % 8)
+
+
+_NO_ENTRY = bytes(ENTRY_OUT.size + ATTR.size)
+
+
+def direntplus_bare(ino: int, off: int, name: bytes, mode: int) -> bytes:
+    """A READDIRPLUS entry without attributes (node id 0: the kernel keeps what it has)."""
+    rec = _NO_ENTRY + DIRENT.pack(ino, off, len(name), (mode >> 12) & 0o17) + name
     return rec + bytes(-len(rec) % 8)
 
 

@@ -8,8 +8,9 @@ it and replying, costs far less per request than an event loop that hands work t
 The threads are libfuse's multi-threaded loop: any of them may take the next request, a slow
 drive holds only the threads waiting on it, and blocking I/O never stalls the others. The
 operations object (`ops.PoolOperations`) does the work and decides; this module only parses,
-packs and calls. Interrupts are not honoured (each request finishes), and FORGET is not
-needed: inode numbers are catalog node ids, which live as long as the node.
+packs and calls. Interrupts are not honoured (each request finishes). Inode numbers are
+catalog node ids, which live as long as the node; FORGET only tells which inodes the kernel
+still holds, so that a listing need not send their attributes again (`_entries`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class Session:
         self.passthrough = False  # negotiated at INIT; switched off if the kernel refuses a file
         self.minor = 0
         self.done = threading.Event()  # the connection ended (unmounted) or `stop` was called
+        self._held: dict[int, int] = {}  # inode -> lookups the kernel holds (until it FORGETs them)
+        self._held_lock = threading.Lock()
         self.served: Counter[int] = Counter()  # requests by opcode (for the log: what reached us)
         self.busy: Counter[int] = Counter()  # nanoseconds spent answering them, by opcode
         self._threads: list[threading.Thread] = []
@@ -189,6 +192,11 @@ class Session:
             self.served[opcode] += 1
             handler = self._handlers.get(opcode)
             if handler is None:
+                if opcode == p.Op.FORGET:
+                    self._forget([(nodeid, p.FORGET_IN.unpack_from(body)[0])])
+                elif opcode == p.Op.BATCH_FORGET:
+                    (count, _) = p.BATCH_FORGET_IN.unpack_from(body)
+                    self._forget(p.FORGET_ONE.iter_unpack(body[p.BATCH_FORGET_IN.size:][:count * p.FORGET_ONE.size]))
                 if opcode in (p.Op.FORGET, p.Op.BATCH_FORGET, p.Op.INTERRUPT):
                     continue  # no reply expected
                 if opcode == p.Op.DESTROY:
@@ -259,9 +267,27 @@ class Session:
 
     # -- requests: each parses its message, calls `ops`, packs the reply -------------------
 
+    # -- inodes the kernel holds -----------------------------------------------------------
+
+    def _entry(self, attr: p.Attr | None) -> bytes:
+        """A reply that gives the kernel an inode (or a missing name): it holds one more lookup."""
+        if attr is not None:
+            with self._held_lock:
+                self._held[attr.ino] = self._held.get(attr.ino, 0) + 1
+        return p.pack_entry(attr, self.ops.timeout)
+
+    def _forget(self, dropped: Iterable[tuple[int, int]]) -> None:
+        with self._held_lock:
+            for ino, n in dropped:
+                left = self._held.pop(ino, 0) - n
+                if left > 0:
+                    self._held[ino] = left
+
+    # -- requests --------------------------------------------------------------------------
+
     def _lookup(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         (name,) = _names(body, 1)
-        return p.pack_entry(self.ops.lookup(ctx, nodeid, name), self.ops.timeout)
+        return self._entry(self.ops.lookup(ctx, nodeid, name))
 
     def _getattr(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         return p.pack_attr_out(self.ops.getattr(ctx, nodeid), self.ops.timeout)
@@ -288,17 +314,17 @@ class Session:
 
     def _symlink(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         name, target = _names(body, 2)
-        return p.pack_entry(self.ops.symlink(ctx, nodeid, name, target), self.ops.timeout)
+        return self._entry(self.ops.symlink(ctx, nodeid, name, target))
 
     def _mknod(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         mode, rdev, _, _ = p.MKNOD_IN.unpack_from(body)
         (name,) = _names(body[p.MKNOD_IN.size:], 1)
-        return p.pack_entry(self.ops.mknod(ctx, nodeid, name, mode, rdev), self.ops.timeout)
+        return self._entry(self.ops.mknod(ctx, nodeid, name, mode, rdev))
 
     def _mkdir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         mode, _ = p.MKDIR_IN.unpack_from(body)
         (name,) = _names(body[p.MKDIR_IN.size:], 1)
-        return p.pack_entry(self.ops.mkdir(ctx, nodeid, name, mode), self.ops.timeout)
+        return self._entry(self.ops.mkdir(ctx, nodeid, name, mode))
 
     def _unlink(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         self.ops.unlink(ctx, nodeid, _names(body, 1)[0])
@@ -323,7 +349,7 @@ class Session:
     def _link(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         (old,) = p.LINK_IN.unpack_from(body)
         (name,) = _names(body[p.LINK_IN.size:], 1)
-        return p.pack_entry(self.ops.link(ctx, old, nodeid, name), self.ops.timeout)
+        return self._entry(self.ops.link(ctx, old, nodeid, name))
 
     @staticmethod
     def _opened(o: Opened) -> bytes:
@@ -338,7 +364,7 @@ class Session:
         flags, mode, _, _ = p.CREATE_IN.unpack_from(body)
         (name,) = _names(body[p.CREATE_IN.size:], 1)
         attr, opened = self.ops.create(ctx, nodeid, name, mode, flags)
-        return p.pack_entry(attr, self.ops.timeout) + self._opened(opened)
+        return self._entry(attr) + self._opened(opened)
 
     def _read(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         fh, off, size, *_ = p.READ_IN.unpack_from(body)
@@ -374,17 +400,33 @@ class Session:
         return p.OPEN_OUT.pack(self.ops.opendir(ctx, nodeid), p.FOPEN_CACHE_DIR | p.FOPEN_KEEP_CACHE, 0)
 
     def _entries(self, body: memoryview, plus: bool) -> bytes:
+        """READDIR(PLUS): as many entries as fit. READDIRPLUS gives the attributes of the inodes
+        the kernel does not hold (it takes a lookup of each); an entry it holds goes without
+        them, which the kernel takes as "nothing new", at a fraction of the cost both here and
+        there (a walk just after creating, or a second `ls -l`)."""
         fh, off, size, *_ = p.READ_IN.unpack_from(body)
         out: list[bytes] = []
         used = 0
         timeout = self.ops.timeout
-        entries: Iterable[tuple[bytes, p.Attr, int]] = self.ops.readdir(fh, off)
-        for name, attr, next_off in entries:
-            rec = p.direntplus(attr, next_off, name, timeout) if plus else p.dirent(attr.ino, next_off, name, attr.mode)
+        held = self._held if plus else None
+        given: list[int] = []
+        for name, ino, mode, attr, next_off in self.ops.readdir(fh, off, held):
+            if not plus:
+                rec = p.dirent(ino, next_off, name, mode)
+            elif attr is None:
+                rec = p.direntplus_bare(ino, next_off, name, mode)
+            else:
+                rec = p.direntplus(attr, next_off, name, timeout)
             if used + len(rec) > size:
                 break
             out.append(rec)
             used += len(rec)
+            if attr is not None:
+                given.append(ino)
+        if given:
+            with self._held_lock:
+                for ino in given:
+                    self._held[ino] = self._held.get(ino, 0) + 1
         return b"".join(out)
 
     def _readdir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
