@@ -113,3 +113,32 @@ def test_status_and_check_while_mounted_see_no_interrupted_operations(dir_pool: 
         capsys.readouterr()
         assert main(["--pool", str(state_dir), "status"]) == 0
         assert "interrupted" not in capsys.readouterr().out
+
+
+def test_a_drive_added_while_mounted_takes_new_copies(dir_pool: Pool, state_dir: Path, tmp_path: Path,
+                                                      dir_drives: list[Path],
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """Plug in a drive and the pool grows, without unmounting (Samba clients stay connected)."""
+    dir_pool.close()
+    new = tmp_path / "drive4"
+    new.mkdir()
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        capsys.readouterr()
+        assert main(["--pool", str(state_dir), "drive", "add", str(new), "--label", "big", "--max-size", "1G",
+                     "--allow-shared-device"]) == 0
+        assert "Added drive 'big'" in capsys.readouterr().out
+        # The new drive has the most room: the next files go there (placement: most free space).
+        (mnt / "Videos/after.mkv").write_bytes(b"v" * 1000)
+        assert copies_on_disk([new], "Videos/after.mkv") != []
+        assert (mnt / "Videos/after.mkv").read_bytes() == b"v" * 1000
+        # Refusals come back as the command's own one-line errors, and change nothing.
+        assert main(["--pool", str(state_dir), "drive", "add", str(new), "--allow-shared-device"]) != 0
+        assert "already in the pool" in capsys.readouterr().err
+        other = tmp_path / "drive5"
+        other.mkdir()
+        assert main(["--pool", str(state_dir), "drive", "add", str(other), "--adopt",
+                     "--allow-shared-device"]) != 0
+        assert "not mounted" in capsys.readouterr().err
+    with Pool.open(state_dir, write=False) as pool:
+        assert [d.label for d in pool.drives()] == [*(d.name for d in dir_drives), "big"]
+        assert_clean(pool)

@@ -135,6 +135,16 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
         if ops.session is not None:  # the kernel may remember that the name was not there
             ops.session.forget_entry(ROOT_ID, node.name.encode())
         return {"drives": drives}
+    if op == "add_drive":
+        if request.get("adopt"):  # its files would appear under the kernel's cached listings
+            raise BadInput(message="a drive is adopted with its files only while the pool is not mounted: "
+                           f"`homepool unmount {ops.session.mountpoint if ops.session else 'MOUNTPOINT'}` first")
+        with lock:
+            d = pool.add_drive(Path(request["path"]), label=request.get("label"), max_size=request.get("max_size"),
+                               allow_shared_device=bool(request.get("allow_shared_device")))
+            pool.drive_cache = None  # new files may go there from now on
+            size, free = d.capacity(pool.cat.bytes_on_drive(d.id))
+        return {"label": d.label, "root": str(d.root), "size": size, "free": free}
     raise BadInput(message=f"the mount does not know the request {op!r}; is it an older homepool?")
 
 

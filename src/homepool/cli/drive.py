@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ..errors import BadInput
+from .. import control
+from ..errors import BadInput, PoolMounted
 from ..units import human, parse_size
-from . import app, open_pool, out
+from . import app, open_pool, out, state
 from .pool_cmd import drive_table, status_data
 
 drive_app = typer.Typer(help="Add and list the pool's drives.", no_args_is_help=True)
@@ -36,10 +37,17 @@ def do_drive_add(
             cap = parse_size(max_size)
         except ValueError as e:
             raise BadInput(message=f"--max-size: {e}") from None
-    with open_pool() as pool:
-        d = pool.add_drive(path, label=label, max_size=cap, allow_shared_device=allow_shared_device, adopt=adopt)
-        size, free = d.capacity(pool.cat.bytes_on_drive(d.id))
-    out.print(f"Added drive {d.label!r} at {d.root}: {human(size)}, {human(free)} free.", markup=False)
+    try:
+        with open_pool() as pool:
+            d = pool.add_drive(path, label=label, max_size=cap, allow_shared_device=allow_shared_device, adopt=adopt)
+            size, free = d.capacity(pool.cat.bytes_on_drive(d.id))
+            added, root = d.label, str(d.root)
+    except PoolMounted as mounted:  # the mount adds it: the pool grows while in use
+        r = control.ask(state.state_dir, mounted, {"op": "add_drive", "path": str(path.absolute()), "label": label,
+                                                   "max_size": cap, "allow_shared_device": allow_shared_device,
+                                                   "adopt": adopt})
+        added, root, size, free = r["label"], r["root"], r["size"], r["free"]
+    out.print(f"Added drive {added!r} at {root}: {human(size)}, {human(free)} free.", markup=False)
 
 
 @drive_app.command("list")
