@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -19,7 +20,7 @@ from homepool.cli import main
 from homepool.pool import Pool
 
 from .helpers import copies_on_disk
-from .mounting import force_unmount, fuse_or_skip, mount_pool, open_copies
+from .mounting import force_unmount, fuse_or_skip, mount_pool, open_copies, wait_for
 
 
 @pytest.fixture
@@ -197,3 +198,42 @@ def test_a_file_replaced_through_the_mount_is_read_fresh(dir_pool: Pool, mount) 
     tmp.write_bytes(b"version 3")
     os.replace(tmp, mnt / "Documents/v.txt")  # how editors save
     assert (mnt / "Documents/v.txt").read_bytes() == b"version 3"
+
+
+def _served(log: Path, pid: int) -> tuple[dict[str, int], int]:
+    """SIGUSR1: the mount logs its request counts so far; returns them and the inodes the
+    kernel holds."""
+    start = len(log.read_bytes())
+    os.kill(pid, signal.SIGUSR1)
+    found: list[str] = []
+
+    def logged() -> bool:
+        found[:] = [x for x in log.read_bytes()[start:].decode().splitlines() if "requests served so far" in x]
+        return bool(found)
+
+    wait_for(logged, what="the mount's request counts")
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"([A-Z_]+) (\d+)", found[0])}
+    held = re.search(r"the kernel holds (\d+) inode", found[0])
+    assert held is not None, found[0]
+    return counts, int(held.group(1))
+
+
+def test_listings_send_attributes_the_kernel_does_not_hold(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> None:
+    """READDIRPLUS leaves out the attributes of inodes the kernel holds. The mount learns that
+    it dropped them from FORGET: a listing after that must carry them, or every stat of it
+    would cost a LOOKUP."""
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, proc):
+        log = tmp_path / "mnt.log"
+        (mnt / "Documents/many").mkdir()
+        for i in range(100):
+            (mnt / f"Documents/many/f{i}").write_bytes(b"x" * i)
+        assert _served(log, proc.pid)[1] >= 100
+        Path("/proc/sys/vm/drop_caches").write_text("2")  # dentries and inodes: the kernel FORGETs them
+        wait_for(lambda: _served(log, proc.pid)[1] < 20, what="the kernel's FORGETs")
+        before, _ = _served(log, proc.pid)
+        sizes = {e.name: e.stat().st_size for e in os.scandir(mnt / "Documents/many")}
+        assert sizes == {f"f{i}": i for i in range(100)}
+        after, held = _served(log, proc.pid)
+        assert after.get("LOOKUP", 0) - before.get("LOOKUP", 0) < 10  # the listing gave the attributes
+        assert held >= 100

@@ -66,11 +66,14 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     os.umask(0)  # modes come from the callers (the kernel applied their umask)
 
     def on_signal(signum: int, frame: object) -> None:
+        if signum == signal.SIGUSR1:  # `kill -USR1 PID`: what the mount is doing, in its log
+            log.info("requests served so far: %s; the kernel holds %d inode(s)", session.summary(), session.held())
+            return
         log.info("signal received: unmounting %s", mountpoint)
         session.stop()
 
     # Before mounting: a signal that comes as soon as the mount is there still unmounts it.
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
     mounted = False
     try:
         try:

@@ -21,6 +21,7 @@ import fcntl
 import logging
 import os
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -167,6 +168,11 @@ class Session:
         self._reply(unique, 0, reply)
         log.info("FUSE 7.%d, passthrough %s", self.minor, "on" if self.passthrough else "off")
 
+    def held(self) -> int:
+        """Inodes the kernel holds now (looked up and not yet forgotten)."""
+        with self._held_lock:
+            return len(self._held)
+
     def summary(self) -> str:
         """Requests served by opcode, with the mean time each took from reading it to replying."""
         names = {op.value: op.name for op in p.Op}
@@ -192,13 +198,11 @@ class Session:
             self.served[opcode] += 1
             handler = self._handlers.get(opcode)
             if handler is None:
-                if opcode == p.Op.FORGET:
-                    self._forget([(nodeid, p.FORGET_IN.unpack_from(body)[0])])
-                elif opcode == p.Op.BATCH_FORGET:
-                    (count, _) = p.BATCH_FORGET_IN.unpack_from(body)
-                    self._forget(p.FORGET_ONE.iter_unpack(body[p.BATCH_FORGET_IN.size:][:count * p.FORGET_ONE.size]))
-                if opcode in (p.Op.FORGET, p.Op.BATCH_FORGET, p.Op.INTERRUPT):
+                if opcode in (p.Op.FORGET, p.Op.BATCH_FORGET):
+                    self._forgotten(opcode, nodeid, body)
                     continue  # no reply expected
+                if opcode == p.Op.INTERRUPT:
+                    continue
                 if opcode == p.Op.DESTROY:
                     self._reply(unique, 0)
                     break
@@ -276,12 +280,21 @@ class Session:
                 self._held[attr.ino] = self._held.get(attr.ino, 0) + 1
         return p.pack_entry(attr, self.ops.timeout)
 
-    def _forget(self, dropped: Iterable[tuple[int, int]]) -> None:
-        with self._held_lock:
-            for ino, n in dropped:
-                left = self._held.pop(ino, 0) - n
-                if left > 0:
-                    self._held[ino] = left
+    def _forgotten(self, opcode: int, nodeid: int, body: memoryview) -> None:
+        """FORGET or BATCH_FORGET: the kernel gives back lookups of inodes it dropped."""
+        try:
+            if opcode == p.Op.FORGET:
+                dropped: Iterable[tuple[int, int]] = [(nodeid, p.FORGET_IN.unpack_from(body)[0])]
+            else:
+                (count, _) = p.BATCH_FORGET_IN.unpack_from(body)
+                dropped = p.FORGET_ONE.iter_unpack(body[p.BATCH_FORGET_IN.size:][:count * p.FORGET_ONE.size])
+            with self._held_lock:
+                for ino, n in dropped:
+                    left = self._held.pop(ino, 0) - n
+                    if left > 0:
+                        self._held[ino] = left
+        except struct.error:  # a malformed one costs only the hint (listings send attributes)
+            log.warning("a FORGET request the mount could not read")
 
     # -- requests --------------------------------------------------------------------------
 
