@@ -35,5 +35,5 @@ def test_demo_without_root_uses_directories(capsys: pytest.CaptureFixture[str],
     before = leftovers()
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "three directories" in out and "shares a disk" in out and "recovered 75 files" in out
+    assert "four directories" in out and "shares a disk" in out and "recovered 75 files" in out
     assert leftovers() == before

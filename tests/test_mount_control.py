@@ -123,6 +123,7 @@ def test_a_drive_added_while_mounted_takes_new_copies(dir_pool: Pool, state_dir:
     new = tmp_path / "drive4"
     new.mkdir()
     with mount_pool(state_dir, tmp_path) as (mnt, _):
+        (mnt / "Videos/before.mkv").write_bytes(b"b")  # the mount has looked at its drives
         capsys.readouterr()
         assert main(["--pool", str(state_dir), "drive", "add", str(new), "--label", "big", "--max-size", "1G",
                      "--allow-shared-device"]) == 0

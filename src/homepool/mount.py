@@ -145,7 +145,6 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
         with lock:
             d = pool.add_drive(Path(request["path"]), label=request.get("label"), max_size=request.get("max_size"),
                                allow_shared_device=bool(request.get("allow_shared_device")))
-            pool.drive_cache = None  # new files may go there from now on
             size, free = d.capacity(pool.cat.bytes_on_drive(d.id))
         return {"label": d.label, "root": str(d.root), "size": size, "free": free}
     raise BadInput(message=f"the mount does not know the request {op!r}; is it an older homepool?")

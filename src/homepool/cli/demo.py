@@ -24,8 +24,8 @@ from .. import mount as mount_mod
 from ..errors import FuseUnavailable
 from . import app, main, out
 
-SIZES = [96 << 20, 160 << 20, 256 << 20]
-LABELS = ["Old 500G", "Blue 1T", "New 2T"]
+SIZES = [96 << 20, 160 << 20, 256 << 20, 192 << 20]  # the last is plugged in while mounted
+LABELS = ["Old 500G", "Blue 1T", "New 2T", "Spare 1T"]
 
 
 def make_library(root: Path, seed: int = 7) -> tuple[int, int]:
@@ -63,12 +63,14 @@ def step(args: list[str], note: str = "") -> None:
         raise RuntimeError(f"`homepool {shlex.join(args)}` failed with exit code {code}")
 
 
-def mount_step(base: Path, library: Path) -> Path | None:
-    """7. The pool as one folder tree in the filesystem, read and written, if FUSE is here."""
+def mount_step(base: Path, library: Path, add_drive: list[str]) -> Path | None:
+    """7. The pool as one folder tree in the filesystem, read and written, if FUSE is here;
+    a drive plugged in meanwhile (`add_drive`)."""
     try:
         mount_mod.check_fuse()
     except FuseUnavailable as e:
         out.print(f"\n[bold]7. (Skipping the mount: {e})[/bold]")
+        step(add_drive, "   Plug in another drive: the pool grows.")
         return None
     mnt = base / "pool"
     mnt.mkdir()
@@ -90,6 +92,8 @@ def mount_step(base: Path, library: Path) -> Path | None:
     step(["folder", "set", "Music", "--copies", "1"],
          "   Settings change while mounted too: the mount makes the change (extra copies go now).")
     step(["folder", "set", "Music", "--copies", "2"])
+    step(add_drive, "   Plug in another drive while mounted: the pool grows at once, nobody is disconnected.")
+    step(["drive", "list"])
     step(["unmount", str(mnt)])
     copies = [d for d in drives_of(base) if (d / "HomePool/Documents" / note.name).is_file()]
     out.print(f"   Documents keeps 2 copies, so the note is a plain file on {len(copies)} drives: "
@@ -118,14 +122,15 @@ def do_demo(
     os.environ["HOMEPOOL_POOL"] = str(state)
     try:
         if why_not is None:
-            out.print(f"Making three ext4 drives of 96, 160 and 256 MiB (loop-mounted images in {base}).")
+            out.print(f"Making four ext4 drives of 96, 160, 256 and 192 MiB (loop-mounted images in {base});"
+                      " the fourth is plugged in later.")
             drives = loopdrives.LoopDrives(base, SIZES)
             paths = drives.up()
             extra: list[list[str]] = [[] for _ in paths]
         else:
-            out.print(f"Not making real drives ({why_not}): using three directories on one filesystem instead, "
+            out.print(f"Not making real drives ({why_not}): using four directories on one filesystem instead, "
                       "with size caps. Two copies there would NOT survive a failed disk; `status` says so.")
-            paths = [base / f"d{i}" for i in range(1, 4)]
+            paths = [base / f"d{i}" for i in range(1, 5)]
             for p in paths:
                 p.mkdir()
             extra = [["--allow-shared-device", "--max-size", f"{s >> 20}M"] for s in SIZES]
@@ -135,8 +140,10 @@ def do_demo(
         out.print(f"The pool's state (config and catalog) lives in {state} (HOMEPOOL_POOL).")
 
         step(["init"], "1. Create a pool. It comes with folders that say where things go.")
-        for p, label, ex in zip(paths, LABELS, extra, strict=True):
-            step(["drive", "add", str(p), "--label", label, *ex],
+        add_drive = [["drive", "add", str(p), "--label", label, *ex]
+                     for p, label, ex in zip(paths, LABELS, extra, strict=True)]
+        for p, add in zip(paths[:3], add_drive, strict=False):
+            step(add,
                  "2. Add drives of any size. Nothing is formatted; files stay plain files." if p == paths[0] else "")
         step(["drive", "list"])
         step(["folder", "set", "Videos", "--copies", "1"],
@@ -157,7 +164,7 @@ def do_demo(
         if sample is not None:
             out.print(f"   {sample} is an ordinary file of {sample.stat().st_size} bytes.")
         step(["status"], "6. Status: drives, space, folders and their health.")
-        mounted = mount_step(base, library)
+        mounted = mount_step(base, library, add_drive[3])
 
         out.print("\n[bold]8. Lose the system drive: delete the pool's state directory, then rebuild it "
                   "from the drives.[/bold]")

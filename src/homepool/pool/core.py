@@ -311,6 +311,7 @@ class Pool(LiveOps):
                         self.cat.set_drive_path(m.id, str(real))
                         self.cat.set_drive_state(m.id, "active")
                     self._changed = True
+                    self.drive_cache = None  # the mount's snapshot of the drives is out of date
                     log.info("drive %r is now at %s", m.label, real)
                     return self.drive(m.id)
                 raise BadDrive(path=shown, why=f"it is a second view of drive {m.label!r} at {m.path}")
@@ -344,6 +345,7 @@ class Pool(LiveOps):
             drive_id = self.cat.add_drive(new.drive_id, str(real), label, new.added_at, max_size, bool(shared))
             write_identity(real, new)  # inside the transaction: a failure here adds nothing
         self._changed = True
+        self.drive_cache = None  # the mount's snapshot of the drives is out of date
         drive = self.drive(drive_id)
         for folder, _ in self.cat.folders():
             drive.makedirs(folder.name, folder.mode)
