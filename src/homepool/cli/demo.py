@@ -112,7 +112,7 @@ def do_demo(
     keep: Annotated[bool, typer.Option("--keep", help="Leave the demo drives and pool in place (prints where "
                                        "and how to remove them).")] = False,
 ) -> None:
-    """A guided tour on three throwaway drives; removes everything it made."""
+    """A guided tour on four throwaway drives (one plugged in while mounted); removes everything it made."""
     started = time.monotonic()
     base = Path(tempfile.mkdtemp(prefix="homepool-demo-"))
     state = base / "state"
