@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from homepool import loopdrives
-from homepool.cli import main
+from homepool.cli import demo, main
 
 
 def leftovers() -> set[str]:
@@ -36,4 +36,21 @@ def test_demo_without_root_uses_directories(capsys: pytest.CaptureFixture[str],
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "four directories" in out and "shares a disk" in out and "recovered 75 files" in out
+    assert leftovers() == before
+
+
+def test_a_demo_that_fails_while_mounted_still_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    if loopdrives.available() is not None:
+        pytest.skip(f"LOUD SKIP: the real-drive demo needs loop devices: {loopdrives.available()}")
+    real_step = demo.step
+
+    def step(args: list[str], note: str = "") -> None:
+        if "Spare 1T" in args:  # the drive plugged in while mounted
+            raise RuntimeError("a step failed")
+        real_step(args, note)
+
+    monkeypatch.setattr(demo, "step", step)
+    before = leftovers()
+    with pytest.raises(RuntimeError, match="a step failed"):
+        main(["demo"])
     assert leftovers() == before

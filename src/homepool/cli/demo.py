@@ -1,8 +1,9 @@
 """`homepool demo`: a self-contained tour on throwaway drives, cleaned up afterwards.
 
-As root it makes three small ext4 drives of different sizes (loop-mounted image files);
-otherwise three directories on one filesystem, added with --allow-shared-device and size caps
-(and `status` says so). Every step is a real `homepool` command, printed before it runs.
+As root it makes four small ext4 drives of different sizes (loop-mounted image files; the
+fourth is plugged in while mounted); otherwise four directories on one filesystem, added with
+--allow-shared-device and size caps (and `status` says so). Every step is a real `homepool`
+command, printed before it runs.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def step(args: list[str], note: str = "") -> None:
         raise RuntimeError(f"`homepool {shlex.join(args)}` failed with exit code {code}")
 
 
-def mount_step(base: Path, library: Path, add_drive: list[str]) -> Path | None:
+def mount_step(base: Path, library: Path, add_drive: list[str]) -> None:
     """7. The pool as one folder tree in the filesystem, read and written, if FUSE is here;
     a drive plugged in meanwhile (`add_drive`)."""
     try:
@@ -71,7 +72,7 @@ def mount_step(base: Path, library: Path, add_drive: list[str]) -> Path | None:
     except FuseUnavailable as e:
         out.print(f"\n[bold]7. (Skipping the mount: {e})[/bold]")
         step(add_drive, "   Plug in another drive: the pool grows.")
-        return None
+        return
     mnt = base / "pool"
     mnt.mkdir()
     step(["mount", str(mnt)], "7. Mount the pool: one folder tree for every program, to read and write.")
@@ -100,7 +101,6 @@ def mount_step(base: Path, library: Path, add_drive: list[str]) -> Path | None:
               + ", ".join(str(d / "HomePool/Documents" / note.name) for d in copies))
     if len(copies) != 2:
         raise RuntimeError(f"{note.name} should be on 2 drives, found {len(copies)}")
-    return mnt
 
 
 def drives_of(base: Path) -> list[Path]:
@@ -164,7 +164,7 @@ def do_demo(
         if sample is not None:
             out.print(f"   {sample} is an ordinary file of {sample.stat().st_size} bytes.")
         step(["status"], "6. Status: drives, space, folders and their health.")
-        mounted = mount_step(base, library, add_drive[3])
+        mount_step(base, library, add_drive[3])
 
         out.print("\n[bold]8. Lose the system drive: delete the pool's state directory, then rebuild it "
                   "from the drives.[/bold]")
@@ -175,8 +175,8 @@ def do_demo(
         step(["folder", "list"], "   Folders, copies and files are all back:")
         out.print(f"\nTour finished in {time.monotonic() - started:.1f} s.")
     finally:
-        if "mounted" in locals() and mounted is not None and os.path.ismount(mounted):
-            subprocess.run(["fusermount3", "-u", str(mounted)], capture_output=True)
+        if os.path.ismount(base / "pool"):  # a step failed while mounted: the tour still cleans up
+            subprocess.run(["fusermount3", "-u", str(base / "pool")], capture_output=True)
         if old_env is None:
             os.environ.pop("HOMEPOOL_POOL", None)
         else:
