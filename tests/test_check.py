@@ -124,6 +124,24 @@ def test_a_mount_changes_journal_row_goes_with_the_next_commit(dir_pool: Pool) -
     assert dir_pool.cat.journal() == []
 
 
+def test_a_held_back_rename_is_not_replayed_over_a_newer_name(dir_pool: Pool, dir_drives: list[Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a rename a -> b, a symlink made at a goes onto the drives before its commit. A crash
+    then must not let the rename's journal row (held back for the next commit) move the symlink
+    over b when it is finished."""
+    dir_pool.write_bytes("Documents/a.txt", b"the file")
+    dir_pool.go_live()
+    parent = dir_pool.stat("Documents").id
+    dir_pool.move(parent, "a.txt", parent, "b.txt", noreplace=False)
+    monkeypatch.setattr(dir_pool.cat, "add_node", crash)  # the symlink's commit never comes
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.make_node(parent, "a.txt", 0o120777, 0, 0, target="elsewhere")
+    monkeypatch.undo()
+    check(dir_pool, repair=True)
+    assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/b.txt")] == [b"the file"] * 2
+    assert dir_pool.read_bytes("Documents/b.txt") == b"the file"
+
+
 @pytest.mark.expect_errors
 @pytest.mark.parametrize("change", ["rename", "delete"])
 def test_a_drive_that_fails_a_mount_change_is_owed_it(state_dir: Path, dir_pool: Pool, dir_drives: list[Path],

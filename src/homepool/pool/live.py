@@ -739,6 +739,7 @@ class LiveOps:
 
     def _on_every_drive(self, path: str, fn: Callable[[str], Any]) -> list[int]:
         """Do `fn(real path)` on every present drive; returns the drives where it worked."""
+        self._before_drive_steps()
         done = []
         for d in self.drives_by_id().values():
             if d.row.state != "active":
@@ -776,6 +777,13 @@ class LiveOps:
                 self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
                                    "node": True, "id": node.id})
         self._dir_changed(parent_id)
+
+    def _before_drive_steps(self) -> None:
+        """Drive steps made before their commit (a symlink or special file made, renamed or
+        removed) first commit the removal of the journal rows held back by `_run_recorded_first`:
+        replayed after a crash, a finished rename would otherwise move what such a step had
+        just made at its old path over the file it renamed."""
+        self.cat.journal_flush()
 
     def _keep_if_open(self, node: Node) -> None:
         """A file deleted (or replaced) while open stays readable through its handles."""
@@ -819,6 +827,7 @@ class LiveOps:
             return
         if new_parent_id == ROOT_ID:
             raise NotInFolder(path=dst)
+        self._before_drive_steps()
         for d in self.drives_by_id().values():
             if d.row.state == "active":
                 try:
