@@ -128,3 +128,20 @@ def test_a_moved_drive_is_found_again(state_dir: Path, loop_drives: LoopFactory,
             assert_clean(pool)
     finally:
         subprocess.run(["mount", "--move", str(new), str(m)], check=True)
+
+
+def test_a_drive_added_back_at_a_new_path_takes_the_steps_it_missed_at_once(dir_pool: Pool, dir_drives: list[Path],
+                                                                            tmp_path: Path) -> None:
+    """A drive that was away while a file was renamed is owed the rename. Added back at a new
+    path (while mounted, the pool then goes on in the same process), it gets it at once, before
+    anything else looks at it, not at the next open of the pool (found by a review)."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    away = dir_pool.replicas("Documents/a.txt")[0][0]
+    moved = tmp_path / "moved"
+    os.rename(away.root, moved)  # unplugged, and plugged in somewhere else later
+    dir_pool.rename("Documents/a.txt", "Documents/b.txt")
+    assert [step["op"] for _, step in dir_pool.cat.owed(away.id)] == ["rename"]
+    dir_pool.add_drive(moved)
+    assert (moved / "HomePool/Documents/b.txt").read_bytes() == b"A"
+    assert not (moved / "HomePool/Documents/a.txt").exists()
+    assert dir_pool.cat.owed(away.id) == []

@@ -260,3 +260,20 @@ def test_read_falls_over_to_the_other_copy(dir_pool: Pool, dir_drives: list[Path
     assert dir_pool.read_bytes("Documents/a.txt") == b"precious"
     bad = [state for _, state in dir_pool.replicas("Documents/a.txt")]
     assert sorted(bad) == ["bad", "ok"]
+
+
+def test_files_open_below_a_moved_directory_follow_it(dir_pool: Pool) -> None:
+    """The mount finds an open file's copies, journal row and owed steps by its path: a move of
+    a directory above it must update it (found by a review: only the moved node's own handles
+    were)."""
+    dir_pool.makedirs("Documents/d/sub")
+    dir_pool.go_live()
+    sub = dir_pool.stat("Documents/d/sub").id
+    _, f = dir_pool.create_file(sub, "open.txt", 0o644, 0, 0)
+    docs = dir_pool.stat("Documents").id
+    dir_pool.move(docs, "d", docs, "e", noreplace=False)
+    assert f.path == "Documents/e/sub/open.txt"
+    dir_pool.releasing(f, closing=True)
+    dir_pool.release_file(f, f.finish())
+    assert dir_pool.read_bytes("Documents/e/sub/open.txt") == b""
+    assert_clean(dir_pool)

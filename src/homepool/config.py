@@ -88,15 +88,30 @@ class PoolConfig:
 
 
 def mounted_at(state_dir: Path) -> str | None:
-    """Where the pool is mounted, if a mount holds its lock now (its note says so, and that
-    process still runs homepool); None otherwise. Looks without taking the lock."""
+    """Where the pool is mounted, if a mount holds its lock now; None otherwise. Looks without
+    taking the lock (a command that took it, even for a moment, could make a mount that is
+    starting fail): the lock file's note names the holder, and that process must have the lock
+    file open (or, where its descriptors cannot be read, at least run homepool)."""
+    lock = state_dir / LOCK_FILE
     try:
-        pid, what = (state_dir / LOCK_FILE).read_text().split("\n")[:2]
-        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
-            running = b"homepool" in f.read()
+        pid, what = lock.read_text().split("\n")[:2]
+        int(pid)
     except (OSError, ValueError):
         return None
-    return what.removeprefix("mounted at ") if running and what.startswith("mounted at ") else None
+    if not what.startswith("mounted at "):
+        return None
+    try:
+        real = os.path.realpath(lock)
+        held = any(os.readlink(f"/proc/{pid}/fd/{fd}") == real for fd in os.listdir(f"/proc/{pid}/fd"))
+    except PermissionError:  # another user's process
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                held = b"homepool" in f.read()
+        except OSError:
+            return None
+    except OSError:  # gone (a descriptor may also close while we look)
+        return None
+    return what.removeprefix("mounted at ") if held else None
 
 
 class PoolLock:

@@ -67,7 +67,10 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
 
     def on_signal(signum: int, frame: object) -> None:
         if signum == signal.SIGUSR1:  # `kill -USR1 PID`: what the mount is doing, in its log
-            log.info("requests served so far: %s; the kernel holds %d inode(s)", session.summary(), session.held())
+            try:
+                log.info("requests served so far: %s; the kernel holds %d inode(s)", session.summary(), session.held())
+            except Exception:  # a report must never end the mount
+                log.exception("reporting the requests served")
             return
         log.info("signal received: unmounting %s", mountpoint)
         session.stop()

@@ -183,7 +183,7 @@ def do_demo(
             os.environ["HOMEPOOL_POOL"] = old_env
         if keep:
             out.print(f"Kept everything in {base}. Remove it with: "
-                      + (f"umount {base}/d1 {base}/d2 {base}/d3; " if drives else "") + f"rm -rf {base}")
+                      + (f"umount {' '.join(map(str, drives.mounts))}; " if drives else "") + f"rm -rf {base}")
         else:
             if drives is not None:
                 drives.down()

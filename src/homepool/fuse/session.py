@@ -104,6 +104,7 @@ class Session:
         self.done = threading.Event()  # the connection ended (unmounted) or `stop` was called
         self._held: dict[int, int] = {}  # inode -> lookups the kernel holds (until it FORGETs them)
         self._held_lock = threading.Lock()
+        self._given = threading.local()  # .inodes: lookups counted for the reply being made
         self.served: Counter[int] = Counter()  # requests by opcode (for the log: what reached us)
         self.busy: Counter[int] = Counter()  # nanoseconds spent answering them, by opcode
         self._threads: list[threading.Thread] = []
@@ -176,8 +177,9 @@ class Session:
     def summary(self) -> str:
         """Requests served by opcode, with the mean time each took from reading it to replying."""
         names = {op.value: op.name for op in p.Op}
-        return ", ".join(f"{names.get(op, op)} {n}" + (f" ({self.busy[op] // n // 1000} µs)" if self.busy[op] else "")
-                         for op, n in sorted(self.served.items())) or "none"
+        busy = dict(self.busy)  # copies: other threads count on
+        return ", ".join(f"{names.get(op, op)} {n}" + (f" ({busy[op] // n // 1000} µs)" if busy.get(op) else "")
+                         for op, n in sorted(dict(self.served).items())) or "none"
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -209,6 +211,7 @@ class Session:
                 self._reply(unique, -errno.ENOSYS)
                 continue
             started = time.perf_counter_ns()
+            self._given.inodes = []
             try:
                 out = handler(Ctx(uid, gid, pid), nodeid, body)
             except FuseError as e:
@@ -217,20 +220,24 @@ class Session:
                 log.exception("internal error in FUSE request %d", opcode)
                 self._reply(unique, -errno.EIO)
             else:
-                self._reply(unique, 0, out)
+                if not self._reply(unique, 0, out) and self._given.inodes:
+                    self._drop_held((ino, 1) for ino in self._given.inodes)  # the kernel did not get them
             self.busy[opcode] += time.perf_counter_ns() - started
         self.done.set()
 
-    def _reply(self, unique: int, error: int, payload: bytes | memoryview | None = None) -> None:
+    def _reply(self, unique: int, error: int, payload: bytes | memoryview | None = None) -> bool:
+        """Answer a request; False if the kernel did not take the answer."""
         size = p.OUT_HEADER.size + (len(payload) if payload else 0)
         parts: list[bytes | memoryview] = [p.OUT_HEADER.pack(size, error, unique)]
         if payload:
             parts.append(payload)
         try:
             os.writev(self.fd, parts)
+            return True
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENODEV):  # ENOENT: the request was interrupted
                 log.error("replying to the kernel: %s", e)
+            return False
 
     # -- telling the kernel what changed behind its back ----------------------------------
 
@@ -276,9 +283,22 @@ class Session:
     def _entry(self, attr: p.Attr | None) -> bytes:
         """A reply that gives the kernel an inode (or a missing name): it holds one more lookup."""
         if attr is not None:
-            with self._held_lock:
-                self._held[attr.ino] = self._held.get(attr.ino, 0) + 1
+            self._hold([attr.ino])
         return p.pack_entry(attr, self.ops.timeout)
+
+    def _hold(self, inodes: list[int]) -> None:
+        """Count a lookup of each of `inodes`, given in the reply being made (on this thread)."""
+        with self._held_lock:
+            for ino in inodes:
+                self._held[ino] = self._held.get(ino, 0) + 1
+        self._given.inodes.extend(inodes)
+
+    def _drop_held(self, dropped: Iterable[tuple[int, int]]) -> None:
+        with self._held_lock:
+            for ino, n in dropped:
+                left = self._held.pop(ino, 0) - n
+                if left > 0:
+                    self._held[ino] = left
 
     def _forgotten(self, opcode: int, nodeid: int, body: memoryview) -> None:
         """FORGET or BATCH_FORGET: the kernel gives back lookups of inodes it dropped."""
@@ -288,11 +308,7 @@ class Session:
             else:
                 (count, _) = p.BATCH_FORGET_IN.unpack_from(body)
                 dropped = p.FORGET_ONE.iter_unpack(body[p.BATCH_FORGET_IN.size:][:count * p.FORGET_ONE.size])
-            with self._held_lock:
-                for ino, n in dropped:
-                    left = self._held.pop(ino, 0) - n
-                    if left > 0:
-                        self._held[ino] = left
+            self._drop_held(dropped)
         except struct.error:  # a malformed one costs only the hint (listings send attributes)
             log.warning("a FORGET request the mount could not read")
 
@@ -437,9 +453,7 @@ class Session:
             if attr is not None:
                 given.append(ino)
         if given:
-            with self._held_lock:
-                for ino in given:
-                    self._held[ino] = self._held.get(ino, 0) + 1
+            self._hold(given)
         return b"".join(out)
 
     def _readdir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:

@@ -312,6 +312,8 @@ class Pool(LiveOps):
                         self.cat.set_drive_state(m.id, "active")
                     self._changed = True
                     self.drive_cache = None  # the mount's snapshot of the drives is out of date
+                    if self.lock is not None:
+                        self.settle_owed(self.drive(m.id))  # what it missed, before anything looks at it
                     log.info("drive %r is now at %s", m.label, real)
                     return self.drive(m.id)
                 raise BadDrive(path=shown, why=f"it is a second view of drive {m.label!r} at {m.path}")
@@ -753,6 +755,8 @@ class Pool(LiveOps):
         in between redoes the drive steps (`_finish`; they are idempotent, and its records see
         the change made). A drive that fails its step is owed it, as in `_finish`."""
         drives = {d.id: d for d in self.drives()}
+        payload = {**payload, "recorded": True}
+        gone = self._copies_removed(op, payload)
         with self.cat.transaction():
             entry = self.cat.journal_add(op, payload)
             if op == "drop":
@@ -760,25 +764,50 @@ class Pool(LiveOps):
             else:
                 self._record_rename(payload, drives, set())
         self._changed = True
-        failed = self._apply_drop(payload, drives) if op == "drop" else self._apply_rename(payload, drives)
-        if failed:
-            with self.cat.transaction():
-                self._owe_failed(op, payload, drives, failed)
-        self.cat.journal_done_later(entry)
+        try:
+            failed = self._apply_drop(payload, drives) if op == "drop" else self._apply_rename(payload, drives)
+            if failed:
+                with self.cat.transaction():
+                    self._owe_failed(op, payload, drives, failed, gone)
+        finally:  # never replayed later, after other changes
+            self.cat.journal_done_later(entry)
 
-    def _owe_failed(self, op: str, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
+    def _copies_removed(self, op: str, p: dict) -> dict[int, tuple[int, int]]:
+        """Size and time, by drive, of the copies a drop or rename removes (what is owed to a
+        drive that fails to remove one)."""
+        if op == "rename" and not p["unlink_dst"]:
+            return {}
+        node = self._journaled_node(p, "path") if op == "drop" else self.lookup(p["dst"])
+        return {r.drive_id: (r.size, r.mtime_ns) for r in self.cat.replicas(node.id)} if node else {}
+
+    def _owe_failed(self, op: str, p: dict, drives: dict[int, Drive], failed: set[int],
+                    gone: dict[int, tuple[int, int]] | None = None) -> None:
         """Drives that failed the steps of a rename or drop already recorded: each is owed its
-        step (a copy left behind is removed by what it is now, its size and time)."""
+        step. A copy left behind is removed by its recorded size and time (`gone`), or, when
+        the records went with the change (a replay), by what is there now."""
         for drive_id in failed:
             if op == "rename" and drive_id in map(int, p["moves"]):
                 self.cat.owe(drive_id, {"op": "rename", "src": p["src"], "dst": p["dst"], "kind": p["kind"]})
                 continue
             path = p["path"] if op == "drop" else p["dst"]
-            try:
-                st = os.lstat(drives[drive_id].real(path))
-            except OSError:
-                continue  # not there after all
-            self.cat.owe(drive_id, {"op": "unlink", "path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+            known = (gone or {}).get(drive_id)
+            if known is None:
+                try:
+                    st = os.lstat(drives[drive_id].real(path))
+                except FileNotFoundError:
+                    continue  # not there after all
+                except OSError as e:
+                    log.error("could not look at %s on %s (%s); if it is still there, `homepool check` shows it",
+                              path, drives[drive_id].name, e)
+                    continue
+                known = (st.st_size, st.st_mtime_ns)
+            self.cat.owe(drive_id, {"op": "unlink", "path": path, "size": known[0], "mtime_ns": known[1]})
+
+    def _taken_since(self, op: str, p: dict) -> bool:
+        """A rename or drop recorded before its drive steps, replayed: is something else at the
+        path those steps would act on now? (The next commit removes such a row, so this does
+        not happen; if it did, the drives' file there would be that newer entry's.)"""
+        return self.lookup(p["src"] if op == "rename" else p["path"]) is not None
 
     def _finish(self, entry: int, op: str, payload: dict, drives: dict[int, Drive]) -> list[int] | None:
         done: list[list[int]] = []
@@ -787,6 +816,9 @@ class Pool(LiveOps):
         if op == "write":
             made: set[tuple[int, str]] = set()
             done = [self._apply_write(f, drives, made) for f in payload["files"]]
+        elif payload.get("recorded") and self._taken_since(op, payload):
+            log.warning("left the drive steps of an interrupted %s: something newer is at its path",
+                        describe(op, payload))
         elif op == "drop":
             failed = self._apply_drop(payload, drives)
         elif op == "rename":
@@ -874,7 +906,9 @@ class Pool(LiveOps):
         """Complete every operation a crash interrupted. Returns a line for each."""
         drives = {d.id: d for d in self.drives()}
         out = []
-        for e in self.cat.journal():
+        # A file that was open takes its copies from where the catalog says it is: a rename
+        # recorded before its drive steps (`_run_recorded_first`) is made on the drives first.
+        for e in sorted(self.cat.journal(), key=lambda e: (e.op == "live", e.id)):
             self._finish(e.id, e.op, e.payload, drives)
             self._changed = True
             out.append(f"finished an interrupted {describe(e.op, e.payload)}")

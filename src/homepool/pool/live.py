@@ -822,8 +822,12 @@ class LiveOps:
             return
         if node.is_dir or node.is_file:
             self.rename(src, dst)
-            for f in self._open.get(node.id, ()):
-                f.path = self.path_of(node.id)
+            # Open files below a directory moved with it (their copies, journal rows and owed
+            # steps are found by these paths).
+            for node_id, handles in self._open.items() if node.is_dir else [(node.id, self._open.get(node.id, []))]:
+                if self.cat.node_or_none(node_id) is not None:
+                    for f in handles:
+                        f.path = self.path_of(node_id)
             return
         if new_parent_id == ROOT_ID:
             raise NotInFolder(path=dst)
