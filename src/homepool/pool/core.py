@@ -813,12 +813,15 @@ class Pool(LiveOps):
         done: list[list[int]] = []
         failed: set[int] = set()
         kept = None
+        if payload.get("recorded") and self._taken_since(op, payload):
+            # Neither its drive steps nor its records (found by path) may touch the newer entry.
+            log.warning("left an interrupted %s as it was: something newer is at its path", describe(op, payload))
+            with self.cat.transaction():
+                self.cat.journal_done(entry)
+            return None
         if op == "write":
             made: set[tuple[int, str]] = set()
             done = [self._apply_write(f, drives, made) for f in payload["files"]]
-        elif payload.get("recorded") and self._taken_since(op, payload):
-            log.warning("left the drive steps of an interrupted %s: something newer is at its path",
-                        describe(op, payload))
         elif op == "drop":
             failed = self._apply_drop(payload, drives)
         elif op == "rename":
