@@ -676,11 +676,12 @@ class Pool(LiveOps):
         """Drive steps of a 'drop'; returns the drives that could not take them."""
         return self._unlink_on(drives, p["drives"], p["path"], "copy")
 
-    def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
+    def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> dict[int, tuple[int, int]]:
+        """Returns the size and time, by drive, of the copies it dropped."""
         node = self._journaled_node(p, "path")
         if node is None:  # recorded already (see `_run_recorded_first`)
             self._owe_failed("drop", p, drives, failed)
-            return
+            return {}
         reps = {r.drive_id: r for r in self.cat.replicas(node.id)}
         for key in p["drives"]:
             r = reps.get(int(key))
@@ -690,6 +691,7 @@ class Pool(LiveOps):
             self.cat.drop_replica(node.id, int(key))
         if p.get("node"):
             self.cat.delete_node(node.id)
+        return {d: (r.size, r.mtime_ns) for d, r in reps.items()}
 
     def _apply_rename(self, p: dict, drives: dict[int, Drive]) -> set[int]:
         """Drive steps of a 'rename'; returns the drives that could not take them."""
@@ -704,16 +706,19 @@ class Pool(LiveOps):
                     failed.add(d.id)
         return failed
 
-    def _record_rename(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> None:
+    def _record_rename(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> dict[int, tuple[int, int]]:
+        """Returns the size and time, by drive, of the replaced file's copies it dropped."""
         node = self._journaled_node(p, "src")
         if node is None:  # recorded already (see `_run_recorded_first`)
             self._owe_failed("rename", p, drives, failed)
-            return
+            return {}
         dparts = paths.split(p["dst"])
         parent = self.node(p["dparent"]) if "dparent" in p else self.stat(paths.join(dparts[:-1]))
         old = self.cat.child(parent.id, dparts[-1])
+        replaced: dict[int, tuple[int, int]] = {}
         if old is not None and old.id != node.id:
             for r in self.cat.replicas(old.id):
+                replaced[r.drive_id] = (r.size, r.mtime_ns)
                 d = drives.get(r.drive_id)
                 if d is None or d.row.state != "active" or r.drive_id in failed:
                     self.cat.owe(r.drive_id, {"op": "unlink", "path": p["dst"], "size": r.size, "mtime_ns": r.mtime_ns})
@@ -729,6 +734,7 @@ class Pool(LiveOps):
                 self.cat.rename_folder(node.id, paths.fold(dparts[-1]))
             else:  # a subfolder became a top-level folder: it keeps the copies it had
                 self.cat.add_folder(node.id, paths.fold(dparts[-1]), int(p.get("copies", 1)))
+        return replaced
 
     def _journaled_node(self, p: dict, key: str) -> Node | None:
         """The node a journal entry is about: by its id where the entry has one (the mount's
@@ -756,13 +762,11 @@ class Pool(LiveOps):
         the change made). A drive that fails its step is owed it, as in `_finish`."""
         drives = {d.id: d for d in self.drives()}
         payload = {**payload, "recorded": True}
-        gone = self._copies_removed(op, payload)
         with self.cat.transaction():
             entry = self.cat.journal_add(op, payload)
-            if op == "drop":
-                self._record_drop(payload, drives, set())
-            else:
-                self._record_rename(payload, drives, set())
+            # The copies it removes: what a drive that fails to remove one is owed.
+            record = self._record_drop if op == "drop" else self._record_rename
+            gone = record(payload, drives, set())
         self._changed = True
         try:
             failed = self._apply_drop(payload, drives) if op == "drop" else self._apply_rename(payload, drives)
@@ -771,14 +775,6 @@ class Pool(LiveOps):
                     self._owe_failed(op, payload, drives, failed, gone)
         finally:  # never replayed later, after other changes
             self.cat.journal_done_later(entry)
-
-    def _copies_removed(self, op: str, p: dict) -> dict[int, tuple[int, int]]:
-        """Size and time, by drive, of the copies a drop or rename removes (what is owed to a
-        drive that fails to remove one)."""
-        if op == "rename" and not p["unlink_dst"]:
-            return {}
-        node = self._journaled_node(p, "path") if op == "drop" else self.lookup(p["dst"])
-        return {r.drive_id: (r.size, r.mtime_ns) for r in self.cat.replicas(node.id)} if node else {}
 
     def _owe_failed(self, op: str, p: dict, drives: dict[int, Drive], failed: set[int],
                     gone: dict[int, tuple[int, int]] | None = None) -> None:
