@@ -191,7 +191,7 @@ class PoolOperations:
         for i in range(off, len(children)):
             e = children[i]
             attr = None if held is None or e.id in held else attr_of(e)
-            yield e.name.encode(), e.id, attr.mode if attr is not None else _mode_of(e), attr, i + 1
+            yield e.name.encode(), e.id, _mode_of(e), attr, i + 1
 
     def releasedir(self, fh: int) -> None:
         with self.lock:

@@ -127,33 +127,37 @@ def pack_attr(a: Attr) -> bytes:
     return ATTR.pack(*_attr_fields(a))
 
 
+def _sec_nsec(timeout: float) -> tuple[int, int]:
+    """A timeout as the kernel takes it: whole seconds, then nanoseconds."""
+    return int(timeout), int((timeout % 1) * 1e9)
+
+
 def pack_entry(a: Attr | None, timeout: float) -> bytes:
     """fuse_entry_out; `a` None is a missing name the kernel may remember for `timeout`."""
-    sec, nsec = int(timeout), int((timeout % 1) * 1e9)
+    sec, nsec = _sec_nsec(timeout)
     if a is None:
         return ENTRY_OUT.pack(0, 0, sec, 0, nsec, 0) + bytes(ATTR.size)
     return ENTRY_OUT.pack(a.ino, 0, sec, sec, nsec, nsec) + pack_attr(a)
 
 
 def pack_attr_out(a: Attr, timeout: float) -> bytes:
-    return ATTR_OUT.pack(int(timeout), int((timeout % 1) * 1e9), 0) + pack_attr(a)
+    return ATTR_OUT.pack(*_sec_nsec(timeout), 0) + pack_attr(a)
 
 
 def direntplus(a: Attr, off: int, name: bytes, timeout: float) -> bytes:
     """A READDIRPLUS entry: `pack_entry` and `dirent` in one (a listing packs thousands)."""
-    sec, nsec = int(timeout), int((timeout % 1) * 1e9)
+    sec, nsec = _sec_nsec(timeout)
     rec = DIRENTPLUS.pack(a.ino, 0, sec, sec, nsec, nsec, *_attr_fields(a),
                           a.ino, off, len(name), (a.mode >> 12) & 0o17) + name
     return rec + bytes(-len(rec) % 8)
 
 
-_NO_ENTRY = bytes(ENTRY_OUT.size + ATTR.size)
+_NO_ENTRY = bytes(ENTRY_OUT.size + ATTR.size)  # 128 bytes: the dirent after it stays aligned
 
 
 def direntplus_bare(ino: int, off: int, name: bytes, mode: int) -> bytes:
     """A READDIRPLUS entry without attributes (node id 0: the kernel keeps what it has)."""
-    rec = _NO_ENTRY + DIRENT.pack(ino, off, len(name), (mode >> 12) & 0o17) + name
-    return rec + bytes(-len(rec) % 8)
+    return _NO_ENTRY + dirent(ino, off, name, mode)
 
 
 def dirent(ino: int, off: int, name: bytes, mode: int) -> bytes:

@@ -276,8 +276,6 @@ class Session:
         except OSError as e:
             log.warning("closing passthrough id %d: %s", backing_id, e)
 
-    # -- requests: each parses its message, calls `ops`, packs the reply -------------------
-
     # -- inodes the kernel holds -----------------------------------------------------------
 
     def _entry(self, attr: p.Attr | None) -> bytes:
@@ -312,7 +310,7 @@ class Session:
         except struct.error:  # a malformed one costs only the hint (listings send attributes)
             log.warning("a FORGET request the mount could not read")
 
-    # -- requests --------------------------------------------------------------------------
+    # -- requests: each parses its message, calls `ops`, packs the reply -------------------
 
     def _lookup(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         (name,) = _names(body, 1)

@@ -738,8 +738,12 @@ class LiveOps:
         return self.node(node_id)
 
     def _on_every_drive(self, path: str, fn: Callable[[str], Any]) -> list[int]:
-        """Do `fn(real path)` on every present drive; returns the drives where it worked."""
-        self._before_drive_steps()
+        """Do `fn(real path)` on every present drive; returns the drives where it worked. These
+        steps (a symlink or special file made, renamed or removed) come before their commit, so
+        the removal of the journal rows `_run_recorded_first` holds back is committed first:
+        replayed after a crash, a finished rename would move what such a step had just made at
+        its old path over the file it renamed."""
+        self.cat.journal_flush()
         done = []
         for d in self.drives_by_id().values():
             if d.row.state != "active":
@@ -777,13 +781,6 @@ class LiveOps:
                 self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
                                    "node": True, "id": node.id})
         self._dir_changed(parent_id)
-
-    def _before_drive_steps(self) -> None:
-        """Drive steps made before their commit (a symlink or special file made, renamed or
-        removed) first commit the removal of the journal rows held back by `_run_recorded_first`:
-        replayed after a crash, a finished rename would otherwise move what such a step had
-        just made at its old path over the file it renamed."""
-        self.cat.journal_flush()
 
     def _keep_if_open(self, node: Node) -> None:
         """A file deleted (or replaced) while open stays readable through its handles."""
@@ -824,20 +821,15 @@ class LiveOps:
             self.rename(src, dst)
             # Open files below a directory moved with it (their copies, journal rows and owed
             # steps are found by these paths).
-            for node_id, handles in self._open.items() if node.is_dir else [(node.id, self._open.get(node.id, []))]:
+            moved = self._open.items() if node.is_dir else [(node.id, self._open.get(node.id, []))]
+            for node_id, handles in moved:
                 if self.cat.node_or_none(node_id) is not None:
                     for f in handles:
                         f.path = self.path_of(node_id)
             return
         if new_parent_id == ROOT_ID:
             raise NotInFolder(path=dst)
-        self._before_drive_steps()
-        for d in self.drives_by_id().values():
-            if d.row.state == "active":
-                try:
-                    os.rename(d.real(src), d.real(dst))
-                except OSError as e:
-                    log.error("could not rename %s on %s: %s", src, d.name, e)
+        self._on_every_drive(src, lambda real: os.rename(real, real.removesuffix(src) + dst))
         with self.cat.transaction():
             self.cat.move_node(node.id, new_parent_id, new_name, subtree=False)
         self._changed = True
