@@ -43,7 +43,7 @@ def describe(root: Path) -> dict[str, tuple]:
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("dir", stat.S_IMODE(st.st_mode))
             else:
-                out[rel] = ("file", st.st_size, stat.S_IMODE(st.st_mode), p.read_bytes())
+                out[rel] = ("file", st.st_size, stat.S_IMODE(st.st_mode), st.st_nlink, p.read_bytes())
     return out
 
 
@@ -98,12 +98,16 @@ class Runner:
             return outcome(lambda: os.rename(p, self.p(args[1])))
         if kind == "symlink":
             return outcome(lambda: os.symlink(args[1], p))
+        if kind == "link":
+            return outcome(lambda: os.link(p, self.p(args[1]), follow_symlinks=False))
         if kind == "chmod":
             return outcome(lambda: os.chmod(p, args[1], follow_symlinks=False) if not os.path.islink(p) else None)
         if kind == "stat":
             def st() -> tuple:
                 s = os.lstat(p)
-                return stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), s.st_size if not stat.S_ISDIR(s.st_mode) else 0
+                if stat.S_ISDIR(s.st_mode):
+                    return stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), 0
+                return stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), s.st_size, s.st_nlink
             return outcome(st)
         if kind == "listdir":
             return outcome(lambda: sorted(os.listdir(p)))
@@ -121,8 +125,8 @@ def random_op(rng: random.Random) -> tuple:
     other = rng.choice(NAMES)
     kind = rng.choices(
         ["write", "append", "create_excl", "trunc_open", "truncate", "read", "unlink", "mkdir", "rmdir",
-         "rename", "symlink", "chmod", "stat", "listdir", "open_unlink_read"],
-        weights=[20, 5, 4, 3, 5, 10, 6, 6, 4, 8, 2, 3, 6, 3, 2])[0]
+         "rename", "symlink", "link", "chmod", "stat", "listdir", "open_unlink_read"],
+        weights=[20, 5, 4, 3, 5, 10, 6, 6, 4, 8, 2, 5, 3, 6, 3, 2])[0]
     if kind == "write":
         return (kind, name, rng.choice([0, 0, 100, 4095, 70_000]), rng.randbytes(rng.choice([1, 10, 5000, 150_000])))
     if kind == "append":
@@ -133,7 +137,7 @@ def random_op(rng: random.Random) -> tuple:
         return (kind, name, rng.choice([0, 1, 3000, 100_000]))
     if kind == "read":
         return (kind, name, rng.choice([0, 10, 4096]), rng.choice([1, 100, 200_000]))
-    if kind == "rename":
+    if kind in ("rename", "link"):
         return (kind, name, other)
     if kind == "symlink":
         return (kind, name, other)

@@ -185,7 +185,7 @@ def test_rename_noreplace_and_exchange(mnt: Path) -> None:
     assert (mnt / "Documents/c").read_bytes() == b"A" and (mnt / "Documents/b").read_bytes() == b"B"
 
 
-def test_symlinks_fifos_and_no_hard_links(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
+def test_symlinks_and_fifos(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
     (mnt / "Documents/real.txt").write_bytes(b"R")
     os.symlink("real.txt", mnt / "Documents/link")
     assert os.readlink(mnt / "Documents/link") == "real.txt"
@@ -195,7 +195,11 @@ def test_symlinks_fifos_and_no_hard_links(mnt: Path, state_dir: Path, dir_drives
     assert os.readlink(mnt / "Documents/link2") == "real.txt"
     os.mkfifo(mnt / "Documents/pipe", 0o640)
     assert stat.S_ISFIFO(os.lstat(mnt / "Documents/pipe").st_mode)
-    raises(errno.EPERM, lambda: os.link(mnt / "Documents/real.txt", mnt / "Documents/hard"))
+    os.link(mnt / "Documents/link2", mnt / "Documents/link3")  # a hard link of the symlink (test_hard_links.py)
+    assert os.readlink(mnt / "Documents/link3") == "real.txt" and os.lstat(mnt / "Documents/link2").st_nlink == 2
+    assert all(os.lstat(d / "HomePool/Documents/link3").st_ino == os.lstat(d / "HomePool/Documents/link2").st_ino
+               for d in dir_drives)
+    os.unlink(mnt / "Documents/link3")
     os.unlink(mnt / "Documents/link2")
     os.unlink(mnt / "Documents/pipe")
     assert not any(os.path.lexists(d / "HomePool/Documents/link2") for d in dir_drives)

@@ -27,7 +27,9 @@ from typing import Any, NamedTuple
 #   1: the first catalog
 #   2: `owed` (steps owed to drives that were missing)
 #   3: nodes gain owners, ctime, symlinks and special files (what the mount needs)
-CURRENT_REV = 4
+#   4: access times
+#   5: hard links ('link' nodes, `link_to`, `links`)
+CURRENT_REV = 5
 ROOT_ID = 1
 
 
@@ -52,7 +54,7 @@ class Node:
     id: int
     parent_id: int | None
     name: str
-    kind: str  # 'dir', 'file', 'symlink' or 'special' (a FIFO, socket or device node)
+    kind: str  # 'dir', 'file', 'symlink', 'special' (a FIFO, socket or device node) or 'link'
     size: int
     mode: int
     mtime_ns: int
@@ -63,10 +65,21 @@ class Node:
     target: str | None = None  # a symlink's target
     rdev: int = 0  # a device node's device number
     atime_ns: int = 0  # set by utimens only: reads do not change it (as with noatime)
+    link_to: int | None = None  # a 'link' (an extra name, a hard link): the node it names
+    links: int = 0  # the extra names this node has (its link count is 1 + links)
 
     @property
     def is_dir(self) -> bool:
         return self.kind == "dir"
+
+    @property
+    def is_link(self) -> bool:
+        """An extra name of another node: `Catalog.resolve` gives that node."""
+        return self.kind == "link"
+
+    @property
+    def nlink(self) -> int:
+        return 2 if self.kind == "dir" else 1 + self.links
 
     def but(self, **fields: Any) -> Node:
         """A copy with some fields changed: `dataclasses.replace` without its checks, which cost
@@ -97,6 +110,11 @@ class Entry(NamedTuple):
     ctime_ns: int
     rdev: int
     atime_ns: int
+    links: int
+
+    @property
+    def nlink(self) -> int:
+        return 2 if self.kind == "dir" else 1 + self.links
 
 
 @dataclass(frozen=True)
@@ -158,11 +176,15 @@ SCHEMA = """
         -- (the copies carry the same owner). A 'symlink' has its `target` (and `size` is its
         -- length), a 'special' node is a FIFO, socket or device (`rdev`). Like directories,
         -- symlinks and special files are on every drive and have no `replicas` rows.
+        -- A 'link' is an extra name (a hard link) of the node `link_to`, a file, symlink or
+        -- special file in the same top-level folder (its own other columns mean nothing). On
+        -- the drives it is a hard link of that node's entry, on each drive that has one.
+        -- `links` counts a node's 'link' names.
         CREATE TABLE nodes (
             id        INTEGER PRIMARY KEY,
             parent_id INTEGER REFERENCES nodes(id),
             name      TEXT NOT NULL,
-            kind      TEXT NOT NULL CHECK (kind IN ('dir', 'file', 'symlink', 'special')),
+            kind      TEXT NOT NULL CHECK (kind IN ('dir', 'file', 'symlink', 'special', 'link')),
             size      INTEGER NOT NULL DEFAULT 0,
             mode      INTEGER NOT NULL,
             mtime_ns  INTEGER NOT NULL,
@@ -173,8 +195,11 @@ SCHEMA = """
             target    TEXT,
             rdev      INTEGER NOT NULL DEFAULT 0,
             atime_ns  INTEGER NOT NULL DEFAULT 0,
+            link_to   INTEGER REFERENCES nodes(id),
+            links     INTEGER NOT NULL DEFAULT 0,
             UNIQUE (parent_id, name)
         );
+        CREATE INDEX nodes_by_link ON nodes(link_to) WHERE link_to IS NOT NULL;
 
         -- Top-level folders and how many copies (on distinct drives) their files want.
         -- `fold` is the case-folded name: unique, because Windows and macOS clients
@@ -230,14 +255,19 @@ def _owed_table(db: sqlite3.Connection) -> None:
     db.execute(SCHEMA[start: SCHEMA.index(";", start)])
 
 
-def _nodes_v3(db: sqlite3.Connection) -> None:
-    """Rebuild `nodes` with the revision 3 columns (a CHECK cannot be altered in place)."""
+def _rebuild_nodes(db: sqlite3.Connection, columns: str) -> None:
+    """Rebuild `nodes` as SCHEMA has it, keeping `columns` (a CHECK cannot be altered in place)."""
     start = SCHEMA.index("CREATE TABLE nodes")
-    db.execute(SCHEMA[start: SCHEMA.index(";", start)].replace("CREATE TABLE nodes", "CREATE TABLE nodes_v3"))
-    db.execute("INSERT INTO nodes_v3 (id, parent_id, name, kind, size, mode, mtime_ns, hash, ctime_ns)"
-               " SELECT id, parent_id, name, kind, size, mode, mtime_ns, hash, mtime_ns FROM nodes")
+    db.execute(SCHEMA[start: SCHEMA.index(";", start)].replace("CREATE TABLE nodes", "CREATE TABLE nodes_new"))
+    db.execute(f"INSERT INTO nodes_new ({columns}) SELECT {columns} FROM nodes")
     db.execute("DROP TABLE nodes")
-    db.execute("ALTER TABLE nodes_v3 RENAME TO nodes")
+    db.execute("ALTER TABLE nodes_new RENAME TO nodes")
+
+
+def _nodes_v3(db: sqlite3.Connection) -> None:
+    """Revision 3 columns: owners, ctime, symlinks and special files."""
+    _rebuild_nodes(db, "id, parent_id, name, kind, size, mode, mtime_ns, hash")
+    db.execute("UPDATE nodes SET ctime_ns = mtime_ns")
 
 
 def _atime_column(db: sqlite3.Connection) -> None:
@@ -247,8 +277,16 @@ def _atime_column(db: sqlite3.Connection) -> None:
     db.execute("UPDATE nodes SET atime_ns = mtime_ns")
 
 
+def _hard_links(db: sqlite3.Connection) -> None:
+    """Revision 5: 'link' nodes, extra names of a node (hard links)."""
+    _rebuild_nodes(db, "id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target, rdev,"
+                       " atime_ns")
+    start = SCHEMA.index("CREATE INDEX nodes_by_link")
+    db.execute(SCHEMA[start: SCHEMA.index(";", start)])
+
+
 # Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1 (inside a transaction).
-_UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3, 3: _atime_column}
+_UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3, 3: _atime_column, 4: _hard_links}
 
 
 def _bytes_by_drive(db: sqlite3.Connection) -> dict[int, int]:
@@ -426,7 +464,8 @@ class Catalog:
 
     # -- nodes -------------------------------------------------------------------------------
 
-    _NODE_COLS = "id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target, rdev, atime_ns"
+    _NODE_COLS = ("id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target, rdev, atime_ns,"
+                  " link_to, links")
 
     def node(self, id_: int) -> Node:
         row = self.db.execute(f"SELECT {self._NODE_COLS} FROM nodes WHERE id = ?", (id_,)).fetchone()
@@ -466,11 +505,66 @@ class Catalog:
         return [Node(*r) for r in rows]
 
     def entries(self, parent_id: int) -> list[Entry]:
-        """`children`, as listing entries."""
+        """`children`, as listing entries (an extra name shows the node it names)."""
         rows = self.db.execute(
-            "SELECT id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev, atime_ns FROM nodes"
-            " WHERE parent_id = ? ORDER BY name", (parent_id,))
-        return list(map(Entry._make, rows))
+            "SELECT id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev, atime_ns, links, link_to"
+            " FROM nodes WHERE parent_id = ? ORDER BY name", (parent_id,))
+        out = []
+        for *cols, link_to in rows:
+            e = Entry._make(cols)
+            if link_to is not None:
+                n = self.node(link_to)
+                e = Entry(n.id, e.name, n.kind, n.size, n.mode, n.mtime_ns, n.uid, n.gid, n.ctime_ns, n.rdev,
+                          n.atime_ns, n.links)
+            out.append(e)
+        return out
+
+    def resolve(self, node: Node) -> Node:
+        """The node a name stands for: an extra name's node, or the node itself."""
+        return self.node(node.link_to) if node.link_to is not None else node
+
+    def names_of(self, id_: int) -> list[int]:
+        """The ids of node `id_`'s extra names (its 'link' nodes), oldest first."""
+        return [r[0] for r in self.db.execute("SELECT id FROM nodes WHERE link_to = ? ORDER BY id", (id_,))]
+
+    def add_link(self, id_: int, parent_id: int, name: str, time_ns: int) -> int:
+        """Give node `id_` the extra name `name` in `parent_id`."""
+        link_id = self.add_node(parent_id, name, "link", 0, time_ns)
+        self.db.execute("UPDATE nodes SET link_to = ? WHERE id = ?", (id_, link_id))
+        self.db.execute("UPDATE nodes SET links = links + 1, ctime_ns = MAX(ctime_ns, ?) WHERE id = ?", (time_ns, id_))
+        return link_id
+
+    def remove_name(self, node: Node) -> bool:
+        """Take one name away: an extra name; or a node's own name, when it has extra names
+        (the oldest takes its place); or the node. Returns whether the node went with it."""
+        if node.link_to is not None:
+            self.db.execute("DELETE FROM nodes WHERE id = ?", (node.id,))
+            self._paths.pop(node.id, None)
+            self.db.execute("UPDATE nodes SET links = links - 1, ctime_ns = MAX(ctime_ns, ?) WHERE id = ?",
+                            (time.time_ns(), node.link_to))
+            return False
+        if node.links:
+            heir = self.node(self.names_of(node.id)[0])
+            self.db.execute("DELETE FROM nodes WHERE id = ?", (heir.id,))
+            self._paths.pop(heir.id, None)
+            self.db.execute("UPDATE nodes SET parent_id = ?, name = ?, links = links - 1, ctime_ns = MAX(ctime_ns, ?)"
+                            " WHERE id = ?", (heir.parent_id, heir.name, time.time_ns(), node.id))
+            self._paths.pop(node.id, None)
+            return False
+        self.delete_node(node.id)
+        return True
+
+    def has_links_below(self, id_: int) -> bool:
+        """Whether anything at or below node `id_` has more than one name."""
+        return self.db.execute(
+            """WITH RECURSIVE sub(id) AS (SELECT ? UNION ALL
+                   SELECT n.id FROM nodes n JOIN sub ON n.parent_id = sub.id)
+               SELECT 1 FROM nodes WHERE id IN sub AND (links > 0 OR link_to IS NOT NULL) LIMIT 1""",
+            (id_,)).fetchone() is not None
+
+    def links(self) -> list[tuple[int, int]]:
+        """(extra name's id, the node it names) of every extra name in the pool."""
+        return [(int(a), int(b)) for a, b in self.db.execute("SELECT id, link_to FROM nodes WHERE link_to IS NOT NULL")]
 
     def has_children(self, id_: int) -> bool:
         return self.db.execute("SELECT 1 FROM nodes WHERE parent_id = ? LIMIT 1", (id_,)).fetchone() is not None

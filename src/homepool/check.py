@@ -49,6 +49,7 @@ def check(pool: Pool, repair: bool = False) -> list[Problem]:
     problems += check_owed_settled(pool, present, repair)
     problems += check_no_orphan_temps(pool, present, repair)
     problems += check_replicas_match(pool, present, repair)
+    problems += check_names_linked(pool, present, repair)
     problems += check_no_stray_files(pool, present, repair)
     problems += check_copies_met(pool, repair)
     return problems
@@ -174,11 +175,44 @@ def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool) -> list[
     return out
 
 
-def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
-    """Every file in a drive's HomePool/ tree is a recorded copy."""
+def check_names_linked(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
+    """Every extra name of a file (a hard link) is, on each drive with a copy, a hard link of
+    that copy."""
     out = []
+    for link_id, node_id in pool.cat.links():
+        node = pool.cat.node(node_id)
+        path, name = pool.path_of(node_id), pool.path_of(link_id)
+        held = {r.drive_id for r in pool.cat.replicas(node_id)} if node.is_file else None
+        for d in drives:
+            if held is not None and d.id not in held:
+                continue
+            try:
+                copy = os.lstat(d.real(path))
+            except OSError:
+                continue  # no copy to link to: `replicas_match` says so
+            try:
+                linked = os.path.samestat(copy, os.lstat(d.real(name)))
+                why = f"on {d.name} it is another file than {path}"
+            except FileNotFoundError:
+                linked, why = False, f"missing on {d.name} (a hard link of {path})"
+            if linked:
+                continue
+            p = Problem("names_linked", name, why)
+            if repair:
+                aside = pool.relink(node, name, d)
+                p.detail += f"; linked it again{f', kept the other file as {aside}' if aside else ''}"
+                p.fixed = True
+            out.append(p)
+    return out
+
+
+def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
+    """Every file in a drive's HomePool/ tree is a recorded copy, or another name of one."""
+    out = []
+    links = pool.cat.links()
     for d in drives:
-        known = {pool.path_of(r.node_id) for r in pool.cat.replicas_on(d.id)}
+        on_drive = {r.node_id for r in pool.cat.replicas_on(d.id)}
+        known = {pool.path_of(i) for i in on_drive} | {pool.path_of(i) for i, to in links if to in on_drive}
         owed = pool.owed_paths(d.id)  # on their way out: not strays
         for path, is_dir in list(scan_tree(d.tree)):
             if path in owed or any(path.startswith(o + "/") for o in owed):

@@ -84,6 +84,16 @@ class NotInFolder(BadInput):
     """{path}: files live inside a folder (Photos/..., Documents/...), not at the top of the pool."""
 
 
+class LinksAcrossFolders(BadInput):
+    """{path}: all names of a file (its hard links) stay in one top-level folder, which decides
+    its copies; copy it instead."""
+
+
+class HasOtherNames(BadInput):
+    """{path} has other names in the pool (hard links); write it through the mount, or delete
+    its other names first."""
+
+
 class BadDrive(BadInput):
     """Cannot add {path}: {why}."""
 

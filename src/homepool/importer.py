@@ -140,8 +140,13 @@ def _add_file(pool: Pool, out: ImportPlan, parent: Node | None, src: Path, targe
     if node is not None and node.is_dir:
         out.skipped_other.append(f"{src}: the pool has a folder at {dest}")
         return
+    if node is not None:
+        node = pool.cat.resolve(node)
     if node is not None and node.size == st.st_size and node.mtime_ns == st.st_mtime_ns:
         out.skipped_same += 1
+        return
+    if node is not None and node.links:
+        out.skipped_other.append(f"{src}: {dest} has other names in the pool (hard links); not replaced")
         return
     out.files.append(SourceFile(src, dest, st.st_size, st.st_mtime_ns, st.st_mode))
 

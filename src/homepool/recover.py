@@ -167,9 +167,10 @@ def _rebuild(scratch: Path, pool_id: str, roots: dict[str, Path]) -> list[str]:
             lines += ["  " + line for line in pool.settle_owed(d)]
         # First the copies that are what the newest catalog says, then everything else: a drive
         # that was away while a file changed must not get its old version in under the real name.
-        done: dict[int, list[str]] = {d.id: pool.register_tree(d, known, only_known=True) for d in drives}
+        inodes: dict[int, dict[int, str]] = {d.id: {} for d in drives}  # hard links, by drive
+        done = {d.id: pool.register_tree(d, known, only_known=True, inodes=inodes[d.id]) for d in drives}
         for d in drives:
-            done[d.id] += pool.register_tree(d, known)
+            done[d.id] += pool.register_tree(d, known, inodes=inodes[d.id])
             lines.append(f"drive {d.name}: {len(done[d.id])} file copies")
             lines += ["  " + line for line in done[d.id] if "conflict" in line or "alone" in line]
         with pool.cat.transaction():  # folders keep the mode and time they had

@@ -56,6 +56,7 @@ def _mode(node: Node) -> str:
 
 def _line(pool: Pool, node: Node, name: str, labels: dict[int, str] | None) -> str:
     """One `ls` line; `labels` (drive id -> label) adds which drives hold each copy."""
+    node = pool.cat.resolve(node)  # a hard link shows the file it names
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(node.mtime_ns / 1e9))
     if node.is_dir:
         extra = ""

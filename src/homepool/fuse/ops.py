@@ -35,6 +35,7 @@ from ..errors import (
     FolderExists,
     HomepoolError,
     IsADirectory,
+    LinksAcrossFolders,
     NameTooLong,
     NoReadableCopy,
     NotADirectory,
@@ -85,6 +86,7 @@ _ERRNO: dict[type, int] = {
     IsADirectory: errno.EISDIR,
     NotADirectory: errno.ENOTDIR,
     NotInFolder: errno.EPERM,  # the root holds folders only
+    LinksAcrossFolders: errno.EXDEV,  # as between two filesystems: programs copy instead
     PoolFull: errno.ENOSPC,
     NameTooLong: errno.ENAMETOOLONG,
     BadPath: errno.EINVAL,
@@ -108,7 +110,7 @@ def _mode_of(node: Node | Entry) -> int:
 
 def attr_of(node: Node | Entry) -> Attr:
     kind = _mode_of(node)
-    return Attr(node.id, node.size, kind | (node.mode & 0o7777), 2 if node.kind == "dir" else 1, node.uid,
+    return Attr(node.id, node.size, kind | (node.mode & 0o7777), node.nlink, node.uid,
                 node.gid, node.rdev, node.mtime_ns, max(node.ctime_ns, node.mtime_ns), node.atime_ns or node.mtime_ns,
                 BLOCK)
 
@@ -236,7 +238,8 @@ class PoolOperations:
             return attr_of(self.pool.make_node(parent, _name(name), mode, ctx.uid, ctx.gid, rdev=rdev))
 
     def link(self, ctx: Ctx, ino: int, new_parent: int, new_name: bytes) -> Attr:
-        raise FuseError(errno.EPERM)  # no hard links yet: see docs/user-guide.md
+        with self.lock, _errno():
+            return self._attr(self.pool.make_link(ino, new_parent, _name(new_name)))
 
     # -- files ---------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from .. import paths, placement
 from ..catalog import ROOT_ID, Node
 from ..drives import fsync_dir
-from ..errors import DriveIOError, IsADirectory, NotFound, NotInFolder, PoolFull
+from ..errors import DriveIOError, HasOtherNames, IsADirectory, NotFound, NotInFolder, PoolFull
 from ..errors import NotADirectory as NotADir
 from ..streams import Target, copy_to
 from ..units import human
@@ -125,6 +125,8 @@ class WriteBatch:
         node = pool.cat.child(parent.id, parts[-1])
         if node is not None and node.is_dir:
             raise IsADirectory(path=norm)
+        if node is not None and (node.is_link or node.links):
+            raise HasOtherNames(path=norm)  # a new copy here would part it from its other names
         by_id = self.by_id
         targets, drop = pool._targets_for(node, norm, size, copies, self.candidates())
         fds: list[Target] = []

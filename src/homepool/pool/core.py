@@ -40,6 +40,7 @@ from ..errors import (
     FolderExists,
     HomepoolError,
     IsADirectory,
+    LinksAcrossFolders,
     NewerPool,
     NoPool,
     NoReadableCopy,
@@ -55,7 +56,7 @@ from ..streams import Target, copy_to, hash_file
 from ..units import human
 from .batch import WriteBatch
 from .live import DRIVES_TTL, PASSTHROUGH_ROOM, LiveFile, LiveOps
-from .ondrive import conflict_name, copy_is_at_fault, rename_on, scan_tree
+from .ondrive import conflict_name, copy_is_at_fault, keep_aside, link_name, rename_on, scan_tree
 
 log = logging.getLogger(__name__)
 
@@ -613,13 +614,17 @@ class Pool(LiveOps):
                     made.add((d.id, parent))
                 try:
                     os.replace(tmp, final)
-                    done.append(d.id)
-                    continue
+                    switched = True
                 except FileNotFoundError:
-                    pass
-                st = os.stat(final)
-                if stat_.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (p["size"], p["mtime_ns"]):
-                    done.append(d.id)  # switched before a crash
+                    st = os.stat(final)
+                    switched = stat_.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (p["size"], p["mtime_ns"])
+                if switched:  # now, or before a crash
+                    done.append(d.id)
+                    for name in p.get("links", ()):  # the file's other names: hard links of the new copy
+                        try:
+                            link_name(d, p["path"], name)
+                        except OSError as e:  # `check` shows the name missing
+                            log.error("could not link %s to %s on %s: %s", name, p["path"], d.name, e)
                 else:
                     log.error("copy of %s on %s was lost before it was switched into place", p["path"], d.name)
             except FileNotFoundError:
@@ -628,7 +633,8 @@ class Pool(LiveOps):
                 log.error("could not put %s into place on %s: %s", p["path"], d.name, e)
         if not done:
             return done  # nothing new is in place: the old copies stay, all of them
-        self._unlink_on(drives, p["drop"], p["path"], "old copy")  # a failure leaves it for `check`
+        for path in (p["path"], *p.get("links", ())):  # a failure leaves it for `check`
+            self._unlink_on(drives, p["drop"], path, "old copy")
         return done
 
     def _record_write(self, p: dict, done: list[int], parent: Node | None, drives: dict[int, Drive]) -> None:
@@ -673,8 +679,12 @@ class Pool(LiveOps):
         return failed
 
     def _apply_drop(self, p: dict, drives: dict[int, Drive]) -> set[int]:
-        """Drive steps of a 'drop'; returns the drives that could not take them."""
-        return self._unlink_on(drives, p["drives"], p["path"], "copy")
+        """Drive steps of a 'drop'; returns the drives that could not take them. Copies dropped
+        from a file that stays go with its other names (`links`) there."""
+        failed = set()
+        for path in (p["path"], *p.get("links", ())):
+            failed |= self._unlink_on(drives, p["drives"], path, "copy")
+        return failed
 
     def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> dict[int, tuple[int, int]]:
         """Returns the size and time, by drive, of the copies it dropped."""
@@ -682,15 +692,20 @@ class Pool(LiveOps):
         if node is None:  # recorded already (see `_run_recorded_first`)
             self._owe_failed("drop", p, drives, failed)
             return {}
-        reps = {r.drive_id: r for r in self.cat.replicas(node.id)}
+        file = self.cat.resolve(node)
+        # A name of a file that keeps another name: only that name goes, its copies stay.
+        one_name = p.get("node") and (node.is_link or file.links)
+        reps = {r.drive_id: r for r in self.cat.replicas(file.id)}
         for key in p["drives"]:
             r = reps.get(int(key))
             d = drives.get(int(key))
             if r is not None and (d is None or d.row.state != "active" or r.drive_id in failed):
-                self.cat.owe(r.drive_id, {"op": "unlink", "path": p["path"], "size": r.size, "mtime_ns": r.mtime_ns})
-            self.cat.drop_replica(node.id, int(key))
+                for path in (p["path"], *p.get("links", ())):
+                    self.cat.owe(r.drive_id, {"op": "unlink", "path": path, "size": r.size, "mtime_ns": r.mtime_ns})
+            if not one_name:
+                self.cat.drop_replica(file.id, int(key))
         if p.get("node"):
-            self.cat.delete_node(node.id)
+            self.cat.remove_name(node)
         return {d: (r.size, r.mtime_ns) for d, r in reps.items()}
 
     def _apply_rename(self, p: dict, drives: dict[int, Drive]) -> set[int]:
@@ -717,12 +732,12 @@ class Pool(LiveOps):
         old = self.cat.child(parent.id, dparts[-1])
         replaced: dict[int, tuple[int, int]] = {}
         if old is not None and old.id != node.id:
-            for r in self.cat.replicas(old.id):
+            for r in self.cat.replicas(self.cat.resolve(old).id):
                 replaced[r.drive_id] = (r.size, r.mtime_ns)
                 d = drives.get(r.drive_id)
                 if d is None or d.row.state != "active" or r.drive_id in failed:
                     self.cat.owe(r.drive_id, {"op": "unlink", "path": p["dst"], "size": r.size, "mtime_ns": r.mtime_ns})
-            self.cat.delete_node(old.id)
+            self.cat.remove_name(old)
         for key in p["moves"]:
             d = drives.get(int(key))
             if d is None or d.row.state != "active" or int(key) in failed:
@@ -873,6 +888,11 @@ class Pool(LiveOps):
                     if not recorded and (st.st_size, st.st_mtime_ns) == (step["size"], step["mtime_ns"]):
                         os.unlink(drive.real(step["path"]))
                         out.append(f"removed {step['path']} from {drive.name} (deleted while it was away)")
+                elif step["op"] == "link":
+                    name = self.lookup(step["dst"])
+                    if name is not None and name.is_link and not os.path.lexists(drive.real(step["dst"])):
+                        link_name(drive, step["src"], step["dst"])
+                        out.append(f"linked {step['dst']} to {step['src']} on {drive.name} (while it was away)")
                 elif step["op"] == "rmdir":
                     if drive.rmdir(step["path"]):
                         out.append(f"removed folder {step['path']} from {drive.name} (deleted while it was away)")
@@ -937,12 +957,12 @@ class Pool(LiveOps):
     # -- by node id (the FUSE adapter's view: node ids are its inode numbers) ----------------
 
     def child(self, parent_id: int, name: str) -> Node | None:
-        """The entry `name` in directory `parent_id` (folders match as Windows would)."""
+        """What the entry `name` in directory `parent_id` names (folders match as Windows would)."""
         found = self.cat.child(parent_id, name)
         if found is None and parent_id == ROOT_ID:
             folder = self.cat.folder_by_fold(paths.fold(name))
             found = self.cat.node(folder[0]) if folder else None
-        return found
+        return found if found is None else self.cat.resolve(found)
 
     def entries(self, node_id: int) -> list[Entry]:
         """A directory's listing (files being written through the mount as they are now)."""
@@ -1044,10 +1064,15 @@ class Pool(LiveOps):
         elif node.parent_id == ROOT_ID:
             raise NotInFolder(path=f"{paths.join(sparts)} is a top-level folder; it")
         sfull, dfull = self.path_of(node.id), paths.join([*paths.split(self.path_of(dparent.id)), dparts[-1]])
+        file = self.cat.resolve(node)  # what the name names (a hard link names another node)
         old = self.cat.child(dparent.id, dparts[-1])
-        if old is not None and old.id == node.id:
-            return
+        if old is not None and self.cat.resolve(old).id == file.id:
+            return  # two names of one file (or one name): nothing to do, as rename(2)
+        if sfull.partition("/")[0] != dfull.partition("/")[0] and (
+                node.is_link or file.links or node.is_dir and self.cat.has_links_below(node.id)):
+            raise LinksAcrossFolders(path=sfull)
         if old is not None:
+            old = self.cat.resolve(old)
             if old.is_dir != node.is_dir:
                 raise (IsADirectory if old.is_dir else NotADir)(path=dfull)
             if old.is_dir and self.cat.has_children(old.id):
@@ -1059,7 +1084,7 @@ class Pool(LiveOps):
             moves = [d.id for d in drives if d.row.state != "active" or d.real(sfull).is_dir()]
             unlink_dst: list[int] = []
         else:
-            moves = [r.drive_id for r in self.cat.replicas(node.id)]
+            moves = [r.drive_id for r in self.cat.replicas(file.id)]
             had = [r.drive_id for r in self.cat.replicas(old.id)] if old else []
             unlink_dst = [d for d in had if d not in moves]
         for d in present:  # something the catalog does not know in the way: refuse up front
@@ -1072,7 +1097,7 @@ class Pool(LiveOps):
             if not node.is_dir and target.is_dir():
                 raise IsADirectory(path=where)
         before = self._folder_of(node.id) if node.parent_id != ROOT_ID else node.id
-        self._run("rename", {"src": sfull, "dst": dfull, "kind": node.kind, "moves": moves, "unlink_dst": unlink_dst,
+        self._run("rename", {"src": sfull, "dst": dfull, "kind": file.kind, "moves": moves, "unlink_dst": unlink_dst,
                              "copies": self.copies_wanted(node.id) if node.parent_id != ROOT_ID else 0})
         if before != self._folder_of(node.id):  # moved to another folder: its copies may differ
             for f in self.cat.subtree_files(node.id):
@@ -1101,7 +1126,7 @@ class Pool(LiveOps):
                     self.cat.owe(drive_id, {"op": "rmdir", "path": full})
             self._changed = True
             return
-        drives = [r.drive_id for r in self.cat.replicas(node.id)]
+        drives = [r.drive_id for r in self.cat.replicas(self.cat.resolve(node).id)]
         self._run("drop", {"path": full, "drives": drives, "node": True})
 
     # -- copies ------------------------------------------------------------------------------
@@ -1153,7 +1178,7 @@ class Pool(LiveOps):
                 self._changed = True
             bad = [d for d in bad if d not in good()]
             if bad and any(intact(d) for d in verified()):
-                self._run("drop", {"path": path, "drives": bad})
+                self._run("drop", {"path": path, "drives": bad, "links": self.other_names(node.id)})
         have = good()
         if len(have) > wanted:
             sure = verified()
@@ -1165,7 +1190,7 @@ class Pool(LiveOps):
                 keep = sorted(sure, key=lambda d: -rooms.get(d, 0))[:wanted]
                 extra = [d for d in sure if d not in keep]
                 if extra:
-                    self._run("drop", {"path": path, "drives": extra})
+                    self._run("drop", {"path": path, "drives": extra, "links": self.other_names(node.id)})
             return len(good())
         while have and len(have) < wanted:
             holders = [r.drive_id for r in self.cat.replicas(node.id)]
@@ -1235,7 +1260,8 @@ class Pool(LiveOps):
                 log.info("%s changed while a copy of it was made; it gets its copy later", path)
                 return False
             payload = {"path": path, "targets": {str(target.id): tmp.name}, "drop": [], "size": node.size,
-                       "mode": node.mode, "mtime_ns": node.mtime_ns, "hash": node.hash}
+                       "mode": node.mode, "mtime_ns": node.mtime_ns, "hash": node.hash,
+                       "links": self.other_names(node.id)}
             done = self._run("write", {"files": [payload]})
             return bool(done)
         return False
@@ -1285,9 +1311,22 @@ class Pool(LiveOps):
         path = self.path_of(node.id)
         aside = conflict_name(path, drive.label, lambda q: self.lookup(q) is not None or drive.real(q).exists())
         os.rename(drive.real(path), drive.real(aside))
+        for name in self.other_names(node.id):  # hard links of the changed copy: it is kept aside
+            with suppress(FileNotFoundError):
+                os.unlink(drive.real(name))
         fsync_dir(drive.real(aside).parent)
         self.forget_copy(node.id, drive.id)
         self.register_file(drive, aside)
+        return aside
+
+    def relink(self, node: Node, name: str, drive: Drive) -> str | None:
+        """Make the extra name `name` of `node` a hard link of its copy on `drive` again; a
+        different file found there is kept aside (its name is returned)."""
+        aside = None
+        if os.path.lexists(drive.real(name)):
+            aside = keep_aside(drive, name)
+        link_name(drive, self.path_of(node.id), name)
+        fsync_dir(drive.real(name).parent)
         return aside
 
     def take_edited_copy(self, node: Node, drive: Drive) -> Node:
@@ -1308,13 +1347,16 @@ class Pool(LiveOps):
     # -- files that are on a drive but not in the catalog ------------------------------------
 
     def register_tree(self, drive: Drive, known: dict[str, tuple[int, int, str]] | None = None,
-                      only_known: bool = False) -> list[str]:
+                      only_known: bool = False, inodes: dict[int, str] | None = None) -> list[str]:
         """Record every file under the drive's HomePool/ that the catalog does not know, as
         `drive add --adopt`, `check --repair` and `recover` need. `known` maps paths to a
         (size, mtime_ns, hash) believed right: those files are not read again, and with
         `only_known` only they are recorded (so `recover` can take the current versions first
-        and put stale ones aside after). Returns a line for each thing it did."""
+        and put stale ones aside after). Hard links on the drive become extra names of one
+        file (`inodes`: the path recorded for each inode, kept across calls). Returns a line
+        for each thing it did."""
         out = []
+        inodes = {} if inodes is None else inodes
         recorded = {self.path_of(r.node_id) for r in self.cat.replicas_on(drive.id)}
         owed = self.owed_paths(drive.id)  # on their way out: not to be taken in
         for path, is_dir in scan_tree(drive.tree):
@@ -1325,17 +1367,39 @@ class Pool(LiveOps):
                     if not only_known and self.lookup(path) is None:
                         self._register_dir(self._canonical(path))
                     continue
+                if (row := self.lookup(path)) is not None and row.is_link:
+                    continue  # an extra name already (`check` sees that it is linked)
+                st = os.stat(drive.real(path))
+                first = inodes.get(st.st_ino) if st.st_nlink > 1 else None
+                if first is not None and not only_known and self._add_name(first, path):
+                    out.append(f"recorded {path} on {drive.name} as another name of {first}")
+                    continue
                 hint = None
                 if known is not None and path in known:
-                    st = os.stat(drive.real(path))
                     size, mtime_ns, digest = known[path]
                     hint = digest if (st.st_size, st.st_mtime_ns) == (size, mtime_ns) else None
                 if only_known and hint is None:
                     continue
                 out.append(self.register_file(drive, path, hint))
+                if st.st_nlink > 1 and (node := self.lookup(path)) is not None and node.is_file:
+                    inodes.setdefault(st.st_ino, path)
             except HomepoolError as e:
                 out.append(f"left {path} on {drive.name} alone: {e}")
         return out
+
+    def _add_name(self, path: str, name: str) -> bool:
+        """Record `name`, found on a drive as a hard link of the file at `path`, as its extra
+        name, if it can be one (a new name, in the same folder)."""
+        parts = paths.split(name)
+        node = self.lookup(path)
+        if (node is None or not node.is_file or len(parts) < 2 or self.lookup(name) is not None
+                or path.partition("/")[0] != name.partition("/")[0]):
+            return False
+        parent = self._register_dir(paths.join(parts[:-1]))
+        with self.cat.transaction():
+            self.cat.add_link(node.id, parent.id, parts[-1], _now_ns())
+        self._changed = True
+        return True
 
     def _canonical(self, path: str) -> str:
         """`path` with its folder spelt as the pool spells it (`photos/x` -> `Photos/x`)."""

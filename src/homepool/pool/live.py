@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from .. import paths, placement
@@ -39,6 +40,7 @@ from ..errors import (
     AlreadyExists,
     DirectoryNotEmpty,
     IsADirectory,
+    LinksAcrossFolders,
     NameTooLong,
     NotFound,
     NotInFolder,
@@ -47,7 +49,7 @@ from ..errors import (
 from ..errors import NotADirectory as NotADir
 from ..streams import CHUNK, hash_fd, hash_file, new_hasher
 from ..units import human
-from .ondrive import conflict_name, copy_is_at_fault
+from .ondrive import copy_is_at_fault, keep_aside, link_name
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -62,6 +64,7 @@ PASSTHROUGH_ROOM = 4 << 30
 DRIVES_TTL = 2.0  # seconds the mount trusts its drive snapshot (an I/O error refreshes it sooner)
 # Errors about the request, not the copy: every copy gives them alike (see `copies_failed`).
 REQUEST_ERRORS = {errno.EFBIG, errno.EINVAL, errno.EOVERFLOW}
+LINK_MAX = 65000  # names a file may have, as on ext4
 
 # Extra copies are written on these threads while the calling thread writes the first copy.
 _mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror")
@@ -415,10 +418,7 @@ class LiveOps:
         try:
             fd = os.open(real, flags, mode & 0o7777)
         except FileExistsError:
-            # Something the catalog does not know is there: keep it aside, never overwrite it.
-            aside = conflict_name(path, d.label, lambda q: os.path.lexists(d.real(q)))
-            log.error("%s on %s was not in the pool; kept aside as %s", path, d.name, aside)
-            os.rename(real, d.real(aside))
+            keep_aside(d, path)
             fd = os.open(real, flags, mode & 0o7777)
         except FileNotFoundError:
             d.makedirs(path.rpartition("/")[0])
@@ -521,10 +521,13 @@ class LiveOps:
         with self.cat.transaction():
             self.cat.drop_replica(f.node_id, drive_id)
         if d is not None and d.row.state == "active":
-            try:
-                os.unlink(d.real(f.path))  # never keep half a copy
-            except OSError as e:
-                log.error("could not remove the failed copy of %s on %s: %s", f.path, d.name, e)
+            for path in (f.path, *self.other_names(f.node_id)):
+                try:
+                    os.unlink(d.real(path))  # never keep half a copy
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    log.error("could not remove the failed copy of %s on %s: %s", path, d.name, e)
 
     def _move_copy(self, f: LiveFile, full: Drive, fd: int,
                    retry: Callable[[dict[int, int]], list[tuple[int, OSError]]]) -> bool:
@@ -539,6 +542,8 @@ class LiveOps:
             return False
         to = drives[target[0]]
         node = self.node(f.node_id)
+        if node.links:
+            return False  # its other names are hard links on this drive: it stays, full like a disk
         new_fd = self._create_copy(to, f.path, node.mode, node.uid, node.gid)
         try:
             off = 0
@@ -616,7 +621,8 @@ class LiveOps:
             elif r.state == "ok":
                 # Not written (its drive was missing or it failed): it is stale now.
                 self.cat.drop_replica(f.node_id, r.drive_id)
-                self.cat.owe(r.drive_id, {"op": "unlink", "path": f.path, "size": r.size, "mtime_ns": r.mtime_ns})
+                for path in (f.path, *self.other_names(f.node_id)):
+                    self.cat.owe(r.drive_id, {"op": "unlink", "path": path, "size": r.size, "mtime_ns": r.mtime_ns})
         f.recorded = result
 
     def release_file(self, f: LiveFile, result: tuple[int, int, str] | None) -> None:
@@ -737,6 +743,53 @@ class LiveOps:
         self._dir_changed(parent_id)
         return self.node(node_id)
 
+    def make_link(self, node_id: int, parent_id: int, name: str) -> Node:
+        """link(2): the file (symlink or special file) `node_id` gets the name `name` in
+        `parent_id` too. On each drive with a copy the new name is a hard link of it, so every
+        drive still holds plain files; the names stay in one top-level folder (which decides
+        the copies), as on a local disk they stay on one filesystem."""
+        node = self.cat.node_or_none(node_id)
+        if node is None:
+            raise NotFound(path=f"#{node_id}")  # deleted while open: no name to link to
+        if node.is_dir:
+            raise OSError(errno.EPERM, "directories cannot have hard links")
+        _, path = self._in_folder(parent_id, name)
+        src = self.path_of(node_id)
+        if src.partition("/")[0] != path.partition("/")[0]:
+            raise LinksAcrossFolders(path=path)
+        if node.links + 1 >= LINK_MAX:
+            raise OSError(errno.EMLINK, f"{src} has {LINK_MAX} names")
+        held = {r.drive_id for r in self.cat.replicas(node_id)} if node.is_file else None
+        drives = [d for d in self.drives_by_id().values() if held is None or d.id in held]
+        # The catalog first: I/O goes by the file's own path, so the new name works at once; a
+        # crash before the drives have it leaves a name missing there, which `check` re-makes.
+        with self.cat.transaction():
+            link_id = self.cat.add_link(node_id, parent_id, name, time.time_ns())
+            for d in drives:
+                if d.row.state != "active":
+                    self.cat.owe(d.id, {"op": "link", "src": src, "dst": path})
+        made = 0
+        for d in drives:
+            if d.row.state == "active":
+                try:
+                    if os.path.lexists(f"{d.tree_s}/{path}"):
+                        keep_aside(d, path)
+                    link_name(d, src, path)
+                    made += 1
+                except OSError as e:
+                    log.error("could not link %s to %s on %s: %s", path, src, d.name, e)
+        if not made and drives:
+            with self.cat.transaction():
+                self.cat.remove_name(self.cat.node(link_id))
+            raise OSError(errno.EIO, f"no drive could link {path}")
+        self._changed = True
+        self._dir_changed(parent_id)
+        return self.node(node_id)
+
+    def other_names(self, node_id: int) -> list[str]:
+        """The pool paths of a node's extra names (hard links)."""
+        return [self.path_of(i) for i in self.cat.names_of(node_id)]
+
     def _on_every_drive(self, path: str, fn: Callable[[str], Any]) -> list[int]:
         """Do `fn(real path)` on every present drive; returns the drives where it worked. These
         steps (a symlink or special file made, renamed or removed) come before their commit, so
@@ -757,10 +810,11 @@ class LiveOps:
 
     def remove(self, parent_id: int, name: str, rmdir: bool) -> None:
         """unlink (rmdir=False) or rmdir: the errors and checks a local filesystem makes."""
-        node = self.cat.child(parent_id, name)
-        if node is None:
+        row = self.cat.child(parent_id, name)
+        if row is None:
             raise NotFound(path=f"{self.path_of(parent_id)}/{name}")
-        path = self.path_of(node.id)
+        node = self.cat.resolve(row)  # what the name names (a hard link names another node)
+        path = self.path_of(row.id)
         if rmdir and not node.is_dir:
             raise NotADir(path=path)
         if not rmdir and node.is_dir:
@@ -770,17 +824,25 @@ class LiveOps:
         if not node.is_dir and not node.is_file:
             self._on_every_drive(path, os.unlink)
             with self.cat.transaction():
-                self.cat.delete_node(node.id)
+                self.cat.remove_name(row)
             self._changed = True
-        else:
+        elif node.is_dir:
             self._keep_if_open(node)
-            if node.is_dir:
-                self.delete(path)
-                self._dir_times.pop(node.id, None)
-            else:
-                self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
-                                   "node": True, "id": node.id})
+            self.delete(path)
+            self._dir_times.pop(node.id, None)
+        else:
+            if not node.links:
+                self._keep_if_open(node)
+            self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
+                               "node": True, "id": row.id})
+            self._follow(node.id)  # its own name was taken away: another of its names is its path now
         self._dir_changed(parent_id)
+
+    def _follow(self, node_id: int) -> None:
+        """A file's path changed: its open handles find its copies at the new one."""
+        if self.cat.node_or_none(node_id) is not None:
+            for f in self._open.get(node_id, ()):
+                f.path = self.path_of(node_id)
 
     def _keep_if_open(self, node: Node) -> None:
         """A file deleted (or replaced) while open stays readable through its handles."""
@@ -796,58 +858,67 @@ class LiveOps:
         self._dir_changed(parent_id, new_parent_id)
 
     def _move(self, parent_id: int, name: str, new_parent_id: int, new_name: str, noreplace: bool) -> None:
-        node = self.cat.child(parent_id, name)
-        if node is None:
+        row = self.cat.child(parent_id, name)
+        if row is None:
             raise NotFound(path=f"{self.path_of(parent_id)}/{name}")
-        src = self.path_of(node.id)
+        node = self.cat.resolve(row)  # what the name names (a hard link names another node)
+        src = self.path_of(row.id)
         dst = f"{self.path_of(new_parent_id)}/{new_name}" if new_parent_id != ROOT_ID else new_name
         self._fits(dst, self.cat.deepest_below(node.id) if node.is_dir else 0)
-        old = self.cat.child(new_parent_id, new_name)
-        if old is not None and old.id != node.id:
+        old_row = self.cat.child(new_parent_id, new_name)
+        old = self.cat.resolve(old_row) if old_row is not None else None
+        if old is not None and old.id == node.id:
+            return  # two names of one file (or one name): rename(2) does nothing
+        if old is not None:
             if noreplace:
                 raise AlreadyExists(path=dst)
             if old.is_dir != node.is_dir:
                 raise (IsADirectory if old.is_dir else NotADir)(path=dst)
-            if old.is_file:
+        if src.partition("/")[0] != dst.partition("/")[0] and (
+                row.is_link or node.links or node.is_dir and self.cat.has_links_below(node.id)):
+            raise LinksAcrossFolders(path=src)
+        if old is not None and old_row is not None:
+            if old.is_file and not old.links:
                 self._keep_if_open(old)
             if not old.is_dir and not (old.is_file and node.is_file):
                 # A symlink or special file on one side: the old entry goes first. (Between
                 # the two steps the name is briefly absent: files replace files atomically.)
                 self.remove(new_parent_id, new_name, rmdir=False)
+                old_row = old = None
         if node.is_file and new_parent_id != ROOT_ID:
-            self._move_file(node, old, src, dst, new_parent_id)
+            self._move_file(row, node, old_row, old, src, dst, new_parent_id)
             return
         if node.is_dir or node.is_file:
             self.rename(src, dst)
             # Open files below a directory moved with it (their copies, journal rows and owed
             # steps are found by these paths).
-            moved = self._open.items() if node.is_dir else [(node.id, self._open.get(node.id, []))]
-            for node_id, handles in moved:
-                if self.cat.node_or_none(node_id) is not None:
-                    for f in handles:
-                        f.path = self.path_of(node_id)
+            for node_id in list(self._open) if node.is_dir else [node.id]:
+                self._follow(node_id)
             return
         if new_parent_id == ROOT_ID:
             raise NotInFolder(path=dst)
         self._on_every_drive(src, lambda real: os.rename(real, real.removesuffix(src) + dst))
         with self.cat.transaction():
-            self.cat.move_node(node.id, new_parent_id, new_name, subtree=False)
+            self.cat.move_node(row.id, new_parent_id, new_name, subtree=False)
         self._changed = True
 
-    def _move_file(self, node: Node, old: Node | None, src: str, dst: str, new_parent_id: int) -> None:
-        """`Pool.rename` for a file, from what the mount already knows (no walks down the tree)."""
+    def _move_file(self, row: Node, node: Node, old_row: Node | None, old: Node | None, src: str, dst: str,
+                   new_parent_id: int) -> None:
+        """`Pool.rename` for a file's name `row` (`node`: the file), from what the mount already
+        knows (no walks down the tree). `old_row` is the name it replaces (`old`: its file)."""
         moves = [r.drive_id for r in self.cat.replicas(node.id)]
-        had = [r.drive_id for r in self.cat.replicas(old.id)] if old is not None and old.id != node.id else []
+        had = [r.drive_id for r in self.cat.replicas(old.id)] if old is not None else []
         drives = self.drives_by_id()
         for i in moves:  # something the catalog does not know in the way: refuse up front
             d = drives.get(i)
             if d is not None and d.row.state == "active" and i not in had and os.path.lexists(f"{d.tree_s}/{dst}"):
                 raise AlreadyExists(path=f"{dst} (on drive {d.label!r}; `homepool check` shows it)")
         self._run("rename", {"src": src, "dst": dst, "kind": "file", "moves": moves,
-                             "unlink_dst": [i for i in had if i not in moves], "id": node.id,
+                             "unlink_dst": [i for i in had if i not in moves], "id": row.id,
                              "dparent": new_parent_id})
-        for f in self._open.get(node.id, ()):
-            f.path = dst
+        self._follow(node.id)
+        if old is not None and old_row is not None and old.links:
+            self._follow(old.id)  # it lost a name: perhaps the one that was its path
         if src.partition("/")[0] != dst.partition("/")[0]:  # another folder: its copies may differ
             self.reconcile_unless_open(node.id)
 
@@ -972,6 +1043,7 @@ class LiveOps:
         if self.cat.node_or_none(p["node"]) is None:
             return None  # deleted since: its copies went with it
         path = self.path_of(p["node"])  # renamed since, perhaps
+        names = self.other_names(p["node"])  # hard links of each copy: removed with it
         for key in p["drives"]:
             d = drives.get(int(key))
             if d is None or d.row.state != "active":
@@ -984,7 +1056,9 @@ class LiveOps:
                 if kept is None:
                     kept = (d.id, st, hash_file(real))
                 else:
-                    os.unlink(real)
+                    for name in (path, *names):
+                        with suppress(FileNotFoundError):
+                            os.unlink(d.real(name))
             except FileNotFoundError:
                 continue
             except OSError as e:

@@ -46,6 +46,34 @@ def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
     os.rename(s, t)
 
 
+def link_name(d: Drive, src: str, dst: str) -> None:
+    """Make pool path `dst` on drive `d` a hard link of `src` there (idempotent). Anything
+    else at `dst` is replaced: the caller knows it is a stale name of this file (an older
+    copy's), or has put aside what the catalog did not know."""
+    s_, t_ = f"{d.tree_s}/{src}", f"{d.tree_s}/{dst}"
+    try:
+        os.link(s_, t_, follow_symlinks=False)
+        return
+    except FileNotFoundError:
+        if not os.path.lexists(s_):
+            raise
+        d.makedirs(dst.rpartition("/")[0])
+    except FileExistsError:
+        if os.path.samestat(os.lstat(s_), os.lstat(t_)):
+            return
+        os.unlink(t_)
+    os.link(s_, t_, follow_symlinks=False)
+
+
+def keep_aside(d: Drive, path: str) -> str:
+    """Something the catalog does not know is at `path` on `d`: rename it to a conflict name
+    (never overwrite it). Returns that name."""
+    aside = conflict_name(path, d.label, lambda q: os.path.lexists(d.real(q)))
+    log.error("%s on %s was not in the pool; kept aside as %s", path, d.name, aside)
+    os.rename(d.real(path), d.real(aside))
+    return aside
+
+
 def _merge_dir(s: Path, t: Path) -> None:
     for entry in os.scandir(s):
         target = t / entry.name

@@ -1,0 +1,198 @@
+"""Hard links: one file, several names in one folder; on each drive with a copy, the names are
+hard links of that copy (real mounts over directory drives)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from homepool.check import check
+from homepool.pool import Pool
+from homepool.recover import recover
+
+from .helpers import assert_clean, copies_on_disk
+from .mounting import mount_pool
+
+
+class Mount:
+    """The three-drive directory pool (Documents: 2 copies, Videos: 1): `start()` mounts it
+    (closing the test's pool: the mount is the writer), `stop()` unmounts."""
+
+    def __init__(self, pool: Pool, state_dir: Path, tmp_path: Path) -> None:
+        self.pool, self.state_dir, self.tmp_path = pool, state_dir, tmp_path
+        self.stack = ExitStack()
+
+    def start(self) -> Path:
+        self.pool.close()
+        return self.stack.enter_context(mount_pool(self.state_dir, self.tmp_path))[0]
+
+    def stop(self) -> None:
+        self.stack.close()
+
+
+@pytest.fixture
+def mount(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> Iterator[Mount]:
+    m = Mount(dir_pool, state_dir, tmp_path)
+    try:
+        yield m
+    finally:
+        m.stop()
+
+
+def reader(state_dir: Path) -> Pool:
+    return Pool.open(state_dir, write=False)
+
+
+def raises(errnum: int, fn: Callable[[], object]) -> None:
+    with pytest.raises(OSError) as e:
+        fn()
+    assert e.value.errno == errnum, (errno.errorcode.get(e.value.errno or 0), errno.errorcode[errnum])
+
+
+def linked_on_drives(drives: list[Path], a: str, b: str) -> int:
+    """How many drives hold `a` and `b` as one file; asserts no drive holds only one of them."""
+    n = 0
+    for d in drives:
+        pa, pb = d / "HomePool" / a, d / "HomePool" / b
+        assert pa.exists() == pb.exists(), (d, a, b)
+        if pa.exists():
+            assert os.path.samefile(pa, pb), (d, a, b)
+            n += 1
+    return n
+
+
+def test_a_link_is_one_file_under_two_names_on_every_copy(mount: Mount, state_dir: Path,
+                                                          dir_drives: list[Path]) -> None:
+    mnt = mount.start()
+    (mnt / "Documents/old").mkdir()
+    (mnt / "Documents/a.txt").write_bytes(b"first")
+    os.link(mnt / "Documents/a.txt", mnt / "Documents/old/b.txt")
+    a, b = os.stat(mnt / "Documents/a.txt"), os.stat(mnt / "Documents/old/b.txt")
+    assert a.st_ino == b.st_ino and a.st_nlink == b.st_nlink == 2
+    with open(mnt / "Documents/old/b.txt", "ab") as f:  # a change through one name shows through the other
+        f.write(b" and more")
+    assert (mnt / "Documents/a.txt").read_bytes() == b"first and more"
+    assert sorted(os.listdir(mnt / "Documents/old")) == ["b.txt"]
+    assert linked_on_drives(dir_drives, "Documents/a.txt", "Documents/old/b.txt") == 2
+    with reader(state_dir) as pool:
+        assert pool.lookup("Documents/old/b.txt").is_link
+        assert pool.stat("Documents/a.txt").links == 1 and pool.cat.count_files()[0] == 1
+        assert_clean(pool)
+
+
+def test_removing_names_keeps_the_file_until_the_last(mount: Mount, state_dir: Path, dir_drives: list[Path]) -> None:
+    mnt = mount.start()
+    (mnt / "Documents/a.txt").write_bytes(b"keep me")
+    ino = os.stat(mnt / "Documents/a.txt").st_ino
+    os.link(mnt / "Documents/a.txt", mnt / "Documents/b.txt")
+    os.link(mnt / "Documents/a.txt", mnt / "Documents/c.txt")
+    with open(mnt / "Documents/a.txt", "rb") as held:
+        os.unlink(mnt / "Documents/a.txt")  # its own name: another takes its place
+        assert held.read() == b"keep me"
+    st = os.stat(mnt / "Documents/b.txt")
+    assert (st.st_ino, st.st_nlink) == (ino, 2)
+    assert copies_on_disk(dir_drives, "Documents/a.txt") == []
+    assert linked_on_drives(dir_drives, "Documents/b.txt", "Documents/c.txt") == 2
+    with open(mnt / "Documents/c.txt", "ab") as f:  # still written on both copies, under the new path
+        f.write(b"!")
+    assert all(c.read_bytes() == b"keep me!" for c in copies_on_disk(dir_drives, "Documents/b.txt"))
+    os.unlink(mnt / "Documents/c.txt")
+    assert os.stat(mnt / "Documents/b.txt").st_nlink == 1
+    with reader(state_dir) as pool:
+        assert pool.stat("Documents/b.txt").is_file and pool.cat.links() == []
+        assert_clean(pool)
+    os.unlink(mnt / "Documents/b.txt")
+    assert copies_on_disk(dir_drives, "Documents/b.txt") == []
+
+
+def test_renames_between_names_and_over_them(mount: Mount, state_dir: Path, dir_drives: list[Path]) -> None:
+    mnt = mount.start()
+    (mnt / "Documents/a.txt").write_bytes(b"A")
+    (mnt / "Documents/x.txt").write_bytes(b"X")
+    os.link(mnt / "Documents/a.txt", mnt / "Documents/b.txt")
+    os.rename(mnt / "Documents/a.txt", mnt / "Documents/b.txt")  # two names of one file: nothing happens
+    assert os.path.exists(mnt / "Documents/a.txt") and os.stat(mnt / "Documents/b.txt").st_nlink == 2
+    os.rename(mnt / "Documents/b.txt", mnt / "Documents/c.txt")  # an extra name moves
+    os.rename(mnt / "Documents/x.txt", mnt / "Documents/a.txt")  # the file's own name is replaced
+    assert (mnt / "Documents/a.txt").read_bytes() == b"X" and (mnt / "Documents/c.txt").read_bytes() == b"A"
+    assert os.stat(mnt / "Documents/c.txt").st_nlink == 1
+    assert all(c.read_bytes() == b"A" for c in copies_on_disk(dir_drives, "Documents/c.txt"))
+    os.link(mnt / "Documents/c.txt", mnt / "Documents/d.txt")
+    os.rename(mnt / "Documents/a.txt", mnt / "Documents/d.txt")  # an extra name is replaced
+    assert os.stat(mnt / "Documents/c.txt").st_nlink == 1 and (mnt / "Documents/d.txt").read_bytes() == b"X"
+    with reader(state_dir) as pool:
+        assert pool.cat.links() == []
+        assert_clean(pool)
+
+
+def test_what_cannot_be_linked_gets_the_errno_a_disk_gives(mount: Mount, state_dir: Path) -> None:
+    mnt = mount.start()
+    (mnt / "Documents/a.txt").write_bytes(b"A")
+    (mnt / "Documents/sub").mkdir()
+    os.link(mnt / "Documents/a.txt", mnt / "Documents/sub/b.txt")
+    raises(errno.EXDEV, lambda: os.link(mnt / "Documents/a.txt", mnt / "Videos/a.txt"))  # another folder
+    raises(errno.EXDEV, lambda: os.rename(mnt / "Documents/sub/b.txt", mnt / "Videos/b.txt"))
+    raises(errno.EXDEV, lambda: os.rename(mnt / "Documents/sub", mnt / "Videos/sub"))  # a name inside
+    raises(errno.EPERM, lambda: os.link(mnt / "Documents/sub", mnt / "Documents/sub2"))
+    raises(errno.EEXIST, lambda: os.link(mnt / "Documents/a.txt", mnt / "Documents/sub/b.txt"))
+    raises(errno.ENOENT, lambda: os.link(mnt / "Documents/none", mnt / "Documents/n2"))
+    shutil.move(mnt / "Documents/sub/b.txt", mnt / "Videos/b.txt")  # what mv does with EXDEV: copy
+    assert (mnt / "Videos/b.txt").read_bytes() == b"A" and os.stat(mnt / "Documents/a.txt").st_nlink == 1
+    os.mkfifo(mnt / "Documents/fifo")
+    os.link(mnt / "Documents/fifo", mnt / "Documents/fifo2")  # special files and symlinks too
+    assert os.stat(mnt / "Documents/fifo2").st_nlink == 2
+    with reader(state_dir) as pool:
+        assert_clean(pool)
+
+
+def test_copies_made_and_dropped_keep_the_names(mount: Mount, state_dir: Path, dir_drives: list[Path]) -> None:
+    m = mount.start()
+    (m / "Videos/clip.mkv").write_bytes(b"v" * 10_000)
+    os.link(m / "Videos/clip.mkv", m / "Videos/same.mkv")
+    mount.stop()
+    with Pool.open(state_dir) as pool:
+        pool.set_copies("Videos", 3)
+        assert linked_on_drives(dir_drives, "Videos/clip.mkv", "Videos/same.mkv") == 3
+        assert_clean(pool)
+        pool.set_copies("Videos", 1)
+        assert linked_on_drives(dir_drives, "Videos/clip.mkv", "Videos/same.mkv") == 1
+        assert_clean(pool)
+
+
+def test_check_finds_and_relinks_a_name_lost_on_a_drive(mount: Mount, state_dir: Path, dir_drives: list[Path]) -> None:
+    m = mount.start()
+    (m / "Documents/a.txt").write_bytes(b"A")
+    os.link(m / "Documents/a.txt", m / "Documents/b.txt")
+    mount.stop()
+    lost, other = [d / "HomePool/Documents/b.txt" for d in dir_drives if (d / "HomePool/Documents/b.txt").exists()]
+    lost.unlink()
+    other.unlink()
+    other.write_bytes(b"someone's file")  # not the pool's: kept aside, never overwritten
+    with Pool.open(state_dir) as pool:
+        found = [p.line() for p in check(pool, repair=True)]
+        assert sum("names_linked" in line for line in found) == 2, found
+        assert linked_on_drives(dir_drives, "Documents/a.txt", "Documents/b.txt") == 2
+        check(pool, repair=True)  # the file kept aside is taken in as a file of its own
+        assert any(pool.read_bytes(p) == b"someone's file" for p, n in pool.walk("Documents") if n.is_file)
+        assert_clean(pool)
+
+
+def test_recover_finds_the_names_again(mount: Mount, state_dir: Path, dir_drives: list[Path]) -> None:
+    m = mount.start()
+    (m / "Documents/a.txt").write_bytes(b"A")
+    os.link(m / "Documents/a.txt", m / "Documents/b.txt")
+    (m / "Videos/v.bin").write_bytes(b"V")
+    os.link(m / "Videos/v.bin", m / "Videos/w.bin")
+    mount.stop()
+    shutil.rmtree(state_dir)
+    recover(state_dir, dir_drives)
+    with Pool.open(state_dir) as pool:
+        assert sorted(pool.path_of(i) for i, _ in pool.cat.links()) == ["Documents/b.txt", "Videos/w.bin"]
+        assert pool.cat.count_files()[0] == 2
+        assert_clean(pool)
