@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from homepool.check import check
 from homepool.pool import Pool
@@ -26,3 +30,15 @@ def tree_files(root: Path) -> dict[str, bytes]:
             p = Path(dirpath) / f
             out[str(p.relative_to(root))] = p.read_bytes()
     return out
+
+
+def reader(state_dir: Path) -> Pool:
+    """The pool opened for reading (beside a mount, which is its writer)."""
+    return Pool.open(state_dir, write=False)
+
+
+def raises(errnum: int, fn: Callable[[], object]) -> None:
+    """`fn()` fails with `errnum`."""
+    with pytest.raises(OSError) as e:
+        fn()
+    assert e.value.errno == errnum, (errno.errorcode.get(e.value.errno or 0), errno.errorcode[errnum])

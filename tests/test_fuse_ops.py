@@ -19,7 +19,7 @@ from homepool import mount as mount_mod
 from homepool.cli import main
 from homepool.pool import Pool
 
-from .helpers import copies_on_disk
+from .helpers import copies_on_disk, reader
 from .mounting import force_unmount, fuse_or_skip, mount_pool, open_copies, wait_for
 
 
@@ -32,10 +32,6 @@ def mount(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> Iterator[Callable[
             return stack.enter_context(mount_pool(state_dir, tmp_path))
 
         yield start
-
-
-def reader(state_dir: Path) -> Pool:
-    return Pool.open(state_dir, write=False)
 
 
 def fill(pool: Pool) -> dict[str, bytes]:

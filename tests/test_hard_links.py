@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -14,9 +14,10 @@ import pytest
 
 from homepool.check import check
 from homepool.pool import Pool
+from homepool.pool import live as live_mod
 from homepool.recover import recover
 
-from .helpers import assert_clean, copies_on_disk
+from .helpers import assert_clean, copies_on_disk, raises, reader
 from .mounting import mount_pool
 
 
@@ -43,16 +44,6 @@ def mount(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> Iterator[Mount]:
         yield m
     finally:
         m.stop()
-
-
-def reader(state_dir: Path) -> Pool:
-    return Pool.open(state_dir, write=False)
-
-
-def raises(errnum: int, fn: Callable[[], object]) -> None:
-    with pytest.raises(OSError) as e:
-        fn()
-    assert e.value.errno == errnum, (errno.errorcode.get(e.value.errno or 0), errno.errorcode[errnum])
 
 
 def linked_on_drives(drives: list[Path], a: str, b: str) -> int:
@@ -196,3 +187,43 @@ def test_recover_finds_the_names_again(mount: Mount, state_dir: Path, dir_drives
         assert sorted(pool.path_of(i) for i, _ in pool.cat.links()) == ["Documents/b.txt", "Videos/w.bin"]
         assert pool.cat.count_files()[0] == 2
         assert_clean(pool)
+
+
+def crash(*args: object, **kwargs: object) -> None:
+    raise KeyboardInterrupt("the daemon is killed here")
+
+
+@pytest.mark.parametrize("step", ["link", "unlink own name", "rename over own name"])
+def test_a_crash_between_catalog_and_drives_is_repaired(dir_pool: Pool, dir_drives: list[Path],
+                                                        monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """The mount records a new name before the drives have it, and the removal of a name before
+    the drives lose it: after a crash in between, `check --repair` finishes the drive steps."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.write_bytes("Documents/x.txt", b"X")
+    dir_pool.go_live()
+    docs = dir_pool.stat("Documents").id
+    file = dir_pool.stat("Documents/a.txt")
+    if step == "link":
+        monkeypatch.setattr(live_mod, "link_name", crash)
+        with pytest.raises(KeyboardInterrupt):
+            dir_pool.make_link(file.id, docs, "b.txt")
+    else:
+        dir_pool.make_link(file.id, docs, "b.txt")
+        monkeypatch.setattr(dir_pool, "_apply_drop" if step == "unlink own name" else "_apply_rename", crash)
+        with pytest.raises(KeyboardInterrupt):
+            if step == "unlink own name":
+                dir_pool.remove(docs, "a.txt", rmdir=False)
+            else:
+                dir_pool.move(docs, "x.txt", docs, "a.txt", noreplace=False)
+    monkeypatch.undo()
+    assert dir_pool.lookup("Documents/b.txt").is_link != (step != "link")  # recorded...
+    assert check(dir_pool, repair=False)  # ...not made on the drives yet
+    check(dir_pool, repair=True)
+    assert_clean(dir_pool)
+    assert dir_pool.read_bytes("Documents/b.txt") == b"A"
+    assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/b.txt")] == [b"A", b"A"]
+    if step == "link":
+        assert linked_on_drives(dir_drives, "Documents/a.txt", "Documents/b.txt") == 2
+    else:
+        want = [b"X", b"X"] if step != "unlink own name" else []
+        assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/a.txt")] == want

@@ -22,7 +22,7 @@ import pytest
 
 from homepool.pool import Pool
 
-from .helpers import assert_clean, copies_on_disk
+from .helpers import assert_clean, copies_on_disk, raises, reader
 from .mounting import mount_pool, wait_for
 
 Mount = Callable[[], Path]
@@ -34,16 +34,6 @@ def mnt(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> Iterator[Path]:
     dir_pool.close()
     with mount_pool(state_dir, tmp_path) as (m, _):
         yield m
-
-
-def reader(state_dir: Path) -> Pool:
-    return Pool.open(state_dir, write=False)
-
-
-def raises(errnum: int, fn: Callable[[], object]) -> None:
-    with pytest.raises(OSError) as e:
-        fn()
-    assert e.value.errno == errnum, (errno.errorcode.get(e.value.errno or 0), errno.errorcode[errnum])
 
 
 def test_a_new_file_is_written_to_every_copy_and_recorded(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:

@@ -111,6 +111,7 @@ class Entry(NamedTuple):
     rdev: int
     atime_ns: int
     links: int
+    link_to: int | None  # an extra name (hard link): the node it names; `entries` shows that node
 
     @property
     def nlink(self) -> int:
@@ -509,14 +510,12 @@ class Catalog:
         rows = self.db.execute(
             "SELECT id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev, atime_ns, links, link_to"
             " FROM nodes WHERE parent_id = ? ORDER BY name", (parent_id,))
-        out = []
-        for *cols, link_to in rows:
-            e = Entry._make(cols)
-            if link_to is not None:
-                n = self.node(link_to)
-                e = Entry(n.id, e.name, n.kind, n.size, n.mode, n.mtime_ns, n.uid, n.gid, n.ctime_ns, n.rdev,
-                          n.atime_ns, n.links)
-            out.append(e)
+        out = list(map(Entry._make, rows))
+        for i, e in enumerate(out):
+            if e.link_to is not None:
+                n = self.node(e.link_to)
+                out[i] = Entry(n.id, e.name, n.kind, n.size, n.mode, n.mtime_ns, n.uid, n.gid, n.ctime_ns, n.rdev,
+                               n.atime_ns, n.links, None)
         return out
 
     def resolve(self, node: Node) -> Node:

@@ -505,7 +505,7 @@ class Pool(LiveOps):
 
     def replicas(self, path: str) -> list[tuple[Drive, str]]:
         """(drive, state) of each recorded copy of the file at `path`."""
-        node = self.stat(path)
+        node = self.cat.resolve(self.stat(path))
         drives = {d.id: d for d in self.drives()}
         return [(drives[r.drive_id], r.state) for r in self.cat.replicas(node.id)]
 
@@ -883,7 +883,8 @@ class Pool(LiveOps):
             try:
                 if step["op"] == "unlink":
                     node = self.lookup(step["path"])
-                    recorded = node is not None and any(r.drive_id == drive.id for r in self.cat.replicas(node.id))
+                    recorded = node is not None and any(r.drive_id == drive.id
+                                                        for r in self.cat.replicas(self.cat.resolve(node).id))
                     st = os.stat(drive.real(step["path"]))
                     if not recorded and (st.st_size, st.st_mtime_ns) == (step["size"], step["mtime_ns"]):
                         os.unlink(drive.real(step["path"]))
@@ -948,7 +949,7 @@ class Pool(LiveOps):
 
     def open_read(self, path: str) -> BinaryIO:
         """Open the file at `path` for reading from a good copy, falling over to the next."""
-        node = self.stat(path)
+        node = self.cat.resolve(self.stat(path))
         if node.is_dir:
             raise IsADirectory(path=paths.normalize(path))
         fd, _ = self.open_copy(node.id)

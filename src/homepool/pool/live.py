@@ -840,8 +840,9 @@ class LiveOps:
 
     def _follow(self, node_id: int) -> None:
         """A file's path changed: its open handles find its copies at the new one."""
-        if self.cat.node_or_none(node_id) is not None:
-            for f in self._open.get(node_id, ()):
+        handles = self._open.get(node_id)
+        if handles and self.cat.node_or_none(node_id) is not None:
+            for f in handles:
                 f.path = self.path_of(node_id)
 
     def _keep_if_open(self, node: Node) -> None:
