@@ -189,6 +189,26 @@ def test_recover_finds_the_names_again(mount: Mount, state_dir: Path, dir_drives
         assert_clean(pool)
 
 
+def test_a_directorys_link_count_counts_its_subdirectories(mount: Mount, state_dir: Path) -> None:
+    mnt = mount.start()
+    (mnt / "Documents/a/b").mkdir(parents=True)
+    (mnt / "Documents/a/c").mkdir()
+    (mnt / "Documents/a/f").write_bytes(b"")
+    assert os.stat(mnt / "Documents/a").st_nlink == 4  # its name, '.', and the '..' of b and c
+    os.rename(mnt / "Documents/a/b", mnt / "Documents/b")
+    os.rmdir(mnt / "Documents/a/c")
+    assert os.stat(mnt / "Documents/a").st_nlink == 2
+    assert os.stat(mnt / "Documents").st_nlink == 4
+    with reader(state_dir) as pool:
+        assert_clean(pool)
+    mount.stop()
+    with Pool.open(state_dir) as pool:  # a count gone wrong is found and corrected
+        pool.set_link_count(pool.stat("Documents").id, 7)
+        assert [p.line() for p in check(pool, repair=True)] == [
+            "[fixed] link_counts: Documents: counts 7 more links, has 2"]
+        assert_clean(pool)
+
+
 def crash(*args: object, **kwargs: object) -> None:
     raise KeyboardInterrupt("the daemon is killed here")
 

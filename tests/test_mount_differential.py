@@ -41,7 +41,7 @@ def describe(root: Path) -> dict[str, tuple]:
             if stat.S_ISLNK(st.st_mode):
                 out[rel] = ("link", os.readlink(p))
             elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_nlink)
             else:
                 out[rel] = ("file", st.st_size, stat.S_IMODE(st.st_mode), st.st_nlink, p.read_bytes())
     return out
@@ -106,7 +106,7 @@ class Runner:
             def st() -> tuple:
                 s = os.lstat(p)
                 if stat.S_ISDIR(s.st_mode):
-                    return stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), 0
+                    return stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), 0, s.st_nlink
                 return stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), s.st_size, s.st_nlink
             return outcome(st)
         if kind == "listdir":

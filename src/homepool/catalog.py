@@ -66,7 +66,7 @@ class Node:
     rdev: int = 0  # a device node's device number
     atime_ns: int = 0  # set by utimens only: reads do not change it (as with noatime)
     link_to: int | None = None  # a 'link' (an extra name, a hard link): the node it names
-    links: int = 0  # the extra names this node has (its link count is 1 + links)
+    links: int = 0  # a file's other names; a directory's subdirectories (their '..')
 
     @property
     def is_dir(self) -> bool:
@@ -79,7 +79,8 @@ class Node:
 
     @property
     def nlink(self) -> int:
-        return 2 if self.kind == "dir" else 1 + self.links
+        """The link count: a directory's name and '.', or a file's name, and `links` more."""
+        return (2 if self.kind == "dir" else 1) + self.links
 
     def but(self, **fields: Any) -> Node:
         """A copy with some fields changed: `dataclasses.replace` without its checks, which cost
@@ -115,7 +116,8 @@ class Entry(NamedTuple):
 
     @property
     def nlink(self) -> int:
-        return 2 if self.kind == "dir" else 1 + self.links
+        """The link count: a directory's name and '.', or a file's name, and `links` more."""
+        return (2 if self.kind == "dir" else 1) + self.links
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,8 @@ SCHEMA = """
         -- A 'link' is an extra name (a hard link) of the node `link_to`, a file, symlink or
         -- special file in the same top-level folder (its own other columns mean nothing). On
         -- the drives it is a hard link of that node's entry, on each drive that has one.
-        -- `links` counts a node's 'link' names.
+        -- `links` counts a node's other links: a node's 'link' names, a directory's
+        -- subdirectories (each one's '..'), so its link count is 1 or 2 (a dir) + links.
         CREATE TABLE nodes (
             id        INTEGER PRIMARY KEY,
             parent_id INTEGER REFERENCES nodes(id),
@@ -284,6 +287,11 @@ def _hard_links(db: sqlite3.Connection) -> None:
                        " atime_ns")
     start = SCHEMA.index("CREATE INDEX nodes_by_link")
     db.execute(SCHEMA[start: SCHEMA.index(";", start)])
+    db.execute(f"UPDATE nodes SET links = {_SUBDIRS} WHERE kind = 'dir'")
+
+
+# A directory's subdirectories, for its link count (`nodes.links`).
+_SUBDIRS = "(SELECT COUNT(*) FROM nodes c WHERE c.parent_id = nodes.id AND c.kind = 'dir')"
 
 
 # Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1 (inside a transaction).
@@ -584,6 +592,8 @@ class Catalog:
             (new_id, parent_id, name, kind, size, mode, mtime_ns, hash_, uid, gid, mtime_ns, target, rdev, mtime_ns),
         )
         assert cur.lastrowid is not None
+        if kind == "dir":
+            self.db.execute("UPDATE nodes SET links = links + 1 WHERE id = ?", (parent_id,))
         return cur.lastrowid
 
     def upsert_file(self, parent_id: int, name: str, size: int, mode: int, mtime_ns: int, hash_: str | None
@@ -627,10 +637,14 @@ class Catalog:
     def update_dir(self, id_: int, mode: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE nodes SET mode = ?, mtime_ns = ? WHERE id = ? AND kind = 'dir'", (mode, mtime_ns, id_))
 
-    def move_node(self, id_: int, parent_id: int, name: str, subtree: bool = True) -> None:
-        """Give node `id_` a new parent and name (`subtree`: it may have nodes below it)."""
+    def move_node(self, id_: int, parent_id: int, name: str, is_dir: bool) -> None:
+        """Give node `id_` a new parent and name."""
+        if is_dir:  # a subdirectory less in one directory, one more in the other
+            self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = (SELECT parent_id FROM nodes WHERE id = ?)",
+                            (id_,))
+            self.db.execute("UPDATE nodes SET links = links + 1 WHERE id = ?", (parent_id,))
         self.db.execute("UPDATE nodes SET parent_id = ?, name = ? WHERE id = ?", (parent_id, name, id_))
-        if subtree:
+        if is_dir:
             self._paths.clear()  # everything below it moved too
         else:
             self._paths.pop(id_, None)
@@ -639,7 +653,20 @@ class Catalog:
         self._paths.pop(id_, None)
         self.db.execute("DELETE FROM replicas WHERE node_id = ?", (id_,))
         self.db.execute("DELETE FROM folders WHERE node_id = ?", (id_,))
-        self.db.execute("DELETE FROM nodes WHERE id = ?", (id_,))
+        gone = self.db.execute("DELETE FROM nodes WHERE id = ? RETURNING parent_id, kind", (id_,)).fetchone()
+        if gone is not None and gone[1] == "dir":
+            self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = ?", (gone[0],))
+
+    def wrong_link_counts(self) -> list[tuple[int, int, int]]:
+        """(node id, links recorded, links there are) of every node whose count is off."""
+        rows = self.db.execute(
+            f"""SELECT id, links, CASE kind WHEN 'dir' THEN {_SUBDIRS}
+                       ELSE (SELECT COUNT(*) FROM nodes l WHERE l.link_to = nodes.id) END AS real
+                FROM nodes WHERE kind != 'link' AND links != real""")
+        return [(int(a), int(b), int(c)) for a, b, c in rows]
+
+    def set_links(self, id_: int, links: int) -> None:
+        self.db.execute("UPDATE nodes SET links = ? WHERE id = ?", (links, id_))
 
     def subtree_files(self, id_: int) -> list[Node]:
         """Every file at or below node `id_`."""

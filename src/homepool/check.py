@@ -52,6 +52,7 @@ def check(pool: Pool, repair: bool = False) -> list[Problem]:
     problems += check_names_linked(pool, present, repair)
     problems += check_no_stray_files(pool, present, repair)
     problems += check_copies_met(pool, repair)
+    problems += check_link_counts(pool, repair)
     return problems
 
 
@@ -257,5 +258,17 @@ def check_copies_met(pool: Pool, repair: bool) -> list[Problem]:
                 p.detail += f"; now {now}, not enough drives with room for more"
             else:
                 p.detail += "; no other drive has room for a copy (add a drive)"
+        out.append(p)
+    return out
+
+
+def check_link_counts(pool: Pool, repair: bool) -> list[Problem]:
+    """Every link count the mount shows is right: a file's names, a directory's subdirectories."""
+    out = []
+    for node_id, recorded, real in pool.cat.wrong_link_counts():
+        p = Problem("link_counts", pool.path_of(node_id) or "/", f"counts {recorded} more links, has {real}")
+        if repair:
+            pool.set_link_count(node_id, real)
+            p.fixed = True
         out.append(p)
     return out

@@ -743,7 +743,7 @@ class Pool(LiveOps):
             if d is None or d.row.state != "active" or int(key) in failed:
                 self.cat.owe(int(key), {"op": "rename", "src": p["src"], "dst": p["dst"], "kind": p["kind"]})
         was_folder = node.parent_id == ROOT_ID
-        self.cat.move_node(node.id, parent.id, dparts[-1], subtree=node.is_dir)
+        self.cat.move_node(node.id, parent.id, dparts[-1], node.is_dir)
         if parent.id == ROOT_ID:
             if was_folder:
                 self.cat.rename_folder(node.id, paths.fold(dparts[-1]))
@@ -1319,6 +1319,12 @@ class Pool(LiveOps):
         self.forget_copy(node.id, drive.id)
         self.register_file(drive, aside)
         return aside
+
+    def set_link_count(self, node_id: int, links: int) -> None:
+        """Correct the count of a node's other links (its names, or its subdirectories)."""
+        with self.cat.transaction():
+            self.cat.set_links(node_id, links)
+        self._changed = True
 
     def relink(self, node: Node, name: str, drive: Drive) -> str | None:
         """Make the extra name `name` of `node` a hard link of its copy on `drive` again; a

@@ -900,7 +900,7 @@ class LiveOps:
             raise NotInFolder(path=dst)
         self._on_every_drive(src, lambda real: os.rename(real, real.removesuffix(src) + dst))
         with self.cat.transaction():
-            self.cat.move_node(row.id, new_parent_id, new_name, subtree=False)
+            self.cat.move_node(row.id, new_parent_id, new_name, is_dir=False)
         self._changed = True
 
     def _move_file(self, row: Node, node: Node, old_row: Node | None, old: Node | None, src: str, dst: str,
