@@ -6,12 +6,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from homepool.catalog import ROOT_ID
 from homepool.check import check
 from homepool.pool import Pool
 from homepool.pool import live as live_mod
@@ -247,3 +248,105 @@ def test_a_crash_between_catalog_and_drives_is_repaired(dir_pool: Pool, dir_driv
     else:
         want = [b"X", b"X"] if step != "unlink own name" else []
         assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/a.txt")] == want
+
+
+# Found by review: each failed before its fix.
+
+def test_moves_and_folder_renames_without_names_across_folders_are_not_refused(dir_pool: Pool) -> None:
+    """A directory's `links` counts its subdirectories: no reason to refuse a move."""
+    dir_pool.makedirs("Documents/d/e")
+    dir_pool.write_bytes("Documents/d/e/f.txt", b"F")
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.rename("Documents/d", "Videos/d")
+    dir_pool.go_live()
+    docs, vids = dir_pool.stat("Documents").id, dir_pool.stat("Videos").id
+    dir_pool.move(vids, "d", docs, "d", noreplace=False)
+    dir_pool.make_link(dir_pool.stat("Documents/a.txt").id, docs, "b.txt")
+    dir_pool.move(ROOT_ID, "Documents", ROOT_ID, "Papers", noreplace=False)  # the names move together
+    assert dir_pool.read_bytes("Papers/b.txt") == b"A" and dir_pool.read_bytes("Papers/d/e/f.txt") == b"F"
+    dir_pool.catch_up()  # what the mount does every second
+    assert_clean(dir_pool)
+
+
+@pytest.mark.expect_errors
+def test_removing_the_own_name_first_links_a_name_a_crash_left_missing(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.write_bytes("Documents/x.txt", b"X")
+    dir_pool.go_live()
+    docs = dir_pool.stat("Documents").id
+    for name in ("b.txt", "c.txt"):
+        monkeypatch.setattr(live_mod, "link_name", crash)
+        with pytest.raises(KeyboardInterrupt):
+            dir_pool.make_link(dir_pool.lookup("Documents/x.txt" if name == "c.txt" else "Documents/a.txt").id,
+                               docs, name)
+        monkeypatch.undo()
+    dir_pool.remove(docs, "a.txt", rmdir=False)  # b.txt takes its place: the drives must have it
+    dir_pool.move(docs, "b.txt", docs, "x.txt", noreplace=False)  # over x.txt's own name: c.txt takes it
+    assert dir_pool.read_bytes("Documents/x.txt") == b"A" and dir_pool.read_bytes("Documents/c.txt") == b"X"
+    assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/c.txt")] == [b"X", b"X"]
+    dir_pool.catch_up()
+    assert_clean(dir_pool)
+
+
+def unplug(drive: Path) -> Callable[[], None]:
+    """Make a directory drive look missing; returns what plugs it back."""
+    os.rename(drive / ".homepool", drive / ".homepool-unplugged")
+    return lambda: os.rename(drive / ".homepool-unplugged", drive / ".homepool")
+
+
+@pytest.mark.expect_errors
+def test_a_drive_away_while_names_come_and_go_gets_them_in_order(state_dir: Path, dir_pool: Pool,
+                                                                 dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    away = copies_on_disk(dir_drives, "Documents/a.txt")[0].parents[2]
+    plug_back = unplug(away)
+    dir_pool.go_live()
+    dir_pool.drive_cache = None
+    docs = dir_pool.stat("Documents").id
+    dir_pool.make_link(dir_pool.stat("Documents/a.txt").id, docs, "b.txt")  # owed to the drive away
+    dir_pool.remove(docs, "a.txt", rmdir=False)  # so is this, after it
+    dir_pool.live = False
+    dir_pool.close()
+    plug_back()
+    with Pool.open(state_dir) as pool:  # the drive is back: its owed steps are made, in order
+        assert (away / "HomePool/Documents/b.txt").read_bytes() == b"A"
+        assert not (away / "HomePool/Documents/a.txt").exists()
+        assert_clean(pool)
+
+
+@pytest.mark.expect_errors
+def test_a_file_open_with_names_whose_drive_is_away_after_a_crash(state_dir: Path, dir_pool: Pool,
+                                                                  dir_drives: list[Path]) -> None:
+    dir_pool.go_live()
+    vids = dir_pool.stat("Videos").id
+    node, f = dir_pool.create_file(vids, "v.bin", 0o644, 0, 0)
+    assert f.write(b"data", 0) == []
+    dir_pool.make_link(node.id, vids, "w.bin")
+    f.close()  # the mount dies with the file open
+    dir_pool.live = False
+    dir_pool.close()
+    plug_back = unplug(copies_on_disk(dir_drives, "Videos/v.bin")[0].parents[2])
+    with Pool.open(state_dir) as pool:  # opens (it raised a foreign key error), and keeps the file
+        assert pool.lookup("Videos/w.bin").is_link
+    plug_back()
+    with Pool.open(state_dir) as pool:
+        check(pool, repair=True)
+        assert pool.read_bytes("Videos/w.bin") == b"data"
+        assert_clean(pool)
+
+
+def test_adopted_hard_links_follow_the_file_they_name(tmp_path: Path, dir_drives: list[Path]) -> None:
+    mine, theirs = dir_drives[0], dir_drives[1]
+    with Pool.create(tmp_path / "other") as other:
+        other.add_drive(theirs, allow_shared_device=True, max_size=64 << 20)
+        other.write_bytes("Videos/a.txt", b"theirs")
+    os.link(theirs / "HomePool/Videos/a.txt", theirs / "HomePool/Videos/b.txt")
+    with Pool.create(tmp_path / "mine") as pool:
+        pool.add_drive(mine, allow_shared_device=True, max_size=64 << 20)
+        pool.write_bytes("Videos/a.txt", b"mine!")
+        pool.add_drive(theirs, adopt=True, allow_shared_device=True)  # their a.txt is kept aside
+        assert pool.read_bytes("Videos/a.txt") == b"mine!"
+        assert pool.read_bytes("Videos/a (conflict drive2).txt") == b"theirs"
+        assert pool.read_bytes("Videos/b.txt") == b"theirs"
+        assert_clean(pool)

@@ -550,7 +550,7 @@ class Catalog:
             self.db.execute("UPDATE nodes SET links = links - 1, ctime_ns = MAX(ctime_ns, ?) WHERE id = ?",
                             (time.time_ns(), node.link_to))
             return False
-        if node.links:
+        if node.links and node.kind != "dir":
             heir = self.node(self.names_of(node.id)[0])
             self.db.execute("DELETE FROM nodes WHERE id = ?", (heir.id,))
             self._paths.pop(heir.id, None)
@@ -566,7 +566,8 @@ class Catalog:
         return self.db.execute(
             """WITH RECURSIVE sub(id) AS (SELECT ? UNION ALL
                    SELECT n.id FROM nodes n JOIN sub ON n.parent_id = sub.id)
-               SELECT 1 FROM nodes WHERE id IN sub AND (links > 0 OR link_to IS NOT NULL) LIMIT 1""",
+               SELECT 1 FROM nodes WHERE id IN sub AND (link_to IS NOT NULL OR kind != 'dir' AND links > 0)
+               LIMIT 1""",
             (id_,)).fetchone() is not None
 
     def links(self) -> list[tuple[int, int]]:
@@ -653,6 +654,7 @@ class Catalog:
         self._paths.pop(id_, None)
         self.db.execute("DELETE FROM replicas WHERE node_id = ?", (id_,))
         self.db.execute("DELETE FROM folders WHERE node_id = ?", (id_,))
+        self.db.execute("DELETE FROM nodes WHERE link_to = ?", (id_,))  # its other names go with it
         gone = self.db.execute("DELETE FROM nodes WHERE id = ? RETURNING parent_id, kind", (id_,)).fetchone()
         if gone is not None and gone[1] == "dir":
             self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = ?", (gone[0],))

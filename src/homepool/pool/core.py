@@ -56,7 +56,7 @@ from ..streams import Target, copy_to, hash_file
 from ..units import human
 from .batch import WriteBatch
 from .live import DRIVES_TTL, PASSTHROUGH_ROOM, LiveFile, LiveOps
-from .ondrive import conflict_name, copy_is_at_fault, keep_aside, link_name, rename_on, scan_tree
+from .ondrive import conflict_name, copy_is_at_fault, link_name, rename_on, scan_tree, unlink_names
 
 log = logging.getLogger(__name__)
 
@@ -633,8 +633,7 @@ class Pool(LiveOps):
                 log.error("could not put %s into place on %s: %s", p["path"], d.name, e)
         if not done:
             return done  # nothing new is in place: the old copies stay, all of them
-        for path in (p["path"], *p.get("links", ())):  # a failure leaves it for `check`
-            self._unlink_on(drives, p["drop"], path, "old copy")
+        self._unlink_on(drives, p["drop"], p["path"], "old copy")  # a failure leaves it for `check`
         return done
 
     def _record_write(self, p: dict, done: list[int], parent: Node | None, drives: dict[int, Drive]) -> None:
@@ -680,11 +679,37 @@ class Pool(LiveOps):
 
     def _apply_drop(self, p: dict, drives: dict[int, Drive]) -> set[int]:
         """Drive steps of a 'drop'; returns the drives that could not take them. Copies dropped
-        from a file that stays go with its other names (`links`) there."""
+        from a file that stays go with its other names (`links`) there; a file's own name
+        goes only once its `heir` is there (`_hand_over`)."""
         failed = set()
-        for path in (p["path"], *p.get("links", ())):
-            failed |= self._unlink_on(drives, p["drives"], path, "copy")
+        for key in p["drives"]:
+            d = drives.get(int(key))
+            if d is None or d.row.state != "active":
+                continue
+            try:
+                self._hand_over(d, p["path"], p)
+                unlink_names(d, p["path"], p.get("links", ()))
+                d.unlink(p["path"])
+            except OSError as e:
+                log.error("could not remove the copy of %s on %s: %s", p["path"], d.name, e)
+                failed.add(d.id)
         return failed
+
+    @staticmethod
+    def _hand_over(d: Drive, path: str, p: dict) -> None:
+        """Before a file's own name `path` goes from drive `d` (removed or renamed over) while
+        the file keeps another name (`heir`, which takes its place in the catalog), make sure
+        the heir is a hard link of the copy there: a crash or a failed step may have left it
+        missing, and the copy would go with the name."""
+        if p.get("heir") and d.id in map(int, p["heir_drives"]) and os.path.lexists(f"{d.tree_s}/{path}"):
+            link_name(d, path, p["heir"])
+
+    def _owe_removal(self, drive_id: int, path: str, size: int, mtime_ns: int, p: dict) -> None:
+        """A drive is owed the removal of `path`, a copy of that size and time; if it is a
+        file's own name handed to another (`_hand_over`), that name's link first."""
+        if p.get("heir") and drive_id in map(int, p["heir_drives"]):
+            self.cat.owe(drive_id, {"op": "link", "src": path, "dst": p["heir"], "node": p["heir_of"]})
+        self.cat.owe(drive_id, {"op": "unlink", "path": path, "size": size, "mtime_ns": mtime_ns})
 
     def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> dict[int, tuple[int, int]]:
         """Returns the size and time, by drive, of the copies it dropped."""
@@ -700,8 +725,8 @@ class Pool(LiveOps):
             r = reps.get(int(key))
             d = drives.get(int(key))
             if r is not None and (d is None or d.row.state != "active" or r.drive_id in failed):
-                for path in (p["path"], *p.get("links", ())):
-                    self.cat.owe(r.drive_id, {"op": "unlink", "path": path, "size": r.size, "mtime_ns": r.mtime_ns})
+                for path in (*p.get("links", ()), p["path"]):
+                    self._owe_removal(r.drive_id, path, r.size, r.mtime_ns, p)
             if not one_name:
                 self.cat.drop_replica(file.id, int(key))
         if p.get("node"):
@@ -710,11 +735,21 @@ class Pool(LiveOps):
 
     def _apply_rename(self, p: dict, drives: dict[int, Drive]) -> set[int]:
         """Drive steps of a 'rename'; returns the drives that could not take them."""
-        failed = self._unlink_on(drives, p["unlink_dst"], p["dst"], "replaced copy")
+        failed = set()
+        for key in p["unlink_dst"]:
+            d = drives.get(int(key))
+            if d is not None and d.row.state == "active":
+                try:
+                    self._hand_over(d, p["dst"], p)
+                    d.unlink(p["dst"])
+                except OSError as e:
+                    log.error("could not remove the replaced copy of %s on %s: %s", p["dst"], d.name, e)
+                    failed.add(d.id)
         for key in p["moves"]:
             d = drives.get(int(key))
             if d is not None and d.row.state == "active":
                 try:
+                    self._hand_over(d, p["dst"], p)
                     rename_on(d, p["src"], p["dst"], p["kind"])
                 except OSError as e:
                     log.error("could not rename %s to %s on %s: %s", p["src"], p["dst"], d.name, e)
@@ -736,7 +771,7 @@ class Pool(LiveOps):
                 replaced[r.drive_id] = (r.size, r.mtime_ns)
                 d = drives.get(r.drive_id)
                 if d is None or d.row.state != "active" or r.drive_id in failed:
-                    self.cat.owe(r.drive_id, {"op": "unlink", "path": p["dst"], "size": r.size, "mtime_ns": r.mtime_ns})
+                    self._owe_removal(r.drive_id, p["dst"], r.size, r.mtime_ns, p)
             self.cat.remove_name(old)
         for key in p["moves"]:
             d = drives.get(int(key))
@@ -798,6 +833,8 @@ class Pool(LiveOps):
         the records went with the change (a replay), by what is there now."""
         for drive_id in failed:
             if op == "rename" and drive_id in map(int, p["moves"]):
+                if p.get("heir") and drive_id in map(int, p["heir_drives"]):
+                    self.cat.owe(drive_id, {"op": "link", "src": p["dst"], "dst": p["heir"], "node": p["heir_of"]})
                 self.cat.owe(drive_id, {"op": "rename", "src": p["src"], "dst": p["dst"], "kind": p["kind"]})
                 continue
             path = p["path"] if op == "drop" else p["dst"]
@@ -812,7 +849,7 @@ class Pool(LiveOps):
                               path, drives[drive_id].name, e)
                     continue
                 known = (st.st_size, st.st_mtime_ns)
-            self.cat.owe(drive_id, {"op": "unlink", "path": path, "size": known[0], "mtime_ns": known[1]})
+            self._owe_removal(drive_id, path, known[0], known[1], p)
 
     def _taken_since(self, op: str, p: dict) -> bool:
         """A rename or drop recorded before its drive steps, replayed: is something else at the
@@ -872,7 +909,7 @@ class Pool(LiveOps):
 
     def owed_paths(self, drive_id: int) -> set[str]:
         """Paths on a drive that a step still owed to it will remove or move."""
-        return {step.get("path") or step["src"] for _, step in self.cat.owed(drive_id)}
+        return {step.get("path") or step["src"] for _, step in self.cat.owed(drive_id) if step["op"] != "link"}
 
     def settle_owed(self, drive: Drive) -> list[str]:
         """Apply the steps a drive missed while it was away (deletes, renames, old copies to
@@ -890,8 +927,10 @@ class Pool(LiveOps):
                         os.unlink(drive.real(step["path"]))
                         out.append(f"removed {step['path']} from {drive.name} (deleted while it was away)")
                 elif step["op"] == "link":
+                    # Only while `dst` still names that file (it may have gone, or been reused).
                     name = self.lookup(step["dst"])
-                    if name is not None and name.is_link and not os.path.lexists(drive.real(step["dst"])):
+                    if name is not None and self.cat.resolve(name).id == step["node"] \
+                            and not os.path.lexists(drive.real(step["dst"])):
                         link_name(drive, step["src"], step["dst"])
                         out.append(f"linked {step['dst']} to {step['src']} on {drive.name} (while it was away)")
                 elif step["op"] == "rmdir":
@@ -909,9 +948,10 @@ class Pool(LiveOps):
             except FileNotFoundError:
                 pass
             except OSError as e:
+                # The later steps wait: they may rely on this one (a name linked before another goes).
                 log.error("could not catch %s up (%s of %s): %s", drive.name, step["op"],
                           step.get("path") or step.get("src"), e)
-                continue
+                break
             with self.cat.transaction():
                 self.cat.owed_done(owed_id)
             self._changed = True
@@ -1069,9 +1109,9 @@ class Pool(LiveOps):
         old = self.cat.child(dparent.id, dparts[-1])
         if old is not None and self.cat.resolve(old).id == file.id:
             return  # two names of one file (or one name): nothing to do, as rename(2)
-        if sfull.partition("/")[0] != dfull.partition("/")[0] and (
-                node.is_link or file.links or node.is_dir and self.cat.has_links_below(node.id)):
+        if self._parts_names(node, file, dfull):
             raise LinksAcrossFolders(path=sfull)
+        heir = self.heir(old, self.cat.resolve(old)) if old is not None else {}
         if old is not None:
             old = self.cat.resolve(old)
             if old.is_dir != node.is_dir:
@@ -1099,6 +1139,7 @@ class Pool(LiveOps):
                 raise IsADirectory(path=where)
         before = self._folder_of(node.id) if node.parent_id != ROOT_ID else node.id
         self._run("rename", {"src": sfull, "dst": dfull, "kind": file.kind, "moves": moves, "unlink_dst": unlink_dst,
+                             **heir,
                              "copies": self.copies_wanted(node.id) if node.parent_id != ROOT_ID else 0})
         if before != self._folder_of(node.id):  # moved to another folder: its copies may differ
             for f in self.cat.subtree_files(node.id):
@@ -1127,8 +1168,9 @@ class Pool(LiveOps):
                     self.cat.owe(drive_id, {"op": "rmdir", "path": full})
             self._changed = True
             return
-        drives = [r.drive_id for r in self.cat.replicas(self.cat.resolve(node).id)]
-        self._run("drop", {"path": full, "drives": drives, "node": True})
+        file = self.cat.resolve(node)
+        drives = [r.drive_id for r in self.cat.replicas(file.id)]
+        self._run("drop", {"path": full, "drives": drives, "node": True, **self.heir(node, file)})
 
     # -- copies ------------------------------------------------------------------------------
 
@@ -1312,9 +1354,7 @@ class Pool(LiveOps):
         path = self.path_of(node.id)
         aside = conflict_name(path, drive.label, lambda q: self.lookup(q) is not None or drive.real(q).exists())
         os.rename(drive.real(path), drive.real(aside))
-        for name in self.other_names(node.id):  # hard links of the changed copy: it is kept aside
-            with suppress(FileNotFoundError):
-                os.unlink(drive.real(name))
+        unlink_names(drive, aside, self.other_names(node.id))  # hard links of the changed copy, kept aside
         fsync_dir(drive.real(aside).parent)
         self.forget_copy(node.id, drive.id)
         self.register_file(drive, aside)
@@ -1329,10 +1369,7 @@ class Pool(LiveOps):
     def relink(self, node: Node, name: str, drive: Drive) -> str | None:
         """Make the extra name `name` of `node` a hard link of its copy on `drive` again; a
         different file found there is kept aside (its name is returned)."""
-        aside = None
-        if os.path.lexists(drive.real(name)):
-            aside = keep_aside(drive, name)
-        link_name(drive, self.path_of(node.id), name)
+        aside = link_name(drive, self.path_of(node.id), name)
         fsync_dir(drive.real(name).parent)
         return aside
 
@@ -1388,11 +1425,21 @@ class Pool(LiveOps):
                 if only_known and hint is None:
                     continue
                 out.append(self.register_file(drive, path, hint))
-                if st.st_nlink > 1 and (node := self.lookup(path)) is not None and node.is_file:
+                if st.st_nlink > 1 and self._recorded_as(drive, path, st):
                     inodes.setdefault(st.st_ino, path)
             except HomepoolError as e:
                 out.append(f"left {path} on {drive.name} alone: {e}")
         return out
+
+    def _recorded_as(self, drive: Drive, path: str, st: os.stat_result) -> bool:
+        """Whether the file `st` on `drive` is now the recorded copy of the pool's file at `path`
+        (not kept aside because the pool has other content there)."""
+        node = self.lookup(path)
+        try:
+            return (node is not None and node.is_file and os.path.samestat(os.lstat(drive.real(path)), st)
+                    and any(r.drive_id == drive.id for r in self.cat.replicas(node.id)))
+        except FileNotFoundError:
+            return False
 
     def _add_name(self, path: str, name: str) -> bool:
         """Record `name`, found on a drive as a hard link of the file at `path`, as its extra

@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from .. import paths, placement
@@ -49,7 +48,7 @@ from ..errors import (
 from ..errors import NotADirectory as NotADir
 from ..streams import CHUNK, hash_fd, hash_file, new_hasher
 from ..units import human
-from .ondrive import copy_is_at_fault, keep_aside, link_name
+from .ondrive import copy_is_at_fault, keep_aside, link_name, unlink_names
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -521,13 +520,11 @@ class LiveOps:
         with self.cat.transaction():
             self.cat.drop_replica(f.node_id, drive_id)
         if d is not None and d.row.state == "active":
-            for path in (f.path, *self.other_names(f.node_id)):
-                try:
-                    os.unlink(d.real(path))  # never keep half a copy
-                except FileNotFoundError:
-                    pass
-                except OSError as e:
-                    log.error("could not remove the failed copy of %s on %s: %s", path, d.name, e)
+            try:
+                unlink_names(d, f.path, self.other_names(f.node_id))
+                os.unlink(d.real(f.path))  # never keep half a copy
+            except OSError as e:
+                log.error("could not remove the failed copy of %s on %s: %s", f.path, d.name, e)
 
     def _move_copy(self, f: LiveFile, full: Drive, fd: int,
                    retry: Callable[[dict[int, int]], list[tuple[int, OSError]]]) -> bool:
@@ -767,14 +764,12 @@ class LiveOps:
             link_id = self.cat.add_link(node_id, parent_id, name, time.time_ns())
             for d in drives:
                 if d.row.state != "active":
-                    self.cat.owe(d.id, {"op": "link", "src": src, "dst": path})
+                    self.cat.owe(d.id, {"op": "link", "src": src, "dst": path, "node": node_id})
         made = 0
         for d in drives:
             if d.row.state == "active":
                 try:
-                    if os.path.lexists(f"{d.tree_s}/{path}"):
-                        keep_aside(d, path)
-                    link_name(d, src, path)
+                    link_name(d, src, path)  # keeps aside what the catalog did not know there
                     made += 1
                 except OSError as e:
                     log.error("could not link %s to %s on %s: %s", path, src, d.name, e)
@@ -789,6 +784,25 @@ class LiveOps:
     def other_names(self, node_id: int) -> list[str]:
         """The pool paths of a node's extra names (hard links)."""
         return [self.path_of(i) for i in self.cat.names_of(node_id)]
+
+    def heir(self, row: Node, node: Node) -> dict[str, Any]:
+        """For a journal row that takes the name `row` of `node` away: if it is a file's own
+        name and the file has others, the one that takes its place (`Catalog.remove_name`)
+        and the copies it must be there on first (`Pool._hand_over`)."""
+        if row.link_to is not None or not node.is_file or not node.links:
+            return {}
+        return {"heir": self.other_names(node.id)[0], "heir_of": node.id,
+                "heir_drives": [r.drive_id for r in self.cat.replicas(node.id)]}
+
+    def _parts_names(self, row: Node, node: Node, dst: str) -> bool:
+        """Whether moving `row` (naming `node`) to `dst` would put a file's names in two
+        top-level folders (a folder renamed, or moved into another, takes all its names along)."""
+        src = self.path_of(row.id)
+        if node.parent_id == ROOT_ID or src.partition("/")[0] == dst.partition("/")[0]:
+            return False
+        if node.is_dir:
+            return self.cat.has_links_below(node.id)
+        return row.is_link or node.links > 0
 
     def _on_every_drive(self, path: str, fn: Callable[[str], Any]) -> list[int]:
         """Do `fn(real path)` on every present drive; returns the drives where it worked. These
@@ -834,7 +848,7 @@ class LiveOps:
             if not node.links:
                 self._keep_if_open(node)
             self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
-                               "node": True, "id": row.id})
+                               "node": True, "id": row.id, **self.heir(row, node)})
             self._follow(node.id)  # its own name was taken away: another of its names is its path now
         self._dir_changed(parent_id)
 
@@ -875,8 +889,7 @@ class LiveOps:
                 raise AlreadyExists(path=dst)
             if old.is_dir != node.is_dir:
                 raise (IsADirectory if old.is_dir else NotADir)(path=dst)
-        if src.partition("/")[0] != dst.partition("/")[0] and (
-                row.is_link or node.links or node.is_dir and self.cat.has_links_below(node.id)):
+        if self._parts_names(row, node, dst):
             raise LinksAcrossFolders(path=src)
         if old is not None and old_row is not None:
             if old.is_file and not old.links:
@@ -916,7 +929,7 @@ class LiveOps:
                 raise AlreadyExists(path=f"{dst} (on drive {d.label!r}; `homepool check` shows it)")
         self._run("rename", {"src": src, "dst": dst, "kind": "file", "moves": moves,
                              "unlink_dst": [i for i in had if i not in moves], "id": row.id,
-                             "dparent": new_parent_id})
+                             "dparent": new_parent_id, **(self.heir(old_row, old) if old and old_row else {})})
         self._follow(node.id)
         if old is not None and old_row is not None and old.links:
             self._follow(old.id)  # it lost a name: perhaps the one that was its path
@@ -1057,9 +1070,8 @@ class LiveOps:
                 if kept is None:
                     kept = (d.id, st, hash_file(real))
                 else:
-                    for name in (path, *names):
-                        with suppress(FileNotFoundError):
-                            os.unlink(d.real(name))
+                    unlink_names(d, path, names)
+                    os.unlink(real)
             except FileNotFoundError:
                 continue
             except OSError as e:
@@ -1072,6 +1084,9 @@ class LiveOps:
         if node is None:
             return
         if kept is None:
+            drives = self.drives_by_id()
+            if any(int(key) not in drives or drives[int(key)].row.state != "active" for key in p["drives"]):
+                return  # a drive is away: its copy is looked at when it is back (`check`)
             if not any(r.drive_id not in p["drives"] for r in self.cat.replicas(node.id)):
                 log.error("%s was being written when the mount stopped and no copy of it is left", p["path"])
                 self.cat.delete_node(node.id)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -46,23 +46,38 @@ def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
     os.rename(s, t)
 
 
-def link_name(d: Drive, src: str, dst: str) -> None:
+def link_name(d: Drive, src: str, dst: str) -> str | None:
     """Make pool path `dst` on drive `d` a hard link of `src` there (idempotent). Anything
-    else at `dst` is replaced: the caller knows it is a stale name of this file (an older
-    copy's), or has put aside what the catalog did not know."""
+    else at `dst` is kept aside, never overwritten: returns the name it was given."""
     s_, t_ = f"{d.tree_s}/{src}", f"{d.tree_s}/{dst}"
+    aside = None
     try:
         os.link(s_, t_, follow_symlinks=False)
-        return
+        return None
     except FileNotFoundError:
         if not os.path.lexists(s_):
             raise
         d.makedirs(dst.rpartition("/")[0])
     except FileExistsError:
         if os.path.samestat(os.lstat(s_), os.lstat(t_)):
-            return
-        os.unlink(t_)
+            return None
+        aside = keep_aside(d, dst)
     os.link(s_, t_, follow_symlinks=False)
+    return aside
+
+
+def unlink_names(d: Drive, path: str, names: Iterable[str]) -> None:
+    """Remove the names (pool paths) on drive `d` that are hard links of the entry at `path`
+    there (before that entry goes: a name that is something else stays, for `check`)."""
+    try:
+        st = os.lstat(f"{d.tree_s}/{path}")
+    except FileNotFoundError:
+        return
+    for name in names:
+        real = f"{d.tree_s}/{name}"
+        with suppress(FileNotFoundError):
+            if os.path.samestat(st, os.lstat(real)):
+                os.unlink(real)
 
 
 def keep_aside(d: Drive, path: str) -> str:
