@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 #   5: hard links ('link' nodes, `link_to`, `links`)
 CURRENT_REV = 5
 ROOT_ID = 1
+CACHED_NODES = 100_000  # nodes and paths the mount keeps in memory (about 50 MB at most)
 
 
 class NoSuchRowError(Exception):
@@ -322,10 +323,12 @@ class Catalog:
         self._done_later: list[int] = []  # journal rows the next commit removes
         self._totals_db: sqlite3.Connection | None = None  # see `totals`
         self._totals_lock = threading.Lock()
-        # Pool paths by node id, kept by the mount (the only writer while it runs): every
-        # FUSE operation needs one, and a walk up the tree costs a query per level.
+        # Pool paths and nodes by id, kept by the mount (the only writer while it runs): every
+        # FUSE operation needs a few, and a walk up the tree costs a query per level. Every
+        # method that changes `nodes` forgets what it changed (`_forget`).
         self.track_paths = False
         self._paths: dict[int, str] = {}
+        self._nodes: dict[int, Node] = {}
         self._next_id: int | None = None
 
     @classmethod
@@ -383,6 +386,7 @@ class Catalog:
         except BaseException:
             self.db.execute("ROLLBACK")
             self._paths.clear()
+            self._nodes.clear()
             self._done_later[:0] = done
             raise
         finally:
@@ -477,14 +481,28 @@ class Catalog:
                   " link_to, links")
 
     def node(self, id_: int) -> Node:
-        row = self.db.execute(f"SELECT {self._NODE_COLS} FROM nodes WHERE id = ?", (id_,)).fetchone()
-        if row is None:
+        node = self.node_or_none(id_)
+        if node is None:
             raise NoSuchRowError(f"node {id_}")
-        return Node(*row)
+        return node
 
     def node_or_none(self, id_: int) -> Node | None:
+        if (known := self._nodes.get(id_)) is not None:
+            return known
         row = self.db.execute(f"SELECT {self._NODE_COLS} FROM nodes WHERE id = ?", (id_,)).fetchone()
-        return Node(*row) if row else None
+        if row is None:
+            return None
+        node = Node(*row)
+        if self.track_paths:
+            if len(self._nodes) >= CACHED_NODES:
+                self._nodes.clear()  # a walk of a big tree: start again rather than grow without end
+            self._nodes[id_] = node
+        return node
+
+    def _forget(self, *ids: int) -> None:
+        """Nodes changed: read them again next time."""
+        for i in ids:
+            self._nodes.pop(i, None)
 
     def path_of(self, id_: int) -> str:
         """The pool path of node `id_` ('' for the root)."""
@@ -498,6 +516,8 @@ class Catalog:
         parent = self.path_of(row[0])
         path = f"{parent}/{row[1]}" if parent else row[1]
         if self.track_paths:
+            if len(self._paths) >= CACHED_NODES:
+                self._paths.clear()
             self._paths[id_] = path
         return path
 
@@ -539,11 +559,13 @@ class Catalog:
         link_id = self.add_node(parent_id, name, "link", 0, time_ns)
         self.db.execute("UPDATE nodes SET link_to = ? WHERE id = ?", (id_, link_id))
         self.db.execute("UPDATE nodes SET links = links + 1, ctime_ns = MAX(ctime_ns, ?) WHERE id = ?", (time_ns, id_))
+        self._forget(link_id, id_)
         return link_id
 
     def remove_name(self, node: Node) -> bool:
         """Take one name away: an extra name; or a node's own name, when it has extra names
         (the oldest takes its place); or the node. Returns whether the node went with it."""
+        self._forget(node.id, *(() if node.link_to is None else (node.link_to,)))
         if node.link_to is not None:
             self.db.execute("DELETE FROM nodes WHERE id = ?", (node.id,))
             self._paths.pop(node.id, None)
@@ -554,6 +576,7 @@ class Catalog:
             heir = self.node(self.names_of(node.id)[0])
             self.db.execute("DELETE FROM nodes WHERE id = ?", (heir.id,))
             self._paths.pop(heir.id, None)
+            self._forget(heir.id)
             self.db.execute("UPDATE nodes SET parent_id = ?, name = ?, links = links - 1, ctime_ns = MAX(ctime_ns, ?)"
                             " WHERE id = ?", (heir.parent_id, heir.name, time.time_ns(), node.id))
             self._paths.pop(node.id, None)
@@ -595,6 +618,8 @@ class Catalog:
         assert cur.lastrowid is not None
         if kind == "dir":
             self.db.execute("UPDATE nodes SET links = links + 1 WHERE id = ?", (parent_id,))
+            self._forget(parent_id)
+        self._forget(cur.lastrowid)
         return cur.lastrowid
 
     def upsert_file(self, parent_id: int, name: str, size: int, mode: int, mtime_ns: int, hash_: str | None
@@ -608,24 +633,30 @@ class Catalog:
             " WHERE kind = 'file' RETURNING id",
             (parent_id, name, size, mode, mtime_ns, hash_, mtime_ns, mtime_ns),
         ).fetchone()
-        return int(row[0]) if row else None
+        if row is None:
+            return None
+        self._forget(row[0])
+        return int(row[0])
 
     def update_file(self, id_: int, size: int, mode: int, mtime_ns: int, hash_: str | None) -> None:
         self.db.execute(
             "UPDATE nodes SET size = ?, mode = ?, mtime_ns = ?, hash = ?, ctime_ns = MAX(ctime_ns, ?) WHERE id = ?",
             (size, mode, mtime_ns, hash_, mtime_ns, id_),
         )
+        self._forget(id_)
 
     def set_attrs(self, id_: int, **cols: Any) -> None:
         """Set some of a node's columns (the mount's setattr, and its bookkeeping after writes)."""
         assert cols and set(cols) <= {"size", "mode", "mtime_ns", "hash", "uid", "gid", "ctime_ns", "atime_ns"}, cols
         sets = ", ".join(f"{c} = ?" for c in cols)
         self.db.execute(f"UPDATE nodes SET {sets} WHERE id = ?", (*cols.values(), id_))
+        self._forget(id_)
 
     def touch_dir(self, id_: int, time_ns: int) -> None:
         """A directory's entries changed at `time_ns` (its ctime never goes back)."""
         self.db.execute("UPDATE nodes SET mtime_ns = ?, ctime_ns = MAX(ctime_ns, ?) WHERE id = ?",
                         (time_ns, time_ns, id_))
+        self._forget(id_)
 
     def deepest_below(self, id_: int) -> int:
         """Bytes in the longest path below node `id_`, relative to it (0: nothing below)."""
@@ -637,6 +668,7 @@ class Catalog:
 
     def update_dir(self, id_: int, mode: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE nodes SET mode = ?, mtime_ns = ? WHERE id = ? AND kind = 'dir'", (mode, mtime_ns, id_))
+        self._forget(id_)
 
     def move_node(self, id_: int, parent_id: int, name: str, is_dir: bool) -> None:
         """Give node `id_` a new parent and name."""
@@ -647,17 +679,21 @@ class Catalog:
         self.db.execute("UPDATE nodes SET parent_id = ?, name = ? WHERE id = ?", (parent_id, name, id_))
         if is_dir:
             self._paths.clear()  # everything below it moved too
+            self._nodes.clear()  # and both parents' link counts changed
         else:
             self._paths.pop(id_, None)
+            self._forget(id_)
 
     def delete_node(self, id_: int) -> None:
         self._paths.pop(id_, None)
         self.db.execute("DELETE FROM replicas WHERE node_id = ?", (id_,))
         self.db.execute("DELETE FROM folders WHERE node_id = ?", (id_,))
-        self.db.execute("DELETE FROM nodes WHERE link_to = ?", (id_,))  # its other names go with it
+        names = self.db.execute("DELETE FROM nodes WHERE link_to = ? RETURNING id", (id_,)).fetchall()
+        self._forget(id_, *(i for (i,) in names))  # its other names went with it
         gone = self.db.execute("DELETE FROM nodes WHERE id = ? RETURNING parent_id, kind", (id_,)).fetchone()
         if gone is not None and gone[1] == "dir":
             self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = ?", (gone[0],))
+            self._forget(gone[0])
 
     def wrong_link_counts(self) -> list[tuple[int, int, int]]:
         """(node id, links recorded, links there are) of every node whose count is off."""
@@ -669,6 +705,7 @@ class Catalog:
 
     def set_links(self, id_: int, links: int) -> None:
         self.db.execute("UPDATE nodes SET links = ? WHERE id = ?", (links, id_))
+        self._forget(id_)
 
     def subtree_files(self, id_: int) -> list[Node]:
         """Every file at or below node `id_`."""
