@@ -15,6 +15,7 @@ import pytest
 from homepool.catalog import ROOT_ID
 from homepool.check import check
 from homepool.pool import Pool
+from homepool.pool import core as core_mod
 from homepool.pool import live as live_mod
 from homepool.recover import recover
 
@@ -349,4 +350,120 @@ def test_adopted_hard_links_follow_the_file_they_name(tmp_path: Path, dir_drives
         assert pool.read_bytes("Videos/a.txt") == b"mine!"
         assert pool.read_bytes("Videos/a (conflict drive2).txt") == b"theirs"
         assert pool.read_bytes("Videos/b.txt") == b"theirs"
+        assert_clean(pool)
+
+
+@pytest.mark.expect_errors
+def test_a_drive_away_while_the_own_name_goes_and_its_heir_moves_keeps_the_copy(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    dir_pool.write_bytes("Videos/a.txt", b"A")  # Videos: one copy
+    dir_pool.go_live()
+    vids = dir_pool.stat("Videos").id
+    monkeypatch.setattr(live_mod, "link_name", crash)  # b.txt recorded, not linked on the drive yet
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.make_link(dir_pool.stat("Videos/a.txt").id, vids, "b.txt")
+    monkeypatch.undo()
+    away = copies_on_disk(dir_drives, "Videos/a.txt")[0].parents[2]
+    plug_back = unplug(away)
+    dir_pool.drive_cache = None
+    dir_pool.remove(vids, "a.txt", rmdir=False)  # owed: link a->b, unlink a
+    dir_pool.move(vids, "b.txt", vids, "c.txt", noreplace=False)  # owed: rename b->c
+    dir_pool.catch_up()
+    dir_pool.live = False
+    dir_pool.close()
+    plug_back()
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Videos/c.txt") == b"A"
+        assert (away / "HomePool/Videos/c.txt").read_bytes() == b"A"  # the only copy, under its last name
+        assert_clean(pool)
+
+
+@pytest.mark.expect_errors
+def test_replay_of_a_done_rename_over_an_own_name_leaves_the_heir_alone(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.write_bytes("Documents/x.txt", b"X")
+    dir_pool.go_live()
+    docs = dir_pool.stat("Documents").id
+    dir_pool.make_link(dir_pool.stat("Documents/x.txt").id, docs, "c.txt")
+    dir_pool.catch_up()
+    dir_pool.move(docs, "a.txt", docs, "x.txt", noreplace=False)  # c.txt is x's heir
+    dir_pool.cat._done_later.clear()  # the daemon dies before its next commit: the row stays
+    dir_pool.live = False
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:  # replays the rename
+        assert pool.read_bytes("Documents/c.txt") == b"X"
+        assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/c.txt")] == [b"X", b"X"]
+        assert_clean(pool)
+
+
+@pytest.mark.expect_errors
+def test_replay_of_a_done_rename_over_an_own_name_offline_leaves_the_heir_alone(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.write_bytes("Documents/x.txt", b"X")
+    dir_pool.go_live()
+    dir_pool.make_link(dir_pool.stat("Documents/x.txt").id, dir_pool.stat("Documents").id, "c.txt")
+    dir_pool.catch_up()
+    dir_pool.live = False
+
+    def crash(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dir_pool, "_record_rename", crash)  # dies after the drive steps
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.rename("Documents/a.txt", "Documents/x.txt")
+    monkeypatch.undo()
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/c.txt") == b"X"
+        assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/c.txt")] == [b"X", b"X"]
+        assert_clean(pool)
+
+
+@pytest.mark.expect_errors
+def test_an_owed_step_that_fails_does_not_hold_back_the_others(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hard links: a failing owed step does not hold back the unrelated ones after it (which
+    `check --repair` would give up untried: a file deleted while the drive was away came back)."""
+    dir_pool.makedirs("Documents/d")
+    dir_pool.write_bytes("Documents/d/f.txt", b"F")
+    dir_pool.write_bytes("Documents/g.txt", b"G")
+    away = copies_on_disk(dir_drives, "Documents/g.txt")[0].parents[2]
+    plug_back = unplug(away)
+    dir_pool.drive_cache = None
+    dir_pool.rename("Documents/d", "Documents/e")  # owed: rename d -> e
+    dir_pool.delete("Documents/g.txt")  # owed: unlink g.txt
+    dir_pool.close()
+    plug_back()
+
+    def bad_rename(*a: object) -> None:  # that drive cannot make this one step (EIO, say)
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(core_mod, "rename_on", bad_rename)
+    with Pool.open(state_dir) as pool:
+        check(pool, repair=True)  # gives up the rename; the delete after it was made
+        assert pool.lookup("Documents/g.txt") is None
+
+
+@pytest.mark.expect_errors
+def test_a_drive_away_for_a_rename_over_an_own_name_catches_up_cleanly(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Videos/a.txt", b"A")
+    dir_pool.write_bytes("Videos/x.txt", b"X")
+    away = copies_on_disk(dir_drives, "Videos/a.txt")[0].parents[2]
+    assert copies_on_disk(dir_drives, "Videos/x.txt")[0].parents[2] == away  # one drive holds both
+    dir_pool.go_live()
+    vids = dir_pool.stat("Videos").id
+    dir_pool.make_link(dir_pool.stat("Videos/x.txt").id, vids, "c.txt")
+    plug_back = unplug(away)
+    dir_pool.drive_cache = None
+    dir_pool.move(vids, "a.txt", vids, "x.txt", noreplace=False)  # owed: link x->c, unlink x, rename a->x
+    dir_pool.catch_up()
+    dir_pool.live = False
+    dir_pool.close()
+    plug_back()
+    with Pool.open(state_dir) as pool:  # the drive is back: x.txt goes once c.txt has it, then a.txt moves
+        assert sorted(os.listdir(away / "HomePool/Videos")) == ["c.txt", "x.txt"]
+        assert pool.read_bytes("Videos/c.txt") == b"X" and pool.read_bytes("Videos/x.txt") == b"A"
         assert_clean(pool)

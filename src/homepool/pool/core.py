@@ -56,7 +56,7 @@ from ..streams import Target, copy_to, hash_file
 from ..units import human
 from .batch import WriteBatch
 from .live import DRIVES_TTL, PASSTHROUGH_ROOM, LiveFile, LiveOps
-from .ondrive import conflict_name, copy_is_at_fault, link_name, rename_on, scan_tree, unlink_names
+from .ondrive import conflict_name, copy_is_at_fault, keep_aside, link_name, rename_on, scan_tree, unlink_names
 
 log = logging.getLogger(__name__)
 
@@ -687,29 +687,42 @@ class Pool(LiveOps):
             if d is None or d.row.state != "active":
                 continue
             try:
-                self._hand_over(d, p["path"], p)
-                unlink_names(d, p["path"], p.get("links", ()))
-                d.unlink(p["path"])
+                if self._hand_over(d, p["path"], p):
+                    unlink_names(d, p["path"], p.get("links", ()))
+                    d.unlink(p["path"])
             except OSError as e:
                 log.error("could not remove the copy of %s on %s: %s", p["path"], d.name, e)
                 failed.add(d.id)
         return failed
 
     @staticmethod
-    def _hand_over(d: Drive, path: str, p: dict) -> None:
-        """Before a file's own name `path` goes from drive `d` (removed or renamed over) while
-        the file keeps another name (`heir`, which takes its place in the catalog), make sure
-        the heir is a hard link of the copy there: a crash or a failed step may have left it
-        missing, and the copy would go with the name."""
-        if p.get("heir") and d.id in map(int, p["heir_drives"]) and os.path.lexists(f"{d.tree_s}/{path}"):
+    def _hand_over(d: Drive, path: str, p: dict) -> bool:
+        """Whether the entry at `path` on drive `d` may go (be removed or renamed over). When
+        it is a file's own name and the file keeps another name (`heir`, which takes its place
+        in the catalog), only once the heir is a hard link of it there: a crash or a failed
+        step may have left the heir missing, and the copy would go with the name. An heir that
+        is another file is left alone, and so is `path` (for `check`)."""
+        if not p.get("heir") or d.id not in map(int, p["heir_drives"]):
+            return True
+        try:
+            st = os.lstat(f"{d.tree_s}/{path}")
+        except FileNotFoundError:
+            return True  # gone already
+        heir = f"{d.tree_s}/{p['heir']}"
+        if not os.path.lexists(heir):
             link_name(d, path, p["heir"])
+        if os.path.samestat(st, os.lstat(heir)):
+            return True
+        log.error("%s on %s is not the file its other name %s is; left for `homepool check`", path, d.name, p["heir"])
+        return False
 
     def _owe_removal(self, drive_id: int, path: str, size: int, mtime_ns: int, p: dict) -> None:
-        """A drive is owed the removal of `path`, a copy of that size and time; if it is a
-        file's own name handed to another (`_hand_over`), that name's link first."""
+        """A drive is owed the removal of `path`, a copy of that size and time (or, a file's own
+        name handed to another, once that name is linked there: `_hand_over`)."""
+        step = {"op": "unlink", "path": path, "size": size, "mtime_ns": mtime_ns}
         if p.get("heir") and drive_id in map(int, p["heir_drives"]):
-            self.cat.owe(drive_id, {"op": "link", "src": path, "dst": p["heir"], "node": p["heir_of"]})
-        self.cat.owe(drive_id, {"op": "unlink", "path": path, "size": size, "mtime_ns": mtime_ns})
+            step["heir"] = p["heir"]
+        self.cat.owe(drive_id, step)
 
     def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> dict[int, tuple[int, int]]:
         """Returns the size and time, by drive, of the copies it dropped."""
@@ -740,8 +753,8 @@ class Pool(LiveOps):
             d = drives.get(int(key))
             if d is not None and d.row.state == "active":
                 try:
-                    self._hand_over(d, p["dst"], p)
-                    d.unlink(p["dst"])
+                    if self._hand_over(d, p["dst"], p):
+                        d.unlink(p["dst"])
                 except OSError as e:
                     log.error("could not remove the replaced copy of %s on %s: %s", p["dst"], d.name, e)
                     failed.add(d.id)
@@ -749,7 +762,9 @@ class Pool(LiveOps):
             d = drives.get(int(key))
             if d is not None and d.row.state == "active":
                 try:
-                    self._hand_over(d, p["dst"], p)
+                    # Not yet moved here (a replay may find it done): the entry it replaces may go.
+                    if os.path.lexists(f"{d.tree_s}/{p['src']}") and not self._hand_over(d, p["dst"], p):
+                        keep_aside(d, p["dst"])
                     rename_on(d, p["src"], p["dst"], p["kind"])
                 except OSError as e:
                     log.error("could not rename %s to %s on %s: %s", p["src"], p["dst"], d.name, e)
@@ -833,8 +848,9 @@ class Pool(LiveOps):
         the records went with the change (a replay), by what is there now."""
         for drive_id in failed:
             if op == "rename" and drive_id in map(int, p["moves"]):
-                if p.get("heir") and drive_id in map(int, p["heir_drives"]):
-                    self.cat.owe(drive_id, {"op": "link", "src": p["dst"], "dst": p["heir"], "node": p["heir_of"]})
+                if p.get("heir") and drive_id in map(int, p["heir_drives"]):  # the own name it replaces
+                    self.cat.owe(drive_id, {"op": "unlink", "path": p["dst"], "size": -1, "mtime_ns": -1,
+                                            "heir": p["heir"]})
                 self.cat.owe(drive_id, {"op": "rename", "src": p["src"], "dst": p["dst"], "kind": p["kind"]})
                 continue
             path = p["path"] if op == "drop" else p["dst"]
@@ -918,7 +934,11 @@ class Pool(LiveOps):
         out = []
         for owed_id, step in self.cat.owed(drive.id):
             try:
-                if step["op"] == "unlink":
+                if step["op"] == "unlink" and "heir" in step:  # a file's own name, once the heir has it
+                    if self._hand_over(drive, step["path"], {"heir": step["heir"], "heir_drives": [drive.id]}):
+                        os.unlink(drive.real(step["path"]))
+                        out.append(f"removed {step['path']} from {drive.name} (now named {step['heir']})")
+                elif step["op"] == "unlink":
                     node = self.lookup(step["path"])
                     recorded = node is not None and any(r.drive_id == drive.id
                                                         for r in self.cat.replicas(self.cat.resolve(node).id))
@@ -948,10 +968,9 @@ class Pool(LiveOps):
             except FileNotFoundError:
                 pass
             except OSError as e:
-                # The later steps wait: they may rely on this one (a name linked before another goes).
                 log.error("could not catch %s up (%s of %s): %s", drive.name, step["op"],
                           step.get("path") or step.get("src"), e)
-                break
+                continue
             with self.cat.transaction():
                 self.cat.owed_done(owed_id)
             self._changed = True
