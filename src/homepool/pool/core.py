@@ -731,8 +731,6 @@ class Pool(LiveOps):
             self._owe_failed("drop", p, drives, failed)
             return {}
         file = self.cat.resolve(node)
-        # A name of a file that keeps another name: only that name goes, its copies stay.
-        one_name = p.get("node") and (node.is_link or file.links)
         reps = {r.drive_id: r for r in self.cat.replicas(file.id)}
         for key in p["drives"]:
             r = reps.get(int(key))
@@ -740,7 +738,7 @@ class Pool(LiveOps):
             if r is not None and (d is None or d.row.state != "active" or r.drive_id in failed):
                 for path in (*p.get("links", ()), p["path"]):
                     self._owe_removal(r.drive_id, path, r.size, r.mtime_ns, p)
-            if not one_name:
+            if not p.get("node"):  # a name going takes no copy with it (the last one: all, with the node)
                 self.cat.drop_replica(file.id, int(key))
         if p.get("node"):
             self.cat.remove_name(node)

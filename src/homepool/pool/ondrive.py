@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import suppress
 from pathlib import Path
 
@@ -66,9 +66,11 @@ def link_name(d: Drive, src: str, dst: str) -> str | None:
     return aside
 
 
-def unlink_names(d: Drive, path: str, names: Iterable[str]) -> None:
+def unlink_names(d: Drive, path: str, names: Collection[str]) -> None:
     """Remove the names (pool paths) on drive `d` that are hard links of the entry at `path`
     there (before that entry goes: a name that is something else stays, for `check`)."""
+    if not names:
+        return
     try:
         st = os.lstat(f"{d.tree_s}/{path}")
     except FileNotFoundError:
