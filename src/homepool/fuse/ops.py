@@ -192,8 +192,11 @@ class PoolOperations:
             self._dirs[fh] = (ino, children)
         for i in range(off, len(children)):
             e = children[i]
-            attr = None if held is None or e.id in held else attr_of(e)
-            yield e.name.encode(), e.id, _mode_of(e), attr, i + 1
+            if held is None or e.id in held:
+                yield e.name.encode(), e.id, _mode_of(e), None, i + 1
+            else:
+                attr = attr_of(e)
+                yield e.name.encode(), e.id, attr.mode, attr, i + 1
 
     def releasedir(self, fh: int) -> None:
         with self.lock:
