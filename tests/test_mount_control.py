@@ -143,3 +143,35 @@ def test_a_drive_added_while_mounted_takes_new_copies(dir_pool: Pool, state_dir:
     with Pool.open(state_dir, write=False) as pool:
         assert [d.label for d in pool.drives()] == [*(d.name for d in dir_drives), "big"]
         assert_clean(pool)
+
+
+def test_check_while_mounted_looks_between_requests(dir_pool: Pool, state_dir: Path, tmp_path: Path,
+                                                    dir_drives: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """`homepool check` while mounted: the mount checks, letting its lock go between files; a file
+    being written is no problem; `--repair` still needs an unmount and says so."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.close()
+    check = ["--pool", str(state_dir), "check"]
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        (mnt / "Documents/b.txt").write_bytes(b"B")
+        os.link(mnt / "Documents/b.txt", mnt / "Documents/b2.txt")
+        busy = open(mnt / "Documents/busy", "wb")  # noqa: SIM115 - open across the checks on purpose
+        try:
+            busy.write(b"being written")
+            busy.flush()
+            assert main(check) == 0
+            assert "No problems found." in capsys.readouterr().out
+            copies_on_disk(dir_drives, "Documents/a.txt")[0].write_bytes(b"changed behind the pool's back")
+            (dir_drives[0] / "HomePool/Documents/stray.txt").write_bytes(b"?")
+            assert main(check) == 1
+            out = capsys.readouterr().out
+            assert "[found] replicas_match: Documents/a.txt: copy on" in out and "changed outside the pool" in out
+            assert "[found] no_stray_files: Documents/stray.txt" in out
+            assert "busy" not in out and "b2.txt" not in out
+            assert main([*check, "--repair"]) == 3
+            assert "check --repair needs the pool unmounted" in capsys.readouterr().err
+        finally:
+            busy.close()
+        assert (mnt / "Documents/b.txt").read_bytes() == b"B"  # the mount went on serving
+    with Pool.open(state_dir) as pool:  # nothing was changed by looking
+        assert pool.lookup("Documents/stray.txt") is None and pool.read_bytes("Documents/busy") == b"being written"

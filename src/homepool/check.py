@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 from .config import mounted_at
 from .drives import Drive
@@ -40,19 +43,27 @@ class Problem:
         return f"[{state}] {self.check}: {where}{self.detail}"
 
 
-def check(pool: Pool, repair: bool = False) -> list[Problem]:
+# What a check holds around each step that reads the pool: nothing for a command (it has the
+# pool to itself), the mount's lock when the mount runs the check for `homepool check` while
+# mounted. The lock is let go between files, so the mount goes on serving meanwhile.
+Hold = Callable[[], AbstractContextManager[Any]]
+
+
+def check(pool: Pool, repair: bool = False, hold: Hold = nullcontext) -> list[Problem]:
     problems: list[Problem] = []
-    problems += check_journal_empty(pool, repair)
-    drives = pool.drives()
-    problems += check_drives_present(drives)
-    present = [d for d in drives if d.row.state == "active"]
-    problems += check_owed_settled(pool, present, repair)
-    problems += check_no_orphan_temps(pool, present, repair)
-    problems += check_replicas_match(pool, present, repair)
-    problems += check_names_linked(pool, present, repair)
-    problems += check_no_stray_files(pool, present, repair)
-    problems += check_copies_met(pool, repair)
-    problems += check_link_counts(pool, repair)
+    with hold():
+        problems += check_journal_empty(pool, repair)
+        drives = pool.drives()
+        problems += check_drives_present(drives)
+        present = [d for d in drives if d.row.state == "active"]
+        problems += check_owed_settled(pool, present, repair)
+        problems += check_no_orphan_temps(pool, present, repair)
+    problems += check_replicas_match(pool, present, repair, hold)
+    problems += check_names_linked(pool, present, repair, hold)
+    problems += check_no_stray_files(pool, present, repair, hold)
+    with hold():
+        problems += check_copies_met(pool, repair)
+        problems += check_link_counts(pool, repair)
     return problems
 
 
@@ -110,137 +121,168 @@ def check_no_orphan_temps(pool: Pool, drives: list[Drive], repair: bool) -> list
     return out
 
 
-def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
+def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:
     """Every recorded copy is on its drive, with the recorded size and time (or content)."""
+    with hold():
+        files = [node.id for _, node in pool.cat.walk() if node.is_file]
+        # While mounted: files the mount is writing are recorded when closed.
+        writing = {e.payload["node"] for e in pool.cat.journal() if e.op == "live"} \
+            if mounted_at(pool.state_dir) else set()
     by_id = {d.id: d for d in drives}
-    # While mounted: files the mount is writing are recorded when closed.
-    writing = {e.payload["node"] for e in pool.cat.journal() if e.op == "live"} if mounted_at(pool.state_dir) else set()
     out = []
-    for path, node in list(pool.cat.walk()):
-        if node.is_dir or node.id in writing:
-            continue
-        reps = pool.cat.replicas(node.id)
-        changed: list[tuple[Drive, str]] = []
-        good = 0
-        for r in reps:
-            d = by_id.get(r.drive_id)
-            if d is None:
-                continue
-            try:
-                st = os.stat(d.real(path))
-            except FileNotFoundError:
-                p = Problem("replicas_match", path, f"copy on {d.name} is missing")
-                if repair:
-                    pool.forget_copy(node.id, d.id)
-                    p.fixed = True
-                out.append(p)
-                continue
-            if st.st_size == r.size and st.st_mtime_ns == r.mtime_ns:
-                if r.state == "ok":
-                    good += 1
-                    continue
-                # Marked bad by a failed read: if the content is right after all, it is good.
-                try:
-                    intact = hash_file(d.real(path)) == node.hash
-                except OSError:
-                    intact = False
-                if intact:
-                    p = Problem("replicas_match", path, f"copy on {d.name} was marked bad but reads back intact")
-                    if repair:
-                        pool.restore_copy(node.id, d.id)
-                        p.fixed = True
-                        good += 1
-                    out.append(p)
-                continue
-            digest = hash_file(d.real(path)) if st.st_size == node.size else None
-            if digest == node.hash:
-                p = Problem("replicas_match", path, f"copy on {d.name} has a changed time, same content")
-                if repair:
-                    pool.retime_copy(node, d, r.state)
-                    p.fixed = True
-                out.append(p)
-                good += r.state == "ok"
-            else:
-                changed.append((d, digest or ""))
-        for d, _ in changed:
-            p = Problem("replicas_match", path, f"copy on {d.name} was changed outside the pool")
-            if repair:
-                if good:  # the pool still has the right content: keep the changed one aside
-                    p.detail += f"; kept it as {pool.set_copy_aside(node, d)}"
-                else:  # the only copies were edited on the drive: the edit is the file now
-                    node = pool.take_edited_copy(node, d)
-                    good = 1
-                    p.detail += "; took its new content as the file's"
-                p.fixed = True
-            out.append(p)
+    for node_id in files:
+        with hold():
+            if node_id not in writing and not pool.handles(node_id):  # opened since: the same
+                out += _copies_match(pool, by_id, node_id, repair)
     return out
 
 
-def check_names_linked(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
+def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: bool) -> list[Problem]:
+    out: list[Problem] = []
+    node = pool.cat.node_or_none(node_id)  # as it is now: it may have changed since the walk
+    if node is None:
+        return out
+    path = pool.path_of(node_id)
+    reps = pool.cat.replicas(node.id)
+    changed: list[tuple[Drive, str]] = []
+    good = 0
+    for r in reps:
+        d = by_id.get(r.drive_id)
+        if d is None:
+            continue
+        try:
+            st = os.stat(d.real(path))
+        except FileNotFoundError:
+            p = Problem("replicas_match", path, f"copy on {d.name} is missing")
+            if repair:
+                pool.forget_copy(node.id, d.id)
+                p.fixed = True
+            out.append(p)
+            continue
+        if st.st_size == r.size and st.st_mtime_ns == r.mtime_ns:
+            if r.state == "ok":
+                good += 1
+                continue
+            # Marked bad by a failed read: if the content is right after all, it is good.
+            try:
+                intact = hash_file(d.real(path)) == node.hash
+            except OSError:
+                intact = False
+            if intact:
+                p = Problem("replicas_match", path, f"copy on {d.name} was marked bad but reads back intact")
+                if repair:
+                    pool.restore_copy(node.id, d.id)
+                    p.fixed = True
+                    good += 1
+                out.append(p)
+            continue
+        digest = hash_file(d.real(path)) if st.st_size == node.size else None
+        if digest == node.hash:
+            p = Problem("replicas_match", path, f"copy on {d.name} has a changed time, same content")
+            if repair:
+                pool.retime_copy(node, d, r.state)
+                p.fixed = True
+            out.append(p)
+            good += r.state == "ok"
+        else:
+            changed.append((d, digest or ""))
+    for d, _ in changed:
+        p = Problem("replicas_match", path, f"copy on {d.name} was changed outside the pool")
+        if repair:
+            if good:  # the pool still has the right content: keep the changed one aside
+                p.detail += f"; kept it as {pool.set_copy_aside(node, d)}"
+            else:  # the only copies were edited on the drive: the edit is the file now
+                node = pool.take_edited_copy(node, d)
+                good = 1
+                p.detail += "; took its new content as the file's"
+            p.fixed = True
+        out.append(p)
+    return out
+
+
+def check_names_linked(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:
     """Every extra name of a file (a hard link) is, on each drive with a copy, a hard link of
     that copy."""
+    with hold():
+        links = pool.cat.links()
     out = []
-    for link_id, node_id in pool.cat.links():
-        node = pool.cat.node(node_id)
-        path, name = pool.path_of(node_id), pool.path_of(link_id)
-        held = {r.drive_id for r in pool.cat.replicas(node_id)} if node.is_file else None
-        for d in drives:
-            if held is not None and d.id not in held:
-                continue
-            try:
-                copy = os.lstat(d.real(path))
-            except OSError:
-                continue  # no copy to link to: `replicas_match` says so
-            try:
-                linked = os.path.samestat(copy, os.lstat(d.real(name)))
-                why = f"on {d.name} it is another file than {path}"
-            except FileNotFoundError:
-                linked, why = False, f"missing on {d.name} (a hard link of {path})"
-            if linked:
-                continue
-            p = Problem("names_linked", name, why)
-            if repair:
-                aside = pool.relink(node, name, d)
-                p.detail += f"; linked it again{f', kept the other file as {aside}' if aside else ''}"
-                p.fixed = True
-            out.append(p)
+    for link_id, node_id in links:
+        with hold():
+            out += _name_linked(pool, drives, link_id, node_id, repair)
     return out
 
 
-def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
+def _name_linked(pool: Pool, drives: list[Drive], link_id: int, node_id: int, repair: bool) -> list[Problem]:
+    out: list[Problem] = []
+    if (name_row := pool.cat.node_or_none(link_id)) is None or name_row.link_to != node_id:
+        return out  # gone since the list was made
+    node = pool.cat.node(node_id)
+    path, name = pool.path_of(node_id), pool.path_of(link_id)
+    held = {r.drive_id for r in pool.cat.replicas(node_id)} if node.is_file else None
+    for d in drives:
+        if held is not None and d.id not in held:
+            continue
+        try:
+            copy = os.lstat(d.real(path))
+        except OSError:
+            continue  # no copy to link to: `replicas_match` says so
+        try:
+            linked = os.path.samestat(copy, os.lstat(d.real(name)))
+            why = f"on {d.name} it is another file than {path}"
+        except FileNotFoundError:
+            linked, why = False, f"missing on {d.name} (a hard link of {path})"
+        if linked:
+            continue
+        p = Problem("names_linked", name, why)
+        if repair:
+            aside = pool.relink(node, name, d)
+            p.detail += f"; linked it again{f', kept the other file as {aside}' if aside else ''}"
+            p.fixed = True
+        out.append(p)
+    return out
+
+
+def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:
     """Every file in a drive's HomePool/ tree is a recorded copy, or another name of one."""
     out = []
-    links = pool.cat.links()
     for d in drives:
-        on_drive = {r.node_id for r in pool.cat.replicas_on(d.id)}
-        known = {pool.path_of(i) for i in on_drive} | {pool.path_of(i) for i, to in links if to in on_drive}
-        owed = pool.owed_paths(d.id)  # on their way out: not strays
-        for path, is_dir in list(scan_tree(d.tree)):
-            if path in owed or any(path.startswith(o + "/") for o in owed):
+        with hold():
+            links = pool.cat.links()
+            on_drive = {r.node_id for r in pool.cat.replicas_on(d.id)}
+            known = {pool.path_of(i) for i in on_drive} | {pool.path_of(i) for i, to in links if to in on_drive}
+            owed = pool.owed_paths(d.id)  # on their way out: not strays
+        for path, is_dir in list(scan_tree(d.tree)):  # without holding: a walk of a drive takes a while
+            if path in owed or any(path.startswith(o + "/") for o in owed) or path in known:
                 continue
-            if is_dir:
-                if pool.lookup(path) is None:
-                    p = Problem("no_stray_files", path, f"folder on {d.name} is not in the pool")
-                    if repair:
-                        try:
+            with hold():
+                if not _strayed(pool, d, path, is_dir):
+                    continue  # changed since (the mount went on meanwhile)
+                what = "folder on {} is not in the pool" if is_dir else "file on {} is not in the catalog"
+                p = Problem("no_stray_files", path, what.format(d.name))
+                if repair:
+                    try:
+                        if is_dir:
                             pool._register_dir(pool._canonical(path))
                             p.fixed = True
-                        except HomepoolError as e:
-                            p.detail += f"; left alone: {e}"
-                    out.append(p)
-                continue
-            if path in known:
-                continue
-            p = Problem("no_stray_files", path, f"file on {d.name} is not in the catalog")
-            if repair:
-                try:
-                    line = pool.register_file(d, path)
-                    p.detail += f"; {line}"
-                    p.fixed = "left" not in line.split(":")[0]
-                except HomepoolError as e:
-                    p.detail += f"; left alone: {e}"
-            out.append(p)
+                        else:
+                            line = pool.register_file(d, path)
+                            p.detail += f"; {line}"
+                            p.fixed = "left" not in line.split(":")[0]
+                    except HomepoolError as e:
+                        p.detail += f"; left alone: {e}"
+                out.append(p)
     return out
+
+
+def _strayed(pool: Pool, d: Drive, path: str, is_dir: bool) -> bool:
+    """Whether `path` on drive `d` is still there and still unknown to the catalog."""
+    if not os.path.lexists(d.real(path)):
+        return False
+    row = pool.lookup(path)
+    if is_dir or row is None:
+        return row is None
+    node = pool.cat.resolve(row)
+    return not (node.is_file and any(r.drive_id == d.id for r in pool.cat.replicas(node.id)))
 
 
 def check_copies_met(pool: Pool, repair: bool) -> list[Problem]:

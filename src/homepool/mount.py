@@ -8,6 +8,7 @@ the mount is up (or says why it did not come up).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import check as check_mod
 from .catalog import ROOT_ID
 from .control import ControlServer
 from .errors import BadInput, FuseUnavailable, MountFailed, MountpointBusy, MountpointMissing, NotMounted
@@ -150,6 +152,9 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
                                allow_shared_device=bool(request.get("allow_shared_device")))
             size, free = d.capacity(pool.cat.bytes_on_drive(d.id))
         return {"label": d.label, "root": str(d.root), "size": size, "free": free}
+    if op == "check":  # looks only: a repair changes what the kernel may have cached
+        problems = check_mod.check(pool, repair=False, hold=lambda: lock)
+        return {"problems": [dataclasses.asdict(p) for p in problems]}
     raise BadInput(message=f"the mount does not know the request {op!r}; is it an older homepool?")
 
 

@@ -10,8 +10,10 @@ import typer
 from rich.table import Table
 
 from .. import check as check_mod
+from .. import control
 from .. import recover as recover_mod
 from ..config import mounted_at
+from ..errors import BadInput, PoolMounted
 from ..pool import DEFAULT_FOLDERS, Pool
 from ..units import human
 from . import app, open_pool, out, state
@@ -129,8 +131,15 @@ def do_check(
                                          "copies. Never deletes your files.")] = False,
 ) -> None:
     """Check that the catalog and the drives agree (exit code 1 if something is left to fix)."""
-    with open_pool(write=True) as pool:
-        problems = check_mod.check(pool, repair=repair)
+    try:
+        with open_pool(write=True) as pool:
+            problems = check_mod.check(pool, repair=repair)
+    except PoolMounted as mounted:  # the mount looks, between the requests it serves
+        if repair:
+            raise BadInput(message=f"check --repair needs the pool unmounted: `homepool unmount "
+                           f"{mounted.kwargs['where']}` first (`homepool check` alone works while mounted)") from None
+        answer = control.ask(state.state_dir, mounted, {"op": "check"})
+        problems = [check_mod.Problem(**p) for p in answer["problems"]]
     for p in problems:
         out.print(p.line(), markup=False)
     left = [p for p in problems if not p.fixed]
