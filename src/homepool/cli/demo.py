@@ -90,17 +90,28 @@ def mount_step(base: Path, library: Path, add_drive: list[str]) -> None:
     note = mnt / "Documents" / "written-through-the-mount.txt"
     out.print(f"[cyan]$ echo 'a new note' > {note}[/cyan]")
     note.write_text("a new note\n")
+    link = note.with_name("the-same-note.txt")
+    out.print(f"[cyan]$ ln {note} {link}   # a hard link: one file, two names[/cyan]")
+    os.link(note, link)
+    cmd = ["ls", "-li", str(note), str(link)]
+    out.print(f"[cyan]$ {shlex.join(cmd)}[/cyan]")
+    out.print(subprocess.run(cmd, capture_output=True, text=True).stdout.rstrip(), markup=False)
     step(["folder", "set", "Music", "--copies", "1"],
          "   Settings change while mounted too: the mount makes the change (extra copies go now).")
     step(["folder", "set", "Music", "--copies", "2"])
     step(add_drive, "   Plug in another drive while mounted: the pool grows at once, nobody is disconnected.")
     step(["drive", "list"])
+    step(["check"], "   Check while mounted: the mount looks, file by file, and goes on serving.")
     step(["unmount", str(mnt)])
     copies = [d for d in drives_of(base) if (d / "HomePool/Documents" / note.name).is_file()]
     out.print(f"   Documents keeps 2 copies, so the note is a plain file on {len(copies)} drives: "
-              + ", ".join(str(d / "HomePool/Documents" / note.name) for d in copies))
+              + ", ".join(str(d / "HomePool/Documents" / note.name) for d in copies)
+              + f"; {link.name} is a hard link of it on each.")
     if len(copies) != 2:
         raise RuntimeError(f"{note.name} should be on 2 drives, found {len(copies)}")
+    if not all(os.path.samefile(d / "HomePool/Documents" / note.name, d / "HomePool/Documents" / link.name)
+               for d in copies):
+        raise RuntimeError(f"{link.name} should be a hard link of {note.name} on each drive with a copy")
 
 
 def drives_of(base: Path) -> list[Path]:
