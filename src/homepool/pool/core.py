@@ -717,12 +717,18 @@ class Pool(LiveOps):
         return False
 
     def _owe_removal(self, drive_id: int, path: str, size: int, mtime_ns: int, p: dict) -> None:
-        """A drive is owed the removal of `path`, a copy of that size and time (or, a file's own
-        name handed to another, once that name is linked there: `_hand_over`)."""
-        step = {"op": "unlink", "path": path, "size": size, "mtime_ns": mtime_ns}
-        if p.get("heir") and drive_id in map(int, p["heir_drives"]):
-            step["heir"] = p["heir"]
-        self.cat.owe(drive_id, step)
+        """A drive is owed the removal of `path`, a copy of that size and time (or, if it is a
+        file's own name handed to another, `_owe_hand_over`)."""
+        if not self._owe_hand_over(drive_id, path, p):
+            self.cat.owe(drive_id, {"op": "unlink", "path": path, "size": size, "mtime_ns": mtime_ns})
+
+    def _owe_hand_over(self, drive_id: int, path: str, p: dict) -> bool:
+        """If `path` is a file's own name handed to its heir (`_hand_over`), a drive is owed its
+        removal once the heir is linked there (one step: nothing owed later relies on another)."""
+        if not p.get("heir") or drive_id not in map(int, p["heir_drives"]):
+            return False
+        self.cat.owe(drive_id, {"op": "unlink", "path": path, "heir": p["heir"]})
+        return True
 
     def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> dict[int, tuple[int, int]]:
         """Returns the size and time, by drive, of the copies it dropped."""
@@ -846,9 +852,7 @@ class Pool(LiveOps):
         the records went with the change (a replay), by what is there now."""
         for drive_id in failed:
             if op == "rename" and drive_id in map(int, p["moves"]):
-                if p.get("heir") and drive_id in map(int, p["heir_drives"]):  # the own name it replaces
-                    self.cat.owe(drive_id, {"op": "unlink", "path": p["dst"], "size": -1, "mtime_ns": -1,
-                                            "heir": p["heir"]})
+                self._owe_hand_over(drive_id, p["dst"], p)  # the own name it replaces, if it is one
                 self.cat.owe(drive_id, {"op": "rename", "src": p["src"], "dst": p["dst"], "kind": p["kind"]})
                 continue
             path = p["path"] if op == "drop" else p["dst"]
