@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from homepool import check as check_mod
 from homepool.check import check
 from homepool.drives import Drive
 from homepool.pool import Pool, core
@@ -337,3 +338,37 @@ def test_a_missing_drive_is_reported_and_reads_use_the_other_copy(dir_pool: Pool
     finally:
         os.rename(holder / ".homepool-unplugged", holder / ".homepool")
     assert_clean(dir_pool)
+
+
+def test_check_while_a_copy_is_made_outside_the_lock_sees_no_orphan_temp(
+        dir_pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mount copies a file's data with its lock let go (`unlocked_io`): a check that takes
+    the lock meanwhile must not call the copy's temp file an interrupted write."""
+    dir_pool.write_bytes("Videos/v.bin", b"V" * 1000)  # Videos: 1 copy, Documents: 2
+    dir_pool.go_live()
+    seen: list[check_mod.Problem] = []
+    real = core.copy_to
+
+    def copy_to(*a: object, **kw: object) -> object:  # the mount's lock is free here: another thread's check runs now
+        seen.extend(check_mod.check(dir_pool, repair=False))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(core, "copy_to", copy_to)
+    dir_pool.move(dir_pool.stat("Videos").id, "v.bin", dir_pool.stat("Documents").id, "v.bin", noreplace=False)
+    assert len(dir_pool.cat.replicas(dir_pool.stat("Documents/v.bin").id)) == 2  # the copy was made
+    assert [p.line() for p in seen if p.check == "no_orphan_temps"] == []
+
+
+def test_check_while_mounted_leaves_out_a_file_open_for_writing_whose_copies_wait(dir_pool: Pool) -> None:
+    """A folder's copies raised while one of its files is open for writing: the mount gives it
+    its copy at release (`_reconcile_at_release`). Files open for writing are left out."""
+    dir_pool.write_bytes("Videos/v.bin", b"V")
+    dir_pool.go_live()
+    node = dir_pool.stat("Videos/v.bin")
+    f = dir_pool.open_file(node.id, write=True)
+    _, _, files = dir_pool.change_copies("Videos", 2)
+    assert [dir_pool.reconcile_unless_open(i) for i in files] == [None]  # waits for the release
+    assert [p.line() for p in check_mod.check(dir_pool)] == []
+    dir_pool.releasing(f, closing=True)
+    dir_pool.release_file(f, f.finish())
+    assert len(dir_pool.cat.replicas(node.id)) == 2

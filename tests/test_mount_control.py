@@ -175,3 +175,18 @@ def test_check_while_mounted_looks_between_requests(dir_pool: Pool, state_dir: P
         assert (mnt / "Documents/b.txt").read_bytes() == b"B"  # the mount went on serving
     with Pool.open(state_dir) as pool:  # nothing was changed by looking
         assert pool.lookup("Documents/stray.txt") is None and pool.read_bytes("Documents/busy") == b"being written"
+
+
+def test_check_while_mounted_reports_many_problems(dir_pool: Pool, state_dir: Path, tmp_path: Path,
+                                                   dir_drives: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """A drive someone copied a few hundred files onto directly: as many strays to report."""
+    dir_pool.close()
+    strays = dir_drives[0] / "HomePool/Documents/copied in by hand"
+    strays.mkdir(parents=True)
+    for i in range(500):
+        (strays / f"holiday photo {i:04}.jpg").write_bytes(b"x")
+    with mount_pool(state_dir, tmp_path):
+        code = main(["--pool", str(state_dir), "check"])
+        captured = capsys.readouterr()
+        assert "control message too long" not in captured.err
+        assert code == 1 and captured.out.count("no_stray_files") == 501

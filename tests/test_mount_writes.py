@@ -197,6 +197,18 @@ def test_symlinks_and_fifos(mnt: Path, state_dir: Path, dir_drives: list[Path]) 
         assert_clean(pool)
 
 
+def test_times_before_1970(mnt: Path, state_dir: Path) -> None:
+    p = mnt / "Documents/old.txt"
+    p.write_bytes(b"x")
+    os.utime(p, ns=(-1_000_000_001, -86_400_000_000_000))  # a day before 1970, and just before
+    st = os.stat(p)
+    assert (st.st_atime_ns, st.st_mtime_ns) == (-1_000_000_001, -86_400_000_000_000)
+    assert [e.stat().st_mtime_ns for e in os.scandir(mnt / "Documents") if e.name == "old.txt"] == [st.st_mtime_ns]
+    with reader(state_dir) as pool:
+        assert pool.stat("Documents/old.txt").mtime_ns == -86_400_000_000_000
+        assert_clean(pool)
+
+
 def test_chmod_chown_utimens(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
     p = mnt / "Documents/f.txt"
     p.write_bytes(b"x")

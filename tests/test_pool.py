@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
+import stat as stat_
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -11,11 +13,13 @@ from pathlib import Path
 import pytest
 
 from homepool import catalog
+from homepool.catalog import Node
 from homepool.errors import (
     AlreadyExists,
     BadCopies,
     DirectoryNotEmpty,
     FolderExists,
+    HomepoolError,
     NewerPool,
     NoPool,
     NotAPool,
@@ -276,4 +280,73 @@ def test_files_open_below_a_moved_directory_follow_it(dir_pool: Pool) -> None:
     dir_pool.releasing(f, closing=True)
     dir_pool.release_file(f, f.finish())
     assert dir_pool.read_bytes("Documents/e/sub/open.txt") == b""
+    assert_clean(dir_pool)
+
+
+def consistent(pool: Pool) -> None:
+    """The nodes and paths the catalog keeps in memory are what it holds."""
+    cat = pool.cat
+    for i, n in list(cat._nodes.items()):
+        row = cat.db.execute(f"SELECT {cat._NODE_COLS} FROM nodes WHERE id = ?", (i,)).fetchone()
+        assert row is not None and Node(*row) == n, (i, n, row)
+    for i, p in list(cat._paths.items()):
+        row = cat.db.execute("SELECT parent_id, name FROM nodes WHERE id = ?", (i,)).fetchone()
+        assert row is not None, (i, p)
+        fresh = [row[1]]
+        while row[0] != catalog.ROOT_ID:
+            row = cat.db.execute("SELECT parent_id, name FROM nodes WHERE id = ?", (row[0],)).fetchone()
+            fresh.insert(0, row[1])
+        assert "/".join(fresh) == p, (i, p)
+
+
+def random_change(pool: Pool, rnd: random.Random, dirs: list[int], names: list[str]) -> None:
+    """One random change through the mount's API; errors a local filesystem gives are fine."""
+    p, name = rnd.choice(dirs), rnd.choice(names)
+    op = rnd.choice(["create", "link", "unlink", "move", "move", "move", "mkdir", "rmdir", "symlink", "attr"])
+    kids = [c.name for c in pool.cat.children(p)]
+    if op in ("unlink", "rmdir", "move", "attr") and kids:
+        name = rnd.choice(kids)
+    try:
+        if op == "create":
+            _, f = pool.create_file(p, name, 0o644, 0, 0)
+            f.write(b"x" * rnd.randint(0, 5), 0)
+            pool.releasing(f, closing=True)
+            pool.release_file(f, f.finish())
+        elif op == "symlink":
+            pool.make_node(p, name, stat_.S_IFLNK | 0o777, 0, 0, target="t")
+        elif op == "link" and (row := pool.cat.child(rnd.choice(dirs), rnd.choice(names))) is not None:
+            pool.make_link(pool.cat.resolve(row).id, p, name)
+        elif op in ("unlink", "rmdir"):
+            pool.remove(p, name, rmdir=op == "rmdir")
+        elif op == "mkdir":
+            dirs.append(pool.make_dir(p, name, 0o755, 0, 0).id)
+        elif op == "move":
+            pool.move(p, name, rnd.choice(dirs), rnd.choice(names), noreplace=False)
+        elif op == "attr" and (row := pool.cat.child(p, name)) is not None:
+            node = pool.cat.resolve(row)
+            pool.set_attrs(node.id, mode=0o600, mtime_ns=5, size=3 if node.is_file and rnd.random() < .5 else None)
+    except (OSError, HomepoolError):
+        pass
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_what_the_mount_keeps_in_memory_matches_the_catalog(dir_pool: Pool, seed: int) -> None:
+    """Random changes through the live API (files, hard links, moves across folders, folders,
+    symlinks, attributes): after each, every node and path the mount keeps in memory is what
+    the catalog holds; at the end every link count and reference is right."""
+    rnd = random.Random(seed)
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.go_live()
+    dirs = [dir_pool.stat("Documents").id, dir_pool.stat("Videos").id, catalog.ROOT_ID]
+    names = [f"n{i}" for i in range(20)]
+    for _ in range(250):
+        random_change(dir_pool, rnd, dirs, names)
+        dirs[:] = [d for d in dirs if (n := dir_pool.cat.node_or_none(d)) is not None and n.is_dir]
+        for i in range(1, 80):  # read everything back into memory
+            if dir_pool.cat.node_or_none(i) is not None:
+                dir_pool.cat.path_of(i)
+        consistent(dir_pool)
+    dir_pool.catch_up()
+    assert dir_pool.cat.wrong_link_counts() == []
+    assert dir_pool.cat.db.execute("PRAGMA foreign_key_check").fetchall() == []
     assert_clean(dir_pool)

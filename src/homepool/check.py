@@ -276,7 +276,7 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
 
 def _strayed(pool: Pool, d: Drive, path: str, is_dir: bool) -> bool:
     """Whether `path` on drive `d` is still there and still unknown to the catalog."""
-    if not os.path.lexists(d.real(path)):
+    if not os.path.lexists(d.real(path)) or path in pool.owed_paths(d.id):
         return False
     row = pool.lookup(path)
     if is_dir or row is None:
@@ -289,6 +289,8 @@ def check_copies_met(pool: Pool, repair: bool) -> list[Problem]:
     """Every file has as many good copies, on distinct drives, as its folder wants."""
     out = []
     for node_id, good, wanted in pool.cat.short_files():
+        if pool.copies_pending(node_id):
+            continue  # the mount is about to give it its copies
         path = pool.path_of(node_id)
         p = Problem("copies_met", path, f"has {good} of {wanted} copies")
         if repair:

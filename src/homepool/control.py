@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 SOCKET = "control.sock"
 MAX_REQUEST = 1 << 16
+MAX_ANSWER = 1 << 28  # a check's answer lists every problem found
 READ_TIMEOUT = 10.0  # seconds a client may take to send its request
 
 
@@ -98,7 +99,7 @@ def ask(state_dir: Path, mounted: PoolMounted, request: dict[str, Any]) -> Any:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(str(path))
             sock.sendall(json.dumps(request).encode() + b"\n")
-            answer = json.loads(_read_line(sock))
+            answer = json.loads(_read_line(sock, MAX_ANSWER))
     except (OSError, ValueError) as e:
         raise MountUnreachable(where=mounted.kwargs["where"], pid=mounted.kwargs["pid"],
                                why=getattr(e, "strerror", None) or str(e)) from None
@@ -109,13 +110,15 @@ def ask(state_dir: Path, mounted: PoolMounted, request: dict[str, Any]) -> Any:
     return answer.get("result")
 
 
-def _read_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(4096)
+def _read_line(sock: socket.socket, limit: int = MAX_REQUEST) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while not chunks or not chunks[-1].endswith(b"\n"):
+        chunk = sock.recv(1 << 16)
         if not chunk:
             break
-        data += chunk
-        if len(data) > MAX_REQUEST:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
             raise ValueError("control message too long")
-    return data
+    return b"".join(chunks)

@@ -153,7 +153,12 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
             size, free = d.capacity(pool.cat.bytes_on_drive(d.id))
         return {"label": d.label, "root": str(d.root), "size": size, "free": free}
     if op == "check":  # looks only: a repair changes what the kernel may have cached
-        problems = check_mod.check(pool, repair=False, hold=lambda: lock)
+        def hold() -> threading.RLock:
+            if ops.session is not None and ops.session.done.is_set():
+                raise MountFailed(path=ops.session.mountpoint, why="it is being unmounted; check again later")
+            return lock
+
+        problems = check_mod.check(pool, repair=False, hold=hold)
         return {"problems": [dataclasses.asdict(p) for p in problems]}
     raise BadInput(message=f"the mount does not know the request {op!r}; is it an older homepool?")
 

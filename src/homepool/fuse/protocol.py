@@ -66,7 +66,7 @@ INIT_IN = struct.Struct("<IIIII")  # major minor max_readahead flags flags2 (the
 # major minor max_readahead flags max_background congestion_threshold max_write time_gran
 # max_pages map_alignment flags2 max_stack_depth, then 24 unused bytes
 INIT_OUT = struct.Struct("<IIIIHHIIHHII24x")
-ATTR = struct.Struct("<QQQQQQIIIIIIIIII")  # fuse_attr (88 bytes)
+ATTR = struct.Struct("<QQQqqqIIIIIIIIII")  # fuse_attr (88 bytes; times before 1970 are negative)
 ENTRY_OUT = struct.Struct("<QQQQII")  # nodeid generation entry_valid attr_valid (+nsec), then ATTR
 ATTR_OUT = struct.Struct("<QII")  # attr_valid attr_valid_nsec dummy, then ATTR
 OPEN_OUT = struct.Struct("<QIi")  # fh open_flags backing_id
@@ -77,7 +77,7 @@ MKDIR_IN = struct.Struct("<II")  # mode umask
 RENAME_IN = struct.Struct("<Q")  # newdir
 RENAME2_IN = struct.Struct("<QII")  # newdir flags padding
 LINK_IN = struct.Struct("<Q")
-SETATTR_IN = struct.Struct("<IIQQQQQQIIIIIIII")
+SETATTR_IN = struct.Struct("<IIQQQqqqIIIIIIII")  # valid pad fh size lock_owner atime mtime ctime (signed), nsecs...
 READ_IN = struct.Struct("<QQIIQII")  # fh offset size read_flags lock_owner flags padding
 WRITE_IN = READ_IN  # fh offset size write_flags lock_owner flags padding; the data follows
 WRITE_OUT = struct.Struct("<II")

@@ -125,6 +125,7 @@ class Pool(LiveOps):
         # Around copying a file's data to make a new copy: the mount lets its lock go there, so
         # a big file does not hold up every other request (the copy is checked afterwards).
         self.unlocked_io: Callable[[], AbstractContextManager[object]] = nullcontext
+        self._copying: dict[tuple[int, str], int] = {}  # (drive, temp file) -> file: new copies being made
         self._changes: dict[int, int] = {}  # node id -> changes made through open files
         self.drive_cache: tuple[float, list[Drive]] | None = None
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
@@ -997,9 +998,18 @@ class Pool(LiveOps):
                 self.reconcile(node)  # re-make the copies that were dropped
         return out
 
+    def copies_pending(self, node_id: int) -> bool:
+        """Whether a file's copies are about to change: it is open in the mount (it gets them at
+        its release), or a new copy of it is being made."""
+        return bool(self._open.get(node_id)) or node_id in self._reconcile_at_release \
+            or node_id in self._copying.values()
+
     def journal_tmp_names(self) -> dict[int, set[str]]:
-        """Temp files that unfinished operations still need, by drive."""
+        """Temp files that unfinished operations still need, by drive (and new copies being
+        made: their journal row comes once the data is there)."""
         out: dict[int, set[str]] = {}
+        for drive_id, name in self._copying:
+            out.setdefault(drive_id, set()).add(name)
         for e in self.cat.journal():
             for f in e.payload.get("files", []):
                 for key, name in f["targets"].items():
@@ -1274,60 +1284,64 @@ class Pool(LiveOps):
         a failing target ends the attempt (the caller picks another drive next time)."""
         for src_drive in sources:
             tmp = target.new_tmp()
-            source_error: OSError | None = None
+            self._copying[(target.id, tmp.name)] = node.id  # not an orphan for `check` meanwhile
             try:
-                with self.unlocked_io(), open(src_drive.real(path), "rb") as src:
-                    try:
-                        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    except OSError as e:
-                        log.error("could not make a copy of %s on %s: %s", path, target.name, e)
-                        return False
-                    t = Target(target.id, fd)
-                    try:
-                        n, digest = copy_to(src, [t], node.size, fsync=False)  # raises for the source only
-                        if t.error is None:
-                            try:
-                                os.fchown(fd, node.uid, node.gid)  # before the mode: chown clears set-id bits
-                                os.fchmod(fd, node.mode & 0o7777)
-                                os.utime(fd, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
-                                os.fsync(fd)
-                            except OSError as e:
-                                t.error = e
-                    except OSError as e:
-                        source_error = e
-                    finally:
-                        os.close(fd)
-            except OSError as e:  # opening the source
-                source_error = e
-            except BaseException:
-                with suppress(OSError):
-                    tmp.unlink()
-                raise
-            if source_error is not None or t.error is not None or n != node.size or digest != node.hash:
-                with suppress(OSError):
-                    tmp.unlink()
-            if source_error is not None:
-                log.error("copy of %s on %s is unreadable (%s)", path, src_drive.name, source_error)
-                if copy_is_at_fault(source_error):
+                source_error: OSError | None = None
+                try:
+                    with self.unlocked_io(), open(src_drive.real(path), "rb") as src:
+                        try:
+                            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                        except OSError as e:
+                            log.error("could not make a copy of %s on %s: %s", path, target.name, e)
+                            return False
+                        t = Target(target.id, fd)
+                        try:
+                            n, digest = copy_to(src, [t], node.size, fsync=False)  # raises for the source only
+                            if t.error is None:
+                                try:
+                                    os.fchown(fd, node.uid, node.gid)  # before the mode: chown clears set-id bits
+                                    os.fchmod(fd, node.mode & 0o7777)
+                                    os.utime(fd, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
+                                    os.fsync(fd)
+                                except OSError as e:
+                                    t.error = e
+                        except OSError as e:
+                            source_error = e
+                        finally:
+                            os.close(fd)
+                except OSError as e:  # opening the source
+                    source_error = e
+                except BaseException:
+                    with suppress(OSError):
+                        tmp.unlink()
+                    raise
+                if source_error is not None or t.error is not None or n != node.size or digest != node.hash:
+                    with suppress(OSError):
+                        tmp.unlink()
+                if source_error is not None:
+                    log.error("copy of %s on %s is unreadable (%s)", path, src_drive.name, source_error)
+                    if copy_is_at_fault(source_error):
+                        self.mark_bad(node.id, src_drive.id)
+                    continue
+                if t.error is not None:
+                    log.error("could not make a copy of %s on %s: %s", path, target.name, t.error)
+                    return False
+                if n != node.size or digest != node.hash:
+                    log.error("copy of %s on %s does not match its checksum; not copying it", path, src_drive.name)
                     self.mark_bad(node.id, src_drive.id)
-                continue
-            if t.error is not None:
-                log.error("could not make a copy of %s on %s: %s", path, target.name, t.error)
-                return False
-            if n != node.size or digest != node.hash:
-                log.error("copy of %s on %s does not match its checksum; not copying it", path, src_drive.name)
-                self.mark_bad(node.id, src_drive.id)
-                continue
-            if self._changed_meanwhile(node, path):
-                with suppress(OSError):
-                    tmp.unlink()
-                log.info("%s changed while a copy of it was made; it gets its copy later", path)
-                return False
-            payload = {"path": path, "targets": {str(target.id): tmp.name}, "drop": [], "size": node.size,
-                       "mode": node.mode, "mtime_ns": node.mtime_ns, "hash": node.hash,
-                       "links": self.other_names(node.id)}
-            done = self._run("write", {"files": [payload]})
-            return bool(done)
+                    continue
+                if self._changed_meanwhile(node, path):
+                    with suppress(OSError):
+                        tmp.unlink()
+                    log.info("%s changed while a copy of it was made; it gets its copy later", path)
+                    return False
+                payload = {"path": path, "targets": {str(target.id): tmp.name}, "drop": [], "size": node.size,
+                           "mode": node.mode, "mtime_ns": node.mtime_ns, "hash": node.hash,
+                           "links": self.other_names(node.id)}
+                done = self._run("write", {"files": [payload]})
+                return bool(done)
+            finally:
+                self._copying.pop((target.id, tmp.name), None)
         return False
 
     def _changed_meanwhile(self, node: Node, path: str) -> bool:
