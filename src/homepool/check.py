@@ -124,7 +124,7 @@ def check_no_orphan_temps(pool: Pool, drives: list[Drive], repair: bool) -> list
 def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:
     """Every recorded copy is on its drive, with the recorded size and time (or content)."""
     with hold():
-        files = [node.id for _, node in pool.cat.walk() if node.is_file]
+        files = pool.cat.file_ids()
         # While mounted: files the mount is writing are recorded when closed.
         writing = {e.payload["node"] for e in pool.cat.journal() if e.op == "live"} \
             if mounted_at(pool.state_dir) else set()
