@@ -134,7 +134,7 @@ def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
         with hold():
             if node_id not in writing and not pool.handles(node_id):  # opened since: the same
                 out += _copies_match(pool, by_id, node_id, repair)
-    return out
+    return sorted(out, key=lambda p: p.path)  # by path, as a person reads them
 
 
 def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: bool) -> list[Problem]:
