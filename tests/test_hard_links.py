@@ -215,15 +215,21 @@ def crash(*args: object, **kwargs: object) -> None:
     raise KeyboardInterrupt("the daemon is killed here")
 
 
+def a_and_x_live(pool: Pool) -> int:
+    """Documents/a.txt ("A") and x.txt ("X") in the pool, which then acts as the mount does
+    (`go_live`); returns the Documents folder's id."""
+    pool.write_bytes("Documents/a.txt", b"A")
+    pool.write_bytes("Documents/x.txt", b"X")
+    pool.go_live()
+    return pool.stat("Documents").id
+
+
 @pytest.mark.parametrize("step", ["link", "unlink own name", "rename over own name"])
 def test_a_crash_between_catalog_and_drives_is_repaired(dir_pool: Pool, dir_drives: list[Path],
                                                         monkeypatch: pytest.MonkeyPatch, step: str) -> None:
     """The mount records a new name before the drives have it, and the removal of a name before
     the drives lose it: after a crash in between, `check --repair` finishes the drive steps."""
-    dir_pool.write_bytes("Documents/a.txt", b"A")
-    dir_pool.write_bytes("Documents/x.txt", b"X")
-    dir_pool.go_live()
-    docs = dir_pool.stat("Documents").id
+    docs = a_and_x_live(dir_pool)
     file = dir_pool.stat("Documents/a.txt")
     if step == "link":
         monkeypatch.setattr(live_mod, "link_name", crash)
@@ -272,10 +278,7 @@ def test_moves_and_folder_renames_without_names_across_folders_are_not_refused(d
 @pytest.mark.expect_errors
 def test_removing_the_own_name_first_links_a_name_a_crash_left_missing(
         state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    dir_pool.write_bytes("Documents/a.txt", b"A")
-    dir_pool.write_bytes("Documents/x.txt", b"X")
-    dir_pool.go_live()
-    docs = dir_pool.stat("Documents").id
+    docs = a_and_x_live(dir_pool)
     for name in ("b.txt", "c.txt"):
         monkeypatch.setattr(live_mod, "link_name", crash)
         with pytest.raises(KeyboardInterrupt):
@@ -379,43 +382,26 @@ def test_a_drive_away_while_the_own_name_goes_and_its_heir_moves_keeps_the_copy(
 
 
 @pytest.mark.expect_errors
-def test_replay_of_a_done_rename_over_an_own_name_leaves_the_heir_alone(
-        state_dir: Path, dir_pool: Pool, dir_drives: list[Path]) -> None:
-    dir_pool.write_bytes("Documents/a.txt", b"A")
-    dir_pool.write_bytes("Documents/x.txt", b"X")
-    dir_pool.go_live()
-    docs = dir_pool.stat("Documents").id
+@pytest.mark.parametrize("by", ["mount", "command"])
+def test_replay_of_a_rename_over_an_own_name_made_on_the_drives_leaves_the_heir_alone(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch, by: str) -> None:
+    """a.txt renamed over x.txt, whose other name c.txt takes its place; the drives have the
+    rename when the process dies: the replay must not put a.txt's copy under c.txt."""
+    docs = a_and_x_live(dir_pool)
     dir_pool.make_link(dir_pool.stat("Documents/x.txt").id, docs, "c.txt")
     dir_pool.catch_up()
-    dir_pool.move(docs, "a.txt", docs, "x.txt", noreplace=False)  # c.txt is x's heir
-    dir_pool.cat._done_later.clear()  # the daemon dies before its next commit: the row stays
+    if by == "mount":
+        dir_pool.move(docs, "a.txt", docs, "x.txt", noreplace=False)
+        dir_pool.cat._done_later.clear()  # dies before its next commit: the journal row stays
+    else:
+        dir_pool.live = False
+        monkeypatch.setattr(dir_pool, "_record_rename", crash)  # dies after the drive steps
+        with pytest.raises(KeyboardInterrupt):
+            dir_pool.rename("Documents/a.txt", "Documents/x.txt")
+        monkeypatch.undo()
     dir_pool.live = False
     dir_pool.close()
     with Pool.open(state_dir) as pool:  # replays the rename
-        assert pool.read_bytes("Documents/c.txt") == b"X"
-        assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/c.txt")] == [b"X", b"X"]
-        assert_clean(pool)
-
-
-@pytest.mark.expect_errors
-def test_replay_of_a_done_rename_over_an_own_name_offline_leaves_the_heir_alone(
-        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    dir_pool.write_bytes("Documents/a.txt", b"A")
-    dir_pool.write_bytes("Documents/x.txt", b"X")
-    dir_pool.go_live()
-    dir_pool.make_link(dir_pool.stat("Documents/x.txt").id, dir_pool.stat("Documents").id, "c.txt")
-    dir_pool.catch_up()
-    dir_pool.live = False
-
-    def crash(*a: object, **k: object) -> None:
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(dir_pool, "_record_rename", crash)  # dies after the drive steps
-    with pytest.raises(KeyboardInterrupt):
-        dir_pool.rename("Documents/a.txt", "Documents/x.txt")
-    monkeypatch.undo()
-    dir_pool.close()
-    with Pool.open(state_dir) as pool:
         assert pool.read_bytes("Documents/c.txt") == b"X"
         assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/c.txt")] == [b"X", b"X"]
         assert_clean(pool)
