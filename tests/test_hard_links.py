@@ -453,3 +453,19 @@ def test_a_drive_away_for_a_rename_over_an_own_name_catches_up_cleanly(
         assert sorted(os.listdir(away / "HomePool/Videos")) == ["c.txt", "x.txt"]
         assert pool.read_bytes("Videos/c.txt") == b"X" and pool.read_bytes("Videos/x.txt") == b"A"
         assert_clean(pool)
+
+
+def test_a_hard_link_made_on_a_drive_is_taken_in_as_another_name(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    """`ln` (or `cp -al`) on a drive behind the pool's back: `check --repair` records the new
+    name as another name of the file whose copy it shares, not as a file of its own (whose
+    writes would change that copy), and links it on the file's other copies too."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    copy = copies_on_disk(dir_drives, "Documents/a.txt")[0]
+    (copy.parent / "sub").mkdir()
+    os.link(copy, copy.parent / "sub/b.txt")
+    found = [p.line() for p in check(dir_pool, repair=True)]
+    assert any("no_stray_files: Documents/sub/b.txt" in line and "another name of Documents/a.txt" in line
+               for line in found), found
+    assert dir_pool.lookup("Documents/sub/b.txt").is_link and dir_pool.cat.count_files()[0] == 1
+    assert linked_on_drives(dir_drives, "Documents/a.txt", "Documents/sub/b.txt") == 2
+    assert_clean(dir_pool)

@@ -246,6 +246,7 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
     """Every file in a drive's HomePool/ tree is a recorded copy, or another name of one."""
     out = []
     for d in drives:
+        inodes: dict[int, str] = {}  # the drive's recorded copies by inode, if a stray is a hard link
         with hold():
             links = pool.cat.links()
             on_drive = {r.node_id for r in pool.cat.replicas_on(d.id)}
@@ -265,7 +266,7 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
                             pool._register_dir(pool._canonical(path))
                             p.fixed = True
                         else:
-                            line = pool.register_file(d, path)
+                            line = pool.adopt_name(d, path, inodes) or pool.register_file(d, path)
                             p.detail += f"; {line}"
                             p.fixed = "left" not in line.split(":")[0]
                     except HomepoolError as e:

@@ -1490,6 +1490,31 @@ class Pool(LiveOps):
         self._changed = True
         return True
 
+    def adopt_name(self, drive: Drive, path: str, inodes: dict[int, str]) -> str | None:
+        """A file found on `drive` that is a hard link of a recorded copy in its folder (made
+        behind the pool's back, with `ln` or `cp -al` on the drive): record it as that file's
+        other name, linked on its other copies too, rather than as a file of its own (which
+        would share that copy's data on this drive). None if it is no such link. `inodes`:
+        the drive's recorded copies by inode, filled at the first call (the caller keeps it)."""
+        st = os.lstat(drive.real(path))
+        if st.st_nlink < 2 or not stat_.S_ISREG(st.st_mode):
+            return None
+        if not inodes:
+            for r in self.cat.replicas_on(drive.id):
+                recorded = self.path_of(r.node_id)
+                with suppress(FileNotFoundError):
+                    inodes[os.lstat(drive.real(recorded)).st_ino] = recorded
+            inodes.setdefault(-1, "")  # looked: not again
+        first = inodes.get(st.st_ino)
+        if first is None or not self._add_name(first, path):
+            return None
+        node = self.cat.resolve(self.stat(first))
+        for r in self.cat.replicas(node.id):
+            d = self.drives_by_id().get(r.drive_id)
+            if r.drive_id != drive.id and d is not None and d.row.state == "active":
+                self.relink(node, path, d)
+        return f"recorded {path} on {drive.name} as another name of {first}"
+
     def _canonical(self, path: str) -> str:
         """`path` with its folder spelt as the pool spells it (`photos/x` -> `Photos/x`)."""
         parts = paths.split(path)
