@@ -145,11 +145,13 @@ def test_a_drive_added_while_mounted_takes_new_copies(dir_pool: Pool, state_dir:
         assert_clean(pool)
 
 
-def test_check_while_mounted_looks_between_requests(dir_pool: Pool, state_dir: Path, tmp_path: Path,
-                                                    dir_drives: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
-    """`homepool check` while mounted: the mount checks, letting its lock go between files; a file
-    being written is no problem; `--repair` still needs an unmount and says so."""
+def test_check_and_repair_while_mounted(dir_pool: Pool, state_dir: Path, tmp_path: Path,
+                                       dir_drives: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """`homepool check [--repair]` while mounted: the mount checks, letting its lock go between
+    files; a file being written is no problem; what a repair adds or changes shows through the
+    mount at once (the kernel is told to forget what it had cached)."""
     dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.write_bytes("Documents/c.txt", b"C")
     dir_pool.close()
     check = ["--pool", str(state_dir), "check"]
     with mount_pool(state_dir, tmp_path) as (mnt, _):
@@ -161,20 +163,33 @@ def test_check_while_mounted_looks_between_requests(dir_pool: Pool, state_dir: P
             busy.flush()
             assert main(check) == 0
             assert "No problems found." in capsys.readouterr().out
-            copies_on_disk(dir_drives, "Documents/a.txt")[0].write_bytes(b"changed behind the pool's back")
+            # Behind the pool's back: a copy edited, a copy lost (a drive failing), a stray file.
+            edited = copies_on_disk(dir_drives, "Documents/a.txt")[0]
+            edited.write_bytes(b"changed behind the pool's back")
+            copies_on_disk(dir_drives, "Documents/c.txt")[0].unlink()
             (dir_drives[0] / "HomePool/Documents/stray.txt").write_bytes(b"?")
+            listed = sorted(os.listdir(mnt / "Documents"))  # the kernel keeps this listing...
+            assert "stray.txt" not in listed and not (mnt / "Documents/stray.txt").exists()  # ...and this absence
             assert main(check) == 1
             out = capsys.readouterr().out
             assert "[found] replicas_match: Documents/a.txt: copy on" in out and "changed outside the pool" in out
+            assert "[found] replicas_match: Documents/c.txt: copy on" in out and "is missing" in out
             assert "[found] no_stray_files: Documents/stray.txt" in out
             assert "busy" not in out and "b2.txt" not in out
-            assert main([*check, "--repair"]) == 3
-            assert "check --repair needs the pool unmounted" in capsys.readouterr().err
+            assert main([*check, "--repair"]) == 0
+            out = capsys.readouterr().out
+            assert "[fixed] copies_met: Documents/c.txt: has 1 of 2 copies; now 2" in out
+            assert (mnt / "Documents/stray.txt").read_bytes() == b"?"  # at once, through the mount
+            aside = next(n for n in os.listdir(mnt / "Documents") if n.startswith("a (conflict"))
+            assert (mnt / "Documents" / aside).read_bytes() == b"changed behind the pool's back"
+            assert (mnt / "Documents/a.txt").read_bytes() == b"A"
+            assert main(check) == 0
         finally:
             busy.close()
         assert (mnt / "Documents/b.txt").read_bytes() == b"B"  # the mount went on serving
-    with Pool.open(state_dir) as pool:  # nothing was changed by looking
-        assert pool.lookup("Documents/stray.txt") is None and pool.read_bytes("Documents/busy") == b"being written"
+    with Pool.open(state_dir) as pool:
+        assert len(pool.replicas("Documents/c.txt")) == 2 and pool.read_bytes("Documents/busy") == b"being written"
+        assert_clean(pool)
 
 
 def test_check_while_mounted_reports_many_problems(dir_pool: Pool, state_dir: Path, tmp_path: Path,

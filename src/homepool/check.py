@@ -61,8 +61,8 @@ def check(pool: Pool, repair: bool = False, hold: Hold = nullcontext) -> list[Pr
     problems += check_replicas_match(pool, present, repair, hold)
     problems += check_names_linked(pool, present, repair, hold)
     problems += check_no_stray_files(pool, present, repair, hold)
+    problems += check_copies_met(pool, repair, hold)
     with hold():
-        problems += check_copies_met(pool, repair)
         problems += check_link_counts(pool, repair)
     return problems
 
@@ -70,7 +70,7 @@ def check(pool: Pool, repair: bool = False, hold: Hold = nullcontext) -> list[Pr
 def check_journal_empty(pool: Pool, repair: bool) -> list[Problem]:
     """Every multi-step operation ran to its end."""
     entries = pool.cat.journal()
-    if not entries or (not repair and mounted_at(pool.state_dir)):
+    if not entries or mounted_at(pool.state_dir):
         return []  # a mount's rows are its changes in progress (files open for writing, say)
     if repair:
         return [Problem("journal_empty", "", line, fixed=True) for line in pool.finish_journal()]
@@ -286,24 +286,27 @@ def _strayed(pool: Pool, d: Drive, path: str, is_dir: bool) -> bool:
     return not (node.is_file and any(r.drive_id == d.id for r in pool.cat.replicas(node.id)))
 
 
-def check_copies_met(pool: Pool, repair: bool) -> list[Problem]:
+def check_copies_met(pool: Pool, repair: bool, hold: Hold = nullcontext) -> list[Problem]:
     """Every file has as many good copies, on distinct drives, as its folder wants."""
+    with hold():
+        short = pool.cat.short_files()
     out = []
-    for node_id, good, wanted in pool.cat.short_files():
-        if pool.copies_pending(node_id):
-            continue  # the mount is about to give it its copies
-        path = pool.path_of(node_id)
-        p = Problem("copies_met", path, f"has {good} of {wanted} copies")
-        if repair:
-            now = pool.reconcile(pool.cat.node(node_id))
-            if now >= wanted:
-                p.fixed = True
-                p.detail += f"; now {now}"
-            elif now > good:
-                p.detail += f"; now {now}, not enough drives with room for more"
-            else:
-                p.detail += "; no other drive has room for a copy (add a drive)"
-        out.append(p)
+    for node_id, good, wanted in short:
+        with hold():
+            if pool.cat.node_or_none(node_id) is None or pool.copies_pending(node_id):
+                continue  # gone since, or the mount is about to give it its copies
+            path = pool.path_of(node_id)
+            p = Problem("copies_met", path, f"has {good} of {wanted} copies")
+            if repair:
+                now = pool.reconcile(pool.cat.node(node_id))
+                if now >= wanted:
+                    p.fixed = True
+                    p.detail += f"; now {now}"
+                elif now > good:
+                    p.detail += f"; now {now}, not enough drives with room for more"
+                else:
+                    p.detail += "; no other drive has room for a copy (add a drive)"
+            out.append(p)
     return out
 
 

@@ -13,7 +13,7 @@ from .. import check as check_mod
 from .. import control
 from .. import recover as recover_mod
 from ..config import mounted_at
-from ..errors import BadInput, PoolMounted
+from ..errors import PoolMounted
 from ..pool import DEFAULT_FOLDERS, Pool
 from ..units import human
 from . import app, open_pool, out, state
@@ -134,11 +134,8 @@ def do_check(
     try:
         with open_pool(write=True) as pool:
             problems = check_mod.check(pool, repair=repair)
-    except PoolMounted as mounted:  # the mount looks, between the requests it serves
-        if repair:
-            raise BadInput(message=f"check --repair needs the pool unmounted: `homepool unmount "
-                           f"{mounted.kwargs['where']}` first (`homepool check` alone works while mounted)") from None
-        answer = control.ask(state.state_dir, mounted, {"op": "check"})
+    except PoolMounted as mounted:  # the mount checks (and repairs), between the requests it serves
+        answer = control.ask(state.state_dir, mounted, {"op": "check", "repair": repair})
         problems = [check_mod.Problem(**p) for p in answer["problems"]]
     for p in problems:
         out.print(p.line(), markup=False)

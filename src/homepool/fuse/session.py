@@ -248,6 +248,10 @@ class Session:
         self._notify(p.NOTIFY_INVAL_ENTRY, p.INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0")
         self._notify(p.NOTIFY_INVAL_INODE, p.INVAL_INODE_OUT.pack(parent, 0, 0))  # attributes and listing
 
+    def forget_inode(self, ino: int) -> None:
+        """Drop the kernel's cached attributes and data of an inode changed without a request."""
+        self._notify(p.NOTIFY_INVAL_INODE, p.INVAL_INODE_OUT.pack(ino, 0, 0))
+
     def _notify(self, code: int, payload: bytes) -> None:
         try:
             os.writev(self.fd, [p.OUT_HEADER.pack(p.OUT_HEADER.size + len(payload), code, 0), payload])
