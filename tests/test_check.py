@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from homepool import check as check_mod
 from homepool.check import check
 from homepool.drives import Drive
+from homepool.fuse.ops import PoolOperations
+from homepool.mount import answer
 from homepool.pool import Pool, core
 
 from .helpers import assert_clean, copies_on_disk
@@ -372,3 +377,112 @@ def test_check_while_mounted_leaves_out_a_file_open_for_writing_whose_copies_wai
     dir_pool.releasing(f, closing=True)
     dir_pool.release_file(f, f.finish())
     assert len(dir_pool.cat.replicas(node.id)) == 2
+
+
+# While mounted, the lock is let go between files: the mount's changes come in between.
+
+def test_a_stray_hard_link_of_a_file_renamed_during_the_check(dir_pool: Pool, dir_drives: list[Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded copies by inode, filled at the first stray hard link, go stale when the
+    mount renames a file between strays: the next stray must still become a name of it, not a
+    file of its own sharing its copy."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.write_bytes("Documents/b.txt", b"B")
+    drive = next(d for d in dir_drives if len({*copies_on_disk([d], "Documents/a.txt"),
+                                               *copies_on_disk([d], "Documents/b.txt")}) == 2)
+    docs = drive / "HomePool/Documents"
+    os.link(docs / "b.txt", docs / "0.txt")  # walked first: fills the cache
+    os.link(docs / "a.txt", docs / "s.txt")  # ln on the drive, behind the pool's back
+    real = Pool.adopt_name
+
+    def adopt_then_mount_renames(self: Pool, d: Drive, path: str, inodes: dict[int, str]) -> str | None:
+        out = real(self, d, path, inodes)
+        if path == "Documents/0.txt":  # the lock is let go here: the mount serves `mv a.txt c.txt`
+            self.rename("Documents/a.txt", "Documents/c.txt")
+        return out
+
+    monkeypatch.setattr(Pool, "adopt_name", adopt_then_mount_renames)
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    assert os.path.samefile(docs / "s.txt", docs / "c.txt")  # one inode on the drive...
+    assert dir_pool.lookup("Documents/s.txt").is_link, lines  # ...so one file in the pool
+
+
+def test_the_kernel_hears_of_a_repaired_file_renamed_before_the_check_ends(
+        dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel is told of a repair by the ids noted when it is made: a file whose content a
+    repair changed, renamed through the mount before the check ends, is still forgotten."""
+    dir_pool.add_folder("Misc", 1)
+    dir_pool.write_bytes("Misc/a.txt", b"A")
+    node = dir_pool.stat("Misc/a.txt")
+    (copy,) = copies_on_disk(dir_drives, "Misc/a.txt")
+    copy.write_bytes(b"edited on the drive")  # the only copy: its content becomes the file's
+    real = check_mod.check_names_linked
+
+    def mount_renames_meanwhile(pool: Pool, *a: object, **k: object) -> list[check_mod.Problem]:
+        pool.rename("Misc/a.txt", "Misc/b.txt")  # served between files (after a.txt's repair)
+        return real(pool, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(check_mod, "check_names_linked", mount_renames_meanwhile)
+    told: list[tuple] = []
+    ops = PoolOperations(dir_pool)
+    ops.session = SimpleNamespace(done=threading.Event(), mountpoint="/mnt",
+                                  forget_entry=lambda parent, name: told.append(("entry", parent, name)),
+                                  forget_inode=lambda ino: told.append(("inode", ino)))
+    problems = answer(dir_pool, ops, {"op": "check", "repair": True})["problems"]
+    assert any("took its new content" in p["detail"] for p in problems), problems
+    assert ("inode", node.id) in told, told
+
+
+def test_a_walked_file_replaced_by_a_symlink_is_not_taken_in(dir_pool: Pool, dir_drives: list[Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file made through the mount after the stray check's snapshot and replaced by a symlink
+    (ln -sf) after the walk listed it is no stray: taken in, the drive's symlink would have been
+    followed out of the pool and copied to every drive."""
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"outside the pool")
+    dir_pool.add_folder("All", 3)  # a copy on every drive
+    real = check_mod.scan_tree
+    done = []
+
+    def walk_while_mount_serves(root: Path) -> list[tuple[str, bool]]:
+        if not done:
+            done.append(1)
+            dir_pool.write_bytes("All/x", b"x")  # created after the snapshot of known copies
+            out = list(real(root))
+            dir_pool.delete("All/x")  # then `ln -sf .../secret x` through the mount
+            parent = dir_pool.stat("All")
+            dir_pool.make_node(parent.id, "x", stat.S_IFLNK | 0o777, 0, 0, target=str(outside))
+            return out
+        return list(real(root))
+
+    monkeypatch.setattr(check_mod, "scan_tree", walk_while_mount_serves)
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    assert not [line for line in lines if "All/x" in line], lines
+    assert all(os.path.islink(d / "HomePool/All/x") for d in dir_drives)
+
+
+def test_a_walked_file_replaced_by_a_fifo_does_not_block_the_check(dir_pool: Pool, dir_drives: list[Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    dir_pool.add_folder("All", 3)
+    real = check_mod.scan_tree
+    done = []
+
+    def walk_while_mount_serves(root: Path) -> list[tuple[str, bool]]:
+        if not done:
+            done.append(1)
+            dir_pool.write_bytes("All/p", b"x")
+            out = list(real(root))
+            dir_pool.delete("All/p")  # then `mkfifo p` through the mount
+            dir_pool.make_node(dir_pool.stat("All").id, "p", stat.S_IFIFO | 0o644, 0, 0)
+            return out
+        return list(real(root))
+
+    monkeypatch.setattr(check_mod, "scan_tree", walk_while_mount_serves)
+    t = threading.Thread(target=check, args=(dir_pool,), kwargs={"repair": True}, daemon=True)
+    t.start()
+    t.join(5)
+    blocked = t.is_alive()
+    if blocked:  # let it go: a writer opens the FIFO
+        os.close(os.open(dir_drives[0] / "HomePool/All/p", os.O_WRONLY | os.O_NONBLOCK))
+        t.join(5)
+    assert not blocked, "check --repair blocked in hash_file on a FIFO (under the mount's lock)"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat as stat_
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -153,6 +154,8 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
         try:
             st = os.stat(d.real(path))
         except FileNotFoundError:
+            if not d.tree.is_dir():
+                continue  # the drive itself went away during the check: its copies are not lost
             p = Problem("replicas_match", path, f"copy on {d.name} is missing")
             if repair:
                 pool.forget_copy(node.id, d.id)
@@ -276,8 +279,14 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
 
 
 def _strayed(pool: Pool, d: Drive, path: str, is_dir: bool) -> bool:
-    """Whether `path` on drive `d` is still there and still unknown to the catalog."""
-    if not os.path.lexists(d.real(path)) or path in pool.owed_paths(d.id):
+    """Whether `path` on drive `d` is still there, as what the walk saw (a folder or a file),
+    and still unknown to the catalog."""
+    try:
+        mode = os.lstat(d.real(path)).st_mode
+    except FileNotFoundError:
+        return False
+    as_seen = stat_.S_ISDIR(mode) if is_dir else stat_.S_ISREG(mode)  # the mount may have put another there
+    if not as_seen or path in pool.owed_paths(d.id):
         return False
     row = pool.lookup(path)
     if is_dir or row is None:

@@ -158,31 +158,20 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
                 raise MountFailed(path=ops.session.mountpoint, why="it is being unmounted; check again later")
             return lock
 
-        problems = check_mod.check(pool, repair=bool(request.get("repair")), hold=hold)
-        if ops.session is not None:  # outside the lock, as for `add_folder`
-            with lock:
-                news = _kernel_news(pool, [p.path for p in problems if p.fixed and p.path])
-            for parent, name, ino in news:
-                ops.session.forget_entry(parent, name)
-                if ino is not None:
+        with lock:
+            if pool.kernel_news is not None:
+                raise BadInput(message="another `homepool check` is running in the mount; wait for it to end")
+            pool.kernel_news = []  # what repairs add or change, noted as they are made
+        try:
+            problems = check_mod.check(pool, repair=bool(request.get("repair")), hold=hold)
+        finally:
+            news, pool.kernel_news = pool.kernel_news, None
+            if ops.session is not None:  # outside the lock, as for `add_folder`
+                for parent, name, ino in news:
+                    ops.session.forget_entry(parent, name.encode())
                     ops.session.forget_inode(ino)
         return {"problems": [dataclasses.asdict(p) for p in problems]}
     raise BadInput(message=f"the mount does not know the request {op!r}; is it an older homepool?")
-
-
-def _kernel_news(pool: Pool, paths: list[str]) -> list[tuple[int, bytes, int | None]]:
-    """What the kernel must forget after repairs at `paths` (files taken in, kept aside,
-    given new content): each path's entry in its directory (with the directory's listing, where
-    a copy kept aside also shows), and its node's attributes and data."""
-    out = []
-    for path in set(paths):
-        parent_path, _, name = path.rpartition("/")
-        parent = pool.lookup(parent_path)
-        if parent is None or not parent.is_dir:
-            continue
-        node = pool.lookup(path)
-        out.append((parent.id, name.encode(), pool.cat.resolve(node).id if node is not None else None))
-    return out
 
 
 READAHEAD_KB = 2048

@@ -126,6 +126,9 @@ class Pool(LiveOps):
         # a big file does not hold up every other request (the copy is checked afterwards).
         self.unlocked_io: Callable[[], AbstractContextManager[object]] = nullcontext
         self._copying: dict[tuple[int, str], int] = {}  # (drive, temp file) -> file: new copies being made
+        # While the mount repairs (`check --repair` while mounted): the entries repairs add or
+        # change, as (directory, name, node), for the kernel to forget once the lock is let go.
+        self.kernel_news: list[tuple[int, str, int]] | None = None
         self._changes: dict[int, int] = {}  # node id -> changes made through open files
         self.drive_cache: tuple[float, list[Drive]] | None = None
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
@@ -1400,6 +1403,14 @@ class Pool(LiveOps):
         with self.cat.transaction():
             self.cat.set_links(node_id, links)
         self._changed = True
+        node = self.cat.node(node_id)
+        if node.parent_id is not None:
+            self._news(node.parent_id, node.name, node_id)
+
+    def _news(self, parent_id: int, name: str, node_id: int) -> None:
+        """An entry a repair added or changed, for the kernel to forget while mounted."""
+        if self.kernel_news is not None:
+            self.kernel_news.append((parent_id, name, node_id))
 
     def relink(self, node: Node, name: str, drive: Drive) -> str | None:
         """Make the extra name `name` of `node` a hard link of its copy on `drive` again; a
@@ -1421,6 +1432,8 @@ class Pool(LiveOps):
                     self.cat.set_replica_state(node.id, r.drive_id, "bad")
             self.cat.set_replica(node.id, drive.id, st.st_size, st.st_mtime_ns, digest)
         self._changed = True
+        if node.parent_id is not None:
+            self._news(node.parent_id, node.name, node.id)  # new content: the kernel's size and data are stale
         return self.cat.node(node.id)
 
     # -- files that are on a drive but not in the catalog ------------------------------------
@@ -1476,6 +1489,15 @@ class Pool(LiveOps):
         except FileNotFoundError:
             return False
 
+    def _holds_copy(self, drive: Drive, path: str, st: os.stat_result) -> bool:
+        """Whether the pool's file at `path` has its copy on `drive` in the file `st`."""
+        node = self.lookup(path)
+        try:
+            return (node is not None and node.is_file and os.path.samestat(st, os.lstat(drive.real(path)))
+                    and any(r.drive_id == drive.id for r in self.cat.replicas(node.id)))
+        except FileNotFoundError:
+            return False
+
     def _add_name(self, path: str, name: str) -> bool:
         """Record `name`, found on a drive as a hard link of the file at `path`, as its extra
         name, if it can be one (a new name, in the same folder)."""
@@ -1488,6 +1510,7 @@ class Pool(LiveOps):
         with self.cat.transaction():
             self.cat.add_link(node.id, parent.id, parts[-1], _now_ns())
         self._changed = True
+        self._news(parent.id, parts[-1], node.id)
         return True
 
     def adopt_name(self, drive: Drive, path: str, inodes: dict[int, str]) -> str | None:
@@ -1499,13 +1522,14 @@ class Pool(LiveOps):
         st = os.lstat(drive.real(path))
         if st.st_nlink < 2 or not stat_.S_ISREG(st.st_mode):
             return None
-        if not inodes:
+        first = inodes.get(st.st_ino)
+        if first is None or not self._holds_copy(drive, first, st):  # none yet, or changed since
+            inodes.clear()
             for r in self.cat.replicas_on(drive.id):
                 recorded = self.path_of(r.node_id)
                 with suppress(FileNotFoundError):
                     inodes[os.lstat(drive.real(recorded)).st_ino] = recorded
-            inodes.setdefault(-1, "")  # looked: not again
-        first = inodes.get(st.st_ino)
+            first = inodes.get(st.st_ino)
         if first is None or not self._add_name(first, path):
             return None
         node = self.cat.resolve(self.stat(first))
@@ -1537,6 +1561,7 @@ class Pool(LiveOps):
                     with self.cat.transaction():
                         child = self.cat.node(self.cat.add_node(node.id, parts[i - 1], "dir", 0o40755, _now_ns()))
                     self._changed = True
+                self._news(node.id, parts[i - 1], child.id)
             if not child.is_dir:
                 raise NotADir(path=f"{sub} (a file in the pool, a folder on a drive)")
             node = child
@@ -1562,7 +1587,9 @@ class Pool(LiveOps):
                 return f"left {path} on {drive.name} alone: could not move it to {dest}: {e}"
             return self.register_file(drive, dest, known_hash) + f" (moved from {path})"
         real = drive.real(path)
-        st = os.stat(real)
+        st = os.lstat(real)
+        if not stat_.S_ISREG(st.st_mode):  # a symlink would be followed out of the pool, a FIFO never read
+            return f"left {path} on {drive.name} alone: it is not a regular file"
         parent = self._register_dir(paths.join(parts[:-1]))
         digest = known_hash or hash_file(real)
         node = self.cat.child(parent.id, parts[-1])
@@ -1581,6 +1608,7 @@ class Pool(LiveOps):
             node_id = self.cat.add_node(parent.id, parts[-1], "file", st.st_mode, st.st_mtime_ns, st.st_size, digest)
             self.cat.set_replica(node_id, drive.id, st.st_size, st.st_mtime_ns, digest)
         self._changed = True
+        self._news(parent.id, parts[-1], node_id)
         return f"added {path} from {drive.name}"
 
 
