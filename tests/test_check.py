@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from homepool import check as check_mod
 from homepool.check import check
 from homepool.drives import Drive
+from homepool.errors import NoReadableCopy
 from homepool.fuse.ops import PoolOperations
 from homepool.mount import answer
 from homepool.pool import Pool, core
@@ -486,3 +488,80 @@ def test_a_walked_file_replaced_by_a_fifo_does_not_block_the_check(dir_pool: Poo
         os.close(os.open(dir_drives[0] / "HomePool/All/p", os.O_WRONLY | os.O_NONBLOCK))
         t.join(5)
     assert not blocked, "check --repair blocked in hash_file on a FIFO (under the mount's lock)"
+
+
+def test_copies_of_a_drive_whose_tree_was_deleted_are_missing(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    """The drive is there (its identity file too), its HomePool/ removed with rm -rf: its copies
+    are lost (only a drive that went away keeps its copies' records)."""
+    dir_pool.add_folder("All", 3)
+    dir_pool.write_bytes("All/a.txt", b"A")
+    shutil.rmtree(dir_drives[0] / "HomePool")
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    assert any("All/a.txt" in line and "missing" in line for line in lines), lines
+
+
+def test_stray_hard_links_to_files_outside_the_pool_look_at_the_drive_once(
+        dir_pool: Pool, dir_drives: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strays hard-linked to files outside HomePool/ (cp -al, backups): the recorded copies are
+    looked up by inode once, not again for each stray."""
+    dir_pool.add_folder("All", 3)
+    for i in range(3):
+        dir_pool.write_bytes(f"All/k{i}", b"k")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for i in range(5):
+        (outside / f"s{i}").write_bytes(b"s%d" % i)
+        os.link(outside / f"s{i}", dir_drives[0] / f"HomePool/All/s{i}")
+    calls: list[int] = []
+    real = dir_pool.cat.replicas_on
+    monkeypatch.setattr(dir_pool.cat, "replicas_on", lambda d: calls.append(d) or real(d))
+    check(dir_pool, repair=True)
+    d0 = dir_pool.drives()[0].id
+    assert calls.count(d0) <= 2, f"replicas_on(drive) called {calls.count(d0)} times for 5 strays"
+
+
+def test_a_copy_replaced_by_a_symlink_is_missing_not_followed(dir_pool: Pool, dir_drives: list[Path],
+                                                              tmp_path: Path) -> None:
+    """A symlink in a copy's place: the copy is missing (made again), and the symlink, which
+    leads out of the pool, is neither followed nor taken in."""
+    dir_pool.add_folder("All", 3)
+    dir_pool.write_bytes("All/a.txt", b"A")
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"outside the pool")
+    copy = dir_drives[0] / "HomePool/All/a.txt"
+    copy.unlink()
+    copy.symlink_to(outside)
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    assert any("All/a.txt: copy on" in line and "something else" in line for line in lines), lines
+    assert [c.read_bytes() for c in copies_on_disk(dir_drives, "All/a.txt")] == [b"A", b"A", b"A"]
+    assert_clean(dir_pool)
+
+
+def test_an_only_copy_replaced_by_a_symlink_is_not_followed_out_of_the_pool(dir_pool: Pool, dir_drives: list[Path],
+                                                                            tmp_path: Path) -> None:
+    dir_pool.add_folder("Misc", 1)
+    dir_pool.write_bytes("Misc/a.txt", b"A")
+    (copy,) = copies_on_disk(dir_drives, "Misc/a.txt")
+    outside = tmp_path / "secret"
+    outside.write_bytes(b"outside the pool")
+    copy.unlink()
+    copy.symlink_to(outside)
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    assert any("Misc/a.txt: copy on" in line and "something else" in line for line in lines), lines
+    with pytest.raises(NoReadableCopy):  # its only copy is gone: it does not take on the target's content
+        dir_pool.read_bytes("Misc/a.txt")
+
+
+def test_a_repaired_link_count_of_the_root_reaches_the_kernel(dir_pool: Pool) -> None:
+    dir_pool.add_folder("Misc", 1)
+    root = dir_pool.lookup("")
+    with dir_pool.cat.transaction():
+        dir_pool.cat.set_links(root.id, root.links + 5)
+    told: list[tuple[object, ...]] = []
+    ops = PoolOperations(dir_pool)
+    ops.session = SimpleNamespace(done=threading.Event(), mountpoint="/mnt",
+                                  forget_entry=lambda parent, name: told.append(("entry", parent, name)),
+                                  forget_inode=lambda ino: told.append(("inode", ino)))
+    problems = answer(dir_pool, ops, {"op": "check", "repair": True})["problems"]
+    assert any(p["check"] == "link_counts" for p in problems), problems
+    assert ("inode", root.id) in told, (problems, told)

@@ -18,7 +18,7 @@ import logging
 import os
 import stat as stat_
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,11 +152,14 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
         if d is None:
             continue
         try:
-            st = os.stat(d.real(path))
+            st: os.stat_result | None = os.lstat(d.real(path))  # never followed: out of the pool
         except FileNotFoundError:
-            if not d.tree.is_dir():
+            st = None
+            if not d.present():
                 continue  # the drive itself went away during the check: its copies are not lost
-            p = Problem("replicas_match", path, f"copy on {d.name} is missing")
+        if st is None or not stat_.S_ISREG(st.st_mode):
+            why = "is missing" if st is None else "is missing: something else (a symlink, say) is in its place"
+            p = Problem("replicas_match", path, f"copy on {d.name} {why}")
             if repair:
                 pool.forget_copy(node.id, d.id)
                 p.fixed = True
@@ -270,6 +273,9 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
                             p.fixed = True
                         else:
                             line = pool.adopt_name(d, path, inodes) or pool.register_file(d, path)
+                            if line.startswith("added"):  # a hard link of it, found later, is a name of it
+                                with suppress(OSError):
+                                    inodes[os.lstat(d.real(path)).st_ino] = path
                             p.detail += f"; {line}"
                             p.fixed = "left" not in line.split(":")[0]
                     except HomepoolError as e:

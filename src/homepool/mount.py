@@ -168,7 +168,8 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
             news, pool.kernel_news = pool.kernel_news, None
             if ops.session is not None:  # outside the lock, as for `add_folder`
                 for parent, name, ino in news:
-                    ops.session.forget_entry(parent, name.encode())
+                    if parent is not None:  # (the root has no entry)
+                        ops.session.forget_entry(parent, name.encode())
                     ops.session.forget_inode(ino)
         return {"problems": [dataclasses.asdict(p) for p in problems]}
     raise BadInput(message=f"the mount does not know the request {op!r}; is it an older homepool?")

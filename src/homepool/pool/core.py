@@ -128,7 +128,7 @@ class Pool(LiveOps):
         self._copying: dict[tuple[int, str], int] = {}  # (drive, temp file) -> file: new copies being made
         # While the mount repairs (`check --repair` while mounted): the entries repairs add or
         # change, as (directory, name, node), for the kernel to forget once the lock is let go.
-        self.kernel_news: list[tuple[int, str, int]] | None = None
+        self.kernel_news: list[tuple[int | None, str, int]] | None = None
         self._changes: dict[int, int] = {}  # node id -> changes made through open files
         self.drive_cache: tuple[float, list[Drive]] | None = None
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
@@ -1404,10 +1404,9 @@ class Pool(LiveOps):
             self.cat.set_links(node_id, links)
         self._changed = True
         node = self.cat.node(node_id)
-        if node.parent_id is not None:
-            self._news(node.parent_id, node.name, node_id)
+        self._news(node.parent_id, node.name, node_id)
 
-    def _news(self, parent_id: int, name: str, node_id: int) -> None:
+    def _news(self, parent_id: int | None, name: str, node_id: int) -> None:
         """An entry a repair added or changed, for the kernel to forget while mounted."""
         if self.kernel_news is not None:
             self.kernel_news.append((parent_id, name, node_id))
@@ -1432,8 +1431,7 @@ class Pool(LiveOps):
                     self.cat.set_replica_state(node.id, r.drive_id, "bad")
             self.cat.set_replica(node.id, drive.id, st.st_size, st.st_mtime_ns, digest)
         self._changed = True
-        if node.parent_id is not None:
-            self._news(node.parent_id, node.name, node.id)  # new content: the kernel's size and data are stale
+        self._news(node.parent_id, node.name, node.id)  # new content: the kernel's size and data are stale
         return self.cat.node(node.id)
 
     # -- files that are on a drive but not in the catalog ------------------------------------
@@ -1518,19 +1516,22 @@ class Pool(LiveOps):
         behind the pool's back, with `ln` or `cp -al` on the drive): record it as that file's
         other name, linked on its other copies too, rather than as a file of its own (which
         would share that copy's data on this drive). None if it is no such link. `inodes`:
-        the drive's recorded copies by inode, filled at the first call (the caller keeps it)."""
+        the drive's recorded copies by inode, filled at the first call and again if what it
+        found has changed since (the caller keeps it, and adds the files it records)."""
         st = os.lstat(drive.real(path))
         if st.st_nlink < 2 or not stat_.S_ISREG(st.st_mode):
             return None
         first = inodes.get(st.st_ino)
-        if first is None or not self._holds_copy(drive, first, st):  # none yet, or changed since
+        stale = first is not None and not self._holds_copy(drive, first, st)  # renamed meanwhile, say
+        if stale or (first is None and -1 not in inodes):
             inodes.clear()
             for r in self.cat.replicas_on(drive.id):
                 recorded = self.path_of(r.node_id)
                 with suppress(FileNotFoundError):
                     inodes[os.lstat(drive.real(recorded)).st_ino] = recorded
+            inodes[-1] = ""  # filled: a miss is a miss
             first = inodes.get(st.st_ino)
-        if first is None or not self._add_name(first, path):
+        if first is None or not self._holds_copy(drive, first, st) or not self._add_name(first, path):
             return None
         node = self.cat.resolve(self.stat(first))
         for r in self.cat.replicas(node.id):
