@@ -565,3 +565,54 @@ def test_a_repaired_link_count_of_the_root_reaches_the_kernel(dir_pool: Pool) ->
     problems = answer(dir_pool, ops, {"op": "check", "repair": True})["problems"]
     assert any(p["check"] == "link_counts" for p in problems), problems
     assert ("inode", root.id) in told, (problems, told)
+
+
+def test_a_folder_in_a_copys_place_is_kept_aside_and_the_copy_made_again(dir_pool: Pool,
+                                                                          dir_drives: list[Path]) -> None:
+    dir_pool.add_folder("All", 3)
+    dir_pool.write_bytes("All/a.txt", b"A")
+    copy = dir_drives[0] / "HomePool/All/a.txt"
+    copy.unlink()
+    copy.mkdir()
+    (copy / "inner").write_bytes(b"x")
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    assert any("copy on" in line and "a folder is in its place; kept the folder as" in line for line in lines), lines
+    check(dir_pool, repair=True)  # the folder kept aside is taken in, with what is in it
+    assert copy.read_bytes() == b"A"
+    assert any(dir_pool.read_bytes(p) == b"x" for p, n in dir_pool.walk("All") if n.is_file and p.endswith("/inner"))
+    assert_clean(dir_pool)
+
+
+def test_a_folder_that_became_a_symlink_is_not_followed_out_of_the_pool(dir_pool: Pool, dir_drives: list[Path],
+                                                                        tmp_path: Path) -> None:
+    dir_pool.add_folder("Misc", 1)
+    dir_pool.write_bytes("Misc/a.txt", b"A")
+    (copy,) = copies_on_disk(dir_drives, "Misc/a.txt")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "a.txt").write_bytes(b"outside the pool")
+    copy.unlink()
+    copy.parent.rmdir()
+    copy.parent.symlink_to(outside)
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    assert any("Misc/a.txt: copy on" in line and "is missing" in line for line in lines), lines
+    with pytest.raises(NoReadableCopy):  # its only copy is gone: it does not take on what is outside
+        dir_pool.read_bytes("Misc/a.txt")
+    assert (outside / "a.txt").read_bytes() == b"outside the pool"
+
+
+def test_a_hard_link_of_a_stray_kept_aside_is_a_name_of_it(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    """a.txt on a drive differs from the pool's (kept aside as a file of its own); b.txt there is
+    a hard link of it: another name of that file, not a second file sharing its data."""
+    dir_pool.add_folder("Misc", 1)
+    dir_pool.write_bytes("Misc/a.txt", b"A")
+    (copy,) = copies_on_disk(dir_drives, "Misc/a.txt")
+    other = next(d for d in dir_drives if not str(copy).startswith(str(d) + "/"))
+    (other / "HomePool/Misc").mkdir(parents=True, exist_ok=True)
+    (other / "HomePool/Misc/a.txt").write_bytes(b"edited elsewhere")
+    os.link(other / "HomePool/Misc/a.txt", other / "HomePool/Misc/b.txt")
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    b = dir_pool.lookup("Misc/b.txt")
+    assert b is not None and b.is_link, lines
+    assert dir_pool.read_bytes("Misc/b.txt") == b"edited elsewhere" and dir_pool.read_bytes("Misc/a.txt") == b"A"
+    assert_clean(dir_pool)

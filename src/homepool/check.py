@@ -18,7 +18,7 @@ import logging
 import os
 import stat as stat_
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext, suppress
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,15 +130,28 @@ def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
         writing = {e.payload["node"] for e in pool.cat.journal() if e.op == "live"} \
             if mounted_at(pool.state_dir) else set()
     by_id = {d.id: d for d in drives}
+    inside: dict[str, bool] = {}  # by directory on a drive: reached without leaving the drive's tree
     out = []
     for node_id in files:
         with hold():
             if node_id not in writing and not pool.handles(node_id):  # opened since: the same
-                out += _copies_match(pool, by_id, node_id, repair)
+                out += _copies_match(pool, by_id, node_id, repair, inside)
     return sorted(out, key=lambda p: p.path)  # by path, as a person reads them
 
 
-def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: bool) -> list[Problem]:
+def _in_tree(d: Drive, path: str, inside: dict[str, bool]) -> bool:
+    """Whether the pool path `path` on drive `d` stays inside the drive's tree: a folder on the
+    way may have been replaced by a symlink that leads elsewhere (never followed)."""
+    parent = d.real(path).parent
+    key = str(parent)
+    if key not in inside:
+        tree, real = os.path.realpath(d.tree), os.path.realpath(parent)
+        inside[key] = real == tree or real.startswith(tree + "/")
+    return inside[key]
+
+
+def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: bool,
+                  inside: dict[str, bool]) -> list[Problem]:
     out: list[Problem] = []
     node = pool.cat.node_or_none(node_id)  # as it is now: it may have changed since the walk
     if node is None:
@@ -152,11 +165,20 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
         if d is None:
             continue
         try:
-            st: os.stat_result | None = os.lstat(d.real(path))  # never followed: out of the pool
+            # Never followed (a symlink would lead out of the pool), nor through a folder that
+            # is a symlink now.
+            st: os.stat_result | None = os.lstat(d.real(path)) if _in_tree(d, path, inside) else None
         except FileNotFoundError:
             st = None
             if not d.present():
                 continue  # the drive itself went away during the check: its copies are not lost
+        if st is not None and stat_.S_ISDIR(st.st_mode):  # a folder in its place: kept aside, the copy is gone
+            p = Problem("replicas_match", path, f"copy on {d.name} is missing: a folder is in its place")
+            if repair:
+                p.detail += f"; kept the folder as {pool.set_copy_aside(node, d)}"
+                p.fixed = True
+            out.append(p)
+            continue
         if st is None or not stat_.S_ISREG(st.st_mode):
             why = "is missing" if st is None else "is missing: something else (a symlink, say) is in its place"
             p = Problem("replicas_match", path, f"copy on {d.name} {why}")
@@ -272,13 +294,14 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
                             pool._register_dir(pool._canonical(path))
                             p.fixed = True
                         else:
-                            line = pool.adopt_name(d, path, inodes) or pool.register_file(d, path)
-                            if line.startswith("added"):  # a hard link of it, found later, is a name of it
-                                with suppress(OSError):
-                                    inodes[os.lstat(d.real(path)).st_ino] = path
+                            ino = os.lstat(d.real(path)).st_ino
+                            at: list[str] = []
+                            line = pool.adopt_name(d, path, inodes) or pool.register_file(d, path, recorded=at)
+                            for recorded in at:  # a hard link of it, found later, is a name of it
+                                inodes[ino] = recorded
                             p.detail += f"; {line}"
                             p.fixed = "left" not in line.split(":")[0]
-                    except HomepoolError as e:
+                    except (HomepoolError, OSError) as e:
                         p.detail += f"; left alone: {e}"
                 out.append(p)
     return out

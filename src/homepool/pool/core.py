@@ -1568,10 +1568,12 @@ class Pool(LiveOps):
             node = child
         return node
 
-    def register_file(self, drive: Drive, path: str, known_hash: str | None = None) -> str:
+    def register_file(self, drive: Drive, path: str, known_hash: str | None = None,
+                      recorded: list[str] | None = None) -> str:
         """Record the plain file `path` found on `drive`. Never deletes or overwrites it: if the
         pool already has different content at that path, the file is renamed aside; if its
-        folder is spelt differently from the pool's, it moves into the pool's spelling."""
+        folder is spelt differently from the pool's, it moves into the pool's spelling.
+        `recorded` gets the pool path it was recorded at."""
         parts = paths.split(path)
         if len(parts) == 1:
             return f"left {path} on {drive.name} alone: files belong inside a folder"
@@ -1586,7 +1588,7 @@ class Pool(LiveOps):
                 fsync_dir(drive.real(dest).parent)
             except OSError as e:
                 return f"left {path} on {drive.name} alone: could not move it to {dest}: {e}"
-            return self.register_file(drive, dest, known_hash) + f" (moved from {path})"
+            return self.register_file(drive, dest, known_hash, recorded) + f" (moved from {path})"
         real = drive.real(path)
         st = os.lstat(real)
         if not stat_.S_ISREG(st.st_mode):  # a symlink would be followed out of the pool, a FIFO never read
@@ -1598,18 +1600,22 @@ class Pool(LiveOps):
             with self.cat.transaction():
                 self.cat.set_replica(node.id, drive.id, st.st_size, st.st_mtime_ns, digest)
             self._changed = True
+            if recorded is not None:
+                recorded.append(path)
             return f"recorded a copy of {path} on {drive.name}"
         if node is not None:
             aside = conflict_name(path, drive.label, lambda p: self.lookup(p) is not None or drive.real(p).exists())
             os.rename(real, drive.real(aside))
             fsync_dir(drive.real(aside).parent)
-            self.register_file(drive, aside, digest)
+            self.register_file(drive, aside, digest, recorded)
             return f"{path} on {drive.name} differs from the pool's; kept it as {aside}"
         with self.cat.transaction():
             node_id = self.cat.add_node(parent.id, parts[-1], "file", st.st_mode, st.st_mtime_ns, st.st_size, digest)
             self.cat.set_replica(node_id, drive.id, st.st_size, st.st_mtime_ns, digest)
         self._changed = True
         self._news(parent.id, parts[-1], node_id)
+        if recorded is not None:
+            recorded.append(path)
         return f"added {path} from {drive.name}"
 
 
