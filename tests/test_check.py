@@ -616,3 +616,40 @@ def test_a_hard_link_of_a_stray_kept_aside_is_a_name_of_it(dir_pool: Pool, dir_d
     assert b is not None and b.is_link, lines
     assert dir_pool.read_bytes("Misc/b.txt") == b"edited elsewhere" and dir_pool.read_bytes("Misc/a.txt") == b"A"
     assert_clean(dir_pool)
+
+
+@pytest.mark.parametrize("to", ["outside the pool", "another folder"])
+def test_a_folder_that_became_a_symlink_is_kept_aside_and_never_written_through(
+        dir_pool: Pool, dir_drives: list[Path], tmp_path: Path, to: str) -> None:
+    """A drive's folder replaced by a symlink (to somewhere outside the pool, or to another
+    folder on the drive): its copies are missing; repair keeps the symlink aside and makes the
+    copies again in a real folder, never writing through it."""
+    dir_pool.add_folder("All", 3)
+    dir_pool.add_folder("Other", 3)
+    dir_pool.write_bytes("All/a.txt", b"A")
+    dir_pool.write_bytes("Other/a.txt", b"other")
+    target = tmp_path / "elsewhere" if to == "outside the pool" else dir_drives[0] / "HomePool/Other"
+    target.mkdir(exist_ok=True)
+    if to == "outside the pool":
+        (target / "a.txt").write_bytes(b"outside the pool")
+    folder = dir_drives[0] / "HomePool/All"
+    shutil.rmtree(folder)
+    folder.symlink_to(target)
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    assert any("folder All there is a symlink; kept the symlink as" in line for line in lines), lines
+    assert (target / "a.txt").read_bytes() == (b"outside the pool" if to == "outside the pool" else b"other")
+    assert not folder.is_symlink() and (folder / "a.txt").read_bytes() == b"A"
+    assert dir_pool.read_bytes("Other/a.txt") == b"other"
+    assert_clean(dir_pool)
+
+
+def test_a_folder_kept_aside_at_a_name_a_dangling_symlink_has(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.add_folder("All", 3)
+    dir_pool.write_bytes("All/a.txt", b"A")
+    copy = dir_drives[0] / "HomePool/All/a.txt"
+    copy.unlink()
+    copy.mkdir()
+    (copy.parent / "a (conflict drive1).txt").symlink_to("/nonexistent")
+    lines = [p.line() for p in check(dir_pool, repair=True)]
+    assert copy.read_bytes() == b"A", lines
+    assert (copy.parent / "a (conflict drive1).txt").is_symlink()  # left as it was

@@ -26,6 +26,7 @@ from .config import mounted_at
 from .drives import Drive
 from .errors import HomepoolError
 from .pool import Pool, describe, scan_tree
+from .pool.ondrive import keep_aside
 from .streams import hash_file
 
 log = logging.getLogger(__name__)
@@ -130,28 +131,26 @@ def check_replicas_match(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
         writing = {e.payload["node"] for e in pool.cat.journal() if e.op == "live"} \
             if mounted_at(pool.state_dir) else set()
     by_id = {d.id: d for d in drives}
-    inside: dict[str, bool] = {}  # by directory on a drive: reached without leaving the drive's tree
     out = []
+    seen: dict[int, dict[str, str | None]] = {d.id: {} for d in drives}  # symlinks on the way, by folder
     for node_id in files:
         with hold():
             if node_id not in writing and not pool.handles(node_id):  # opened since: the same
-                out += _copies_match(pool, by_id, node_id, repair, inside)
+                out += _copies_match(pool, by_id, node_id, repair, seen)
     return sorted(out, key=lambda p: p.path)  # by path, as a person reads them
 
 
-def _in_tree(d: Drive, path: str, inside: dict[str, bool]) -> bool:
-    """Whether the pool path `path` on drive `d` stays inside the drive's tree: a folder on the
-    way may have been replaced by a symlink that leads elsewhere (never followed)."""
-    parent = d.real(path).parent
-    key = str(parent)
-    if key not in inside:
-        tree, real = os.path.realpath(d.tree), os.path.realpath(parent)
-        inside[key] = real == tree or real.startswith(tree + "/")
-    return inside[key]
+def _symlink_on_the_way(d: Drive, path: str, seen: dict[str, str | None]) -> str | None:
+    """A folder on the way to `path` on drive `d` that is a symlink now (never followed: it
+    may lead out of the pool or into another folder), looked at once per folder and check."""
+    folder = path.rpartition("/")[0]
+    if folder not in seen:
+        seen[folder] = d.symlink_on_the_way(folder)
+    return seen[folder]
 
 
 def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: bool,
-                  inside: dict[str, bool]) -> list[Problem]:
+                  seen: dict[int, dict[str, str | None]]) -> list[Problem]:
     out: list[Problem] = []
     node = pool.cat.node_or_none(node_id)  # as it is now: it may have changed since the walk
     if node is None:
@@ -164,10 +163,17 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
         d = by_id.get(r.drive_id)
         if d is None:
             continue
+        if (link := _symlink_on_the_way(d, path, seen[d.id])) is not None:
+            p = Problem("replicas_match", path, f"copy on {d.name} is missing: folder {link} there is a symlink")
+            if repair:  # out of the way (kept, never followed), so that the copy can be made again
+                p.detail += f"; kept the symlink as {keep_aside(d, link)}"
+                seen[d.id].clear()
+                pool.forget_copy(node.id, d.id)
+                p.fixed = True
+            out.append(p)
+            continue
         try:
-            # Never followed (a symlink would lead out of the pool), nor through a folder that
-            # is a symlink now.
-            st: os.stat_result | None = os.lstat(d.real(path)) if _in_tree(d, path, inside) else None
+            st: os.stat_result | None = os.lstat(d.real(path))  # never followed: out of the pool
         except FileNotFoundError:
             st = None
             if not d.present():

@@ -14,6 +14,7 @@ import ctypes
 import datetime as dt
 import errno
 import os
+import stat
 import tomllib
 import uuid
 from dataclasses import dataclass
@@ -219,6 +220,20 @@ class Drive:
     def makedirs(self, pool_dir: str, mode: int = 0o755) -> None:
         if pool_dir:
             os.makedirs(self.real(pool_dir), mode=mode & 0o7777, exist_ok=True)
+
+    def symlink_on_the_way(self, pool_dir: str) -> str | None:
+        """The first folder on the way to pool folder `pool_dir` (itself included) that is a
+        symlink on this drive (put there behind the pool's back: going through it would read
+        or write outside the pool, or in another folder), None if there is none."""
+        parts = [p for p in pool_dir.split("/") if p]
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            try:
+                if stat.S_ISLNK(os.lstat(f"{self.tree_s}/{sub}").st_mode):
+                    return sub
+            except FileNotFoundError:
+                return None
+        return None
 
     def unlink(self, pool_path: str) -> bool:
         """Remove a file's copy; False if it was not there."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import logging
 import os
 import sqlite3
@@ -615,6 +616,8 @@ class Pool(LiveOps):
             try:
                 if (d.id, parent) not in made:
                     d.makedirs(parent)
+                    if (link := d.symlink_on_the_way(parent)) is not None:  # never write through it
+                        raise OSError(errno.ELOOP, f"folder {link} there is a symlink; `homepool check --repair`")
                     made.add((d.id, parent))
                 try:
                     os.replace(tmp, final)
@@ -966,7 +969,7 @@ class Pool(LiveOps):
                     dst = drive.real(step["dst"])
                     if step.get("kind", "file") == "file" and drive.real(step["src"]).exists() and dst.exists():
                         # Something is at the destination there (maybe edited elsewhere): keep it.
-                        aside = conflict_name(step["dst"], drive.label, lambda q: drive.real(q).exists())
+                        aside = conflict_name(step["dst"], drive.label, lambda q: os.path.lexists(drive.real(q)))
                         os.rename(dst, drive.real(aside))
                         out.append(f"kept {step['dst']} on {drive.name} aside as {aside}")
                     rename_on(drive, step["src"], step["dst"], step.get("kind", "file"))
@@ -1390,7 +1393,7 @@ class Pool(LiveOps):
         """A copy changed outside the pool while the pool has the right content elsewhere:
         keep the changed one as a file of its own, `name (conflict LABEL).ext`."""
         path = self.path_of(node.id)
-        aside = conflict_name(path, drive.label, lambda q: self.lookup(q) is not None or drive.real(q).exists())
+        aside = conflict_name(path, drive.label, lambda q: self.lookup(q) is not None or os.path.lexists(drive.real(q)))
         os.rename(drive.real(path), drive.real(aside))
         unlink_names(drive, aside, self.other_names(node.id))  # hard links of the changed copy, kept aside
         fsync_dir(drive.real(aside).parent)
@@ -1580,7 +1583,7 @@ class Pool(LiveOps):
         canonical = self._canonical(path)
         if canonical != path:
             self._register_dir(canonical.rpartition("/")[0])  # NotADirectory if a file is in the way
-            taken = lambda p: self.lookup(p) is not None or drive.real(p).exists()  # noqa: E731
+            taken = lambda p: self.lookup(p) is not None or os.path.lexists(drive.real(p))  # noqa: E731
             dest = conflict_name(canonical, drive.label, taken) if taken(canonical) else canonical
             try:
                 drive.makedirs(dest.rpartition("/")[0])
@@ -1604,7 +1607,8 @@ class Pool(LiveOps):
                 recorded.append(path)
             return f"recorded a copy of {path} on {drive.name}"
         if node is not None:
-            aside = conflict_name(path, drive.label, lambda p: self.lookup(p) is not None or drive.real(p).exists())
+            taken = lambda p: self.lookup(p) is not None or os.path.lexists(drive.real(p))  # noqa: E731
+            aside = conflict_name(path, drive.label, taken)
             os.rename(real, drive.real(aside))
             fsync_dir(drive.real(aside).parent)
             self.register_file(drive, aside, digest, recorded)
