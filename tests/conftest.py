@@ -34,7 +34,9 @@ def no_unexpected_errors(caplog: pytest.LogCaptureFixture, request: pytest.Fixtu
     yield
     if request.node.get_closest_marker("expect_errors"):
         return
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("homepool")]
+    # (At teardown `caplog.records` holds the teardown's records only: the test's are the call's.)
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    errors = [r for r in records if r.levelno >= logging.ERROR and r.name.startswith("homepool")]
     assert not errors, f"unexpected ERROR logs: {[r.getMessage() for r in errors]}"
 
 

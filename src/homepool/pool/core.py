@@ -615,9 +615,9 @@ class Pool(LiveOps):
             final = f"{d.tree_s}/{p['path']}"
             try:
                 if (d.id, parent) not in made:
-                    d.makedirs(parent)
-                    if (link := d.symlink_on_the_way(parent)) is not None:  # never write through it
+                    if (link := d.symlink_on_the_way(parent)) is not None:  # never write (or mkdir) through it
                         raise OSError(errno.ELOOP, f"folder {link} there is a symlink; `homepool check --repair`")
+                    d.makedirs(parent)
                     made.add((d.id, parent))
                 try:
                     os.replace(tmp, final)
