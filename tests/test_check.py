@@ -538,19 +538,30 @@ def test_a_copy_replaced_by_a_symlink_is_missing_not_followed(dir_pool: Pool, di
     assert_clean(dir_pool)
 
 
-def test_an_only_copy_replaced_by_a_symlink_is_not_followed_out_of_the_pool(dir_pool: Pool, dir_drives: list[Path],
-                                                                            tmp_path: Path) -> None:
+@pytest.mark.expect_errors  # a symlinked folder is kept aside
+@pytest.mark.parametrize("where", ["the copy", "its folder"])
+def test_an_only_copy_behind_a_symlink_is_not_followed_out_of_the_pool(dir_pool: Pool, dir_drives: list[Path],
+                                                                       tmp_path: Path, where: str) -> None:
+    """The only copy, or its folder, replaced by a symlink to something outside the pool: the
+    copy is missing, and the file does not take on what is outside."""
     dir_pool.add_folder("Misc", 1)
     dir_pool.write_bytes("Misc/a.txt", b"A")
     (copy,) = copies_on_disk(dir_drives, "Misc/a.txt")
-    outside = tmp_path / "secret"
-    outside.write_bytes(b"outside the pool")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "a.txt").write_bytes(b"outside the pool")
     copy.unlink()
-    copy.symlink_to(outside)
+    if where == "the copy":
+        copy.symlink_to(outside / "a.txt")
+    else:
+        copy.parent.rmdir()
+        copy.parent.symlink_to(outside)
     lines = [p.line() for p in check(dir_pool, repair=True)]
-    assert any("Misc/a.txt: copy on" in line and "something else" in line for line in lines), lines
-    with pytest.raises(NoReadableCopy):  # its only copy is gone: it does not take on the target's content
+    why = "is missing: something else" if where == "the copy" else "is missing: folder Misc there is a symlink"
+    assert any("Misc/a.txt: copy on" in line and why in line for line in lines), lines
+    with pytest.raises(NoReadableCopy):  # its only copy is gone
         dir_pool.read_bytes("Misc/a.txt")
+    assert (outside / "a.txt").read_bytes() == b"outside the pool"
 
 
 def test_a_repaired_link_count_of_the_root_reaches_the_kernel(dir_pool: Pool) -> None:
@@ -582,25 +593,6 @@ def test_a_folder_in_a_copys_place_is_kept_aside_and_the_copy_made_again(dir_poo
     assert copy.read_bytes() == b"A"
     assert any(dir_pool.read_bytes(p) == b"x" for p, n in dir_pool.walk("All") if n.is_file and p.endswith("/inner"))
     assert_clean(dir_pool)
-
-
-@pytest.mark.expect_errors  # the symlink is kept aside
-def test_a_folder_that_became_a_symlink_is_not_followed_out_of_the_pool(dir_pool: Pool, dir_drives: list[Path],
-                                                                        tmp_path: Path) -> None:
-    dir_pool.add_folder("Misc", 1)
-    dir_pool.write_bytes("Misc/a.txt", b"A")
-    (copy,) = copies_on_disk(dir_drives, "Misc/a.txt")
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    (outside / "a.txt").write_bytes(b"outside the pool")
-    copy.unlink()
-    copy.parent.rmdir()
-    copy.parent.symlink_to(outside)
-    lines = [p.line() for p in check(dir_pool, repair=True)]
-    assert any("Misc/a.txt: copy on" in line and "is missing" in line for line in lines), lines
-    with pytest.raises(NoReadableCopy):  # its only copy is gone: it does not take on what is outside
-        dir_pool.read_bytes("Misc/a.txt")
-    assert (outside / "a.txt").read_bytes() == b"outside the pool"
 
 
 def test_a_hard_link_of_a_stray_kept_aside_is_a_name_of_it(dir_pool: Pool, dir_drives: list[Path]) -> None:

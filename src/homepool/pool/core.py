@@ -1474,24 +1474,15 @@ class Pool(LiveOps):
                 if only_known and hint is None:
                     continue
                 out.append(self.register_file(drive, path, hint))
-                if st.st_nlink > 1 and self._recorded_as(drive, path, st):
+                if st.st_nlink > 1 and self._holds_copy(drive, path, st):
                     inodes.setdefault(st.st_ino, path)
             except HomepoolError as e:
                 out.append(f"left {path} on {drive.name} alone: {e}")
         return out
 
-    def _recorded_as(self, drive: Drive, path: str, st: os.stat_result) -> bool:
-        """Whether the file `st` on `drive` is now the recorded copy of the pool's file at `path`
-        (not kept aside because the pool has other content there)."""
-        node = self.lookup(path)
-        try:
-            return (node is not None and node.is_file and os.path.samestat(os.lstat(drive.real(path)), st)
-                    and any(r.drive_id == drive.id for r in self.cat.replicas(node.id)))
-        except FileNotFoundError:
-            return False
-
     def _holds_copy(self, drive: Drive, path: str, st: os.stat_result) -> bool:
-        """Whether the pool's file at `path` has its copy on `drive` in the file `st`."""
+        """Whether the pool's file at `path` has its copy on `drive` in the file `st` (say, not
+        kept aside because the pool has other content there, nor renamed since)."""
         node = self.lookup(path)
         try:
             return (node is not None and node.is_file and os.path.samestat(st, os.lstat(drive.real(path)))
@@ -1534,7 +1525,7 @@ class Pool(LiveOps):
                     inodes[os.lstat(drive.real(recorded)).st_ino] = recorded
             inodes[-1] = ""  # filled: a miss is a miss
             first = inodes.get(st.st_ino)
-        if first is None or not self._holds_copy(drive, first, st) or not self._add_name(first, path):
+        if first is None or not self._add_name(first, path):  # (a fresh map holds only recorded copies)
             return None
         node = self.cat.resolve(self.stat(first))
         for r in self.cat.replicas(node.id):

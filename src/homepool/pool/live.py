@@ -791,7 +791,7 @@ class LiveOps:
         and the copies it must be there on first (`Pool._hand_over`)."""
         if row.link_to is not None or not node.is_file or not node.links:
             return {}
-        return {"heir": self.other_names(node.id)[0], "heir_of": node.id,
+        return {"heir": self.path_of(self.cat.names_of(node.id)[0]), "heir_of": node.id,
                 "heir_drives": [r.drive_id for r in self.cat.replicas(node.id)]}
 
     def _parts_names(self, row: Node, node: Node, dst: str) -> bool:
