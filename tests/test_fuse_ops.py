@@ -7,6 +7,7 @@ import fcntl
 import os
 import re
 import signal
+import stat
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
@@ -236,3 +237,32 @@ def test_listings_send_attributes_the_kernel_does_not_hold(dir_pool: Pool, state
         after, held = _served(log, proc.pid)
         assert after.get("LOOKUP", 0) - before.get("LOOKUP", 0) < 10  # the listing gave the attributes
         assert held >= 100
+
+
+def test_a_listing_gives_each_kind_its_type_and_inode(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> None:
+    """A listing read while the kernel holds some of the entries and not others (those it
+    holds go by name, type and inode alone; the others with their attributes): every kind of
+    entry, an extra name among them, lists as what `stat` finds."""
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        d = mnt / "Documents/kinds"
+        d.mkdir()
+        for i in range(40):
+            (d / f"f{i:02}").write_bytes(b"x" * i)
+        (d / "sub").mkdir()
+        os.symlink("f01", d / "sym")
+        os.mkfifo(d / "fifo")
+        os.link(d / "f03", d / "again")
+        held = {p.name: p.stat().st_ino for p in d.iterdir() if p.name < "f20"}  # these the kernel holds
+        (d / "late").write_bytes(b"late")  # a change: the kernel drops its listing
+        listed = {e.name: (e.inode(), e.is_dir(follow_symlinks=False), e.is_symlink(),
+                           e.is_file(follow_symlinks=False)) for e in os.scandir(d)}
+        assert set(listed) == {f"f{i:02}" for i in range(40)} | {"sub", "sym", "fifo", "again", "late"}
+        for name, (ino, is_dir, is_link, is_file) in listed.items():
+            st = os.lstat(d / name)
+            assert ino == st.st_ino == held.get(name, st.st_ino), name
+            assert (is_dir, is_link, is_file) == (stat.S_ISDIR(st.st_mode), stat.S_ISLNK(st.st_mode),
+                                                  stat.S_ISREG(st.st_mode)), name
+            if name.startswith("f") and name != "fifo":
+                assert st.st_size == int(name[1:]), name  # attributes sent with the listing are right
+        assert listed["again"][0] == listed["f03"][0] and os.lstat(d / "again").st_nlink == 2

@@ -20,7 +20,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from homepool.pool import Pool
+from homepool.pool import LiveFile, Pool
 
 from .helpers import assert_clean, copies_on_disk, raises, reader
 from .mounting import mount_pool, wait_for
@@ -512,3 +512,24 @@ def test_one_copy_files_are_read_and_written_by_the_kernel(state_dir: Path, dir_
         assert node.size == len(expected) and node.hash == blake3.blake3(expected).hexdigest()
         assert pool.cat.journal() == []
         assert_clean(pool)
+
+
+def test_a_write_no_copy_took_leaves_no_trace_in_the_hash(tmp_path: Path) -> None:
+    """A big write to two copies is hashed while the copies are written; when neither copy
+    takes it, the hash so far is dropped (the content is hashed again at close), or the next
+    write would be recorded on top of data no copy has."""
+    paths = [tmp_path / "a", tmp_path / "b"]
+    fds = {i: os.open(p, os.O_RDWR | os.O_CREAT) for i, p in enumerate(paths)}
+    refusing = {i: os.open(p, os.O_RDONLY) for i, p in enumerate(paths)}
+    f = LiveFile(1, "x", dict(fds), 0, True)
+    f.journal_id = 1  # written through the mount
+    try:
+        assert len(f.write(b"y" * (1 << 20), 0, refusing)) == 2  # EBADF on both
+        assert f.write(b"z" * (1 << 20), 1 << 20) == []
+        size, _, digest = f.finish() or (0, 0, "")
+        content = paths[0].read_bytes()
+        assert content == paths[1].read_bytes() == bytes(1 << 20) + b"z" * (1 << 20)
+        assert (size, digest) == (len(content), blake3.blake3(content).hexdigest())
+    finally:
+        for fd in refusing.values():
+            os.close(fd)

@@ -525,7 +525,12 @@ class Catalog:
         row = self.db.execute(
             f"SELECT {self._NODE_COLS} FROM nodes WHERE parent_id = ? AND name = ?", (parent_id, name)
         ).fetchone()
-        return Node(*row) if row else None
+        if row is None:
+            return None
+        node = Node(*row)
+        if self.track_paths and len(self._nodes) < CACHED_NODES:
+            self._nodes[node.id] = node  # what is done with it next reads it by id
+        return node
 
     def children(self, parent_id: int) -> list[Node]:
         rows = self.db.execute(
@@ -544,6 +549,19 @@ class Catalog:
                 n = self.node(e.link_to)
                 out[i] = Entry(n.id, e.name, n.kind, n.size, n.mode, n.mtime_ns, n.uid, n.gid, n.ctime_ns, n.rdev,
                                n.atime_ns, n.links, None)
+        return out
+
+    def listing(self, parent_id: int) -> list[tuple[int, str, str, int]]:
+        """(id, name, kind, mode) of each child in name order, an extra name's as the node it
+        names: what a listing needs when the kernel holds the nodes (`entries` has the rest)."""
+        rows = self.db.execute("SELECT id, name, kind, mode, link_to FROM nodes WHERE parent_id = ? ORDER BY name",
+                               (parent_id,)).fetchall()
+        out: list[tuple[int, str, str, int]] = []
+        for id_, name, kind, mode, link_to in rows:
+            if link_to is not None:
+                n = self.node(link_to)
+                id_, kind, mode = n.id, n.kind, n.mode
+            out.append((id_, name, kind, mode))
         return out
 
     def resolve(self, node: Node) -> Node:

@@ -123,7 +123,9 @@ class PoolOperations:
         self.session: Session | None = None  # set by `serve` before it mounts (passthrough needs it)
         self.lock = threading.RLock()  # held for every call into the pool
         self._files: dict[int, LiveFile] = {}
-        self._dirs: dict[int, tuple[int, list[Entry] | None]] = {}  # open directory handles: inode, listing
+        # Open directory handles: inode, listing (read at the first readdir) and, once one is
+        # asked for, the entries' attributes.
+        self._dirs: dict[int, tuple[int, list[tuple[int, str, str, int]] | None, dict[int, Entry] | None]] = {}
         self._next_fh = itertools.count(1)
         self._readers: dict[int, int] = {}  # drive id -> open files reading from it
         self._cached: dict[int, str | None] = {}  # inode -> content hash when last opened
@@ -177,7 +179,7 @@ class PoolOperations:
             if not self.pool.node(ino).is_dir:
                 raise FuseError(errno.ENOTDIR)
             fh = next(self._next_fh)
-            self._dirs[fh] = (ino, None)  # listed at the first readdir (the kernel may have it cached)
+            self._dirs[fh] = (ino, None, None)  # listed at the first readdir (the kernel may have it cached)
         return fh
 
     def readdir(self, fh: int, off: int, held: Container[int] | None = None
@@ -185,18 +187,27 @@ class PoolOperations:
         """Entries in name order, as (name, inode, mode, attributes, offset of the next); `off`
         is how many were already returned. Attributes only with `held` (READDIRPLUS), and not
         for the inodes in it (the kernel has them)."""
-        ino, children = self._dirs[fh]
+        ino, children, entries = self._dirs[fh]
         if children is None or off == 0:  # read once per opendir, or again from the start
             with self.lock, _errno():
-                children = self.pool.entries(ino)
-            self._dirs[fh] = (ino, children)
+                children = self.pool.cat.listing(ino)
+            entries = None
+            self._dirs[fh] = (ino, children, entries)
         for i in range(off, len(children)):
-            e = children[i]
-            if held is None or e.id in held:
-                yield e.name.encode(), e.id, _mode_of(e), None, i + 1
+            id_, name, kind, mode = children[i]
+            if held is None or id_ in held:
+                yield name.encode(), id_, stat_.S_IFMT(mode) or _KIND.get(kind, stat_.S_IFREG), None, i + 1
+                continue
+            if entries is None:  # the kernel lacks one: the attributes, for all (one query)
+                with self.lock, _errno():
+                    entries = {e.id: e for e in self.pool.entries(ino)}
+                self._dirs[fh] = (ino, children, entries)
+            e = entries.get(id_)
+            if e is None:  # gone since the listing was read: its type only
+                yield name.encode(), id_, stat_.S_IFMT(mode) or _KIND.get(kind, stat_.S_IFREG), None, i + 1
             else:
                 attr = attr_of(e)
-                yield e.name.encode(), e.id, attr.mode, attr, i + 1
+                yield name.encode(), id_, attr.mode, attr, i + 1
 
     def releasedir(self, fh: int) -> None:
         with self.lock:

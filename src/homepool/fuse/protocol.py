@@ -157,17 +157,20 @@ def direntplus(a: Attr, off: int, name: bytes, timeout: float) -> bytes:
     rec = DIRENTPLUS.pack(a.ino, 0, sec, sec, nsec, nsec, a.ino, a.size, (a.size + 511) // 512, asec, msec, csec,
                           ansec, mnsec, cnsec, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.blksize, 0,
                           a.ino, off, len(name), (a.mode >> 12) & 0o17) + name
-    return rec + bytes(-len(rec) % 8)
+    return rec + _PAD[-len(rec) % 8]
 
 
-_NO_ENTRY = bytes(ENTRY_OUT.size + ATTR.size)  # 128 bytes: the dirent after it stays aligned
+_PAD = tuple(bytes(n) for n in range(8))  # what pads an entry to 8 bytes, by length
+# A READDIRPLUS entry without attributes: 128 zero bytes (node id 0), then the dirent
+DIRENTPLUS_BARE = struct.Struct(f"<{ENTRY_OUT.size + ATTR.size}x" + DIRENT.format[1:])
 
 
 def direntplus_bare(ino: int, off: int, name: bytes, mode: int) -> bytes:
     """A READDIRPLUS entry without attributes (node id 0: the kernel keeps what it has)."""
-    return _NO_ENTRY + dirent(ino, off, name, mode)
+    rec = DIRENTPLUS_BARE.pack(ino, off, len(name), (mode >> 12) & 0o17) + name
+    return rec + _PAD[-len(rec) % 8]
 
 
 def dirent(ino: int, off: int, name: bytes, mode: int) -> bytes:
     rec = DIRENT.pack(ino, off, len(name), (mode >> 12) & 0o17) + name
-    return rec + bytes(-len(rec) % 8)
+    return rec + _PAD[-len(rec) % 8]

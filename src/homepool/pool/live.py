@@ -65,7 +65,9 @@ DRIVES_TTL = 2.0  # seconds the mount trusts its drive snapshot (an I/O error re
 REQUEST_ERRORS = {errno.EFBIG, errno.EINVAL, errno.EOVERFLOW}
 LINK_MAX = 65000  # names a file may have, as on ext4
 
-# Extra copies are written on these threads while the calling thread writes the first copy.
+# Extra copies are written on these threads while the calling thread writes the first copy
+# (or hashes what a write of at least HASH_ALONGSIDE bytes to several copies brings).
+HASH_ALONGSIDE = 64 << 10
 _mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror")
 
 
@@ -123,30 +125,43 @@ class LiveFile:
         """Write to every copy (or those in `fds`) at once; returns the copies that failed."""
         failed: list[tuple[int, OSError]] = []
         items = list((fds or self.fds).items())
-        extra: list[tuple[int, Future[None]]] = [(d, _mirror.submit(_pwrite_all, fd, data, off)) for d, fd in items[1:]]
-        try:
-            _pwrite_all(items[0][1], data, off)
-        except OSError as e:
-            failed.append((items[0][0], e))
+        # A big write to several copies: every copy on its own thread and the hash here, all
+        # at once (hashing 1 MiB costs about as much as writing it to one copy).
+        alongside = len(items) > 1 and len(data) >= HASH_ALONGSIDE
+        extra: list[tuple[int, Future[None]]] = [(d, _mirror.submit(_pwrite_all, fd, data, off))
+                                                 for d, fd in items[0 if alongside else 1:]]
+        if alongside:
+            self._hash(data, off)
+        else:
+            try:
+                _pwrite_all(items[0][1], data, off)
+            except OSError as e:
+                failed.append((items[0][0], e))
         for d, fut in extra:
             try:
                 fut.result()
             except OSError as e:
                 failed.append((d, e))
-        if len(failed) < len(items):
-            self._wrote(data, off)
+        if len(failed) == len(items):
+            if alongside:
+                with self._lock:
+                    self._hasher = None  # it hashed what no copy has: hashed again at release
+            return failed
+        if not alongside:
+            self._hash(data, off)
+        with self._lock:
+            self.size = max(self.size, off + len(data))
+            self.mtime_ns = time.time_ns()
+            self.changed = True
         return failed
 
-    def _wrote(self, data: bytes | memoryview, off: int) -> None:
+    def _hash(self, data: bytes | memoryview, off: int) -> None:
         with self._lock:
             if self._hasher is not None and off == self._hashed:
                 self._hasher.update(data)
                 self._hashed += len(data)
             else:
                 self._hasher = None  # out of order: hashed again at release
-            self.size = max(self.size, off + len(data))
-            self.mtime_ns = time.time_ns()
-            self.changed = True
 
     def truncate(self, size: int, fds: dict[int, int] | None = None) -> list[tuple[int, OSError]]:
         failed = self._each(lambda fd: os.ftruncate(fd, size), fds)
