@@ -10,6 +10,7 @@ import signal
 import stat
 import struct
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -266,3 +267,74 @@ def test_a_listing_gives_each_kind_its_type_and_inode(dir_pool: Pool, state_dir:
             if name.startswith("f") and name != "fifo":
                 assert st.st_size == int(name[1:]), name  # attributes sent with the listing are right
         assert listed["again"][0] == listed["f03"][0] and os.lstat(d / "again").st_nlink == 2
+
+
+def test_a_hung_drive_holds_up_no_reader_of_another(state_dir: Path, loop_drives, tmp_path: Path) -> None:
+    """A drive that stops answering (frozen: every write to it waits) holds up the changes
+    made there, and the lookups waiting for the pool meanwhile, but a file being read goes on
+    being read. The thread that reads requests answers a quick one itself only while nothing
+    holds the pool: otherwise it would wait too, and no request would be read."""
+    a, b = loop_drives(64, 64)
+    data = os.urandom(8 << 20)
+    with Pool.create(state_dir) as pool:
+        pool.add_drive(a)
+        pool.add_drive(b)
+        pool.set_copies("Documents", 2)
+        pool.write_bytes("Documents/film.mkv", data)
+        pool.write_bytes("Documents/old.txt", b"going")
+    with mount_pool(state_dir, tmp_path) as (mnt, proc), open(mnt / "Documents/film.mkv", "rb", buffering=0) as f:
+        assert f.read(4096) == data[:4096]
+        os.stat(mnt / "Documents/old.txt")
+        done: dict[str, object] = {}
+
+        def run(what: str, fn: Callable[[], object]) -> threading.Thread:
+            def go() -> None:
+                try:
+                    done[what] = fn()
+                except OSError as e:
+                    done[what] = e
+            t = threading.Thread(target=go, daemon=True)
+            t.start()
+            return t
+
+        _freeze(a, True)
+        try:
+            unlink = run("unlink", lambda: os.unlink(mnt / "Documents/old.txt"))
+            wait_for(lambda: not unlink.is_alive() or _waits_for_a_frozen_drive(proc.pid),
+                     what="the unlink to wait for the drive")
+            # (not in the folder of the unlink: the kernel holds that folder for it)
+            lookup = run("lookup", lambda: os.path.exists(mnt / "new.txt"))
+            read = run("read", lambda: os.pread(f.fileno(), 4096, 6 << 20))
+            read.join(timeout=20)
+            assert done.get("read") == data[6 << 20:(6 << 20) + 4096], done
+            assert unlink.is_alive() and lookup.is_alive(), done  # those wait for the drive
+        finally:
+            _freeze(a, False)
+        unlink.join(timeout=20)
+        lookup.join(timeout=20)
+        assert done == {"unlink": None, "lookup": False, "read": data[6 << 20:(6 << 20) + 4096]}
+    assert copies_on_disk([a, b], "Documents/old.txt") == []
+
+
+FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
+
+
+def _freeze(drive: Path, frozen: bool) -> None:
+    """fsfreeze -f / -u, without a child process: one would inherit the test's open file in the
+    mount, and the close in it waits for the mount (a failing test would hang, not fail)."""
+    fd = os.open(drive, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, FIFREEZE if frozen else FITHAW, struct.pack("i", 0))
+    finally:
+        os.close(fd)
+
+
+def _waits_for_a_frozen_drive(pid: int) -> bool:
+    """Whether a thread of process `pid` waits to write to a frozen filesystem."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "wchan").read_text() == "percpu_rwsem_wait":
+                return True
+        except OSError:
+            continue  # the thread ended
+    return False
