@@ -272,8 +272,7 @@ def test_a_listing_gives_each_kind_its_type_and_inode(dir_pool: Pool, state_dir:
 def test_a_hung_drive_holds_up_no_reader_of_another(state_dir: Path, loop_drives, tmp_path: Path) -> None:
     """A drive that stops answering (frozen: every write to it waits) holds up the changes
     made there, and the lookups waiting for the pool meanwhile, but a file being read goes on
-    being read. The thread that reads requests answers a quick one itself only while nothing
-    holds the pool: otherwise it would wait too, and no request would be read."""
+    being read: the requests waiting do not keep the others from being read and answered."""
     a, b = loop_drives(64, 64)
     data = os.urandom(8 << 20)
     with Pool.create(state_dir) as pool:

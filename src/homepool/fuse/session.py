@@ -37,9 +37,6 @@ log = logging.getLogger(__name__)
 MAX_WRITE = 1 << 20  # bytes per READ/WRITE request (BASELINE.md: 1 MiB requests pay off)
 BUFSIZE = MAX_WRITE + 64 * 1024  # a request's header, its fixed part and 1 MiB of data
 THREADS = 8
-# Requests answered from the catalog and memory alone, by the thread that read them (`_serve`).
-QUICK = frozenset({p.Op.LOOKUP, p.Op.GETATTR, p.Op.READLINK, p.Op.OPENDIR, p.Op.READDIR, p.Op.READDIRPLUS,
-                   p.Op.RELEASEDIR})
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
 
 
@@ -111,7 +108,6 @@ class Session:
         self.served: Counter[int] = Counter()  # requests by opcode (for the log: what reached us)
         self.busy: Counter[int] = Counter()  # nanoseconds spent answering them, by opcode
         self._threads: list[threading.Thread] = []
-        self._turn = threading.Lock()  # held by the thread reading /dev/fuse (see `_serve`)
         self._handlers: dict[int, Callable[[Ctx, int, memoryview], Any]] = {
             p.Op.LOOKUP: self._lookup, p.Op.GETATTR: self._getattr, p.Op.SETATTR: self._setattr,
             p.Op.READLINK: self._readlink, p.Op.SYMLINK: self._symlink, p.Op.MKNOD: self._mknod,
@@ -188,73 +184,46 @@ class Session:
     # -- the loop ------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        """One of THREADS serving threads. One at a time reads /dev/fuse (it holds `_turn`).
-        The kernel hands each request to the thread that has waited longest, so if all read,
-        every request lands on another thread than the last (its caches cold, the GIL passed
-        back and forth): a walk or a delete ran 10-35% slower. So the reader answers a quick
-        request itself and reads the next; before any other, it lets another thread read
-        meanwhile, so that a slow drive never holds up the rest."""
         buf = bytearray(BUFSIZE)
         view = memoryview(buf)
-        turn = self._turn
-        reading = False
-        try:
-            while True:
-                if not reading:
-                    turn.acquire()
-                    reading = True
-                try:
-                    n = os.readv(self.fd, [buf])
-                except OSError as e:
-                    if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
-                        continue  # a signal, or a request interrupted before we read it
-                    if e.errno != errno.ENODEV:
-                        log.error("reading /dev/fuse: %s", e)
-                    break  # ENODEV: unmounted
-                _, opcode, unique, nodeid, uid, gid, pid, extlen, _ = p.IN_HEADER.unpack_from(buf)
-                body = view[p.IN_HEADER.size:n]
-                self.served[opcode] += 1
-                handler = self._handlers.get(opcode)
-                if handler is None:
-                    if opcode in (p.Op.FORGET, p.Op.BATCH_FORGET):
-                        self._forgotten(opcode, nodeid, body)
-                        continue  # no reply expected
-                    if opcode == p.Op.INTERRUPT:
-                        continue
-                    if opcode == p.Op.DESTROY:
-                        self._reply(unique, 0)
-                        break
-                    self._reply(unique, -errno.ENOSYS)
+        while True:
+            try:
+                n = os.readv(self.fd, [buf])
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                    continue  # a signal, or a request interrupted before we read it
+                if e.errno != errno.ENODEV:
+                    log.error("reading /dev/fuse: %s", e)
+                break  # ENODEV: unmounted
+            _, opcode, unique, nodeid, uid, gid, pid, extlen, _ = p.IN_HEADER.unpack_from(buf)
+            body = view[p.IN_HEADER.size:n]
+            self.served[opcode] += 1
+            handler = self._handlers.get(opcode)
+            if handler is None:
+                if opcode in (p.Op.FORGET, p.Op.BATCH_FORGET):
+                    self._forgotten(opcode, nodeid, body)
+                    continue  # no reply expected
+                if opcode == p.Op.INTERRUPT:
                     continue
-                if opcode not in QUICK or not self._lock_free():
-                    turn.release()  # another thread reads while this one answers
-                    reading = False
-                started = time.perf_counter_ns()
-                self._given.inodes = []
-                try:
-                    out = handler(Ctx(uid, gid, pid), nodeid, body)
-                except FuseError as e:
-                    self._reply(unique, -e.errno)
-                except Exception:  # a bug costs one request, never the mount
-                    log.exception("internal error in FUSE request %d", opcode)
-                    self._reply(unique, -errno.EIO)
-                else:
-                    if not self._reply(unique, 0, out) and self._given.inodes:
-                        self._drop_held((ino, 1) for ino in self._given.inodes)  # the kernel did not get them
-                self.busy[opcode] += time.perf_counter_ns() - started
-        finally:
-            if reading:
-                turn.release()  # the others find the connection gone, too
-            self.done.set()
-
-    def _lock_free(self) -> bool:
-        """Whether the pool's lock is free now: a quick request that would wait for it (behind
-        a change on a slow drive) does not keep the others from being read."""
-        lock = self.ops.lock
-        if not lock.acquire(blocking=False):
-            return False
-        lock.release()
-        return True
+                if opcode == p.Op.DESTROY:
+                    self._reply(unique, 0)
+                    break
+                self._reply(unique, -errno.ENOSYS)
+                continue
+            started = time.perf_counter_ns()
+            self._given.inodes = []
+            try:
+                out = handler(Ctx(uid, gid, pid), nodeid, body)
+            except FuseError as e:
+                self._reply(unique, -e.errno)
+            except Exception:  # a bug costs one request, never the mount
+                log.exception("internal error in FUSE request %d", opcode)
+                self._reply(unique, -errno.EIO)
+            else:
+                if not self._reply(unique, 0, out) and self._given.inodes:
+                    self._drop_held((ino, 1) for ino in self._given.inodes)  # the kernel did not get them
+            self.busy[opcode] += time.perf_counter_ns() - started
+        self.done.set()
 
     def _reply(self, unique: int, error: int, payload: bytes | memoryview | None = None) -> bool:
         """Answer a request; False if the kernel did not take the answer."""
