@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import mmap
 import os
 import re
 import shutil
@@ -533,3 +534,40 @@ def test_a_write_no_copy_took_leaves_no_trace_in_the_hash(tmp_path: Path) -> Non
     finally:
         for fd in refusing.values():
             os.close(fd)
+
+
+@pytest.mark.parametrize("folder", ["Documents", "Videos"])
+def test_a_writer_alone_on_a_file_keeps_every_view_of_it_coherent(mnt: Path, state_dir: Path, dir_drives: list[Path],
+                                                                 folder: str) -> None:
+    """A handle open for writing with no other handle on the file skips the page cache (its
+    writes go straight to the copies). A shared mapping of it, a reader opened meanwhile and
+    a reader opened after it all see every write, whichever way it came, as on ext4; and the
+    copies and the catalog agree at the end."""
+    path = mnt / f"{folder}/db.bin"
+    data = bytearray(os.urandom(3 << 20))
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        with mmap.mmap(fd, len(data)) as m:  # shared: SQLite maps its -shm file this way
+            m[100:104] = b"MMAP"
+            data[100:104] = b"MMAP"
+            assert os.pread(fd, 4, 100) == b"MMAP"  # what the mapping wrote, read by the handle
+            os.pwrite(fd, b"PWRITE", 200)
+            data[200:206] = b"PWRITE"
+            assert m[200:206] == b"PWRITE"  # what the handle wrote, seen in the mapping
+            with open(path, "rb", buffering=0) as other:  # opened while the writer is open
+                assert other.read(300)[100:] == bytes(data[100:300])
+                os.pwrite(fd, b"AGAIN", 250)
+                data[250:255] = b"AGAIN"
+                other.seek(250)
+                assert other.read(5) == b"AGAIN"
+            m.flush()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+    copies = copies_on_disk(dir_drives, f"{folder}/db.bin")
+    assert len(copies) == (2 if folder == "Documents" else 1) and all(c.read_bytes() == data for c in copies)
+    with reader(state_dir) as pool:
+        node = pool.stat(f"{folder}/db.bin")
+        assert (node.size, node.hash) == (len(data), blake3.blake3(data).hexdigest())

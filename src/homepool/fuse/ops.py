@@ -277,10 +277,24 @@ class PoolOperations:
             (d,) = f.fds
             self._readers[d] = self._readers.get(d, 0) + 1
         if backing is None:
-            return Opened(fh, keep_cache=keep_cache)
+            f.direct = self._direct(f)
+            return Opened(fh, keep_cache=keep_cache, direct=f.direct)
         backing[1] += 1
         self.pool.pass_through(f, node)
         return Opened(fh, backing_id=backing[0])
+
+    def _direct(self, f: LiveFile) -> bool:
+        """Whether a handle's reads and writes skip the kernel's page cache (come here as they
+        are). A writer alone on a file does: its data goes straight to every copy rather than
+        first into the page cache too (writes to two copies ran at twice the speed). Anyone
+        opening the file while such a writer is open does too: the kernel drops cached pages
+        before a direct write, but a read between that and the write's end would cache the
+        old data again. Shared mmap of such handles the kernel keeps coherent itself
+        (DIRECT_IO_ALLOW_MMAP, Linux >= 6.6; without it, no handle goes direct)."""
+        if self.session is None or not self.session.direct_io:
+            return False
+        others = [h for h in self.pool.handles(f.node_id) if h is not f]
+        return any(h.direct for h in others) or (f.writable and not others)
 
     def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, flags: int) -> tuple[Attr, Opened]:
         with self.lock, _errno():
@@ -320,16 +334,26 @@ class PoolOperations:
                     self._readers[drive.id] = self._readers.get(drive.id, 0) + 1
                     f.fds = {drive.id: fd2}
 
-    def write(self, fh: int, off: int, data: memoryview) -> int:
+    def write(self, fh: int, off: int, data: memoryview, kill_suidgid: bool = False) -> int:
         f = self._files[fh]
         with self.lock, _errno():
             self.pool.will_change(f)
+            if kill_suidgid:
+                self._kill_suidgid(f)
         with _errno():
             failed = f.write(data, off)
         if failed:
             with self.lock, _errno():
                 self.pool.copies_failed(f, failed, lambda fds: f.write(data, off, fds))
         return len(data)
+
+    def _kill_suidgid(self, f: LiveFile) -> None:
+        """Under the lock: a write by a user who may not keep set-id bits clears them, as a
+        local filesystem does (set-group-id only with group execute: else it marks locking)."""
+        mode = self.pool.node(f.node_id).mode
+        kept = mode & ~(stat_.S_ISUID | (stat_.S_ISGID if mode & stat_.S_IXGRP else 0))
+        if kept != mode:
+            self.pool.set_attrs(f.node_id, handle=f, mode=kept)
 
     def flush(self, fh: int) -> None:
         """Each close(): the catalog records the file as it is now (release may come later)."""

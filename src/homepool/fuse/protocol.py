@@ -41,6 +41,7 @@ ASYNC_DIO = 1 << 15
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
 INIT_EXT = 1 << 30
+DIRECT_IO_ALLOW_MMAP = 1 << 36  # shared mmap of a FOPEN_DIRECT_IO file (Linux >= 6.6)
 PASSTHROUGH = 1 << 37
 
 # open reply flags
@@ -79,6 +80,7 @@ RENAME2_IN = struct.Struct("<QII")  # newdir flags padding
 LINK_IN = struct.Struct("<Q")
 SETATTR_IN = struct.Struct("<IIQQQqqqIIIIIIII")  # valid pad fh size lock_owner atime mtime ctime (signed), nsecs...
 READ_IN = struct.Struct("<QQIIQII")  # fh offset size read_flags lock_owner flags padding
+WRITE_KILL_SUIDGID = 1 << 2  # write_flags: the writer may not keep set-id bits (clear them)
 WRITE_IN = READ_IN  # fh offset size write_flags lock_owner flags padding; the data follows
 WRITE_OUT = struct.Struct("<II")
 RELEASE_IN = struct.Struct("<QIIQ")

@@ -62,6 +62,7 @@ class Opened(NamedTuple):
     fh: int
     keep_cache: bool = False
     backing_id: int | None = None  # passthrough: the kernel reads and writes this file itself
+    direct: bool = False  # no page cache for this handle: every read and write comes here
 
 
 class SetAttr(NamedTuple):
@@ -100,6 +101,7 @@ class Session:
         self.allow_other = allow_other
         self.fd = -1
         self.passthrough = False  # negotiated at INIT; switched off if the kernel refuses a file
+        self.direct_io = False  # negotiated at INIT: handles may go without the page cache (see `Opened`)
         self.minor = 0
         self.done = threading.Event()  # the connection ended (unmounted) or `stop` was called
         self._held: dict[int, int] = {}  # inode -> lookups the kernel holds (until it FORGETs them)
@@ -158,8 +160,10 @@ class Session:
             raise OSError(errno.EPROTO, f"the kernel speaks FUSE {major}.{minor}; homepool needs 7.{p.MIN_MINOR}")
         self.minor = min(minor, p.MINOR)
         want = (p.ASYNC_READ | p.ATOMIC_O_TRUNC | p.BIG_WRITES | p.AUTO_INVAL_DATA | p.DO_READDIRPLUS
-                | p.READDIRPLUS_AUTO | p.ASYNC_DIO | p.PARALLEL_DIROPS | p.MAX_PAGES | p.INIT_EXT | p.PASSTHROUGH)
+                | p.READDIRPLUS_AUTO | p.ASYNC_DIO | p.PARALLEL_DIROPS | p.MAX_PAGES | p.INIT_EXT | p.PASSTHROUGH
+                | p.DIRECT_IO_ALLOW_MMAP)
         granted = offered & want
+        self.direct_io = bool(granted & p.DIRECT_IO_ALLOW_MMAP)
         self.passthrough = bool(granted & p.PASSTHROUGH) and self.minor >= 40 \
             and os.environ.get("HOMEPOOL_PASSTHROUGH", "on") != "off"
         if not self.passthrough:
@@ -384,7 +388,8 @@ class Session:
 
     @staticmethod
     def _opened(o: Opened) -> bytes:
-        flags = (p.FOPEN_KEEP_CACHE if o.keep_cache else 0) | (p.FOPEN_PASSTHROUGH if o.backing_id is not None else 0)
+        flags = ((p.FOPEN_KEEP_CACHE if o.keep_cache else 0) | (p.FOPEN_PASSTHROUGH if o.backing_id is not None else 0)
+                 | (p.FOPEN_DIRECT_IO if o.direct else 0))
         return p.OPEN_OUT.pack(o.fh, flags, o.backing_id or 0)
 
     def _open(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
@@ -402,9 +407,11 @@ class Session:
         return self.ops.read(fh, off, size)
 
     def _write(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
-        fh, off, size, *_ = p.WRITE_IN.unpack_from(body)
+        fh, off, size, write_flags, *_ = p.WRITE_IN.unpack_from(body)
         data = body[p.WRITE_IN.size:p.WRITE_IN.size + size]
-        return p.WRITE_OUT.pack(self.ops.write(fh, off, data), 0)
+        # Through the page cache the kernel clears set-id bits itself; a direct write asks us to.
+        kill = bool(write_flags & p.WRITE_KILL_SUIDGID)
+        return p.WRITE_OUT.pack(self.ops.write(fh, off, data, kill_suidgid=kill), 0)
 
     def _flush(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         (fh, *_) = p.FLUSH_IN.unpack_from(body)

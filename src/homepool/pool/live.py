@@ -91,6 +91,7 @@ class LiveFile:
         # Passed through: the kernel reads and writes the copy itself, so changes are found by
         # looking at it (`known`: size, mtime, ctime and hash when last recorded).
         self.passthrough = False
+        self.direct = False  # its reads and writes skip the kernel's page cache (the mount decides)
         self.known: tuple[int, int, int, str | None] | None = None
         self.recorded: tuple[int, int, str] | None = None  # what the last close recorded
         self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
