@@ -261,8 +261,7 @@ class PoolOperations:
         """Under the lock: a handle for `f` (a handle on `node`), passed through to the kernel
         when it can be."""
         backing = self._backing.get(f.node_id)
-        if backing is None and self.session is not None and len(self.pool.handles(f.node_id)) == 1 \
-                and self.pool.may_pass_through(f):
+        if backing is None and self.session is not None and not self._others(f) and self.pool.may_pass_through(f):
             # The first handle on a 1-copy file: the kernel does its I/O on the drive's file.
             backing_id = self.session.backing_open(f.read_fd)
             if backing_id is not None:
@@ -293,8 +292,13 @@ class PoolOperations:
         (DIRECT_IO_ALLOW_MMAP, Linux >= 6.6; without it, no handle goes direct)."""
         if self.session is None or not self.session.direct_io:
             return False
-        others = [h for h in self.pool.handles(f.node_id) if h is not f]
+        others = self._others(f)
         return any(h.direct for h in others) or (f.writable and not others)
+
+    def _others(self, f: LiveFile) -> list[LiveFile]:
+        """The other handles on `f`'s file, but for those the kernel has closed (being released:
+        they are still hashed and recorded, but the kernel holds no file of them)."""
+        return [h for h in self.pool.handles(f.node_id) if h is not f and not h.closing]
 
     def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, flags: int) -> tuple[Attr, Opened]:
         with self.lock, _errno():

@@ -1082,6 +1082,9 @@ class Pool(LiveOps):
     def copy_xattrs(self, node_id: int) -> dict[bytes, bytes]:
         """The extended attributes of a file's copy (or a directory on a drive), read from the
         first present drive that has it. Copies carry the same ones (written to all)."""
+        if self.unlinked(node_id):  # open with no name left: through a descriptor on its copy
+            fd = self.open_fds(node_id)[0]
+            return {os.fsencode(n): os.getxattr(fd, n) for n in os.listxattr(fd)}
         node = self.node(node_id)
         path = self.path_of(node_id)
         drives = self.drives(present_only=True)

@@ -156,6 +156,11 @@ class LiveFile:
             self.changed = True
         return failed
 
+    def drop_hash(self) -> None:
+        """Another handle changed the file: what this one hashed no longer covers it."""
+        with self._lock:
+            self._hasher = None
+
     def _hash(self, data: bytes | memoryview, off: int) -> None:
         with self._lock:
             if self._hasher is not None and off == self._hashed:
@@ -211,9 +216,10 @@ class LiveFile:
     def read(self, size: int, off: int) -> bytes:
         return os.pread(self.read_fd, size, off)
 
-    def settle(self) -> tuple[int, int, str] | None:
+    def settle(self, again: bool = False) -> tuple[int, int, str] | None:
         """At close: give every copy the same time, hash the content if writes came out of
-        order. Returns (size, mtime_ns, hash) to record, None if there is nothing to record."""
+        order (or, `again`, a passed-through copy whatever its size and times say). Returns
+        (size, mtime_ns, hash) to record, None if there is nothing to record."""
         self.held = list(self.fds)
         if not self.dirty or self.unlinked or not self.fds:
             return None
@@ -221,7 +227,7 @@ class LiveFile:
         st = os.fstat(first)
         if self.passthrough:
             now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            digest = self.known[3] if self.known is not None and now == self.known[:3] else None
+            digest = self.known[3] if self.known is not None and now == self.known[:3] and not again else None
             digest = digest or hash_fd(first)
             self.known = (*now, digest)
             return st.st_size, st.st_mtime_ns, digest
@@ -232,9 +238,7 @@ class LiveFile:
         return st.st_size, st.st_mtime_ns, streamed or hash_fd(first)
 
     def looked_at(self) -> tuple[int, int] | None:
-        """(size, mtime) of a passed-through file being written, from its copy."""
-        if not (self.passthrough and self.writable):
-            return None
+        """(size, mtime) of the file as its copy has them now (None once closed)."""
         with self._lock:
             if not self.fds:
                 return None  # closed
@@ -242,9 +246,11 @@ class LiveFile:
         return st.st_size, st.st_mtime_ns
 
     def finish(self) -> tuple[int, int, str] | None:
-        """At release: `settle`, then close every copy."""
+        """At release: `settle`, then close every copy. A passed-through copy is hashed again:
+        a shared mapping may have written it after the last close without changing its
+        times (its pages stay writable until written back)."""
         try:
-            return self.settle()
+            return self.settle(again=True)
         finally:
             self.close()
 
@@ -315,15 +321,27 @@ class LiveOps:
             node = gone
         if (changed := self._dir_times.get(node_id)) is not None:
             node = node.but(mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
+        looked = False
         for f in self._open.get(node_id, ()):
             if f.attrs:
                 node = node.but(**f.attrs)  # type: ignore[arg-type]  # int columns only
-            if seen := f.looked_at():
-                node = node.but(size=seen[0], mtime_ns=seen[1], ctime_ns=max(node.ctime_ns, seen[1]))
-            elif f.changed:
-                node = node.but(size=f.size, mtime_ns=max(node.mtime_ns, f.mtime_ns),
-                               ctime_ns=max(node.ctime_ns, f.mtime_ns))
+            if looked or not (f.changed or f.passthrough and f.writable):
+                continue
+            # Every handle writes the same files: the size is the copy's, whichever wrote last.
+            if (seen := f.looked_at()) is not None:
+                looked = True
+                mtime = seen[1] if f.passthrough else max(node.mtime_ns, f.mtime_ns, *(
+                    h.mtime_ns for h in self._open[node_id]))
+                node = node.but(size=seen[0], mtime_ns=mtime, ctime_ns=max(node.ctime_ns, mtime))
         return node
+
+    def open_fds(self, node_id: int) -> list[int]:
+        """Descriptors on a file's copies held by its open handles (each copy once)."""
+        seen: dict[int, int] = {}
+        for f in self._open.get(node_id, ()):
+            for drive_id, fd in f.fds.items():
+                seen.setdefault(drive_id, fd)
+        return list(seen.values())
 
     def handles(self, node_id: int) -> list[LiveFile]:
         """The mount's open handles on a file."""
@@ -492,13 +510,20 @@ class LiveOps:
         if f.writable:
             st = os.fstat(f.read_fd)
             node = node or self.node(f.node_id)
-            trusted = node.hash if not f.changed and st.st_size == node.size else None
+            # The catalog's hash holds only if no other handle may have changed the copy since.
+            alone = not any(h.writable for h in self._open.get(f.node_id, ()) if h is not f)
+            trusted = node.hash if alone and not f.changed and st.st_size == node.size else None
             f.known = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, trusted)
             self.will_change(f)
 
     def will_change(self, f: LiveFile) -> None:
-        """Before each change through `f`; the first is journaled (a crash now is repaired)."""
+        """Before each change through `f`; the first is journaled (a crash now is repaired).
+        Another handle's hash of what it wrote no longer covers the file: it hashes the copy
+        again when it closes."""
         self._changes[f.node_id] = self._changes.get(f.node_id, 0) + 1
+        for other in self._open.get(f.node_id, ()):
+            if other is not f:
+                other.drop_hash()
         if f.journal_id is None and not f.unlinked:
             with self.cat.transaction():
                 f.journal_id = self.cat.journal_add("live", {"node": f.node_id, "path": f.path,
@@ -649,7 +674,7 @@ class LiveOps:
         self.record_file(f, result, closing=True)
         if not handles:
             self._changes.pop(f.node_id, None)
-        if not self._being_written(f.node_id) and f.node_id in self._reconcile_at_release:
+        if not handles and f.node_id in self._reconcile_at_release:
             self._reconcile_at_release.discard(f.node_id)
             self.reconcile_unless_open(f.node_id)
 
@@ -668,12 +693,14 @@ class LiveOps:
 
     def reconcile_unless_open(self, node_id: int) -> int | None:
         """Add or remove copies of a file to match its folder now, or, while the mount has it
-        open for writing, at its release (a copy made now would miss the writes to come).
-        Returns the good copies it has, or None if that waits or the file is gone."""
+        open, at its last release: a copy made now would miss the writes to come, a reader
+        may be reading the copy that would go, and a file passed through to the kernel has
+        to keep its one copy while open. Returns the good copies it has, or None if that
+        waits or the file is gone."""
         node = self.cat.node_or_none(node_id)
         if node is None or not node.is_file:
             return None
-        if self._being_written(node_id):
+        if self._open.get(node_id):
             self._reconcile_at_release.add(node_id)
             return None
         return self.reconcile(node)
@@ -957,6 +984,8 @@ class LiveOps:
                   atime_ns: int | None = None, handle: LiveFile | None = None) -> Node:
         """chmod, chown, truncate, utimens: on every copy (or every drive, for a directory)."""
         node = self.node(node_id)
+        if self.unlinked(node_id):
+            return self._set_unlinked_attrs(node, mode, uid, gid, size, mtime_ns, atime_ns, handle)
         path = self.path_of(node_id)
         if size is not None:
             if node.is_dir:
@@ -971,21 +1000,7 @@ class LiveOps:
                 if failed:
                     self.copies_failed(writer, failed, lambda fds: writer.truncate(size, fds))
             node = self.node(node_id)
-        now = time.time_ns()
-        cols: dict[str, int] = {}
-        if mode is not None:
-            cols["mode"] = (node.mode & ~0o7777) | (mode & 0o7777)
-        if uid is not None and uid != node.uid or gid is not None and gid != node.gid:
-            cols["uid"] = node.uid if uid is None else uid
-            cols["gid"] = node.gid if gid is None else gid
-            if not node.is_dir and "mode" not in cols:
-                cols["mode"] = node.mode & ~(stat_.S_ISUID | stat_.S_ISGID)  # chown clears set-id bits
-        if mtime_ns is not None:
-            cols["mtime_ns"] = mtime_ns
-        if atime_ns is not None:
-            cols["atime_ns"] = atime_ns
-        if cols or size is not None:
-            cols["ctime_ns"] = now
+        cols = self._attr_cols(node, mode, uid, gid, mtime_ns, atime_ns, size is not None)
         if not cols:
             return node
         if mtime_ns is not None:
@@ -1024,6 +1039,50 @@ class LiveOps:
         self._changed = True
         return self.node(node_id)
 
+    @staticmethod
+    def _attr_cols(node: Node, mode: int | None, uid: int | None, gid: int | None, mtime_ns: int | None,
+                   atime_ns: int | None, resized: bool) -> dict[str, int]:
+        """The node's columns a setattr changes (ctime too, if anything changes)."""
+        cols: dict[str, int] = {}
+        if mode is not None:
+            cols["mode"] = (node.mode & ~0o7777) | (mode & 0o7777)
+        if uid is not None and uid != node.uid or gid is not None and gid != node.gid:
+            cols["uid"] = node.uid if uid is None else uid
+            cols["gid"] = node.gid if gid is None else gid
+            if not node.is_dir and "mode" not in cols:
+                cols["mode"] = node.mode & ~(stat_.S_ISUID | stat_.S_ISGID)  # chown clears set-id bits
+        if mtime_ns is not None:
+            cols["mtime_ns"] = mtime_ns
+        if atime_ns is not None:
+            cols["atime_ns"] = atime_ns
+        if cols or resized:
+            cols["ctime_ns"] = time.time_ns()
+        return cols
+
+    def _set_unlinked_attrs(self, node: Node, mode: int | None, uid: int | None, gid: int | None,
+                            size: int | None, mtime_ns: int | None, atime_ns: int | None,
+                            handle: LiveFile | None) -> Node:
+        """`set_attrs` of a file open with no name left (ftruncate or fchmod of a deleted temp
+        file, as on a local filesystem): through its handles' descriptors; the catalog no
+        longer has it, so only what the mount shows of it changes."""
+        handles = self._open.get(node.id, [])
+        writer = handle if handle is not None and handle.writable else next((f for f in handles if f.writable), None)
+        if size is not None:
+            if writer is None:
+                raise OSError(errno.EBADF, "not open for writing")
+            failed = writer.truncate(size)
+            if len(failed) == len(writer.fds):
+                raise failed[0][1]
+            for drive_id, _ in failed:  # nothing to record: the copy just goes
+                writer.retired.append(writer.fds.pop(drive_id))
+        cols = self._attr_cols(node, mode, uid, gid, mtime_ns, atime_ns, size is not None)
+        for f in handles:
+            f.change(cols, atime_ns)
+            if mtime_ns is not None:
+                f.mtime_ns = 0  # the time set now wins over the writes before it
+        self._orphans[node.id] = self._orphans[node.id].but(**cols)  # type: ignore[arg-type]  # int columns only
+        return self.node(node.id)
+
     def _record_attrs(self, node_id: int, cols: dict[str, int]) -> None:
         """In a transaction: a node's new attributes, and a new mtime on its copies' records too."""
         self.cat.set_attrs(node_id, **cols)
@@ -1036,6 +1095,14 @@ class LiveOps:
     def set_xattr(self, node_id: int, name: bytes, value: bytes | None) -> None:
         """Set (or with None, remove) an extended attribute on every copy."""
         node = self.node(node_id)
+        if self.unlinked(node_id):  # open with no name left: through its descriptors
+            for fd in self.open_fds(node_id):
+                if value is None:
+                    os.removexattr(fd, name)
+                else:
+                    os.setxattr(fd, name, value)
+            self._orphans[node_id] = self._orphans[node_id].but(ctime_ns=time.time_ns())
+            return
         path = self.path_of(node_id)
         reals = self._reals(node)
         if not reals:
