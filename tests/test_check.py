@@ -7,6 +7,8 @@ import os
 import shutil
 import stat
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -362,6 +364,7 @@ def test_check_while_a_copy_is_made_outside_the_lock_sees_no_orphan_temp(
 
     monkeypatch.setattr(core, "copy_to", copy_to)
     dir_pool.move(dir_pool.stat("Videos").id, "v.bin", dir_pool.stat("Documents").id, "v.bin", noreplace=False)
+    dir_pool.catch_up()  # the mount's next round gives a moved file its copies
     assert len(dir_pool.cat.replicas(dir_pool.stat("Documents/v.bin").id)) == 2  # the copy was made
     assert [p.line() for p in seen if p.check == "no_orphan_temps"] == []
 
@@ -648,3 +651,82 @@ def test_a_folder_kept_aside_at_a_name_a_dangling_symlink_has(dir_pool: Pool, di
     lines = [p.line() for p in check(dir_pool, repair=True)]
     assert copy.read_bytes() == b"A", lines
     assert (copy.parent / "a (conflict drive1).txt").is_symlink()  # left as it was
+
+
+def test_copies_made_outside_the_lock_keep_what_changed_meanwhile(dir_pool: Pool, dir_drives: list[Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new copy is made with the mount's lock let go. A chmod meanwhile (a file made
+    private) is not undone by the copy's switch-in, and a folder's copies lowered meanwhile
+    get no extra copy; the extended attributes come along with the data."""
+    dir_pool.write_bytes("Videos/v.bin", b"V" * 1000, mode=0o644)
+    node = dir_pool.stat("Videos/v.bin")
+    dir_pool.set_xattr(node.id, b"user.tag", b"holiday")
+    dir_pool.go_live()
+    real = core.copy_to
+    during: list[Callable[[], object]] = []
+
+    def copy_to(*a: object, **kw: object) -> object:  # the lock is let go here: another request runs
+        while during:
+            during.pop()()
+        return real(*a, **kw)
+
+    monkeypatch.setattr(core, "copy_to", copy_to)
+    during.append(lambda: dir_pool.set_attrs(node.id, mode=0o600))
+    dir_pool.change_copies("Videos", 2)
+    assert dir_pool.reconcile_unless_open(node.id) == 1  # changed meanwhile: not switched in
+    assert dir_pool.reconcile_unless_open(node.id) == 2  # the next round makes it
+    assert stat.S_IMODE(dir_pool.stat("Videos/v.bin").mode) == 0o600
+    copies = copies_on_disk(dir_drives, "Videos/v.bin")
+    assert [stat.S_IMODE(c.stat().st_mode) for c in copies] == [0o600, 0o600]
+    assert [os.getxattr(c, "user.tag") for c in copies] == [b"holiday", b"holiday"]
+    dir_pool.change_copies("Videos", 3)
+    during.append(lambda: dir_pool.change_copies("Videos", 2))  # a second `folder set` meanwhile
+    assert dir_pool.reconcile_unless_open(node.id) == 2
+    assert len(copies_on_disk(dir_drives, "Videos/v.bin")) == 2
+    assert_clean(dir_pool)
+
+
+def test_check_removes_the_copies_a_cut_short_change_left(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    """A folder's copies lowered, and the mount stopped (or killed) before it got to every
+    file: the extra copies are found and removed."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    folder, _ = dir_pool.folder("Documents")
+    with dir_pool.cat.transaction():  # what `change_copies` commits before it goes file by file
+        dir_pool.cat.set_folder_copies(folder.id, 1)
+    (p,) = check(dir_pool)
+    assert p.line() == "[found] copies_met: Documents/a.txt: has 2 copies, its folder wants 1"
+    (p,) = check(dir_pool, repair=True)
+    assert p.fixed and len(copies_on_disk(dir_drives, "Documents/a.txt")) == 1
+    assert_clean(dir_pool)
+
+
+def test_a_stray_is_hashed_without_the_lock(dir_pool: Pool, dir_drives: list[Path],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check --repair` while mounted takes a stray file in: its hash (a big file takes a
+    while) is taken with the mount's lock let go, or every request would wait for it."""
+    stray = dir_drives[0] / "HomePool/Videos/by-hand.mkv"
+    stray.write_bytes(b"s" * 100_000)
+    held: list[bool] = [False]
+    hashed_held: list[str] = []
+
+    @contextmanager
+    def hold() -> Iterator[None]:
+        held[0] = True
+        try:
+            yield
+        finally:
+            held[0] = False
+
+    real = core.hash_file
+
+    def hash_file(path: object) -> str:
+        if held[0]:
+            hashed_held.append(str(path))
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core, "hash_file", hash_file)
+    monkeypatch.setattr(check_mod, "hash_file", hash_file)
+    (p,) = check(dir_pool, repair=True, hold=hold)
+    assert p.check == "no_stray_files" and p.fixed
+    assert hashed_held == []
+    assert dir_pool.read_bytes("Videos/by-hand.mkv") == b"s" * 100_000

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -205,3 +208,30 @@ def test_check_while_mounted_reports_many_problems(dir_pool: Pool, state_dir: Pa
         captured = capsys.readouterr()
         assert "control message too long" not in captured.err
         assert code == 1 and captured.out.count("no_stray_files") == 501
+
+
+def test_a_drive_inside_the_mount_itself_is_refused(dir_pool: Pool, state_dir: Path, tmp_path: Path) -> None:
+    """`homepool drive add` of a folder inside the pool's own mount: a clear one-line error,
+    and the mount goes on (looking at that path under the mount's lock was a request to the
+    mount itself, waiting for that lock: the command and the whole mount hung)."""
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        connection = os.minor(os.stat(mnt).st_dev)
+        (mnt / "Documents/disk").mkdir()
+        cmd = [sys.executable, "-m", "homepool", "--pool", str(state_dir), "drive", "add", str(mnt / "Documents/disk")]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            _abort(connection)  # else the hung mount outlives the test
+            raise
+        assert r.returncode != 0 and r.stderr.count("\n") == 1 and "inside the pool's own mount" in r.stderr, r.stderr
+        (mnt / "Documents/after.txt").write_bytes(b"still here")
+
+
+def _abort(connection: int) -> None:
+    """Abort a hung FUSE connection (fusectl), as `umount` cannot."""
+    ctl = Path("/sys/fs/fuse/connections")
+    if not any(ctl.iterdir()):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(ctl)], capture_output=True)
+    with contextlib.suppress(OSError):
+        (ctl / str(connection) / "abort").write_text("1")

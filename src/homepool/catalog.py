@@ -816,10 +816,11 @@ class Catalog:
     def drop_replica(self, node_id: int, drive_id: int) -> None:
         self.db.execute("DELETE FROM replicas WHERE node_id = ? AND drive_id = ?", (node_id, drive_id))
 
-    def short_files(self) -> list[tuple[int, int, int]]:
-        """(node_id, good copies, wanted copies) of every file short of copies."""
+    def short_files(self, or_over: bool = False) -> list[tuple[int, int, int]]:
+        """(node_id, good copies, wanted copies) of every file short of copies (`or_over`:
+        or with more than its folder wants, as after a change of copies cut short)."""
         rows = self.db.execute(
-            """
+            f"""
             WITH RECURSIVE top(id, folder) AS (
                 SELECT node_id, node_id FROM folders
                 UNION ALL SELECT n.id, top.folder FROM nodes n JOIN top ON n.parent_id = top.id
@@ -829,7 +830,7 @@ class Catalog:
                      WHERE r.node_id = n.id AND r.state = 'ok' AND d.state = 'active') AS good,
                    f.copies
             FROM nodes n JOIN top ON top.id = n.id JOIN folders f ON f.node_id = top.folder
-            WHERE n.kind = 'file' AND good < f.copies
+            WHERE n.kind = 'file' AND good {'<>' if or_over else '<'} f.copies
             """
         )
         return [(int(a), int(b), int(c)) for a, b, c in rows]

@@ -289,6 +289,7 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
         for path, is_dir in list(scan_tree(d.tree)):  # without holding: a walk of a drive takes a while
             if path in owed or any(path.startswith(o + "/") for o in owed) or path in known:
                 continue
+            hashed = _hash_unheld(d.real(path)) if repair and not is_dir else None  # a big file takes a while
             with hold():
                 if not _strayed(pool, d, path, is_dir):
                     continue  # changed since (the mount went on meanwhile)
@@ -302,7 +303,9 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
                         else:
                             ino = os.lstat(d.real(path)).st_ino
                             at: list[str] = []
-                            line = pool.adopt_name(d, path, inodes) or pool.register_file(d, path, recorded=at)
+                            digest = hashed[1] if hashed and _stat_key(d.real(path)) == hashed[0] else None
+                            line = pool.adopt_name(d, path, inodes) or pool.register_file(d, path, digest,
+                                                                                        recorded=at)
                             for recorded in at:  # a hard link of it, found later, is a name of it
                                 inodes[ino] = recorded
                             p.detail += f"; {line}"
@@ -330,22 +333,47 @@ def _strayed(pool: Pool, d: Drive, path: str, is_dir: bool) -> bool:
     return not (node.is_file and any(r.drive_id == d.id for r in pool.cat.replicas(node.id)))
 
 
+def _stat_key(real: os.PathLike[str]) -> tuple[int, ...] | None:
+    try:
+        st = os.lstat(real)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if stat_.S_ISREG(st.st_mode) else None
+
+
+def _hash_unheld(real: os.PathLike[str]) -> tuple[tuple[int, ...], str] | None:
+    """A stray file's hash, taken without the mount's lock, with what it was then: used under
+    the lock only if the file is still the same (else it is hashed there)."""
+    before = _stat_key(real)
+    if before is None:
+        return None
+    try:
+        digest = hash_file(real)
+    except OSError:
+        return None
+    return (before, digest) if _stat_key(real) == before else None
+
+
 def check_copies_met(pool: Pool, repair: bool, hold: Hold = nullcontext) -> list[Problem]:
-    """Every file has as many good copies, on distinct drives, as its folder wants."""
+    """Every file has as many good copies, on distinct drives, as its folder wants (not
+    fewer, and not more: a change of a folder's copies cut short leaves extra ones)."""
     with hold():
-        short = pool.cat.short_files()
+        short = pool.cat.short_files(or_over=True)
     out = []
     for node_id, good, wanted in short:
         with hold():
             if pool.cat.node_or_none(node_id) is None or pool.copies_pending(node_id):
                 continue  # gone since, or the mount is about to give it its copies
             path = pool.path_of(node_id)
-            p = Problem("copies_met", path, f"has {good} of {wanted} copies")
+            p = Problem("copies_met", path, f"has {good} of {wanted} copies" if good < wanted
+                        else f"has {good} copies, its folder wants {wanted}")
             if repair:
                 now = pool.reconcile(pool.cat.node(node_id))
-                if now >= wanted:
+                if now == wanted:
                     p.fixed = True
                     p.detail += f"; now {now}"
+                elif good > wanted:
+                    p.detail += f"; now {now}: a copy that could not be verified stays"
                 elif now > good:
                     p.detail += f"; now {now}, not enough drives with room for more"
                 else:

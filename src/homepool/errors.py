@@ -163,6 +163,10 @@ class MountFailed(PoolStateError):
     """Could not mount the pool at {path}: {why}."""
 
 
+class MountStopping(PoolStateError):
+    """The pool's mount at {path} is being unmounted, so it stopped; {what}."""
+
+
 # -- no space (5) ----------------------------------------------------------------------------
 
 

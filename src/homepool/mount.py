@@ -24,7 +24,16 @@ from typing import TYPE_CHECKING, Any
 from . import check as check_mod
 from .catalog import ROOT_ID
 from .control import ControlServer
-from .errors import BadInput, FuseUnavailable, MountFailed, MountpointBusy, MountpointMissing, NotMounted
+from .errors import (
+    BadDrive,
+    BadInput,
+    FuseUnavailable,
+    MountFailed,
+    MountpointBusy,
+    MountpointMissing,
+    MountStopping,
+    NotMounted,
+)
 
 if TYPE_CHECKING:
     from .fuse.ops import PoolOperations
@@ -118,18 +127,25 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
     if op == "set_copies":
         copies = int(request["copies"])
         with lock:
+            if pool.copies_changing:  # two at once: the older count could win a file
+                raise BadInput(message="another change of a folder's copies is running in the mount; wait for it "
+                               "to end")
             node, before, files = pool.change_copies(str(request["folder"]), copies)
+            pool.copies_changing = True
         short, waiting = [], 0
-        for node_id in files:  # the lock is let go between files: the mount goes on serving
-            if ops.session is not None and ops.session.done.is_set():
-                raise MountFailed(path=ops.session.mountpoint, why="it is being unmounted; the folder's files get "
-                                  "their copies at the next `homepool check --repair`")
-            with lock:
-                got = pool.reconcile_unless_open(node_id)
-                if got is None:
-                    waiting += 1
-                elif got < copies:
-                    short.append(pool.path_of(node_id))
+        try:
+            for node_id in files:  # the lock is let go between files: the mount goes on serving
+                if ops.session is not None and ops.session.done.is_set():
+                    raise MountStopping(path=ops.session.mountpoint, what="the folder's other files get their "
+                                        "copies at the next `homepool check --repair`")
+                with lock:
+                    got = pool.reconcile_unless_open(node_id)
+                    if got is None:
+                        waiting += 1
+                    elif got < copies:
+                        short.append(pool.path_of(node_id))
+        finally:
+            pool.copies_changing = False
         with lock:
             drives = len(pool.drives(present_only=True))
         return {"name": node.name, "before": before, "short": short, "drives": drives, "waiting": waiting}
@@ -147,6 +163,11 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
         if request.get("adopt"):  # its files would appear under the kernel's cached listings
             raise BadInput(message="a drive is adopted with its files only while the pool is not mounted: "
                            f"`homepool unmount {ops.session.mountpoint if ops.session else 'MOUNTPOINT'}` first")
+        # Before the lock: looking at a path inside the mount is a request to this mount.
+        path = Path(os.path.realpath(request["path"]))
+        if ops.session is not None and path.is_relative_to(os.path.realpath(ops.session.mountpoint)):
+            raise BadDrive(path=request["path"], why="it is inside the pool's own mount; a drive is a disk "
+                           "mounted elsewhere, such as /mnt/disk3")
         with lock:
             d = pool.add_drive(Path(request["path"]), label=request.get("label"), max_size=request.get("max_size"),
                                allow_shared_device=bool(request.get("allow_shared_device")))
@@ -155,7 +176,7 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
     if op == "check":
         def hold() -> threading.RLock:
             if ops.session is not None and ops.session.done.is_set():
-                raise MountFailed(path=ops.session.mountpoint, why="it is being unmounted; check again later")
+                raise MountStopping(path=ops.session.mountpoint, what="check again once it is mounted")
             return lock
 
         with lock:

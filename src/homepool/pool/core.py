@@ -57,7 +57,16 @@ from ..streams import Target, copy_to, hash_file
 from ..units import human
 from .batch import WriteBatch
 from .live import DRIVES_TTL, PASSTHROUGH_ROOM, LiveFile, LiveOps
-from .ondrive import conflict_name, copy_is_at_fault, keep_aside, link_name, rename_on, scan_tree, unlink_names
+from .ondrive import (
+    conflict_name,
+    copy_is_at_fault,
+    copy_xattrs,
+    keep_aside,
+    link_name,
+    rename_on,
+    scan_tree,
+    unlink_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +131,7 @@ class Pool(LiveOps):
         self._open: dict[int, list[LiveFile]] = {}
         self._orphans: dict[int, Node] = {}
         self._reconcile_at_release: set[int] = set()  # files whose copies change once closed
+        self._reconcile_soon: set[int] = set()  # files given their copies at the next `catch_up`
         self._dir_times: dict[int, int] = {}  # directories changed through the mount: their new mtime
         # Around copying a file's data to make a new copy: the mount lets its lock go there, so
         # a big file does not hold up every other request (the copy is checked afterwards).
@@ -130,6 +140,7 @@ class Pool(LiveOps):
         # While the mount repairs (`check --repair` while mounted): the entries repairs add or
         # change, as (directory, name, node), for the kernel to forget once the lock is let go.
         self.kernel_news: list[tuple[int | None, str, int]] | None = None
+        self.copies_changing = False  # the mount is giving a folder's files their new copies
         self._changes: dict[int, int] = {}  # node id -> changes made through open files
         self.drive_cache: tuple[float, list[Drive]] | None = None
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
@@ -1008,7 +1019,7 @@ class Pool(LiveOps):
         """Whether a file's copies are about to change: it is open in the mount (it gets them at
         its release), or a new copy of it is being made."""
         return bool(self._open.get(node_id)) or node_id in self._reconcile_at_release \
-            or node_id in self._copying.values()
+            or node_id in self._reconcile_soon or node_id in self._copying.values()
 
     def journal_tmp_names(self) -> dict[int, set[str]]:
         """Temp files that unfinished operations still need, by drive (and new copies being
@@ -1280,7 +1291,7 @@ class Pool(LiveOps):
             target = placement.choose(self.config.placement, self._candidates(drives), node.size, 1, exclude=holders)
             if not target:
                 break
-            self._add_copy(node, path, [active[d] for d in have], active[target[0]])
+            self._add_copy(self.cat.node(node.id), path, [active[d] for d in have], active[target[0]])
             now = good()
             if len(now) <= len(have):  # the copy failed: do not spin on it
                 break
@@ -1308,6 +1319,7 @@ class Pool(LiveOps):
                             n, digest = copy_to(src, [t], node.size, fsync=False)  # raises for the source only
                             if t.error is None:
                                 try:
+                                    copy_xattrs(src.fileno(), fd, path, target.name)
                                     os.fchown(fd, node.uid, node.gid)  # before the mode: chown clears set-id bits
                                     os.fchmod(fd, node.mode & 0o7777)
                                     os.utime(fd, ns=(node.atime_ns or node.mtime_ns, node.mtime_ns))
@@ -1344,6 +1356,10 @@ class Pool(LiveOps):
                         tmp.unlink()
                     log.info("%s changed while a copy of it was made; it gets its copy later", path)
                     return False
+                if sum(r.state == "ok" for r in self.cat.replicas(node.id)) >= self.copies_wanted(node.id):
+                    with suppress(OSError):
+                        tmp.unlink()  # its folder's copies were lowered meanwhile
+                    return False
                 payload = {"path": path, "targets": {str(target.id): tmp.name}, "drop": [], "size": node.size,
                            "mode": node.mode, "mtime_ns": node.mtime_ns, "hash": node.hash,
                            "links": self.other_names(node.id)}
@@ -1354,11 +1370,13 @@ class Pool(LiveOps):
         return False
 
     def _changed_meanwhile(self, node: Node, path: str) -> bool:
-        """Whether a file copied outside the mount's lock (`unlocked_io`) was changed, moved,
-        deleted or opened for writing in the meantime: then its new copy is not switched in."""
+        """Whether a file copied outside the mount's lock (`unlocked_io`) was changed (content,
+        owner, mode, xattrs: anything that moves its ctime), moved, deleted or opened in the
+        meantime: then its new copy is not switched in."""
         now = self.cat.node_or_none(node.id)
-        return (now is None or (now.size, now.mtime_ns, now.hash) != (node.size, node.mtime_ns, node.hash)
-                or self.path_of(node.id) != path or self._being_written(node.id))
+        seen = (node.size, node.mtime_ns, node.hash, node.mode, node.uid, node.gid, node.ctime_ns)
+        return (now is None or (now.size, now.mtime_ns, now.hash, now.mode, now.uid, now.gid, now.ctime_ns) != seen
+                or self.path_of(node.id) != path or bool(self._open.get(node.id)))
 
     # -- repairs (`check --repair` decides, these do) ---------------------------------------
 

@@ -38,6 +38,7 @@ from ..drives import Drive
 from ..errors import (
     AlreadyExists,
     DirectoryNotEmpty,
+    HomepoolError,
     IsADirectory,
     LinksAcrossFolders,
     NameTooLong,
@@ -48,7 +49,7 @@ from ..errors import (
 from ..errors import NotADirectory as NotADir
 from ..streams import CHUNK, hash_fd, hash_file, new_hasher
 from ..units import human
-from .ondrive import copy_is_at_fault, keep_aside, link_name, unlink_names
+from .ondrive import copy_is_at_fault, copy_xattrs, keep_aside, link_name, unlink_names
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -277,6 +278,7 @@ class LiveOps:
         _orphans: dict[int, Node]
         _changes: dict[int, int]
         _reconcile_at_release: set[int]
+        _reconcile_soon: set[int]
         _dir_times: dict[int, int]
 
         def drives_by_id(self) -> dict[int, Drive]: ...
@@ -364,8 +366,17 @@ class LiveOps:
             self._dir_times[d] = now
 
     def catch_up(self) -> None:
-        """What the mount holds back to save commits reaches the catalog (every second, and at
-        unmount): directory times, and the removal of finished renames' and deletes' journal rows."""
+        """What the mount holds back reaches the catalog and the drives (every second, and at
+        unmount): directory times, the removal of finished renames' and deletes' journal rows,
+        and the copies of files moved to another folder (made here, not in the rename: a big
+        file's copy takes a while, and the kernel holds its rename locks until it returns)."""
+        while self._reconcile_soon:
+            node_id = self._reconcile_soon.pop()
+            try:
+                self.reconcile_unless_open(node_id)
+            except (HomepoolError, OSError) as e:
+                log.error("could not give %s the copies of its folder: %s; `homepool check --repair` will",
+                          self.path_of(node_id) if self.cat.node_or_none(node_id) else f"#{node_id}", e)
         self.save_dir_times()
         self.cat.journal_flush()
 
@@ -589,6 +600,7 @@ class LiveOps:
                 _pwrite_all(new_fd, chunk, off)
                 off += len(chunk)
             os.ftruncate(new_fd, size)
+            copy_xattrs(fd, new_fd, f.path, to.name)
         except OSError:
             os.close(new_fd)
             os.unlink(to.real(f.path))
@@ -977,7 +989,7 @@ class LiveOps:
         if old is not None and old_row is not None and old.links:
             self._follow(old.id)  # it lost a name: perhaps the one that was its path
         if src.partition("/")[0] != dst.partition("/")[0]:  # another folder: its copies may differ
-            self.reconcile_unless_open(node.id)
+            self._reconcile_soon.add(node.id)
 
     def set_attrs(self, node_id: int, *, mode: int | None = None, uid: int | None = None,
                   gid: int | None = None, size: int | None = None, mtime_ns: int | None = None,

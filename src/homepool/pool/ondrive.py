@@ -82,6 +82,18 @@ def unlink_names(d: Drive, path: str, names: Collection[str]) -> None:
                 os.unlink(real)
 
 
+def copy_xattrs(src_fd: int, dst_fd: int, path: str, target: str) -> None:
+    """Give a new copy the extended attributes of the one it was copied from (the user's and
+    trusted ones: security and system ones belong to the drive). A drive that cannot keep
+    them still gets the copy; the log says what it lacks."""
+    for name in os.listxattr(src_fd):
+        if name.startswith(("user.", "trusted.")):
+            try:
+                os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
+            except OSError as e:
+                log.warning("the copy of %s on %s lacks its extended attribute %s: %s", path, target, name, e)
+
+
 def keep_aside(d: Drive, path: str) -> str:
     """Something the catalog does not know is at `path` on `d`: rename it to a conflict name
     (never overwrite it). Returns that name."""
