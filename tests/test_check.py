@@ -364,7 +364,7 @@ def test_check_while_a_copy_is_made_outside_the_lock_sees_no_orphan_temp(
 
     monkeypatch.setattr(core, "copy_to", copy_to)
     dir_pool.move(dir_pool.stat("Videos").id, "v.bin", dir_pool.stat("Documents").id, "v.bin", noreplace=False)
-    dir_pool.catch_up()  # the mount's next round gives a moved file its copies
+    dir_pool.copy_moved_files()  # what the mount does every second
     assert len(dir_pool.cat.replicas(dir_pool.stat("Documents/v.bin").id)) == 2  # the copy was made
     assert [p.line() for p in seen if p.check == "no_orphan_temps"] == []
 
@@ -730,3 +730,40 @@ def test_a_stray_is_hashed_without_the_lock(dir_pool: Pool, dir_drives: list[Pat
     assert p.check == "no_stray_files" and p.fixed
     assert hashed_held == []
     assert dir_pool.read_bytes("Videos/by-hand.mkv") == b"s" * 100_000
+
+
+def test_repair_makes_the_copy_a_missing_drive_held(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    """A drive is gone: its copies do not count, and `--repair` makes them again elsewhere."""
+    dir_pool.write_bytes("Photos/a.jpg", b"photo")  # Photos: 2 copies, on 2 of the 3 drives
+    holder = copies_on_disk(dir_drives, "Photos/a.jpg")[0].parents[2]
+    os.rename(holder / ".homepool", holder / ".homepool-unplugged")  # the drive is gone
+    try:
+        fixed = [p.line() for p in check(dir_pool, repair=True) if p.check == "copies_met"]
+        assert fixed == ["[fixed] copies_met: Photos/a.jpg: has 1 of 2 copies; now 2"]
+        others = [d for d in dir_drives if d != holder]
+        assert len(copies_on_disk(others, "Photos/a.jpg")) == 2
+    finally:
+        os.rename(holder / ".homepool-unplugged", holder / ".homepool")
+
+
+def test_a_file_opened_while_its_copy_is_made_gets_it_at_its_close(dir_pool: Pool, dir_drives: list[Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    dir_pool.write_bytes("Videos/v.bin", b"V" * 1000)
+    node = dir_pool.stat("Videos/v.bin")
+    dir_pool.go_live()
+    real = core.copy_to
+    opened = []
+
+    def copy_to(*a: object, **kw: object) -> object:  # the lock is let go here: a program opens the file
+        if not opened:
+            opened.append(dir_pool.open_file(node.id, write=False))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(core, "copy_to", copy_to)
+    dir_pool.change_copies("Videos", 2)
+    assert dir_pool.reconcile_unless_open(node.id) == 1  # not switched in: the file is open now
+    (f,) = opened
+    dir_pool.releasing(f, closing=True)
+    dir_pool.release_file(f, f.finish())  # its last close: the copy is made then
+    assert len(copies_on_disk(dir_drives, "Videos/v.bin")) == 2
+    assert_clean(dir_pool)

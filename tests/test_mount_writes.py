@@ -144,7 +144,7 @@ def test_rename(mnt: Path, state_dir: Path, dir_drives: list[Path]) -> None:
     os.mkdir(mnt / "Documents/sub")
     os.rename(mnt / "Documents/b.txt", mnt / "Documents/sub/c.txt")
     os.rename(mnt / "Documents/sub/c.txt", mnt / "Videos/c.txt")  # to a 1-copy folder
-    # (the mount's next round, within a second, not the rename: see `catch_up`)
+    # (the mount's next round, within a second, not the rename: see `copy_moved_files`)
     wait_for(lambda: len(copies_on_disk(dir_drives, "Videos/c.txt")) == 1, what="the extra copy to go")
     os.mkdir(mnt / "Documents/empty")
     os.rename(mnt / "Documents/sub", mnt / "Documents/empty")  # over an empty directory

@@ -346,6 +346,7 @@ def test_what_the_mount_keeps_in_memory_matches_the_catalog(dir_pool: Pool, seed
             if dir_pool.cat.node_or_none(i) is not None:
                 dir_pool.cat.path_of(i)
         consistent(dir_pool)
+    dir_pool.copy_moved_files()
     dir_pool.catch_up()
     assert dir_pool.cat.wrong_link_counts() == []
     assert dir_pool.cat.db.execute("PRAGMA foreign_key_check").fetchall() == []

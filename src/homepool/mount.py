@@ -37,6 +37,7 @@ from .errors import (
 
 if TYPE_CHECKING:
     from .fuse.ops import PoolOperations
+    from .fuse.session import Session
     from .pool import Pool
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         mounted = True
         log.info("mounted the pool at %s", mountpoint)
         threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
+        threading.Thread(target=copy_moved_files, args=(pool, ops, session), name="copies", daemon=True).start()
         copied = time.monotonic()
         while not session.done.wait(SYNC_EVERY):
             try:
@@ -119,6 +121,18 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
             log.error("a request is still running after 30 s; closing the pool anyway")
         if mounted:
             log.info("unmounted %s; requests served: %s", mountpoint, session.summary())
+
+
+def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
+    """Every second, files moved to another folder get its copies (`Pool.copy_moved_files`),
+    on this thread: the data is copied with the lock let go, and a big file takes a while.
+    Those still waiting at unmount get them at the next `homepool check --repair`."""
+    while not session.done.wait(SYNC_EVERY):
+        try:
+            with ops.lock:
+                pool.copy_moved_files()
+        except Exception:  # a drive gone mid-copy, say: the next round (or `check`) tries again
+            log.exception("giving moved files their copies")
 
 
 def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +179,8 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
                            f"`homepool unmount {ops.session.mountpoint if ops.session else 'MOUNTPOINT'}` first")
         # Before the lock: looking at a path inside the mount is a request to this mount.
         path = Path(os.path.realpath(request["path"]))
-        if ops.session is not None and path.is_relative_to(os.path.realpath(ops.session.mountpoint)):
+        if ops.session is not None and (path.is_relative_to(os.path.realpath(ops.session.mountpoint))
+                                        or _same_device(path, ops.session.mountpoint)):  # a bind mount of it
             raise BadDrive(path=request["path"], why="it is inside the pool's own mount; a drive is a disk "
                            "mounted elsewhere, such as /mnt/disk3")
         with lock:
@@ -194,6 +209,13 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
                     ops.session.forget_inode(ino)
         return {"problems": [dataclasses.asdict(p) for p in problems]}
     raise BadInput(message=f"the mount does not know the request {op!r}; is it an older homepool?")
+
+
+def _same_device(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False  # not there: `add_drive` says so
 
 
 READAHEAD_KB = 2048

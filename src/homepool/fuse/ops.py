@@ -303,6 +303,7 @@ class PoolOperations:
     def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, flags: int) -> tuple[Attr, Opened]:
         with self.lock, _errno():
             node, f = self.pool.create_file(parent, _name(name), mode, ctx.uid, ctx.gid)
+            f.mappable = flags & os.O_ACCMODE == os.O_RDWR
             self._cached.pop(node.id, None)
             return attr_of(node), self._handle(f, node)
 
@@ -310,6 +311,7 @@ class PoolOperations:
         write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
         with self.lock, _errno():
             f = self.pool.open_file(ino, write=write, busy=self._readers)
+            f.mappable = flags & os.O_ACCMODE == os.O_RDWR
             if flags & os.O_TRUNC and f.size:
                 self.pool.set_attrs(ino, size=0, handle=f)
             node = self.pool.node(ino)

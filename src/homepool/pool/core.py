@@ -1094,8 +1094,10 @@ class Pool(LiveOps):
         """The extended attributes of a file's copy (or a directory on a drive), read from the
         first present drive that has it. Copies carry the same ones (written to all)."""
         if self.unlinked(node_id):  # open with no name left: through a descriptor on its copy
-            fd = self.open_fds(node_id)[0]
-            return {os.fsencode(n): os.getxattr(fd, n) for n in os.listxattr(fd)}
+            fds = self.open_fds(node_id)
+            if not fds:
+                raise OSError(errno.ENOENT, "no open copy left")
+            return {os.fsencode(n): os.getxattr(fds[0], n) for n in os.listxattr(fds[0])}
         node = self.node(node_id)
         path = self.path_of(node_id)
         drives = self.drives(present_only=True)
@@ -1355,8 +1357,12 @@ class Pool(LiveOps):
                     with suppress(OSError):
                         tmp.unlink()
                     log.info("%s changed while a copy of it was made; it gets its copy later", path)
+                    if self._open.get(node.id):
+                        self._reconcile_at_release.add(node.id)  # opened meanwhile: at its last close
                     return False
-                if sum(r.state == "ok" for r in self.cat.replicas(node.id)) >= self.copies_wanted(node.id):
+                active = {d.id for d in self.drives(present_only=True)}
+                good = sum(r.state == "ok" and r.drive_id in active for r in self.cat.replicas(node.id))
+                if good >= self.copies_wanted(node.id):
                     with suppress(OSError):
                         tmp.unlink()  # its folder's copies were lowered meanwhile
                     return False

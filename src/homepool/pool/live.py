@@ -93,6 +93,7 @@ class LiveFile:
         # looking at it (`known`: size, mtime, ctime and hash when last recorded).
         self.passthrough = False
         self.direct = False  # its reads and writes skip the kernel's page cache (the mount decides)
+        self.mappable = True  # open for reading and writing: a shared mapping could write it
         self.known: tuple[int, int, int, str | None] | None = None
         self.recorded: tuple[int, int, str] | None = None  # what the last close recorded
         self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
@@ -247,11 +248,12 @@ class LiveFile:
         return st.st_size, st.st_mtime_ns
 
     def finish(self) -> tuple[int, int, str] | None:
-        """At release: `settle`, then close every copy. A passed-through copy is hashed again:
-        a shared mapping may have written it after the last close without changing its
-        times (its pages stay writable until written back)."""
+        """At release: `settle`, then close every copy. A passed-through copy open for reading
+        and writing is hashed again: a shared mapping may have written it after the last
+        close without changing its times (its pages stay writable until written back). One
+        open for writing only cannot be mapped (cp, tar and rsync open files so)."""
         try:
-            return self.settle(again=True)
+            return self.settle(again=self.mappable)
         finally:
             self.close()
 
@@ -338,9 +340,12 @@ class LiveOps:
         return node
 
     def open_fds(self, node_id: int) -> list[int]:
-        """Descriptors on a file's copies held by its open handles (each copy once)."""
+        """Under the lock: descriptors on a file's copies held by its open handles (each copy
+        once; not those of a handle being released, whose descriptors are about to close)."""
         seen: dict[int, int] = {}
         for f in self._open.get(node_id, ()):
+            if f.closing:
+                continue
             for drive_id, fd in f.fds.items():
                 seen.setdefault(drive_id, fd)
         return list(seen.values())
@@ -366,10 +371,15 @@ class LiveOps:
             self._dir_times[d] = now
 
     def catch_up(self) -> None:
-        """What the mount holds back reaches the catalog and the drives (every second, and at
-        unmount): directory times, the removal of finished renames' and deletes' journal rows,
-        and the copies of files moved to another folder (made here, not in the rename: a big
-        file's copy takes a while, and the kernel holds its rename locks until it returns)."""
+        """What the mount holds back to save commits reaches the catalog (every second, and at
+        unmount): directory times, and the removal of finished renames' and deletes' journal rows."""
+        self.save_dir_times()
+        self.cat.journal_flush()
+
+    def copy_moved_files(self) -> None:
+        """Give the files moved to another folder that folder's copies: on a thread of their
+        own in the mount (`mount.serve`), every second, not in the rename (a big file's copy
+        takes a while, and the kernel holds its rename locks until the rename returns)."""
         while self._reconcile_soon:
             node_id = self._reconcile_soon.pop()
             try:
@@ -377,8 +387,7 @@ class LiveOps:
             except (HomepoolError, OSError) as e:
                 log.error("could not give %s the copies of its folder: %s; `homepool check --repair` will",
                           self.path_of(node_id) if self.cat.node_or_none(node_id) else f"#{node_id}", e)
-        self.save_dir_times()
-        self.cat.journal_flush()
+        self.cat.journal_flush()  # the drops it made
 
     def save_dir_times(self) -> None:
         """Record the times `_dir_changed` kept (a crash loses at most these: no file's data)."""

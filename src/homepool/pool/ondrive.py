@@ -86,7 +86,12 @@ def copy_xattrs(src_fd: int, dst_fd: int, path: str, target: str) -> None:
     """Give a new copy the extended attributes of the one it was copied from (the user's and
     trusted ones: security and system ones belong to the drive). A drive that cannot keep
     them still gets the copy; the log says what it lacks."""
-    for name in os.listxattr(src_fd):
+    try:
+        names = os.listxattr(src_fd)
+    except OSError as e:  # a drive without extended attributes (ENOTSUP): none to carry
+        log.info("extended attributes of %s not read: %s", path, e)
+        return
+    for name in names:
         if name.startswith(("user.", "trusted.")):
             try:
                 os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
