@@ -108,6 +108,21 @@ def _mode_of(node: Node | Entry) -> int:
     return stat_.S_IFMT(node.mode) or _KIND.get(node.kind, stat_.S_IFREG)
 
 
+def _maps_shared(pid: int, inodes: tuple[int, ...]) -> bool:
+    """Whether process `pid` has a shared mapping of a file with one of these inode numbers
+    (/proc/PID/maps; the mount's own, or the drive copy's under passthrough): it may write
+    the file after this close. True when it cannot tell; a false match costs only a hash."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                fields = line.split(None, 5)
+                if len(fields) >= 5 and fields[1][3:4] == "s" and int(fields[4]) in inodes:
+                    return True
+    except (OSError, ValueError):
+        return True
+    return False
+
+
 def attr_of(node: Node | Entry) -> Attr:
     kind = _mode_of(node)
     return Attr(node.id, node.size, kind | (node.mode & 0o7777), node.nlink, node.uid,
@@ -361,9 +376,12 @@ class PoolOperations:
         if kept != mode:
             self.pool.set_attrs(f.node_id, handle=f, mode=kept)
 
-    def flush(self, fh: int) -> None:
-        """Each close(): the catalog records the file as it is now (release may come later)."""
+    def flush(self, fh: int, pid: int = 0) -> None:
+        """Each close() (by process `pid`): the catalog records the file as it is now (release
+        may come later)."""
         f = self._files[fh]
+        if f.passthrough and f.mappable and not f.mapped:
+            f.mapped = _maps_shared(pid, (f.node_id, os.fstat(f.read_fd).st_ino))
         if f.dirty:
             with self.lock:
                 self.pool.releasing(f)

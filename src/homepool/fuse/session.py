@@ -415,7 +415,7 @@ class Session:
 
     def _flush(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         (fh, *_) = p.FLUSH_IN.unpack_from(body)
-        self.ops.flush(fh)
+        self.ops.flush(fh, ctx.pid)
         return b""
 
     def _release(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:

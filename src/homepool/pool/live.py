@@ -94,6 +94,7 @@ class LiveFile:
         self.passthrough = False
         self.direct = False  # its reads and writes skip the kernel's page cache (the mount decides)
         self.mappable = True  # open for reading and writing: a shared mapping could write it
+        self.mapped = False  # a program had it mapped (shared) when it closed it (the mount looks)
         self.known: tuple[int, int, int, str | None] | None = None
         self.recorded: tuple[int, int, str] | None = None  # what the last close recorded
         self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
@@ -248,12 +249,11 @@ class LiveFile:
         return st.st_size, st.st_mtime_ns
 
     def finish(self) -> tuple[int, int, str] | None:
-        """At release: `settle`, then close every copy. A passed-through copy open for reading
-        and writing is hashed again: a shared mapping may have written it after the last
-        close without changing its times (its pages stay writable until written back). One
-        open for writing only cannot be mapped (cp, tar and rsync open files so)."""
+        """At release: `settle`, then close every copy. A passed-through copy that a program
+        had mapped when it closed it is hashed again: the mapping may have written it after
+        the close without changing its times (its pages stay writable until written back)."""
         try:
-            return self.settle(again=self.mappable)
+            return self.settle(again=self.mapped)
         finally:
             self.close()
 
