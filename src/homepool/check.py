@@ -289,7 +289,11 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
         for path, is_dir in list(scan_tree(d.tree)):  # without holding: a walk of a drive takes a while
             if path in owed or any(path.startswith(o + "/") for o in owed) or path in known:
                 continue
-            hashed = _hash_unheld(d.real(path)) if repair and not is_dir else None  # a big file takes a while
+            hashed = None
+            if repair and not is_dir:  # hashed without the lock (a big file takes a while), if a stray
+                with hold():
+                    stray = _strayed(pool, d, path, is_dir)
+                hashed = _hash_unheld(d.real(path)) if stray else None
             with hold():
                 if not _strayed(pool, d, path, is_dir):
                     continue  # changed since (the mount went on meanwhile)
