@@ -351,3 +351,23 @@ def test_what_the_mount_keeps_in_memory_matches_the_catalog(dir_pool: Pool, seed
     assert dir_pool.cat.wrong_link_counts() == []
     assert dir_pool.cat.db.execute("PRAGMA foreign_key_check").fetchall() == []
     assert_clean(dir_pool)
+
+
+def test_files_moved_into_another_folder_get_its_copies_after_the_rename(dir_pool: Pool,
+                                                                        dir_drives: list[Path]) -> None:
+    """A file or a whole directory moved by the mount into a folder with more copies: the
+    rename returns at once, and the mount's own thread makes the copies (a big file's copy
+    would hold the kernel's rename locks otherwise)."""
+    dir_pool.write_bytes("Videos/one.mkv", b"1")
+    dir_pool.makedirs("Videos/dir")
+    dir_pool.write_bytes("Videos/dir/two.mkv", b"2")  # Videos: 1 copy, Documents: 2
+    dir_pool.go_live()
+    videos, documents = dir_pool.stat("Videos").id, dir_pool.stat("Documents").id
+    dir_pool.move(videos, "one.mkv", documents, "one.mkv", noreplace=False)
+    dir_pool.move(videos, "dir", documents, "dir", noreplace=False)
+    moved = ["Documents/one.mkv", "Documents/dir/two.mkv"]
+    assert [len(copies_on_disk(dir_drives, p)) for p in moved] == [1, 1]
+    assert all(dir_pool.copies_pending(dir_pool.stat(p).id) for p in moved)  # `check` leaves them be
+    dir_pool.copy_moved_files()  # what the mount's thread does every second
+    assert [len(copies_on_disk(dir_drives, p)) for p in moved] == [2, 2]
+    assert_clean(dir_pool)

@@ -1195,8 +1195,12 @@ class Pool(LiveOps):
                              **heir,
                              "copies": self.copies_wanted(node.id) if node.parent_id != ROOT_ID else 0})
         if before != self._folder_of(node.id):  # moved to another folder: its copies may differ
-            for f in self.cat.subtree_files(node.id):
-                self.reconcile(f)
+            files = self.cat.subtree_files(node.id)
+            if self.live:  # the mount's own thread makes them (`copy_moved_files`), not the rename
+                self._reconcile_soon.update(f.id for f in files)
+            else:
+                for f in files:
+                    self.reconcile(f)
 
     def delete(self, path: str) -> None:
         """Delete a file, or an empty folder, from the pool and every drive."""
