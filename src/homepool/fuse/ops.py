@@ -360,21 +360,13 @@ class PoolOperations:
         with self.lock, _errno():
             self.pool.will_change(f)
             if kill_suidgid:
-                self._kill_suidgid(f)
+                self.pool.write_clears_set_id(f)
         with _errno():
             failed = f.write(data, off)
         if failed:
             with self.lock, _errno():
                 self.pool.copies_failed(f, failed, lambda fds: f.write(data, off, fds))
         return len(data)
-
-    def _kill_suidgid(self, f: LiveFile) -> None:
-        """Under the lock: a write by a user who may not keep set-id bits clears them, as a
-        local filesystem does (set-group-id only with group execute: else it marks locking)."""
-        mode = self.pool.node(f.node_id).mode
-        kept = mode & ~(stat_.S_ISUID | (stat_.S_ISGID if mode & stat_.S_IXGRP else 0))
-        if kept != mode:
-            self.pool.set_attrs(f.node_id, handle=f, mode=kept)
 
     def flush(self, fh: int, pid: int = 0) -> None:
         """Each close() (by process `pid`): the catalog records the file as it is now (release

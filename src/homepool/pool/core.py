@@ -131,7 +131,7 @@ class Pool(LiveOps):
         self._open: dict[int, list[LiveFile]] = {}
         self._orphans: dict[int, Node] = {}
         self._reconcile_at_release: set[int] = set()  # files whose copies change once closed
-        self._reconcile_soon: set[int] = set()  # files given their copies at the next `catch_up`
+        self._reconcile_soon: set[int] = set()  # files moved to another folder: `copy_moved_files`
         self._dir_times: dict[int, int] = {}  # directories changed through the mount: their new mtime
         # Around copying a file's data to make a new copy: the mount lets its lock go there, so
         # a big file does not hold up every other request (the copy is checked afterwards).
@@ -1297,17 +1297,21 @@ class Pool(LiveOps):
             target = placement.choose(self.config.placement, self._candidates(drives), node.size, 1, exclude=holders)
             if not target:
                 break
-            self._add_copy(self.cat.node(node.id), path, [active[d] for d in have], active[target[0]])
+            self._add_copy(self.cat.node(node.id), path, [active[d] for d in have], active[target[0]],
+                           still_wanted=lambda: len(good()) < self.copies_wanted(node.id))
             now = good()
             if len(now) <= len(have):  # the copy failed: do not spin on it
                 break
             have = now
         return len(good())
 
-    def _add_copy(self, node: Node, path: str, sources: list[Drive], target: Drive) -> bool:
+    def _add_copy(self, node: Node, path: str, sources: list[Drive], target: Drive,
+                  still_wanted: Callable[[], bool]) -> bool:
         """Copy a file from a good copy to `target`, verifying the content hash on the way.
         A source that cannot be read or does not match is marked bad and the next one tried;
-        a failing target ends the attempt (the caller picks another drive next time)."""
+        a failing target ends the attempt (the caller picks another drive next time). The
+        copy is switched in only if `still_wanted()` then (its folder's copies may have been
+        lowered while the data was copied without the mount's lock)."""
         for src_drive in sources:
             tmp = target.new_tmp()
             self._copying[(target.id, tmp.name)] = node.id  # not an orphan for `check` meanwhile
@@ -1364,11 +1368,9 @@ class Pool(LiveOps):
                     if self._open.get(node.id):
                         self._reconcile_at_release.add(node.id)  # opened meanwhile: at its last close
                     return False
-                active = {d.id for d in self.drives(present_only=True)}
-                good = sum(r.state == "ok" and r.drive_id in active for r in self.cat.replicas(node.id))
-                if good >= self.copies_wanted(node.id):
+                if not still_wanted():
                     with suppress(OSError):
-                        tmp.unlink()  # its folder's copies were lowered meanwhile
+                        tmp.unlink()
                     return False
                 payload = {"path": path, "targets": {str(target.id): tmp.name}, "drop": [], "size": node.size,
                            "mode": node.mode, "mtime_ns": node.mtime_ns, "hash": node.hash,

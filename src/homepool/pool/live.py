@@ -325,18 +325,15 @@ class LiveOps:
             node = gone
         if (changed := self._dir_times.get(node_id)) is not None:
             node = node.but(mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
-        looked = False
-        for f in self._open.get(node_id, ()):
+        handles = self._open.get(node_id, ())
+        for f in handles:
             if f.attrs:
                 node = node.but(**f.attrs)  # type: ignore[arg-type]  # int columns only
-            if looked or not (f.changed or f.passthrough and f.writable):
-                continue
-            # Every handle writes the same files: the size is the copy's, whichever wrote last.
-            if (seen := f.looked_at()) is not None:
-                looked = True
-                mtime = seen[1] if f.passthrough else max(node.mtime_ns, f.mtime_ns, *(
-                    h.mtime_ns for h in self._open[node_id]))
-                node = node.but(size=seen[0], mtime_ns=mtime, ctime_ns=max(node.ctime_ns, mtime))
+        # Every handle writes the same files: the size is the copy's, whichever wrote last.
+        for f in handles:
+            if (f.changed or f.passthrough and f.writable) and (seen := f.looked_at()) is not None:
+                mtime = seen[1] if f.passthrough else max(node.mtime_ns, *(h.mtime_ns for h in handles))
+                return node.but(size=seen[0], mtime_ns=mtime, ctime_ns=max(node.ctime_ns, mtime))
         return node
 
     def open_fds(self, node_id: int) -> list[int]:
@@ -1059,6 +1056,14 @@ class LiveOps:
             self._record_attrs(node_id, cols)
         self._changed = True
         return self.node(node_id)
+
+    def write_clears_set_id(self, f: LiveFile) -> None:
+        """A write through `f` by a user who may not keep set-id bits clears them, as a local
+        filesystem does (set-group-id only with group execute: else it marks locking)."""
+        mode = self.node(f.node_id).mode
+        kept = mode & ~(stat_.S_ISUID | (stat_.S_ISGID if mode & stat_.S_IXGRP else 0))
+        if kept != mode:
+            self.set_attrs(f.node_id, handle=f, mode=kept)
 
     @staticmethod
     def _attr_cols(node: Node, mode: int | None, uid: int | None, gid: int | None, mtime_ns: int | None,
