@@ -269,6 +269,35 @@ def test_a_listing_gives_each_kind_its_type_and_inode(dir_pool: Pool, state_dir:
         assert listed["again"][0] == listed["f03"][0] and os.lstat(d / "again").st_nlink == 2
 
 
+def test_a_listing_read_while_entries_come_and_go_shows_each_of_the_others_once(
+        dir_pool: Pool, state_dir: Path, tmp_path: Path) -> None:
+    """A listing is read a page at a time, each page from the catalog as it is then (the mount
+    keeps no directory handles). A program that removes each entry it is shown and adds
+    another meanwhile (a page holds a few dozen entries) is still shown every entry that was
+    there from the start once, and nothing twice."""
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, proc):
+        d = mnt / "Documents/churn"
+        d.mkdir()
+        first = {f"f{i:03}" for i in range(400)}
+        for name in first:
+            (d / name).write_bytes(b"x")
+        seen: list[str] = []
+        with os.scandir(d) as it:
+            for e in it:
+                seen.append(e.name)
+                if e.name in first:
+                    os.unlink(e.path)
+                    (d / f"new-{e.name}").write_bytes(b"y")
+                    os.rename(d / f"new-{e.name}", d / f"moved-{e.name}")
+        assert len(seen) == len(set(seen)), [n for n in seen if seen.count(n) > 1][:5]
+        assert first <= set(seen)
+        assert sorted(os.listdir(d)) == sorted(f"moved-{n}" for n in first)
+        counts, _ = _served(tmp_path / "mnt.log", proc.pid)
+        # The kernel asked to open a directory once, was told to go without, and did.
+        assert counts.get("OPENDIR", 0) <= 1 and "RELEASEDIR" not in counts, counts
+
+
 def test_a_hung_drive_holds_up_no_reader_of_another(state_dir: Path, loop_drives, tmp_path: Path) -> None:
     """A drive that stops answering (frozen: every write to it waits) holds up the changes
     made there, and the lookups waiting for the pool meanwhile, but a file being read goes on

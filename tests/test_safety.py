@@ -305,7 +305,9 @@ def test_an_older_catalog_is_upgraded(state_dir: Path, dir_pool: Pool, capsys) -
     db.close()
     assert main(["--pool", str(state_dir), "status"]) == 0  # a reader upgrades too
     with Pool.open(state_dir) as pool:
-        assert pool.cat.schema_rev() == CURRENT_REV == 5 and pool.cat.owed(1) == []
+        assert pool.cat.schema_rev() == CURRENT_REV == 6 and pool.cat.owed(1) == []
+        indexes = {r[0] for r in pool.cat.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"nodes_by_link", "nodes_by_parent"} <= indexes
         node = pool.stat("Documents/kept.txt")
         assert (node.size, node.mode & 0o777, node.uid, node.ctime_ns, node.atime_ns) == \
             (4, 0o640, 0, node.mtime_ns, node.mtime_ns)

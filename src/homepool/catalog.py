@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 #   3: nodes gain owners, ctime, symlinks and special files (what the mount needs)
 #   4: access times
 #   5: hard links ('link' nodes, `link_to`, `links`)
-CURRENT_REV = 5
+#   6: `nodes_by_parent` (the mount lists a directory a page at a time, in the order made)
+CURRENT_REV = 6
 ROOT_ID = 1
 CACHED_NODES = 100_000  # nodes and paths the mount keeps in memory (about 50 MB at most)
 
@@ -205,6 +206,8 @@ SCHEMA = """
             UNIQUE (parent_id, name)
         );
         CREATE INDEX nodes_by_link ON nodes(link_to) WHERE link_to IS NOT NULL;
+        -- A directory's children in the order they were made (by id: see `listing`).
+        CREATE INDEX nodes_by_parent ON nodes(parent_id);
 
         -- Top-level folders and how many copies (on distinct drives) their files want.
         -- `fold` is the case-folded name: unique, because Windows and macOS clients
@@ -291,12 +294,18 @@ def _hard_links(db: sqlite3.Connection) -> None:
     db.execute(f"UPDATE nodes SET links = {_SUBDIRS} WHERE kind = 'dir'")
 
 
+def _index_by_parent(db: sqlite3.Connection) -> None:
+    """Revision 6: `nodes_by_parent`."""
+    start = SCHEMA.index("CREATE INDEX nodes_by_parent")
+    db.execute(SCHEMA[start: SCHEMA.index(";", start)])
+
+
 # A directory's subdirectories, for its link count (`nodes.links`).
 _SUBDIRS = "(SELECT COUNT(*) FROM nodes c WHERE c.parent_id = nodes.id AND c.kind = 'dir')"
 
 
 # Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1 (inside a transaction).
-_UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3, 3: _atime_column, 4: _hard_links}
+_UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3, 3: _atime_column, 4: _hard_links, 5: _index_by_parent}
 
 
 def _bytes_by_drive(db: sqlite3.Connection) -> dict[int, int]:
@@ -538,30 +547,36 @@ class Catalog:
         )
         return [Node(*r) for r in rows]
 
-    def entries(self, parent_id: int) -> list[Entry]:
-        """`children`, as listing entries (an extra name shows the node it names)."""
+    def entries(self, parent_id: int, after: int, upto: int) -> dict[int, Entry]:
+        """Children as listing entries (an extra name shows the node it names), by their place
+        in `listing`: those after place `after`, up to `upto`."""
         rows = self.db.execute(
-            "SELECT id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev, atime_ns, links, link_to"
-            " FROM nodes WHERE parent_id = ? ORDER BY name", (parent_id,))
-        out = list(map(Entry._make, rows))
-        for i, e in enumerate(out):
+            "SELECT id, id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev, atime_ns, links, link_to"
+            " FROM nodes WHERE parent_id = ? AND id > ? AND id <= ?", (parent_id, after, upto))
+        out = {row[0]: Entry._make(row[1:]) for row in rows}
+        for place, e in out.items():
             if e.link_to is not None:
                 n = self.node(e.link_to)
-                out[i] = Entry(n.id, e.name, n.kind, n.size, n.mode, n.mtime_ns, n.uid, n.gid, n.ctime_ns, n.rdev,
-                               n.atime_ns, n.links, None)
+                out[place] = Entry(n.id, e.name, n.kind, n.size, n.mode, n.mtime_ns, n.uid, n.gid, n.ctime_ns, n.rdev,
+                                   n.atime_ns, n.links, None)
         return out
 
-    def listing(self, parent_id: int) -> list[tuple[int, str, str, int]]:
-        """(id, name, kind, mode) of each child in name order, an extra name's as the node it
-        names: what a listing needs when the kernel holds the nodes (`entries` has the rest)."""
-        rows = self.db.execute("SELECT id, name, kind, mode, link_to FROM nodes WHERE parent_id = ? ORDER BY name",
-                               (parent_id,)).fetchall()
-        out: list[tuple[int, str, str, int]] = []
-        for id_, name, kind, mode, link_to in rows:
+    def listing(self, parent_id: int, after: int = 0, most: int = -1) -> list[tuple[int, int, str, str, int]]:
+        """A page of a directory's listing: (place, id, name, kind, mode) of at most `most`
+        children, in the order they were made, from the one after place `after` (0: the
+        first). A place is the entry's own row id: it names the same entry however the
+        directory changes, so a listing read page by page while entries come and go shows
+        each of the others once. An extra name shows the node it names (`entries` has the
+        rest of the attributes)."""
+        rows = self.db.execute("SELECT id, name, kind, mode, link_to FROM nodes WHERE parent_id = ? AND id > ?"
+                               " ORDER BY id LIMIT ?", (parent_id, after, most)).fetchall()
+        out: list[tuple[int, int, str, str, int]] = []
+        for place, name, kind, mode, link_to in rows:
+            id_ = place
             if link_to is not None:
                 n = self.node(link_to)
                 id_, kind, mode = n.id, n.kind, n.mode
-            out.append((id_, name, kind, mode))
+            out.append((place, id_, name, kind, mode))
         return out
 
     def resolve(self, node: Node) -> Node:

@@ -138,9 +138,6 @@ class PoolOperations:
         self.session: Session | None = None  # set by `serve` before it mounts (passthrough needs it)
         self.lock = threading.RLock()  # held for every call into the pool
         self._files: dict[int, LiveFile] = {}
-        # Open directory handles: inode, listing (read at the first readdir) and, once one is
-        # asked for, the entries' attributes.
-        self._dirs: dict[int, tuple[int, list[tuple[int, str, str, int]] | None, dict[int, Entry] | None]] = {}
         self._next_fh = itertools.count(1)
         self._readers: dict[int, int] = {}  # drive id -> open files reading from it
         self._cached: dict[int, str | None] = {}  # inode -> content hash when last opened
@@ -189,44 +186,24 @@ class PoolOperations:
 
     # -- directories ---------------------------------------------------------------------
 
-    def opendir(self, ctx: Ctx, ino: int) -> int:
-        with self.lock, _errno():
-            if not self.pool.node(ino).is_dir:
-                raise FuseError(errno.ENOTDIR)
-            fh = next(self._next_fh)
-            self._dirs[fh] = (ino, None, None)  # listed at the first readdir (the kernel may have it cached)
-        return fh
-
-    def readdir(self, fh: int, off: int, held: Container[int] | None = None
+    def readdir(self, ino: int, off: int, most: int, held: Container[int] | None = None
                 ) -> Iterator[tuple[bytes, int, int, Attr | None, int]]:
-        """Entries in name order, as (name, inode, mode, attributes, offset of the next); `off`
-        is how many were already returned. Attributes only with `held` (READDIRPLUS), and not
-        for the inodes in it (the kernel has them)."""
-        ino, children, entries = self._dirs[fh]
-        if children is None or off == 0:  # read once per opendir, or again from the start
-            with self.lock, _errno():
-                children = self.pool.cat.listing(ino)
-            entries = None
-            self._dirs[fh] = (ino, children, entries)
-        for i in range(off, len(children)):
-            id_, name, kind, mode = children[i]
-            if held is None or id_ in held:
-                yield name.encode(), id_, stat_.S_IFMT(mode) or _KIND.get(kind, stat_.S_IFREG), None, i + 1
-                continue
-            if entries is None:  # the kernel lacks one: the attributes, for all (one query)
-                with self.lock, _errno():
-                    entries = {e.id: e for e in self.pool.entries(ino)}
-                self._dirs[fh] = (ino, children, entries)
-            e = entries.get(id_)
-            if e is None:  # gone since the listing was read: its type only
-                yield name.encode(), id_, stat_.S_IFMT(mode) or _KIND.get(kind, stat_.S_IFREG), None, i + 1
+        """A page of directory `ino`'s listing: at most `most` entries, from the one after the
+        place `off` (0: the first), as (name, inode, mode, attributes, place). Attributes only
+        with `held` (READDIRPLUS), and not for the inodes in it (the kernel has them). Read
+        from the catalog page by page, with no directory handle: see `Catalog.listing`."""
+        with self.lock, _errno():
+            page = self.pool.cat.listing(ino, off, most)
+            lacking = held is not None and page and any(id_ not in held for _, id_, _, _, _ in page)
+            # The kernel lacks one: the attributes, for the page (one query).
+            entries = self.pool.entries(ino, off, page[-1][0]) if lacking else {}
+        for place, id_, name, kind, mode in page:
+            e = entries.get(place)
+            if e is None:  # held by the kernel (or plain READDIR): name, inode and type
+                yield name.encode(), id_, stat_.S_IFMT(mode) or _KIND.get(kind, stat_.S_IFREG), None, place
             else:
                 attr = attr_of(e)
-                yield name.encode(), id_, attr.mode, attr, i + 1
-
-    def releasedir(self, fh: int) -> None:
-        with self.lock:
-            self._dirs.pop(fh, None)
+                yield name.encode(), id_, attr.mode, attr, place
 
     def mkdir(self, ctx: Ctx, parent: int, name: bytes, mode: int) -> Attr:
         with self.lock, _errno():

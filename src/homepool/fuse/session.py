@@ -118,7 +118,7 @@ class Session:
             p.Op.OPEN: self._open, p.Op.CREATE: self._create, p.Op.READ: self._read, p.Op.WRITE: self._write,
             p.Op.FLUSH: self._flush, p.Op.RELEASE: self._release, p.Op.FSYNC: self._fsync,
             p.Op.STATFS: self._statfs, p.Op.OPENDIR: self._opendir, p.Op.READDIR: self._readdir,
-            p.Op.READDIRPLUS: self._readdirplus, p.Op.RELEASEDIR: self._releasedir,
+            p.Op.READDIRPLUS: self._readdirplus,
             p.Op.FSYNCDIR: self._fsyncdir, p.Op.SETXATTR: self._setxattr, p.Op.GETXATTR: self._getxattr,
             p.Op.LISTXATTR: self._listxattr, p.Op.REMOVEXATTR: self._removexattr,
         }
@@ -433,22 +433,25 @@ class Session:
         return p.STATFS_OUT.pack(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize, 0)
 
     def _opendir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
-        # The kernel may keep listings: it drops one itself when a change through the mount
-        # touches the directory, and `forget_entry` drops it for a change made otherwise.
-        return p.OPEN_OUT.pack(self.ops.opendir(ctx, nodeid), p.FOPEN_CACHE_DIR | p.FOPEN_KEEP_CACHE, 0)
+        # No directory handles: after this answer the kernel opens directories without asking
+        # (no OPENDIR, no RELEASEDIR: two round trips fewer per directory listed) and keeps
+        # their listings (FOPEN_CACHE_DIR by default). It drops one itself when a change through
+        # the mount touches the directory, and `forget_entry` drops it for a change made otherwise.
+        raise FuseError(errno.ENOSYS)
 
-    def _entries(self, body: memoryview, plus: bool) -> bytes:
+    def _entries(self, nodeid: int, body: memoryview, plus: bool) -> bytes:
         """READDIR(PLUS): as many entries as fit. READDIRPLUS gives the attributes of the inodes
         the kernel does not hold (it takes a lookup of each); an entry it holds goes without
         them, which the kernel takes as "nothing new", at a fraction of the cost both here and
         there (a walk just after creating, or a second `ls -l`)."""
-        fh, off, size, *_ = p.READ_IN.unpack_from(body)
+        _, off, size, *_ = p.READ_IN.unpack_from(body)
         out: list[bytes] = []
         used = 0
         timeout = self.ops.timeout
         held = self._held if plus else None
         given: list[int] = []
-        for name, ino, mode, attr, next_off in self.ops.readdir(fh, off, held):
+        most = max(1, size // ((p.DIRENTPLUS if plus else p.DIRENT).size + 8))  # the shortest entries fit
+        for name, ino, mode, attr, next_off in self.ops.readdir(nodeid, off, most, held):
             if not plus:
                 rec = p.dirent(ino, next_off, name, mode)
             elif attr is None:
@@ -466,15 +469,10 @@ class Session:
         return b"".join(out)
 
     def _readdir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
-        return self._entries(body, plus=False)
+        return self._entries(nodeid, body, plus=False)
 
     def _readdirplus(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
-        return self._entries(body, plus=True)
-
-    def _releasedir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
-        (fh, *_) = p.RELEASE_IN.unpack_from(body)
-        self.ops.releasedir(fh)
-        return b""
+        return self._entries(nodeid, body, plus=True)
 
     def _fsyncdir(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         self.ops.fsyncdir()

@@ -1053,14 +1053,14 @@ class Pool(LiveOps):
             found = self.cat.node(folder[0]) if folder else None
         return found if found is None else self.cat.resolve(found)
 
-    def entries(self, node_id: int) -> list[Entry]:
-        """A directory's listing (files being written through the mount as they are now)."""
-        out = self.cat.entries(node_id)
-        for i, e in enumerate(out):
+    def entries(self, node_id: int, after: int, upto: int) -> dict[int, Entry]:
+        """`Catalog.entries`, with files being written through the mount as they are now."""
+        out = self.cat.entries(node_id, after, upto)
+        for place, e in out.items():
             if e.id in self._open or e.id in self._dir_times:
                 n = self.node(e.id)
-                out[i] = e._replace(size=n.size, mode=n.mode, uid=n.uid, gid=n.gid, mtime_ns=n.mtime_ns,
-                                    ctime_ns=n.ctime_ns, atime_ns=n.atime_ns)
+                out[place] = e._replace(size=n.size, mode=n.mode, uid=n.uid, gid=n.gid, mtime_ns=n.mtime_ns,
+                                        ctime_ns=n.ctime_ns, atime_ns=n.atime_ns)
         return out
 
     def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
