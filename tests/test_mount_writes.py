@@ -435,6 +435,103 @@ def test_a_full_drive_moves_the_file_and_the_write_goes_on(state_dir: Path, loop
         assert_clean(pool)
 
 
+def test_a_full_drive_moves_the_file_for_every_handle_on_it(state_dir: Path, loop_drives, tmp_path: Path) -> None:
+    """Two programs write one file and a third reads it when the drive fills: the file moves
+    for all three. The other writer's writes, made while it moves and after, land in the
+    moved file (before, they went to the copy left behind, deleted: lost), and the reader
+    reads what was written."""
+    small, big = loop_drives(32, 128)
+    with Pool.create(state_dir) as pool:
+        pool.add_drive(small, label="small")
+        pool.add_drive(big, label="big")
+    ballast = big / "ballast"
+    with open(ballast, "wb") as f:
+        st = os.statvfs(big)
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - (16 << 20)))
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        data = bytearray(os.urandom(40 << 20))  # more than the small drive holds
+        path = mnt / "Videos/log.bin"
+        with open(path, "wb", buffering=0) as first:
+            first.write(data[: 1 << 20])
+            assert (small / "HomePool/Videos/log.bin").exists()
+            with open(path, "r+b", buffering=0) as second, open(path, "rb", buffering=0) as watcher:
+                ballast.unlink()
+                # Meanwhile the second writer adds blocks past the end, a write at a time.
+                tail = os.urandom(2 << 20)
+                adding = threading.Thread(target=lambda: [os.pwrite(second.fileno(), tail[i:i + 4096], (40 << 20) + i)
+                                                          for i in range(0, len(tail), 4096)])
+                adding.start()
+                first.write(data[1 << 20:])  # the small drive fills: the file moves to the big one
+                adding.join()
+                data += tail
+                assert not (small / "HomePool/Videos/log.bin").exists()
+                os.pwrite(second.fileno(), b"second writer", 5 << 20)
+                data[5 << 20:(5 << 20) + 13] = b"second writer"
+                assert os.pread(watcher.fileno(), 13, 5 << 20) == b"second writer"
+                assert os.pread(watcher.fileno(), 4096, 30 << 20) == data[30 << 20:(30 << 20) + 4096]
+        assert path.read_bytes() == data
+        assert (big / "HomePool/Videos/log.bin").read_bytes() == data
+    with reader(state_dir) as pool:
+        assert [d.label for d, _ in pool.replicas("Videos/log.bin")] == ["big"]
+        assert_clean(pool)
+
+
+def test_a_write_made_while_the_file_moves_waits_for_the_move(state_dir: Path, loop_drives,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, to catch the moment: another handle's write that comes while a full drive's
+    copy is being copied to another drive waits, then lands in the new copy (before, it went
+    to the old copy, after that part of it had been copied: lost)."""
+    from homepool.fuse.ops import PoolOperations
+    from homepool.fuse.session import Ctx
+    from homepool.pool import live
+
+    small, big = loop_drives(32, 128)
+    with Pool.create(state_dir) as pool:
+        pool.add_drive(small, label="small")
+        pool.add_drive(big, label="big")
+    ballast = big / "ballast"
+    with open(ballast, "wb") as f:
+        st = os.statvfs(big)
+        f.write(b"\0" * (st.f_bavail * st.f_frsize - (16 << 20)))
+    pool = Pool.open(state_dir)
+    try:
+        pool.go_live()
+        ops = PoolOperations(pool)
+        ctx = Ctx(0, 0, os.getpid())
+        folder = pool.child(1, "Videos")
+        assert folder is not None
+        attr, first = ops.create(ctx, folder.id, b"log.bin", 0o644, os.O_WRONLY)
+        ops.write(first.fh, 0, memoryview(b"a" * (1 << 20)))
+        assert (small / "HomePool/Videos/log.bin").exists()
+        second = ops.open(ctx, attr.ino, os.O_RDWR)
+        ballast.unlink()
+        written: list[threading.Thread] = []
+        copying = live._pwrite_all
+
+        def copy_and_write_meanwhile(fd: int, data: bytes | memoryview, off: int) -> None:
+            if not written and off == 0:  # the move's copy begins (the write that fills the drive is further on)
+                # A write past its start (`will_change`, under the pool's lock) when the move began.
+                t = threading.Thread(target=ops._files[second.fh].write, args=(b"second", 0))
+                written.append(t)
+                t.start()
+                t.join(timeout=1)  # it waits for the move (without the gate it is done at once)
+            copying(fd, data, off)
+
+        monkeypatch.setattr(live, "_pwrite_all", copy_and_write_meanwhile)
+        ops.write(first.fh, 1 << 20, memoryview(b"b" * (40 << 20)))  # past what the small drive holds
+        written[0].join(timeout=20)
+        assert not written[0].is_alive()
+        ops.flush(first.fh)
+        ops.flush(second.fh)
+        ops.release(first.fh)
+        ops.release(second.fh)
+        content = (big / "HomePool/Videos/log.bin").read_bytes()
+        assert content[:6] == b"second" and len(content) == 41 << 20
+        assert not (small / "HomePool/Videos/log.bin").exists()
+    finally:
+        pool.close()
+
+
 def test_a_killed_mount_leaves_a_consistent_pool(state_dir: Path, dir_pool: Pool, tmp_path: Path,
                                                  dir_drives: list[Path]) -> None:
     dir_pool.close()

@@ -140,6 +140,7 @@ class PoolOperations:
         self._files: dict[int, LiveFile] = {}
         self._next_fh = itertools.count(1)
         self._readers: dict[int, int] = {}  # drive id -> open files reading from it
+        self._reading: dict[int, int] = {}  # handle of such a file -> the drive it is counted on
         self._cached: dict[int, str | None] = {}  # inode -> content hash when last opened
         self._backing: dict[int, list[int]] = {}  # inode -> [passthrough id, handles using it]
         self._statfs: tuple[float, StatFs] | None = None  # (when, answer)
@@ -267,6 +268,7 @@ class PoolOperations:
         if not f.writable:
             (d,) = f.fds
             self._readers[d] = self._readers.get(d, 0) + 1
+            self._reading[fh] = d
         if backing is None:
             f.direct = self._direct(f)
             return Opened(fh, keep_cache=keep_cache, direct=f.direct)
@@ -327,9 +329,10 @@ class PoolOperations:
                     self.pool.copy_failed(f.node_id, self.pool.drive(drive_id), e)
                     f.failed.add(drive_id)
                     fd2, drive = self.pool.open_copy(f.node_id, exclude=frozenset(f.failed), busy=self._readers)
-                    os.close(fd)
-                    self._readers[drive_id] -= 1
+                    f.retired.append(fd)  # closed with the handle: a read on another thread may hold it
+                    self._readers[self._reading[fh]] -= 1
                     self._readers[drive.id] = self._readers.get(drive.id, 0) + 1
+                    self._reading[fh] = drive.id
                     f.fds = {drive.id: fd2}
 
     def write(self, fh: int, off: int, data: memoryview, kill_suidgid: bool = False) -> int:
@@ -378,9 +381,8 @@ class PoolOperations:
             f = self._files.pop(fh, None)
             if f is None:
                 return
-            if not f.writable:
-                for d in f.fds:
-                    self._readers[d] -= 1
+            if fh in self._reading:  # (its copy may have moved since: `Pool._move_copy`)
+                self._readers[self._reading.pop(fh)] -= 1
             if f.passthrough:
                 backing = self._backing[f.node_id]
                 backing[1] -= 1

@@ -28,8 +28,9 @@ import os
 import stat as stat_
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import paths, placement
@@ -79,6 +80,41 @@ def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
         view, off = view[n:], off + n
 
 
+class Gate:
+    """One file's changes through any of its handles (many at once) against one of its copies
+    moving to another drive (alone): a change never lands on a copy being moved away."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._changing = 0
+        self._moving = False
+
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._moving)
+            self._changing += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._changing -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def moving(self) -> Iterator[None]:
+        """Waits for the changes under way (they hold no other lock) and holds off new ones."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._moving and not self._changing)
+            self._moving = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._moving = False
+                self._cond.notify_all()
+
+
 class LiveFile:
     """One open file of the mount: descriptors on its copies. Drive I/O only (thread-safe)."""
 
@@ -111,6 +147,7 @@ class LiveFile:
         # write on another thread may still hold the number (closing it could let a new file
         # reuse it mid-write).
         self.retired: list[int] = []
+        self.gate = Gate()  # shared by the file's handles (`LiveOps._opened`)
         self._lock = threading.Lock()
         # The content hash is kept up as long as writes come in order from offset 0 (the usual
         # case); otherwise the file is hashed again when it is released.
@@ -127,6 +164,10 @@ class LiveFile:
 
     def write(self, data: bytes | memoryview, off: int, fds: dict[int, int] | None = None) -> list[tuple[int, OSError]]:
         """Write to every copy (or those in `fds`) at once; returns the copies that failed."""
+        with self.gate.changing():
+            return self._write(data, off, fds)
+
+    def _write(self, data: bytes | memoryview, off: int, fds: dict[int, int] | None) -> list[tuple[int, OSError]]:
         failed: list[tuple[int, OSError]] = []
         items = list((fds or self.fds).items())
         # A big write to several copies: every copy on its own thread and the hash here, all
@@ -158,6 +199,12 @@ class LiveFile:
             self.mtime_ns = time.time_ns()
             self.changed = True
         return failed
+
+    def move_copy(self, old: int, new: int, fd: int) -> None:
+        """Its copy on drive `old` is now the one on drive `new` (`fd`), in the same place
+        among its copies (the first is read)."""
+        self.retired.append(self.fds[old])
+        self.fds = {new if d == old else d: fd if d == old else d_fd for d, d_fd in self.fds.items()}
 
     def drop_hash(self) -> None:
         """Another handle changed the file: what this one hashed no longer covers it."""
@@ -207,13 +254,14 @@ class LiveFile:
 
     def _each(self, fn: Callable[[int], Any], fds: dict[int, int] | None = None) -> list[tuple[int, OSError]]:
         """Run `fn` on every copy's descriptor (or those in `fds`) at once."""
-        futs = [(d, _mirror.submit(fn, fd)) for d, fd in (fds or self.fds).items()]
         failed = []
-        for d, fut in futs:
-            try:
-                fut.result()
-            except OSError as e:
-                failed.append((d, e))
+        with self.gate.changing():
+            futs = [(d, _mirror.submit(fn, fd)) for d, fd in (fds or self.fds).items()]
+            for d, fut in futs:
+                try:
+                    fut.result()
+                except OSError as e:
+                    failed.append((d, e))
         return failed
 
     def read(self, size: int, off: int) -> bytes:
@@ -458,7 +506,7 @@ class LiveOps:
         f = LiveFile(node_id, path, fds, 0, writable=True, single=len(fds) == 1)
         f.journal_id = journal
         f.mtime_ns = now
-        self._open.setdefault(node_id, []).append(f)
+        self._opened(f)
         self._dir_changed(parent_id)
         return Node(node_id, parent_id, name, "file", 0, mode, now, EMPTY_HASH, uid, gid, now, None, 0, now), f
 
@@ -504,8 +552,15 @@ class LiveOps:
             if not fds:
                 raise OSError(errno.EIO, f"no copy of {path} can be opened")
             f = LiveFile(node_id, path, fds, node.size, writable=True, single=len(fds) == 1)
-        self._open.setdefault(node_id, []).append(f)
+        self._opened(f)
         return f
+
+    def _opened(self, f: LiveFile) -> None:
+        """Count `f` among its file's handles, which share one `Gate`."""
+        handles = self._open.setdefault(f.node_id, [])
+        if handles:
+            f.gate = handles[0].gate
+        handles.append(f)
 
     def may_pass_through(self, f: LiveFile) -> bool:
         """Whether the kernel may do `f`'s I/O itself: only for a file with one copy (nothing to
@@ -554,8 +609,12 @@ class LiveOps:
         written file removed), recorded as a shortfall for `check --repair`. Raises if none is left.
         An error that every copy gives alike and that is about the request (a size past what the
         drives' filesystem allows, say) is the caller's: it is raised, and no copy is dropped."""
+        # A copy another handle's change moved meanwhile (`_move_copy`): the change is made again
+        # on the copies the handle has now (made twice, it is the same change).
+        moved = [d for d, _ in failed if d not in f.fds]
+        failed = [(d, err) for d, err in failed if d in f.fds]
         codes = {err.errno for _, err in failed}
-        if len(failed) == len(f.fds) and len(codes) == 1 and codes <= REQUEST_ERRORS:
+        if failed and len(failed) == len(f.fds) and len(codes) == 1 and codes <= REQUEST_ERRORS:
             raise failed[0][1]
         for drive_id, err in failed:
             fd = f.fds.pop(drive_id)
@@ -571,6 +630,10 @@ class LiveOps:
             self.drive_cache = None
         if not f.fds:
             raise OSError(errno.EIO, f"every copy of {f.path} failed")
+        if moved:
+            again = retry(dict(f.fds))
+            if again:
+                self.copies_failed(f, again, retry)
 
     def _drop_live_copy(self, f: LiveFile, drive_id: int, fd: int) -> None:
         f.retired.append(fd)
@@ -586,44 +649,55 @@ class LiveOps:
 
     def _move_copy(self, f: LiveFile, full: Drive, fd: int,
                    retry: Callable[[dict[int, int]], list[tuple[int, OSError]]]) -> bool:
-        """Move the copy on the `full` drive to one with room for it, and redo the change there."""
+        """Move the copy on the `full` drive to one with room for it, and redo the change there.
+        The file's other handles on that copy move with it, and none of them changes the file
+        meanwhile (`Gate`): a write through one would land on the copy left behind."""
         drives = self.drives_by_id()
-        size = os.fstat(fd).st_size
         cands = [c for c in self._look_at_room(list(drives.values()))  # fresh: room is what matters here
                  if c.drive_id not in f.fds and c.drive_id != full.id]
-        need = max(size, f.size) + CHUNK * 16
-        target = placement.choose(self.config.placement, cands, need, 1)
-        if not target:
-            return False
-        to = drives[target[0]]
         node = self.node(f.node_id)
         if node.links:
             return False  # its other names are hard links on this drive: it stays, full like a disk
-        new_fd = self._create_copy(to, f.path, node.mode, node.uid, node.gid)
-        try:
-            off = 0
-            while chunk := os.pread(fd, CHUNK, off):
-                _pwrite_all(new_fd, chunk, off)
-                off += len(chunk)
-            os.ftruncate(new_fd, size)
-            copy_xattrs(fd, new_fd, f.path, to.name)
-        except OSError:
-            os.close(new_fd)
-            os.unlink(to.real(f.path))
-            return False
-        log.warning("%s moved from %s to %s, which has room for it", f.path, full.name, to.name)
-        with self.cat.transaction():
-            self.cat.drop_replica(f.node_id, full.id)
-            self.cat.set_replica(f.node_id, to.id, size, time.time_ns(), None)
-            if f.journal_id is not None:
-                self.cat.journal_update(f.journal_id, {"node": f.node_id, "path": f.path,
-                                                       "drives": [*f.fds, to.id]})
-        f.retired.append(fd)
-        try:
-            os.unlink(full.real(f.path))
-        except OSError as e:
-            log.error("could not remove the old copy of %s on %s: %s", f.path, full.name, e)
-        f.fds[to.id] = new_fd
+        with f.gate.moving():
+            size = os.fstat(fd).st_size
+            target = placement.choose(self.config.placement, cands, max(size, f.size) + CHUNK * 16, 1)
+            if not target:
+                return False
+            to = drives[target[0]]
+            new_fd = self._create_copy(to, f.path, node.mode, node.uid, node.gid)
+            others: list[tuple[LiveFile, int]] = []  # the other handles on the old copy, and their new descriptor
+            try:
+                off = 0
+                while chunk := os.pread(fd, CHUNK, off):
+                    _pwrite_all(new_fd, chunk, off)
+                    off += len(chunk)
+                os.ftruncate(new_fd, size)
+                copy_xattrs(fd, new_fd, f.path, to.name)
+                for h in self._open.get(f.node_id, ()):
+                    if h is not f and full.id in h.fds:
+                        others.append((h, os.open(to.real(f.path), (os.O_RDWR if h.writable else os.O_RDONLY)
+                                                  | os.O_CLOEXEC)))
+            except OSError:
+                for opened in (new_fd, *(h_fd for _, h_fd in others)):
+                    os.close(opened)
+                os.unlink(to.real(f.path))
+                return False
+            log.warning("%s moved from %s to %s, which has room for it", f.path, full.name, to.name)
+            f.fds[to.id] = new_fd
+            with self.cat.transaction():
+                self.cat.drop_replica(f.node_id, full.id)
+                self.cat.set_replica(f.node_id, to.id, size, time.time_ns(), None)
+                for h in (f, *(h for h, _ in others)):
+                    if h.journal_id is not None:  # a crash now looks at the copies where they are
+                        where = [to.id if d == full.id else d for d in h.fds]
+                        self.cat.journal_update(h.journal_id, {"node": f.node_id, "path": f.path, "drives": where})
+            f.retired.append(fd)
+            for h, h_fd in others:
+                h.move_copy(full.id, to.id, h_fd)
+            try:
+                os.unlink(full.real(f.path))
+            except OSError as e:
+                log.error("could not remove the old copy of %s on %s: %s", f.path, full.name, e)
         failed = retry({to.id: new_fd})
         if failed:
             raise failed[0][1]
