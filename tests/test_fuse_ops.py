@@ -298,6 +298,25 @@ def test_a_listing_read_while_entries_come_and_go_shows_each_of_the_others_once(
         assert counts.get("OPENDIR", 0) <= 1 and "RELEASEDIR" not in counts, counts
 
 
+@pytest.mark.parametrize("folder", ["Documents", "Videos"])
+def test_small_writes_ask_about_capabilities_once_per_file(dir_pool: Pool, state_dir: Path, tmp_path: Path,
+                                                           folder: str) -> None:
+    """Before a write the kernel asks whether the file has `security.capability` (a write
+    must clear it), unless the filesystem clears such things itself (HANDLE_KILLPRIV_V2, which
+    the mount takes): then it asks once per file, not once per write call (tar writes a
+    file 10 KiB at a time, and each question is a round trip)."""
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path, env={"HOMEPOOL_PASSTHROUGH_ROOM": "0"}) as (mnt, proc):
+        log = tmp_path / "mnt.log"
+        before, _ = _served(log, proc.pid)
+        with open(mnt / f"{folder}/chunks.bin", "wb", buffering=0) as f:
+            for _ in range(100):
+                f.write(b"x" * 4096)
+        after, _ = _served(log, proc.pid)
+        assert (mnt / f"{folder}/chunks.bin").stat().st_size == 409600
+        assert after.get("GETXATTR", 0) - before.get("GETXATTR", 0) <= 2, (before, after)
+
+
 def test_a_hung_drive_holds_up_no_reader_of_another(state_dir: Path, loop_drives, tmp_path: Path) -> None:
     """A drive that stops answering (frozen: every write to it waits) holds up the changes
     made there, and the lookups waiting for the pool meanwhile, but a file being read goes on

@@ -470,3 +470,26 @@ def test_a_hard_link_made_on_a_drive_is_taken_in_as_another_name(dir_pool: Pool,
     assert dir_pool.lookup("Documents/sub/b.txt").is_link and dir_pool.cat.count_files()[0] == 1
     assert linked_on_drives(dir_drives, "Documents/a.txt", "Documents/sub/b.txt") == 2
     assert_clean(dir_pool)
+
+
+def test_a_listing_shows_an_extra_name_whose_file_lost_its_own_meanwhile(dir_pool: Pool, state_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """A file's own name removed while its directory is being listed: its extra name takes
+    the own name's place in the catalog, and keeps its own place in the listing (it was there
+    all along, so the listing shows it once). Found by review: it was skipped."""
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        d = mnt / "Documents/linked"
+        d.mkdir()
+        (d / "a-own").write_bytes(b"x")
+        for i in range(400):  # several pages
+            (d / f"f{i:03}").write_bytes(b"x")
+        os.link(d / "a-own", d / "z-link")
+        seen = []
+        with os.scandir(d) as it:
+            for e in it:
+                seen.append(e.name)
+                if e.name == "f050":
+                    os.unlink(d / "a-own")
+        assert seen.count("z-link") == 1 and len(seen) == len(set(seen))
+        assert sorted(os.listdir(d)) == sorted([*(f"f{i:03}" for i in range(400)), "z-link"])

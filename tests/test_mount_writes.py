@@ -13,6 +13,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -385,6 +386,63 @@ def test_permissions_are_enforced_for_other_users(dir_pool: Pool, state_dir: Pat
         shutil.rmtree(place, ignore_errors=True)
 
 
+@pytest.mark.parametrize("folder", ["Documents", "Videos"])
+def test_set_id_bits_are_cleared_as_on_a_local_filesystem(dir_pool: Pool, state_dir: Path, folder: str) -> None:
+    """The mount clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2), as ext4 does: on a write,
+    a truncate or an O_TRUNC open by a user who may not keep them, and on any chown;
+    set-group-id only with group execute. In the 1-copy folder writers are passed through to
+    the kernel, which then clears nothing: a set-id file is not passed through, and a bit set
+    while such a writer is open is cleared when it closes."""
+    dir_pool.close()
+    place = Path(tempfile.mkdtemp(prefix="homepool-users-", dir="/var/tmp"))
+    try:
+        os.chmod(place, 0o755)
+        with mount_pool(state_dir, place, allow_other=True, env={"HOMEPOOL_PASSTHROUGH_ROOM": "0"}) as (mnt, _):
+            d = mnt / folder
+            os.chmod(d, 0o777)
+            nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+            def made(name: str, mode: int) -> Path:
+                p = d / name
+                p.write_bytes(b"x")
+                os.chmod(p, mode)
+                return p
+
+            def as_nobody(code: str) -> Callable[[Path], object]:
+                script = f"import os, sys; p = sys.argv[1]; {code}"
+                return lambda p: subprocess.run([*nobody, sys.executable, "-c", script, str(p)], check=True)
+
+            cases = {  # name: (mode before, what nobody or root does, mode after)
+                "write": (0o6777, as_nobody("open(p, 'ab').write(b'y')"), 0o777),
+                "truncate": (0o6777, as_nobody("os.truncate(p, 0)"), 0o777),
+                "o_trunc": (0o6777, as_nobody("open(p, 'wb')"), 0o777),
+                "chown": (0o6755, lambda p: os.chown(p, 65534, 65534), 0o755),
+                "chown_same": (0o4755, lambda p: os.chown(p, 0, 0), 0o755),
+                "chown_locking": (0o2644, lambda p: os.chown(p, 65534, 65534), 0o2644),
+                "locking": (0o2666, as_nobody("open(p, 'ab').write(b'y')"), 0o2666),
+                "root": (0o6777, lambda p: p.write_bytes(b"y"), 0o6777),
+            }
+            for name, (before, act, after) in cases.items():
+                p = made(name, before)
+                act(p)
+                assert stat.S_IMODE(p.stat().st_mode) == after, name
+            # A bit set while another user's writer is open (passed through in Videos).
+            p = made("later", 0o777)
+            writer = subprocess.Popen([*nobody, sys.executable, "-c", "import sys; f = open(sys.argv[1], 'r+b', 0); "
+                                       "print('open', flush=True); sys.stdin.readline(); f.write(b'late')", str(p)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            try:
+                assert writer.stdout is not None and writer.stdout.readline() == "open\n"
+                os.chmod(p, 0o6777)
+                writer.communicate("go\n", timeout=20)
+            finally:
+                writer.kill()
+            assert writer.returncode == 0
+            assert stat.S_IMODE(p.stat().st_mode) == 0o777 and p.read_bytes() == b"late"
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
 def test_extended_attributes_are_set_on_every_copy(mnt: Path, dir_drives: list[Path]) -> None:
     p = mnt / "Documents/tagged"
     p.write_bytes(b"t")
@@ -476,14 +534,80 @@ def test_a_full_drive_moves_the_file_for_every_handle_on_it(state_dir: Path, loo
         assert_clean(pool)
 
 
+@pytest.mark.parametrize("copies", [1, 2])
+@pytest.mark.parametrize("through", ["another handle", "the same handle"])
 def test_a_write_made_while_the_file_moves_waits_for_the_move(state_dir: Path, loop_drives,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """In process, to catch the moment: another handle's write that comes while a full drive's
-    copy is being copied to another drive waits, then lands in the new copy (before, it went
-    to the old copy, after that part of it had been copied: lost)."""
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              copies: int, through: str) -> None:
+    """In process, to catch the moment: a write that comes while a full drive's copy is being
+    moved to another drive (through another handle, or in parallel through the same one, as
+    asynchronous direct I/O does) waits, then lands on every copy. Before, it went to the old
+    copy after that part of it had been copied (lost), or, through the same handle, to the
+    other copies only (the copies then differed under one hash) or to none (EIO)."""
     from homepool.fuse.ops import PoolOperations
     from homepool.fuse.session import Ctx
-    from homepool.pool import live
+
+    small, *big = loop_drives(32, *[128] * copies)
+    with Pool.create(state_dir) as pool:
+        for i, d in enumerate((small, *big)):
+            pool.add_drive(d, label=f"d{i}")
+        pool.set_copies("Videos", copies)
+    ballasts = [d / "ballast" for d in big]  # the big drives look fuller than the small one
+    for b in ballasts:
+        with open(b, "wb") as f:
+            st = os.statvfs(b.parent)
+            f.write(b"\0" * (st.f_bavail * st.f_frsize - (16 << 20)))
+    pool = Pool.open(state_dir)
+    try:
+        pool.go_live()
+        ops = PoolOperations(pool)
+        ctx = Ctx(0, 0, os.getpid())
+        folder = pool.child(1, "Videos")
+        assert folder is not None
+        attr, first = ops.create(ctx, folder.id, b"log.bin", 0o644, os.O_RDWR)
+        ops.write(first.fh, 0, memoryview(b"a" * (1 << 20)))
+        assert (small / "HomePool/Videos/log.bin").exists()
+        second = ops.open(ctx, attr.ino, os.O_RDWR) if through == "another handle" else first
+        for b in ballasts:
+            b.unlink()
+        written: list[threading.Thread] = []
+        look_at_room = type(pool)._look_at_room
+
+        def move_and_write_meanwhile(self: Pool, drives: list) -> list:
+            if not written:  # the move begins
+                # A write past its start (`will_change`, under the pool's lock) when the move began.
+                t = threading.Thread(target=ops._files[second.fh].write, args=(b"meanwhile", 10))
+                written.append(t)
+                t.start()
+                t.join(timeout=1)  # it waits for the move (without the gate it is done at once)
+            return look_at_room(self, drives)
+
+        monkeypatch.setattr(type(pool), "_look_at_room", move_and_write_meanwhile)
+        ops.write(first.fh, 1 << 20, memoryview(b"b" * (40 << 20)))  # past what the small drive holds
+        written[0].join(timeout=20)
+        assert not written[0].is_alive()
+        for fh in {first.fh, second.fh}:
+            ops.flush(fh)
+            ops.release(fh)
+        assert not (small / "HomePool/Videos/log.bin").exists()
+        contents = [p.read_bytes() for p in copies_on_disk([small, *big], "Videos/log.bin")]
+        assert len(contents) == copies
+        for content in contents:
+            assert content[10:19] == b"meanwhile" and len(content) == 41 << 20
+    finally:
+        pool.close()
+    with reader(state_dir) as pool:
+        assert_clean(pool)
+
+
+def test_a_handle_closed_while_the_file_moves_records_the_moved_copy(state_dir: Path, loop_drives,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: a handle released while another handle's write moves the file off a full
+    drive (its last look at the copies and its close run outside the pool's lock) waits for
+    the move, and records the copies where they are. Before, it recorded the moved copy's
+    drive as stale: the catalog dropped that copy's row, and owed its removal."""
+    from homepool.fuse.ops import PoolOperations
+    from homepool.fuse.session import Ctx
 
     small, big = loop_drives(32, 128)
     with Pool.create(state_dir) as pool:
@@ -500,36 +624,43 @@ def test_a_write_made_while_the_file_moves_waits_for_the_move(state_dir: Path, l
         ctx = Ctx(0, 0, os.getpid())
         folder = pool.child(1, "Videos")
         assert folder is not None
-        attr, first = ops.create(ctx, folder.id, b"log.bin", 0o644, os.O_WRONLY)
+        attr, first = ops.create(ctx, folder.id, b"log.bin", 0o644, os.O_RDWR)
         ops.write(first.fh, 0, memoryview(b"a" * (1 << 20)))
-        assert (small / "HomePool/Videos/log.bin").exists()
         second = ops.open(ctx, attr.ino, os.O_RDWR)
+        ops.write(second.fh, 0, memoryview(b"second"))
+        closing = ops._files.pop(second.fh)
         ballast.unlink()
-        written: list[threading.Thread] = []
-        copying = live._pwrite_all
+        finished: dict[str, object] = {}
+        look_at_room = type(pool)._look_at_room
 
-        def copy_and_write_meanwhile(fd: int, data: bytes | memoryview, off: int) -> None:
-            if not written and off == 0:  # the move's copy begins (the write that fills the drive is further on)
-                # A write past its start (`will_change`, under the pool's lock) when the move began.
-                t = threading.Thread(target=ops._files[second.fh].write, args=(b"second", 0))
-                written.append(t)
+        def move_and_close_meanwhile(self: Pool, drives: list) -> list:
+            if not finished:  # the move begins
+                # `ops.release` of the second handle, after the write that fills the drive began:
+                # its part under the lock (between that write's start and its failure)...
+                pool.releasing(closing, closing=True)
+                # ...and the rest, outside the lock, now.
+                t = threading.Thread(target=lambda: finished.setdefault("result", closing.finish()))
+                finished["thread"] = t
                 t.start()
-                t.join(timeout=1)  # it waits for the move (without the gate it is done at once)
-            copying(fd, data, off)
+                t.join(timeout=1)  # it waits for the move
+            return look_at_room(self, drives)
 
-        monkeypatch.setattr(live, "_pwrite_all", copy_and_write_meanwhile)
+        monkeypatch.setattr(type(pool), "_look_at_room", move_and_close_meanwhile)
         ops.write(first.fh, 1 << 20, memoryview(b"b" * (40 << 20)))  # past what the small drive holds
-        written[0].join(timeout=20)
-        assert not written[0].is_alive()
+        thread = finished["thread"]
+        assert isinstance(thread, threading.Thread)
+        thread.join(timeout=20)
+        pool.release_file(closing, finished["result"])  # type: ignore[arg-type]
         ops.flush(first.fh)
-        ops.flush(second.fh)
         ops.release(first.fh)
-        ops.release(second.fh)
-        content = (big / "HomePool/Videos/log.bin").read_bytes()
-        assert content[:6] == b"second" and len(content) == 41 << 20
-        assert not (small / "HomePool/Videos/log.bin").exists()
+        assert [r.drive_id for r in pool.cat.replicas(attr.ino)] == [pool.drives()[1].id]
+        assert pool.cat.owed(pool.drives()[1].id) == []
     finally:
         pool.close()
+    content = (big / "HomePool/Videos/log.bin").read_bytes()
+    assert content[:6] == b"second" and len(content) == 41 << 20
+    with reader(state_dir) as pool:
+        assert_clean(pool)
 
 
 def test_a_killed_mount_leaves_a_consistent_pool(state_dir: Path, dir_pool: Pool, tmp_path: Path,

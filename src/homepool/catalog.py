@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 #   3: nodes gain owners, ctime, symlinks and special files (what the mount needs)
 #   4: access times
 #   5: hard links ('link' nodes, `link_to`, `links`)
-#   6: `nodes_by_parent` (the mount lists a directory a page at a time, in the order made)
+#   6: `place` and `nodes_by_parent` (the mount lists a directory a page at a time, by place)
 CURRENT_REV = 6
 ROOT_ID = 1
 CACHED_NODES = 100_000  # nodes and paths the mount keeps in memory (about 50 MB at most)
@@ -203,11 +203,13 @@ SCHEMA = """
             atime_ns  INTEGER NOT NULL DEFAULT 0,
             link_to   INTEGER REFERENCES nodes(id),
             links     INTEGER NOT NULL DEFAULT 0,
+            place     INTEGER,
             UNIQUE (parent_id, name)
         );
         CREATE INDEX nodes_by_link ON nodes(link_to) WHERE link_to IS NOT NULL;
-        -- A directory's children in the order they were made (by id: see `listing`).
-        CREATE INDEX nodes_by_parent ON nodes(parent_id);
+        -- A directory's children by their place in its listing: their id, or (`place`) the id
+        -- of the name an own name took over (see `listing` and `remove_name`).
+        CREATE INDEX nodes_by_parent ON nodes(parent_id, coalesce(place, id));
 
         -- Top-level folders and how many copies (on distinct drives) their files want.
         -- `fold` is the case-folded name: unique, because Windows and macOS clients
@@ -295,7 +297,9 @@ def _hard_links(db: sqlite3.Connection) -> None:
 
 
 def _index_by_parent(db: sqlite3.Connection) -> None:
-    """Revision 6: `nodes_by_parent`."""
+    """Revision 6: `place` and `nodes_by_parent`."""
+    if "place" not in {row[1] for row in db.execute("PRAGMA table_info(nodes)")}:  # an earlier step made it
+        db.execute("ALTER TABLE nodes ADD COLUMN place INTEGER")
     start = SCHEMA.index("CREATE INDEX nodes_by_parent")
     db.execute(SCHEMA[start: SCHEMA.index(";", start)])
 
@@ -551,8 +555,9 @@ class Catalog:
         """Children as listing entries (an extra name shows the node it names), by their place
         in `listing`: those after place `after`, up to `upto`."""
         rows = self.db.execute(
-            "SELECT id, id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev, atime_ns, links, link_to"
-            " FROM nodes WHERE parent_id = ? AND id > ? AND id <= ?", (parent_id, after, upto))
+            "SELECT coalesce(place, id), id, name, kind, size, mode, mtime_ns, uid, gid, ctime_ns, rdev, atime_ns,"
+            " links, link_to FROM nodes WHERE parent_id = ? AND coalesce(place, id) > ? AND coalesce(place, id) <= ?",
+            (parent_id, after, upto))
         out = {row[0]: Entry._make(row[1:]) for row in rows}
         for place, e in out.items():
             if e.link_to is not None:
@@ -564,15 +569,16 @@ class Catalog:
     def listing(self, parent_id: int, after: int = 0, most: int = -1) -> list[tuple[int, int, str, str, int]]:
         """A page of a directory's listing: (place, id, name, kind, mode) of at most `most`
         children, in the order they were made, from the one after place `after` (0: the
-        first). A place is the entry's own row id: it names the same entry however the
-        directory changes, so a listing read page by page while entries come and go shows
+        first). A name's place is its row's id, and stays with the name for as long as it
+        names the same thing (an own name that takes an extra name's place takes its place
+        too: `remove_name`), so a listing read page by page while entries come and go shows
         each of the others once. An extra name shows the node it names (`entries` has the
         rest of the attributes)."""
-        rows = self.db.execute("SELECT id, name, kind, mode, link_to FROM nodes WHERE parent_id = ? AND id > ?"
-                               " ORDER BY id LIMIT ?", (parent_id, after, most)).fetchall()
+        rows = self.db.execute("SELECT coalesce(place, id), id, name, kind, mode, link_to FROM nodes"
+                               " WHERE parent_id = ? AND coalesce(place, id) > ? ORDER BY coalesce(place, id) LIMIT ?",
+                               (parent_id, after, most)).fetchall()
         out: list[tuple[int, int, str, str, int]] = []
-        for place, name, kind, mode, link_to in rows:
-            id_ = place
+        for place, id_, name, kind, mode, link_to in rows:
             if link_to is not None:
                 n = self.node(link_to)
                 id_, kind, mode = n.id, n.kind, n.mode
@@ -607,11 +613,13 @@ class Catalog:
             return False
         if node.links and node.kind != "dir":
             heir = self.node(self.names_of(node.id)[0])
+            place = self.get_val("SELECT coalesce(place, id) FROM nodes WHERE id = ?", (heir.id,))
             self.db.execute("DELETE FROM nodes WHERE id = ?", (heir.id,))
             self._paths.pop(heir.id, None)
             self._forget(heir.id)
-            self.db.execute("UPDATE nodes SET parent_id = ?, name = ?, links = links - 1, ctime_ns = MAX(ctime_ns, ?)"
-                            " WHERE id = ?", (heir.parent_id, heir.name, time.time_ns(), node.id))
+            self.db.execute("UPDATE nodes SET parent_id = ?, name = ?, place = ?, links = links - 1,"
+                            " ctime_ns = MAX(ctime_ns, ?) WHERE id = ?",
+                            (heir.parent_id, heir.name, place, time.time_ns(), node.id))
             self._paths.pop(node.id, None)
             return False
         self.delete_node(node.id, node)
@@ -640,8 +648,9 @@ class Catalog:
         if self.track_paths:
             # The mount's inode numbers are node ids: never hand out the id of a node deleted
             # while the kernel may still know it (SQLite reuses the highest id).
-            if self._next_id is None:
-                self._next_id = int(self.get_val("SELECT COALESCE(MAX(id), 0) + 1 FROM nodes"))
+            if self._next_id is None:  # (nor a place a listing has: see `remove_name`)
+                self._next_id = int(self.get_val("SELECT max(COALESCE(MAX(id), 0), COALESCE(MAX(place), 0)) + 1"
+                                                 " FROM nodes"))
             new_id, self._next_id = self._next_id, self._next_id + 1
         cur = self.db.execute(
             "INSERT INTO nodes (id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target,"

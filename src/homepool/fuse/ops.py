@@ -177,8 +177,12 @@ class PoolOperations:
             opened = None
             if change.size is not None and (f is None or not f.writable):
                 f = opened = self.pool.open_file(ino, write=True)  # truncate(2) of a path
+            mode = change.mode
+            if change.kill_set_id and mode is None:  # a truncate or chown that clears set-id bits
+                now = self.pool.node(ino).mode
+                mode = self.pool.without_set_id(now) if self.pool.without_set_id(now) != now else None
             try:
-                node = self.pool.set_attrs(ino, size=change.size, handle=f, mode=change.mode, uid=change.uid,
+                node = self.pool.set_attrs(ino, size=change.size, handle=f, mode=mode, uid=change.uid,
                                            gid=change.gid, mtime_ns=change.mtime_ns, atime_ns=change.atime_ns)
             finally:
                 if opened is not None:
@@ -199,7 +203,7 @@ class PoolOperations:
             # The kernel lacks one: the attributes, for the page (one query).
             entries = self.pool.entries(ino, off, page[-1][0]) if lacking else {}
         for place, id_, name, kind, mode in page:
-            e = entries.get(place)
+            e = entries.get(place) if held is not None and id_ not in held else None
             if e is None:  # held by the kernel (or plain READDIR): name, inode and type
                 yield name.encode(), id_, stat_.S_IFMT(mode) or _KIND.get(kind, stat_.S_IFREG), None, place
             else:
@@ -254,7 +258,11 @@ class PoolOperations:
         """Under the lock: a handle for `f` (a handle on `node`), passed through to the kernel
         when it can be."""
         backing = self._backing.get(f.node_id)
-        if backing is None and self.session is not None and not self._others(f) and self.pool.may_pass_through(f):
+        # The kernel does not clear set-id bits on writes it makes itself, and leaves that to us
+        # (HANDLE_KILLPRIV_V2): a set-id file is not passed through (they are rare in a pool).
+        set_id = self.session is not None and self.session.kills_set_id and node.mode & 0o6000
+        if backing is None and self.session is not None and not set_id and not self._others(f) \
+                and self.pool.may_pass_through(f):
             # The first handle on a 1-copy file: the kernel does its I/O on the drive's file.
             backing_id = self.session.backing_open(f.read_fd)
             if backing_id is not None:
@@ -298,16 +306,21 @@ class PoolOperations:
         with self.lock, _errno():
             node, f = self.pool.create_file(parent, _name(name), mode, ctx.uid, ctx.gid)
             f.mappable = flags & os.O_ACCMODE == os.O_RDWR
+            f.keeps_set_id = ctx.uid == 0
             self._cached.pop(node.id, None)
             return attr_of(node), self._handle(f, node)
 
-    def open(self, ctx: Ctx, ino: int, flags: int) -> Opened:
+    def open(self, ctx: Ctx, ino: int, flags: int, kill_set_id: bool = False) -> Opened:
+        """`kill_set_id`: an O_TRUNC by a user who may not keep set-id bits clears them."""
         write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
         with self.lock, _errno():
             f = self.pool.open_file(ino, write=write, busy=self._readers)
             f.mappable = flags & os.O_ACCMODE == os.O_RDWR
+            f.keeps_set_id = ctx.uid == 0
             if flags & os.O_TRUNC and f.size:
                 self.pool.set_attrs(ino, size=0, handle=f)
+            if flags & os.O_TRUNC and kill_set_id:
+                self.pool.clear_set_id(ino, f)
             node = self.pool.node(ino)
             # The kernel may keep this file's cached pages only if its content is what it was at
             # the last open (it may have been replaced since; the hash says so).
@@ -340,7 +353,7 @@ class PoolOperations:
         with self.lock, _errno():
             self.pool.will_change(f)
             if kill_suidgid:
-                self.pool.write_clears_set_id(f)
+                self.pool.clear_set_id(f.node_id, f)
         with _errno():
             failed = f.write(data, off)
         if failed:
@@ -356,11 +369,25 @@ class PoolOperations:
             f.mapped = _maps_shared(pid, (f.node_id, os.fstat(f.read_fd).st_ino))
         if f.dirty:
             with self.lock:
+                if self._wrote_unseen(f):
+                    # Set-id bits set while the kernel wrote for this user: cleared as its writes would have.
+                    with _errno():
+                        self.pool.clear_set_id(f.node_id, f)
                 self.pool.releasing(f)
             with _errno():
                 result = f.settle()
             with self.lock, _errno():
                 self.pool.record_file(f, result)
+
+    def _wrote_unseen(self, f: LiveFile) -> bool:
+        """Whether the kernel wrote `f`'s copy itself (passed through) for a user who may not
+        keep set-id bits, since the file was last recorded (with HANDLE_KILLPRIV_V2 it
+        clears no bit on such writes, nor sends them here)."""
+        if not (f.passthrough and f.writable and not f.keeps_set_id and f.known is not None
+                and self.session is not None and self.session.kills_set_id):
+            return False
+        st = os.fstat(f.read_fd)
+        return (st.st_size, st.st_mtime_ns) != f.known[:2]
 
     def fsync(self, fh: int, datasync: bool) -> None:
         f = self._files[fh]

@@ -40,6 +40,7 @@ READDIRPLUS_AUTO = 1 << 14
 ASYNC_DIO = 1 << 15
 PARALLEL_DIROPS = 1 << 18
 MAX_PAGES = 1 << 22
+HANDLE_KILLPRIV_V2 = 1 << 28  # we clear set-id bits (write, truncate, chown, O_TRUNC), not the kernel
 INIT_EXT = 1 << 30
 DIRECT_IO_ALLOW_MMAP = 1 << 36  # shared mmap of a FOPEN_DIRECT_IO file (Linux >= 6.6)
 PASSTHROUGH = 1 << 37
@@ -53,6 +54,8 @@ FOPEN_PASSTHROUGH = 1 << 7
 # setattr `valid` bits
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 8
+FATTR_KILL_SUIDGID = 1 << 11  # a truncate by a user who may not keep set-id bits
+OPEN_KILL_SUIDGID = 1 << 0  # open_flags of OPEN: O_TRUNC by such a user
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1 << 0, 1 << 1
 FSYNC_FDATASYNC = 1 << 0

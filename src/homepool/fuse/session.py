@@ -74,6 +74,7 @@ class SetAttr(NamedTuple):
     gid: int | None
     atime_ns: int | None
     mtime_ns: int | None
+    kill_set_id: bool = False  # a truncate or chown by a user who may not keep set-id bits
 
 
 class StatFs(NamedTuple):
@@ -102,6 +103,9 @@ class Session:
         self.fd = -1
         self.passthrough = False  # negotiated at INIT; switched off if the kernel refuses a file
         self.direct_io = False  # negotiated at INIT: handles may go without the page cache (see `Opened`)
+        # Negotiated at INIT (HANDLE_KILLPRIV_V2): we clear set-id bits, and the kernel asks for
+        # security.capability once per file instead of before every write.
+        self.kills_set_id = False
         self.minor = 0
         self.done = threading.Event()  # the connection ended (unmounted) or `stop` was called
         self._held: dict[int, int] = {}  # inode -> lookups the kernel holds (until it FORGETs them)
@@ -161,9 +165,10 @@ class Session:
         self.minor = min(minor, p.MINOR)
         want = (p.ASYNC_READ | p.ATOMIC_O_TRUNC | p.BIG_WRITES | p.AUTO_INVAL_DATA | p.DO_READDIRPLUS
                 | p.READDIRPLUS_AUTO | p.ASYNC_DIO | p.PARALLEL_DIROPS | p.MAX_PAGES | p.INIT_EXT | p.PASSTHROUGH
-                | p.DIRECT_IO_ALLOW_MMAP)
+                | p.DIRECT_IO_ALLOW_MMAP | p.HANDLE_KILLPRIV_V2)
         granted = offered & want
         self.direct_io = bool(granted & p.DIRECT_IO_ALLOW_MMAP)
+        self.kills_set_id = bool(granted & p.HANDLE_KILLPRIV_V2)
         self.passthrough = bool(granted & p.PASSTHROUGH) and self.minor >= 40 \
             and os.environ.get("HOMEPOOL_PASSTHROUGH", "on") != "off"
         if not self.passthrough:
@@ -171,7 +176,8 @@ class Session:
         reply = p.INIT_OUT.pack(p.MAJOR, self.minor, max_readahead, granted & 0xFFFFFFFF, 16, 12, MAX_WRITE, 1,
                                 MAX_WRITE // 4096, 0, granted >> 32, 2 if self.passthrough else 0)
         self._reply(unique, 0, reply)
-        log.info("FUSE 7.%d, passthrough %s", self.minor, "on" if self.passthrough else "off")
+        log.info("FUSE 7.%d, passthrough %s, set-id bits cleared by %s", self.minor,
+                 "on" if self.passthrough else "off", "homepool" if self.kills_set_id else "the kernel")
 
     def held(self) -> int:
         """Inodes the kernel holds now (looked up and not yet forgotten)."""
@@ -340,6 +346,10 @@ class Session:
             gid=gid if valid & p.FATTR_GID else None,
             atime_ns=now if valid & p.FATTR_ATIME_NOW else atime * 10**9 + atimensec if valid & p.FATTR_ATIME else None,
             mtime_ns=now if valid & p.FATTR_MTIME_NOW else mtime * 10**9 + mtimensec if valid & p.FATTR_MTIME else None,
+            # With HANDLE_KILLPRIV_V2 the kernel leaves clearing set-id bits to us: a truncate
+            # says when, a chown always clears them.
+            kill_set_id=bool(valid & p.FATTR_KILL_SUIDGID and valid & p.FATTR_SIZE)
+            or self.kills_set_id and bool(valid & (p.FATTR_UID | p.FATTR_GID)),
         )
         attr = self.ops.setattr(ctx, nodeid, fh if valid & p.FATTR_FH else None, change)
         return p.pack_attr_out(attr, self.ops.timeout)
@@ -393,8 +403,8 @@ class Session:
         return p.OPEN_OUT.pack(o.fh, flags, o.backing_id or 0)
 
     def _open(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
-        flags, _ = p.OPEN_IN.unpack_from(body)
-        return self._opened(self.ops.open(ctx, nodeid, flags))
+        flags, open_flags = p.OPEN_IN.unpack_from(body)
+        return self._opened(self.ops.open(ctx, nodeid, flags, kill_set_id=bool(open_flags & p.OPEN_KILL_SUIDGID)))
 
     def _create(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         flags, mode, _, _ = p.CREATE_IN.unpack_from(body)

@@ -131,6 +131,7 @@ class LiveFile:
         self.direct = False  # its reads and writes skip the kernel's page cache (the mount decides)
         self.mappable = True  # open for reading and writing: a shared mapping could write it
         self.mapped = False  # a program had it mapped (shared) when it closed it (the mount looks)
+        self.keeps_set_id = True  # opened by root: its writes leave set-id bits (see `clear_set_id`)
         self.known: tuple[int, int, int, str | None] | None = None
         self.recorded: tuple[int, int, str] | None = None  # what the last close recorded
         self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
@@ -170,6 +171,8 @@ class LiveFile:
     def _write(self, data: bytes | memoryview, off: int, fds: dict[int, int] | None) -> list[tuple[int, OSError]]:
         failed: list[tuple[int, OSError]] = []
         items = list((fds or self.fds).items())
+        if not items:
+            raise OSError(errno.EIO, f"no copy of {self.path} is left")
         # A big write to several copies: every copy on its own thread and the hash here, all
         # at once (hashing 1 MiB costs about as much as writing it to one copy).
         alongside = len(items) > 1 and len(data) >= HASH_ALONGSIDE
@@ -202,7 +205,7 @@ class LiveFile:
 
     def move_copy(self, old: int, new: int, fd: int) -> None:
         """Its copy on drive `old` is now the one on drive `new` (`fd`), in the same place
-        among its copies (the first is read)."""
+        among its copies (the first is read). Under its gate (`LiveOps._move_copy`)."""
         self.retired.append(self.fds[old])
         self.fds = {new if d == old else d: fd if d == old else d_fd for d, d_fd in self.fds.items()}
 
@@ -256,6 +259,8 @@ class LiveFile:
         """Run `fn` on every copy's descriptor (or those in `fds`) at once."""
         failed = []
         with self.gate.changing():
+            if not (fds or self.fds):
+                raise OSError(errno.EIO, f"no copy of {self.path} is left")
             futs = [(d, _mirror.submit(fn, fd)) for d, fd in (fds or self.fds).items()]
             for d, fut in futs:
                 try:
@@ -270,7 +275,12 @@ class LiveFile:
     def settle(self, again: bool = False) -> tuple[int, int, str] | None:
         """At close: give every copy the same time, hash the content if writes came out of
         order (or, `again`, a passed-through copy whatever its size and times say). Returns
-        (size, mtime_ns, hash) to record, None if there is nothing to record."""
+        (size, mtime_ns, hash) to record, None if there is nothing to record. The copies it
+        looked at (`held`) stay what they are meanwhile (a move waits: `Gate`)."""
+        with self.gate.changing():
+            return self._settle(again)
+
+    def _settle(self, again: bool) -> tuple[int, int, str] | None:
         self.held = list(self.fds)
         if not self.dirty or self.unlinked or not self.fds:
             return None
@@ -300,10 +310,11 @@ class LiveFile:
         """At release: `settle`, then close every copy. A passed-through copy that a program
         had mapped when it closed it is hashed again: the mapping may have written it after
         the close without changing its times (its pages stay writable until written back)."""
-        try:
-            return self.settle(again=self.mapped)
-        finally:
-            self.close()
+        with self.gate.changing():
+            try:
+                return self._settle(self.mapped)
+            finally:
+                self.close()
 
     def close(self) -> None:
         with self._lock:  # detached first: `looked_at` on another thread never sees a closed one
@@ -608,29 +619,36 @@ class LiveOps:
         with room (then `retry` the change there); any other failed copy is dropped (its half
         written file removed), recorded as a shortfall for `check --repair`. Raises if none is left.
         An error that every copy gives alike and that is about the request (a size past what the
-        drives' filesystem allows, say) is the caller's: it is raised, and no copy is dropped."""
-        # A copy another handle's change moved meanwhile (`_move_copy`): the change is made again
-        # on the copies the handle has now (made twice, it is the same change).
+        drives' filesystem allows, say) is the caller's: it is raised, and no copy is dropped.
+        The copies change while no change through any of the file's handles is under way (`Gate`)."""
+        # A copy moved meanwhile (by a change through another handle, or an earlier one through
+        # this one): the change is made again on the copies as they are now (twice, it is the same).
         moved = [d for d, _ in failed if d not in f.fds]
         failed = [(d, err) for d, err in failed if d in f.fds]
         codes = {err.errno for _, err in failed}
         if failed and len(failed) == len(f.fds) and len(codes) == 1 and codes <= REQUEST_ERRORS:
             raise failed[0][1]
-        for drive_id, err in failed:
-            fd = f.fds.pop(drive_id)
-            d: Drive | None = self.drives_by_id().get(drive_id)
-            if err.errno in (errno.ENOSPC, errno.EDQUOT) and d is not None:
-                if self._move_copy(f, d, fd, retry):
+        redo: dict[int, int] = {}  # the copies moved now, where the change is made again
+        with f.gate.moving():
+            for drive_id, err in failed:
+                d: Drive | None = self.drives_by_id().get(drive_id)
+                if err.errno in (errno.ENOSPC, errno.EDQUOT) and d is not None:
+                    to = self._move_copy(f, d)
+                    if to is None:
+                        raise err  # nowhere to go: the pool is really full
+                    redo[to] = f.fds[to]
                     continue
-                f.fds[drive_id] = fd  # nowhere to go: the pool is really full
-                raise err
-            log.error("a copy of %s on %s failed (%s); dropped, `homepool check --repair` re-makes it",
-                      f.path, d.name if d else drive_id, err)
-            self._drop_live_copy(f, drive_id, fd)
-            self.drive_cache = None
+                log.error("a copy of %s on %s failed (%s); dropped, `homepool check --repair` re-makes it",
+                          f.path, d.name if d else drive_id, err)
+                self._drop_live_copy(f, drive_id, f.fds.pop(drive_id))
+                self.drive_cache = None
         if not f.fds:
             raise OSError(errno.EIO, f"every copy of {f.path} failed")
-        if moved:
+        if redo and not moved:
+            again = retry(redo)
+            if again:
+                raise again[0][1]
+        elif moved:
             again = retry(dict(f.fds))
             if again:
                 self.copies_failed(f, again, retry)
@@ -647,61 +665,57 @@ class LiveOps:
             except OSError as e:
                 log.error("could not remove the failed copy of %s on %s: %s", f.path, d.name, e)
 
-    def _move_copy(self, f: LiveFile, full: Drive, fd: int,
-                   retry: Callable[[dict[int, int]], list[tuple[int, OSError]]]) -> bool:
-        """Move the copy on the `full` drive to one with room for it, and redo the change there.
-        The file's other handles on that copy move with it, and none of them changes the file
-        meanwhile (`Gate`): a write through one would land on the copy left behind."""
+    def _move_copy(self, f: LiveFile, full: Drive) -> int | None:
+        """Under `f.gate.moving()`: move `f`'s copy on the `full` drive to a drive with room for
+        it; returns that drive (None if none has room). Every handle of the file on that copy
+        moves with it, and those that looked at the copies (`settle`) count the new one."""
+        fd = f.fds[full.id]
         drives = self.drives_by_id()
         cands = [c for c in self._look_at_room(list(drives.values()))  # fresh: room is what matters here
                  if c.drive_id not in f.fds and c.drive_id != full.id]
         node = self.node(f.node_id)
         if node.links:
-            return False  # its other names are hard links on this drive: it stays, full like a disk
-        with f.gate.moving():
-            size = os.fstat(fd).st_size
-            target = placement.choose(self.config.placement, cands, max(size, f.size) + CHUNK * 16, 1)
-            if not target:
-                return False
-            to = drives[target[0]]
-            new_fd = self._create_copy(to, f.path, node.mode, node.uid, node.gid)
-            others: list[tuple[LiveFile, int]] = []  # the other handles on the old copy, and their new descriptor
-            try:
-                off = 0
-                while chunk := os.pread(fd, CHUNK, off):
-                    _pwrite_all(new_fd, chunk, off)
-                    off += len(chunk)
-                os.ftruncate(new_fd, size)
-                copy_xattrs(fd, new_fd, f.path, to.name)
-                for h in self._open.get(f.node_id, ()):
-                    if h is not f and full.id in h.fds:
-                        others.append((h, os.open(to.real(f.path), (os.O_RDWR if h.writable else os.O_RDONLY)
-                                                  | os.O_CLOEXEC)))
-            except OSError:
-                for opened in (new_fd, *(h_fd for _, h_fd in others)):
-                    os.close(opened)
-                os.unlink(to.real(f.path))
-                return False
-            log.warning("%s moved from %s to %s, which has room for it", f.path, full.name, to.name)
-            f.fds[to.id] = new_fd
-            with self.cat.transaction():
-                self.cat.drop_replica(f.node_id, full.id)
-                self.cat.set_replica(f.node_id, to.id, size, time.time_ns(), None)
-                for h in (f, *(h for h, _ in others)):
-                    if h.journal_id is not None:  # a crash now looks at the copies where they are
-                        where = [to.id if d == full.id else d for d in h.fds]
-                        self.cat.journal_update(h.journal_id, {"node": f.node_id, "path": f.path, "drives": where})
-            f.retired.append(fd)
-            for h, h_fd in others:
-                h.move_copy(full.id, to.id, h_fd)
-            try:
-                os.unlink(full.real(f.path))
-            except OSError as e:
-                log.error("could not remove the old copy of %s on %s: %s", f.path, full.name, e)
-        failed = retry({to.id: new_fd})
-        if failed:
-            raise failed[0][1]
-        return True
+            return None  # its other names are hard links on this drive: it stays, full like a disk
+        size = os.fstat(fd).st_size
+        target = placement.choose(self.config.placement, cands, max(size, f.size) + CHUNK * 16, 1)
+        if not target:
+            return None
+        to = drives[target[0]]
+        new_fd = self._create_copy(to, f.path, node.mode, node.uid, node.gid)
+        others: list[tuple[LiveFile, int]] = []  # the other handles on the old copy, and their new descriptor
+        try:
+            off = 0
+            while chunk := os.pread(fd, CHUNK, off):
+                _pwrite_all(new_fd, chunk, off)
+                off += len(chunk)
+            os.ftruncate(new_fd, size)
+            copy_xattrs(fd, new_fd, f.path, to.name)
+            for h in self._open.get(f.node_id, ()):
+                if h is not f and full.id in h.fds:
+                    others.append((h, os.open(to.real(f.path), (os.O_RDWR if h.writable else os.O_RDONLY)
+                                              | os.O_CLOEXEC)))
+        except OSError:
+            for opened in (new_fd, *(h_fd for _, h_fd in others)):
+                os.close(opened)
+            os.unlink(to.real(f.path))
+            return None
+        log.warning("%s moved from %s to %s, which has room for it", f.path, full.name, to.name)
+        f.move_copy(full.id, to.id, new_fd)
+        for h, h_fd in others:
+            h.move_copy(full.id, to.id, h_fd)
+        for h in self._open.get(f.node_id, ()):
+            h.held = [to.id if d == full.id else d for d in h.held]  # closed ones too
+        with self.cat.transaction():
+            self.cat.drop_replica(f.node_id, full.id)
+            self.cat.set_replica(f.node_id, to.id, size, time.time_ns(), None)
+            for h in (f, *(h for h, _ in others)):
+                if h.journal_id is not None:  # a crash now looks at the copies where they are
+                    self.cat.journal_update(h.journal_id, {"node": f.node_id, "path": f.path, "drives": list(h.fds)})
+        try:
+            os.unlink(full.real(f.path))
+        except OSError as e:
+            log.error("could not remove the old copy of %s on %s: %s", f.path, full.name, e)
+        return to.id
 
     def releasing(self, f: LiveFile, closing: bool = False) -> None:
         """Call before `f.settle()` or `f.finish()` (`closing`: the handle's last): notes which
@@ -1131,13 +1145,20 @@ class LiveOps:
         self._changed = True
         return self.node(node_id)
 
-    def write_clears_set_id(self, f: LiveFile) -> None:
-        """A write through `f` by a user who may not keep set-id bits clears them, as a local
-        filesystem does (set-group-id only with group execute: else it marks locking)."""
-        mode = self.node(f.node_id).mode
-        kept = mode & ~(stat_.S_ISUID | (stat_.S_ISGID if mode & stat_.S_IXGRP else 0))
-        if kept != mode:
-            self.set_attrs(f.node_id, handle=f, mode=kept)
+    @staticmethod
+    def without_set_id(mode: int) -> int:
+        """`mode` as a write, truncate or chown by a user who may not keep set-id bits leaves
+        it, as a local filesystem does (set-group-id only with group execute: else it marks
+        locking; a directory keeps both)."""
+        if stat_.S_ISDIR(mode):
+            return mode
+        return mode & ~(stat_.S_ISUID | (stat_.S_ISGID if mode & stat_.S_IXGRP else 0))
+
+    def clear_set_id(self, node_id: int, handle: LiveFile | None = None) -> None:
+        """Clear a file's set-id bits (`without_set_id`), through `handle` if it is open."""
+        mode = self.node(node_id).mode
+        if self.without_set_id(mode) != mode:
+            self.set_attrs(node_id, handle=handle, mode=self.without_set_id(mode))
 
     @staticmethod
     def _attr_cols(node: Node, mode: int | None, uid: int | None, gid: int | None, mtime_ns: int | None,
@@ -1149,8 +1170,8 @@ class LiveOps:
         if uid is not None and uid != node.uid or gid is not None and gid != node.gid:
             cols["uid"] = node.uid if uid is None else uid
             cols["gid"] = node.gid if gid is None else gid
-            if not node.is_dir and "mode" not in cols:
-                cols["mode"] = node.mode & ~(stat_.S_ISUID | stat_.S_ISGID)  # chown clears set-id bits
+            if "mode" not in cols and LiveOps.without_set_id(node.mode) != node.mode:
+                cols["mode"] = LiveOps.without_set_id(node.mode)  # a chown clears set-id bits
         if mtime_ns is not None:
             cols["mtime_ns"] = mtime_ns
         if atime_ns is not None:
