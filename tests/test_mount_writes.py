@@ -390,9 +390,10 @@ def test_permissions_are_enforced_for_other_users(dir_pool: Pool, state_dir: Pat
 def test_set_id_bits_are_cleared_as_on_a_local_filesystem(dir_pool: Pool, state_dir: Path, folder: str) -> None:
     """The mount clears set-id bits itself (FUSE_HANDLE_KILLPRIV_V2), as ext4 does: on a write,
     a truncate or an O_TRUNC open by a user who may not keep them, and on any chown;
-    set-group-id only with group execute. In the 1-copy folder writers are passed through to
-    the kernel, which then clears nothing: a set-id file is not passed through, and a bit set
-    while such a writer is open is cleared when it closes."""
+    set-group-id only with group execute, or if that user is not in the file's group. In the
+    1-copy folder writers are passed through to the kernel, which then clears nothing: a
+    set-id file is not passed through, and a bit set while such a writer is open is cleared
+    when it closes."""
     dir_pool.close()
     place = Path(tempfile.mkdtemp(prefix="homepool-users-", dir="/var/tmp"))
     try:
@@ -419,11 +420,16 @@ def test_set_id_bits_are_cleared_as_on_a_local_filesystem(dir_pool: Pool, state_
                 "chown": (0o6755, lambda p: os.chown(p, 65534, 65534), 0o755),
                 "chown_same": (0o4755, lambda p: os.chown(p, 0, 0), 0o755),
                 "chown_locking": (0o2644, lambda p: os.chown(p, 65534, 65534), 0o2644),
-                "locking": (0o2666, as_nobody("open(p, 'ab').write(b'y')"), 0o2666),
+                "chown_nothing": (0o6755, lambda p: os.chown(p, -1, -1), 0o755),
+                "locking": (0o2666, as_nobody("open(p, 'ab').write(b'y')"), 0o2666),  # in the file's group
+                "not_in_group": (0o2666, as_nobody("open(p, 'ab').write(b'y')"), 0o666),  # Linux >= 6.2
                 "root": (0o6777, lambda p: p.write_bytes(b"y"), 0o6777),
             }
             for name, (before, act, after) in cases.items():
                 p = made(name, before)
+                if name == "locking":
+                    os.chown(p, 0, 65534)
+                    os.chmod(p, before)
                 act(p)
                 assert stat.S_IMODE(p.stat().st_mode) == after, name
             # A bit set while another user's writer is open (passed through in Videos).

@@ -305,13 +305,38 @@ def test_an_older_catalog_is_upgraded(state_dir: Path, dir_pool: Pool, capsys) -
     db.close()
     assert main(["--pool", str(state_dir), "status"]) == 0  # a reader upgrades too
     with Pool.open(state_dir) as pool:
-        assert pool.cat.schema_rev() == CURRENT_REV == 6 and pool.cat.owed(1) == []
+        assert pool.cat.schema_rev() == CURRENT_REV == 7 and pool.cat.owed(1) == []
         indexes = {r[0] for r in pool.cat.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"nodes_by_link", "nodes_by_parent"} <= indexes
         node = pool.stat("Documents/kept.txt")
         assert (node.size, node.mode & 0o777, node.uid, node.ctime_ns, node.atime_ns) == \
             (4, 0o640, 0, node.mtime_ns, node.mtime_ns)
         assert pool.read_bytes("Documents/kept.txt") == b"kept"
+        assert_clean(pool)
+
+
+def test_a_revision_6_catalog_gets_places(state_dir: Path, dir_pool: Pool) -> None:
+    """Revision 6 (one stop's catalogs) indexed listings by parent alone; revision 7 adds the
+    places listings page by."""
+    import sqlite3
+
+    dir_pool.write_bytes("Documents/kept.txt", b"kept")
+    dir_pool.close()
+    db = sqlite3.connect(state_dir / "catalog.db", isolation_level=None)
+    db.executescript("""
+        BEGIN;
+        DROP INDEX nodes_by_parent;
+        ALTER TABLE nodes DROP COLUMN place;
+        CREATE INDEX nodes_by_parent ON nodes(parent_id);
+        UPDATE meta SET value = '6' WHERE key = 'schema_rev';
+        COMMIT;
+    """)
+    db.close()
+    with Pool.open(state_dir) as pool:
+        assert pool.cat.schema_rev() == CURRENT_REV == 7
+        docs = pool.lookup("Documents")
+        assert docs is not None
+        assert [name for _, _, name, _, _ in pool.cat.listing(docs.id)] == ["kept.txt"]
         assert_clean(pool)
 
 

@@ -29,8 +29,9 @@ from typing import Any, NamedTuple
 #   3: nodes gain owners, ctime, symlinks and special files (what the mount needs)
 #   4: access times
 #   5: hard links ('link' nodes, `link_to`, `links`)
-#   6: `place` and `nodes_by_parent` (the mount lists a directory a page at a time, by place)
-CURRENT_REV = 6
+#   6: `nodes_by_parent` (the mount lists a directory a page at a time)
+#   7: `place`, and `nodes_by_parent` by place (a name keeps its place in a listing)
+CURRENT_REV = 7
 ROOT_ID = 1
 CACHED_NODES = 100_000  # nodes and paths the mount keeps in memory (about 50 MB at most)
 
@@ -297,9 +298,15 @@ def _hard_links(db: sqlite3.Connection) -> None:
 
 
 def _index_by_parent(db: sqlite3.Connection) -> None:
-    """Revision 6: `place` and `nodes_by_parent`."""
+    """Revision 6: `nodes_by_parent` on `parent_id` (revision 7 replaces it)."""
+    db.execute("CREATE INDEX IF NOT EXISTS nodes_by_parent ON nodes(parent_id)")
+
+
+def _places(db: sqlite3.Connection) -> None:
+    """Revision 7: `place`, and `nodes_by_parent` by place."""
     if "place" not in {row[1] for row in db.execute("PRAGMA table_info(nodes)")}:  # an earlier step made it
         db.execute("ALTER TABLE nodes ADD COLUMN place INTEGER")
+    db.execute("DROP INDEX IF EXISTS nodes_by_parent")
     start = SCHEMA.index("CREATE INDEX nodes_by_parent")
     db.execute(SCHEMA[start: SCHEMA.index(";", start)])
 
@@ -309,7 +316,8 @@ _SUBDIRS = "(SELECT COUNT(*) FROM nodes c WHERE c.parent_id = nodes.id AND c.kin
 
 
 # Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1 (inside a transaction).
-_UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3, 3: _atime_column, 4: _hard_links, 5: _index_by_parent}
+_UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3, 3: _atime_column, 4: _hard_links, 5: _index_by_parent,
+                               6: _places}
 
 
 def _bytes_by_drive(db: sqlite3.Connection) -> dict[int, int]:

@@ -179,8 +179,9 @@ class PoolOperations:
                 f = opened = self.pool.open_file(ino, write=True)  # truncate(2) of a path
             mode = change.mode
             if change.kill_set_id and mode is None:  # a truncate or chown that clears set-id bits
-                now = self.pool.node(ino).mode
-                mode = self.pool.without_set_id(now) if self.pool.without_set_id(now) != now else None
+                node = self.pool.node(ino)
+                kept = self.pool.without_set_id(node.mode, self._in_group(ctx, node))
+                mode = kept if kept != node.mode else None
             try:
                 node = self.pool.set_attrs(ino, size=change.size, handle=f, mode=mode, uid=change.uid,
                                            gid=change.gid, mtime_ns=change.mtime_ns, atime_ns=change.atime_ns)
@@ -317,10 +318,11 @@ class PoolOperations:
             f = self.pool.open_file(ino, write=write, busy=self._readers)
             f.mappable = flags & os.O_ACCMODE == os.O_RDWR
             f.keeps_set_id = ctx.uid == 0
+            f.writer_in_group = self._in_group(ctx, self.pool.node(ino))
             if flags & os.O_TRUNC and f.size:
                 self.pool.set_attrs(ino, size=0, handle=f)
             if flags & os.O_TRUNC and kill_set_id:
-                self.pool.clear_set_id(ino, f)
+                self.pool.clear_set_id(ino, f, self._in_group(ctx, self.pool.node(ino)))
             node = self.pool.node(ino)
             # The kernel may keep this file's cached pages only if its content is what it was at
             # the last open (it may have been replaced since; the hash says so).
@@ -348,12 +350,16 @@ class PoolOperations:
                     self._reading[fh] = drive.id
                     f.fds = {drive.id: fd2}
 
-    def write(self, fh: int, off: int, data: memoryview, kill_suidgid: bool = False) -> int:
+    def write(self, fh: int, off: int, data: memoryview, kill_suidgid: bool = False, ctx: Ctx | None = None) -> int:
+        """`kill_suidgid`: the writer (`ctx`) may not keep set-id bits, which it clears."""
         f = self._files[fh]
+        cleared = False
         with self.lock, _errno():
             self.pool.will_change(f)
             if kill_suidgid:
-                self.pool.clear_set_id(f.node_id, f)
+                cleared = self.pool.clear_set_id(f.node_id, f, self._in_group(ctx, self.pool.node(f.node_id)))
+        if cleared:
+            self._mode_changed(f.node_id)
         with _errno():
             failed = f.write(data, off)
         if failed:
@@ -368,16 +374,37 @@ class PoolOperations:
         if f.passthrough and f.mappable and not f.mapped:
             f.mapped = _maps_shared(pid, (f.node_id, os.fstat(f.read_fd).st_ino))
         if f.dirty:
+            cleared = False
             with self.lock:
                 if self._wrote_unseen(f):
                     # Set-id bits set while the kernel wrote for this user: cleared as its writes would have.
                     with _errno():
-                        self.pool.clear_set_id(f.node_id, f)
+                        cleared = self.pool.clear_set_id(f.node_id, f, f.writer_in_group)
                 self.pool.releasing(f)
+            if cleared:
+                self._mode_changed(f.node_id)
             with _errno():
                 result = f.settle()
             with self.lock, _errno():
                 self.pool.record_file(f, result)
+
+    def _in_group(self, ctx: Ctx | None, node: Node) -> bool:
+        """Whether the process that made a request may keep a file's set-group-id bit without
+        group execute: root, or in the file's group (its own or a supplementary one, read in
+        /proc only when it matters). No request (`ctx` None): yes."""
+        if ctx is None or ctx.uid == 0 or ctx.gid == node.gid or not node.mode & stat_.S_ISGID:
+            return True
+        try:
+            with open(f"/proc/{ctx.pid}/status") as status:
+                groups = next((line.split()[1:] for line in status if line.startswith("Groups:")), [])
+        except OSError:
+            return False
+        return str(node.gid) in groups
+
+    def _mode_changed(self, ino: int) -> None:
+        """Set-id bits cleared without a setattr: the kernel's cached mode goes (not its data)."""
+        if self.session is not None:
+            self.session.forget_inode(ino, data=False)
 
     def _wrote_unseen(self, f: LiveFile) -> bool:
         """Whether the kernel wrote `f`'s copy itself (passed through) for a user who may not

@@ -55,6 +55,10 @@ FOPEN_PASSTHROUGH = 1 << 7
 FATTR_MODE, FATTR_UID, FATTR_GID, FATTR_SIZE = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 FATTR_ATIME, FATTR_MTIME, FATTR_FH, FATTR_ATIME_NOW, FATTR_MTIME_NOW = 1 << 4, 1 << 5, 1 << 6, 1 << 7, 1 << 8
 FATTR_KILL_SUIDGID = 1 << 11  # a truncate by a user who may not keep set-id bits
+# What a setattr may change (one that changes none of it: chown(-1, -1), or the kernel's own
+# "remove privileges" step)
+FATTR_CHANGES = FATTR_MODE | FATTR_UID | FATTR_GID | FATTR_SIZE | FATTR_ATIME | FATTR_MTIME | FATTR_ATIME_NOW \
+    | FATTR_MTIME_NOW
 OPEN_KILL_SUIDGID = 1 << 0  # open_flags of OPEN: O_TRUNC by such a user
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1 << 0, 1 << 1

@@ -258,9 +258,9 @@ class Session:
         self._notify(p.NOTIFY_INVAL_ENTRY, p.INVAL_ENTRY_OUT.pack(parent, len(name), 0) + name + b"\0")
         self._notify(p.NOTIFY_INVAL_INODE, p.INVAL_INODE_OUT.pack(parent, 0, 0))  # attributes and listing
 
-    def forget_inode(self, ino: int) -> None:
-        """Drop the kernel's cached attributes and data of an inode changed without a request."""
-        self._notify(p.NOTIFY_INVAL_INODE, p.INVAL_INODE_OUT.pack(ino, 0, 0))
+    def forget_inode(self, ino: int, data: bool = True) -> None:
+        """Drop the kernel's cached attributes and (`data`) data of an inode changed without a request."""
+        self._notify(p.NOTIFY_INVAL_INODE, p.INVAL_INODE_OUT.pack(ino, 0 if data else -1, 0))
 
     def _notify(self, code: int, payload: bytes) -> None:
         try:
@@ -347,9 +347,9 @@ class Session:
             atime_ns=now if valid & p.FATTR_ATIME_NOW else atime * 10**9 + atimensec if valid & p.FATTR_ATIME else None,
             mtime_ns=now if valid & p.FATTR_MTIME_NOW else mtime * 10**9 + mtimensec if valid & p.FATTR_MTIME else None,
             # With HANDLE_KILLPRIV_V2 the kernel leaves clearing set-id bits to us: a truncate
-            # says when, a chown always clears them.
+            # says when, a chown always clears them (chown(-1, -1) too: it comes changing nothing).
             kill_set_id=bool(valid & p.FATTR_KILL_SUIDGID and valid & p.FATTR_SIZE)
-            or self.kills_set_id and bool(valid & (p.FATTR_UID | p.FATTR_GID)),
+            or self.kills_set_id and bool(valid & (p.FATTR_UID | p.FATTR_GID) or not valid & p.FATTR_CHANGES),
         )
         attr = self.ops.setattr(ctx, nodeid, fh if valid & p.FATTR_FH else None, change)
         return p.pack_attr_out(attr, self.ops.timeout)
@@ -421,7 +421,7 @@ class Session:
         data = body[p.WRITE_IN.size:p.WRITE_IN.size + size]
         # Through the page cache the kernel clears set-id bits itself; a direct write asks us to.
         kill = bool(write_flags & p.WRITE_KILL_SUIDGID)
-        return p.WRITE_OUT.pack(self.ops.write(fh, off, data, kill_suidgid=kill), 0)
+        return p.WRITE_OUT.pack(self.ops.write(fh, off, data, kill_suidgid=kill, ctx=ctx), 0)
 
     def _flush(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         (fh, *_) = p.FLUSH_IN.unpack_from(body)

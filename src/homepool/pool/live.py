@@ -82,17 +82,20 @@ def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
 
 class Gate:
     """One file's changes through any of its handles (many at once) against one of its copies
-    moving to another drive (alone): a change never lands on a copy being moved away."""
+    moving to another drive (alone): a change never lands on a copy being moved away. A move
+    waiting goes first: new changes wait behind it."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._changing = 0
         self._moving = False
+        self._waiting = 0  # moves waiting for the changes under way
 
     @contextmanager
     def changing(self) -> Iterator[None]:
+        """(Never taken twice by one thread: a move waiting would keep the second one out.)"""
         with self._cond:
-            self._cond.wait_for(lambda: not self._moving)
+            self._cond.wait_for(lambda: not self._moving and not self._waiting)
             self._changing += 1
         try:
             yield
@@ -105,7 +108,11 @@ class Gate:
     def moving(self) -> Iterator[None]:
         """Waits for the changes under way (they hold no other lock) and holds off new ones."""
         with self._cond:
-            self._cond.wait_for(lambda: not self._moving and not self._changing)
+            self._waiting += 1
+            try:
+                self._cond.wait_for(lambda: not self._moving and not self._changing)
+            finally:
+                self._waiting -= 1
             self._moving = True
         try:
             yield
@@ -132,6 +139,7 @@ class LiveFile:
         self.mappable = True  # open for reading and writing: a shared mapping could write it
         self.mapped = False  # a program had it mapped (shared) when it closed it (the mount looks)
         self.keeps_set_id = True  # opened by root: its writes leave set-id bits (see `clear_set_id`)
+        self.writer_in_group = True  # its opener is in the file's group (the same)
         self.known: tuple[int, int, int, str | None] | None = None
         self.recorded: tuple[int, int, str] | None = None  # what the last close recorded
         self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
@@ -276,27 +284,28 @@ class LiveFile:
         """At close: give every copy the same time, hash the content if writes came out of
         order (or, `again`, a passed-through copy whatever its size and times say). Returns
         (size, mtime_ns, hash) to record, None if there is nothing to record. The copies it
-        looked at (`held`) stay what they are meanwhile (a move waits: `Gate`)."""
+        looks at (`held`) stay what they are while it looks (a move waits: `Gate`); a
+        hash that takes a while is made after, on the copy as it was (a descriptor of a copy
+        moved meanwhile stays open until the handle closes)."""
         with self.gate.changing():
-            return self._settle(again)
-
-    def _settle(self, again: bool) -> tuple[int, int, str] | None:
-        self.held = list(self.fds)
-        if not self.dirty or self.unlinked or not self.fds:
-            return None
-        first = self.read_fd
-        st = os.fstat(first)
+            self.held = list(self.fds)
+            if not self.dirty or self.unlinked or not self.fds:
+                return None
+            first = self.read_fd
+            st = os.fstat(first)
+            if self.passthrough:
+                now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                known = self.known[3] if self.known is not None and now == self.known[:3] and not again else None
+            else:
+                for fd in list(self.fds.values())[1:]:
+                    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                with self._lock:
+                    known = self._hasher.hexdigest() if self._hasher is not None and self._hashed == st.st_size \
+                        else None
+        digest = known or hash_fd(first)
         if self.passthrough:
-            now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-            digest = self.known[3] if self.known is not None and now == self.known[:3] and not again else None
-            digest = digest or hash_fd(first)
             self.known = (*now, digest)
-            return st.st_size, st.st_mtime_ns, digest
-        for fd in list(self.fds.values())[1:]:
-            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-        with self._lock:
-            streamed = self._hasher.hexdigest() if self._hasher is not None and self._hashed == st.st_size else None
-        return st.st_size, st.st_mtime_ns, streamed or hash_fd(first)
+        return st.st_size, st.st_mtime_ns, digest
 
     def looked_at(self) -> tuple[int, int] | None:
         """(size, mtime) of the file as its copy has them now (None once closed)."""
@@ -310,10 +319,10 @@ class LiveFile:
         """At release: `settle`, then close every copy. A passed-through copy that a program
         had mapped when it closed it is hashed again: the mapping may have written it after
         the close without changing its times (its pages stay writable until written back)."""
-        with self.gate.changing():
-            try:
-                return self._settle(self.mapped)
-            finally:
+        try:
+            return self.settle(again=self.mapped)
+        finally:
+            with self.gate.changing():
                 self.close()
 
     def close(self) -> None:
@@ -1146,19 +1155,24 @@ class LiveOps:
         return self.node(node_id)
 
     @staticmethod
-    def without_set_id(mode: int) -> int:
+    def without_set_id(mode: int, in_group: bool = True) -> int:
         """`mode` as a write, truncate or chown by a user who may not keep set-id bits leaves
-        it, as a local filesystem does (set-group-id only with group execute: else it marks
-        locking; a directory keeps both)."""
+        it, as Linux does: set-user-id goes; set-group-id goes with group execute, or (since
+        Linux 6.2) when that user is not in the file's group (else it marks locking); a
+        directory keeps both."""
         if stat_.S_ISDIR(mode):
             return mode
-        return mode & ~(stat_.S_ISUID | (stat_.S_ISGID if mode & stat_.S_IXGRP else 0))
+        drop = stat_.S_ISUID | (stat_.S_ISGID if mode & stat_.S_IXGRP or not in_group else 0)
+        return mode & ~drop
 
-    def clear_set_id(self, node_id: int, handle: LiveFile | None = None) -> None:
-        """Clear a file's set-id bits (`without_set_id`), through `handle` if it is open."""
+    def clear_set_id(self, node_id: int, handle: LiveFile | None = None, in_group: bool = True) -> bool:
+        """Clear a file's set-id bits (`without_set_id`), through `handle` if it is open;
+        whether any went."""
         mode = self.node(node_id).mode
-        if self.without_set_id(mode) != mode:
-            self.set_attrs(node_id, handle=handle, mode=self.without_set_id(mode))
+        kept = self.without_set_id(mode, in_group)
+        if kept != mode:
+            self.set_attrs(node_id, handle=handle, mode=kept)
+        return kept != mode
 
     @staticmethod
     def _attr_cols(node: Node, mode: int | None, uid: int | None, gid: int | None, mtime_ns: int | None,
