@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import blake3
@@ -540,16 +541,12 @@ def test_a_full_drive_moves_the_file_for_every_handle_on_it(state_dir: Path, loo
         assert_clean(pool)
 
 
-@pytest.mark.parametrize("copies", [1, 2])
-@pytest.mark.parametrize("through", ["another handle", "the same handle"])
-def test_a_write_made_while_the_file_moves_waits_for_the_move(state_dir: Path, loop_drives,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              copies: int, through: str) -> None:
-    """In process, to catch the moment: a write that comes while a full drive's copy is being
-    moved to another drive (through another handle, or in parallel through the same one, as
-    asynchronous direct I/O does) waits, then lands on every copy. Before, it went to the old
-    copy after that part of it had been copied (lost), or, through the same handle, to the
-    other copies only (the copies then differed under one hash) or to none (EIO)."""
+@contextmanager
+def _live_file_on_a_filling_drive(state_dir: Path, loop_drives, copies: int = 1) -> Iterator[tuple]:
+    """In process (the mount's operations without FUSE): a small drive and `copies` big ones
+    made to look fuller (ballast, gone once the file is made), a file in Videos (`copies`
+    copies) created with 1 MiB on the small drive. Yields (pool, ops, ctx, inode, handle,
+    drives)."""
     from homepool.fuse.ops import PoolOperations
     from homepool.fuse.session import Ctx
 
@@ -558,7 +555,7 @@ def test_a_write_made_while_the_file_moves_waits_for_the_move(state_dir: Path, l
         for i, d in enumerate((small, *big)):
             pool.add_drive(d, label=f"d{i}")
         pool.set_copies("Videos", copies)
-    ballasts = [d / "ballast" for d in big]  # the big drives look fuller than the small one
+    ballasts = [d / "ballast" for d in big]
     for b in ballasts:
         with open(b, "wb") as f:
             st = os.statvfs(b.parent)
@@ -573,9 +570,25 @@ def test_a_write_made_while_the_file_moves_waits_for_the_move(state_dir: Path, l
         attr, first = ops.create(ctx, folder.id, b"log.bin", 0o644, os.O_RDWR)
         ops.write(first.fh, 0, memoryview(b"a" * (1 << 20)))
         assert (small / "HomePool/Videos/log.bin").exists()
-        second = ops.open(ctx, attr.ino, os.O_RDWR) if through == "another handle" else first
         for b in ballasts:
             b.unlink()
+        yield pool, ops, ctx, attr.ino, first, [small, *big]
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+@pytest.mark.parametrize("through", ["another handle", "the same handle"])
+def test_a_write_made_while_the_file_moves_waits_for_the_move(state_dir: Path, loop_drives,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              copies: int, through: str) -> None:
+    """In process, to catch the moment: a write that comes while a full drive's copy is being
+    moved to another drive (through another handle, or in parallel through the same one, as
+    asynchronous direct I/O does) waits, then lands on every copy. Before, it went to the old
+    copy after that part of it had been copied (lost), or, through the same handle, to the
+    other copies only (the copies then differed under one hash) or to none (EIO)."""
+    with _live_file_on_a_filling_drive(state_dir, loop_drives, copies) as (pool, ops, ctx, ino, first, drives):
+        second = ops.open(ctx, ino, os.O_RDWR) if through == "another handle" else first
         written: list[threading.Thread] = []
         look_at_room = type(pool)._look_at_room
 
@@ -595,13 +608,11 @@ def test_a_write_made_while_the_file_moves_waits_for_the_move(state_dir: Path, l
         for fh in {first.fh, second.fh}:
             ops.flush(fh)
             ops.release(fh)
-        assert not (small / "HomePool/Videos/log.bin").exists()
-        contents = [p.read_bytes() for p in copies_on_disk([small, *big], "Videos/log.bin")]
-        assert len(contents) == copies
-        for content in contents:
-            assert content[10:19] == b"meanwhile" and len(content) == 41 << 20
-    finally:
-        pool.close()
+    assert not (drives[0] / "HomePool/Videos/log.bin").exists()
+    contents = [p.read_bytes() for p in copies_on_disk(drives, "Videos/log.bin")]
+    assert len(contents) == copies
+    for content in contents:
+        assert content[10:19] == b"meanwhile" and len(content) == 41 << 20
     with reader(state_dir) as pool:
         assert_clean(pool)
 
@@ -612,30 +623,10 @@ def test_a_handle_closed_while_the_file_moves_records_the_moved_copy(state_dir: 
     drive (its last look at the copies and its close run outside the pool's lock) waits for
     the move, and records the copies where they are. Before, it recorded the moved copy's
     drive as stale: the catalog dropped that copy's row, and owed its removal."""
-    from homepool.fuse.ops import PoolOperations
-    from homepool.fuse.session import Ctx
-
-    small, big = loop_drives(32, 128)
-    with Pool.create(state_dir) as pool:
-        pool.add_drive(small, label="small")
-        pool.add_drive(big, label="big")
-    ballast = big / "ballast"
-    with open(ballast, "wb") as f:
-        st = os.statvfs(big)
-        f.write(b"\0" * (st.f_bavail * st.f_frsize - (16 << 20)))
-    pool = Pool.open(state_dir)
-    try:
-        pool.go_live()
-        ops = PoolOperations(pool)
-        ctx = Ctx(0, 0, os.getpid())
-        folder = pool.child(1, "Videos")
-        assert folder is not None
-        attr, first = ops.create(ctx, folder.id, b"log.bin", 0o644, os.O_RDWR)
-        ops.write(first.fh, 0, memoryview(b"a" * (1 << 20)))
-        second = ops.open(ctx, attr.ino, os.O_RDWR)
+    with _live_file_on_a_filling_drive(state_dir, loop_drives) as (pool, ops, ctx, ino, first, drives):
+        second = ops.open(ctx, ino, os.O_RDWR)
         ops.write(second.fh, 0, memoryview(b"second"))
         closing = ops._files.pop(second.fh)
-        ballast.unlink()
         finished: dict[str, object] = {}
         look_at_room = type(pool)._look_at_room
 
@@ -659,11 +650,9 @@ def test_a_handle_closed_while_the_file_moves_records_the_moved_copy(state_dir: 
         pool.release_file(closing, finished["result"])  # type: ignore[arg-type]
         ops.flush(first.fh)
         ops.release(first.fh)
-        assert [r.drive_id for r in pool.cat.replicas(attr.ino)] == [pool.drives()[1].id]
+        assert [r.drive_id for r in pool.cat.replicas(ino)] == [pool.drives()[1].id]
         assert pool.cat.owed(pool.drives()[1].id) == []
-    finally:
-        pool.close()
-    content = (big / "HomePool/Videos/log.bin").read_bytes()
+    content = (drives[1] / "HomePool/Videos/log.bin").read_bytes()
     assert content[:6] == b"second" and len(content) == 41 << 20
     with reader(state_dir) as pool:
         assert_clean(pool)
