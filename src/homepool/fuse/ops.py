@@ -309,7 +309,10 @@ class PoolOperations:
             f.mappable = flags & os.O_ACCMODE == os.O_RDWR
             f.keeps_set_id = ctx.uid == 0
             self._cached.pop(node.id, None)
-            return attr_of(node), self._handle(f, node)
+            opened = self._handle(f, node)
+            if opened.backing_id is not None and not f.keeps_set_id:
+                f.opener_groups = self._groups(ctx)  # for `_wrote_unseen`
+            return attr_of(node), opened
 
     def open(self, ctx: Ctx, ino: int, flags: int, kill_set_id: bool = False) -> Opened:
         """`kill_set_id`: an O_TRUNC by a user who may not keep set-id bits clears them."""
@@ -318,7 +321,6 @@ class PoolOperations:
             f = self.pool.open_file(ino, write=write, busy=self._readers)
             f.mappable = flags & os.O_ACCMODE == os.O_RDWR
             f.keeps_set_id = ctx.uid == 0
-            f.writer_in_group = self._in_group(ctx, self.pool.node(ino))
             if flags & os.O_TRUNC and f.size:
                 self.pool.set_attrs(ino, size=0, handle=f)
             if flags & os.O_TRUNC and kill_set_id:
@@ -328,7 +330,10 @@ class PoolOperations:
             # the last open (it may have been replaced since; the hash says so).
             keep = not write and self._cached.get(node.id) == node.hash and node.hash is not None
             self._cached[node.id] = node.hash if not write else None
-            return self._handle(f, node, keep_cache=keep)
+            opened = self._handle(f, node, keep_cache=keep)
+            if opened.backing_id is not None and f.writable and not f.keeps_set_id:
+                f.opener_groups = self._groups(ctx)  # for `_wrote_unseen`
+            return opened
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         f = self._files[fh]
@@ -379,7 +384,7 @@ class PoolOperations:
                 if self._wrote_unseen(f):
                     # Set-id bits set while the kernel wrote for this user: cleared as its writes would have.
                     with _errno():
-                        cleared = self.pool.clear_set_id(f.node_id, f, f.writer_in_group)
+                        cleared = self.pool.clear_set_id(f.node_id, f, self.pool.node(f.node_id).gid in f.opener_groups)
                 self.pool.releasing(f)
             if cleared:
                 self._mode_changed(f.node_id)
@@ -390,16 +395,21 @@ class PoolOperations:
 
     def _in_group(self, ctx: Ctx | None, node: Node) -> bool:
         """Whether the process that made a request may keep a file's set-group-id bit without
-        group execute: root, or in the file's group (its own or a supplementary one, read in
-        /proc only when it matters). No request (`ctx` None): yes."""
+        group execute: root, or in the file's group. No request (`ctx` None): yes."""
         if ctx is None or ctx.uid == 0 or ctx.gid == node.gid or not node.mode & stat_.S_ISGID:
             return True
+        return node.gid in self._groups(ctx)
+
+    @staticmethod
+    def _groups(ctx: Ctx) -> frozenset[int]:
+        """The groups of the process that made a request: its own and its supplementary ones
+        (/proc/PID/status; read only when it matters)."""
         try:
             with open(f"/proc/{ctx.pid}/status") as status:
-                groups = next((line.split()[1:] for line in status if line.startswith("Groups:")), [])
+                extra = next((line.split()[1:] for line in status if line.startswith("Groups:")), [])
         except OSError:
-            return False
-        return str(node.gid) in groups
+            extra = []
+        return frozenset({ctx.gid, *map(int, extra)})
 
     def _mode_changed(self, ino: int) -> None:
         """Set-id bits cleared without a setattr: the kernel's cached mode goes (not its data)."""

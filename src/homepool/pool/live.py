@@ -113,6 +113,7 @@ class Gate:
                 self._cond.wait_for(lambda: not self._moving and not self._changing)
             finally:
                 self._waiting -= 1
+                self._cond.notify_all()  # (if the wait ended in an exception, changes may go on)
             self._moving = True
         try:
             yield
@@ -139,7 +140,7 @@ class LiveFile:
         self.mappable = True  # open for reading and writing: a shared mapping could write it
         self.mapped = False  # a program had it mapped (shared) when it closed it (the mount looks)
         self.keeps_set_id = True  # opened by root: its writes leave set-id bits (see `clear_set_id`)
-        self.writer_in_group = True  # its opener is in the file's group (the same)
+        self.opener_groups: frozenset[int] = frozenset()  # a passed-through writer's (see `keeps_set_id`)
         self.known: tuple[int, int, int, str | None] | None = None
         self.recorded: tuple[int, int, str] | None = None  # what the last close recorded
         self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
