@@ -255,9 +255,11 @@ class PoolOperations:
 
     # -- files ---------------------------------------------------------------------------
 
-    def _handle(self, f: LiveFile, node: Node, keep_cache: bool = False) -> Opened:
-        """Under the lock: a handle for `f` (a handle on `node`), passed through to the kernel
-        when it can be."""
+    def _handle(self, ctx: Ctx, f: LiveFile, node: Node, flags: int, keep_cache: bool = False) -> Opened:
+        """Under the lock: a handle for `f` (a handle on `node`, opened by `ctx` with `flags`),
+        passed through to the kernel when it can be."""
+        f.mappable = flags & os.O_ACCMODE == os.O_RDWR
+        f.keeps_set_id = ctx.uid == 0
         backing = self._backing.get(f.node_id)
         # The kernel does not clear set-id bits on writes it makes itself, and leaves that to us
         # (HANDLE_KILLPRIV_V2): a set-id file is not passed through (they are rare in a pool).
@@ -283,6 +285,8 @@ class PoolOperations:
             return Opened(fh, keep_cache=keep_cache, direct=f.direct)
         backing[1] += 1
         self.pool.pass_through(f, node)
+        if f.writable and not f.keeps_set_id:
+            f.opener_groups = self._groups(ctx)  # for `_wrote_unseen`
         return Opened(fh, backing_id=backing[0])
 
     def _direct(self, f: LiveFile) -> bool:
@@ -306,21 +310,14 @@ class PoolOperations:
     def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, flags: int) -> tuple[Attr, Opened]:
         with self.lock, _errno():
             node, f = self.pool.create_file(parent, _name(name), mode, ctx.uid, ctx.gid)
-            f.mappable = flags & os.O_ACCMODE == os.O_RDWR
-            f.keeps_set_id = ctx.uid == 0
             self._cached.pop(node.id, None)
-            opened = self._handle(f, node)
-            if opened.backing_id is not None and not f.keeps_set_id:
-                f.opener_groups = self._groups(ctx)  # for `_wrote_unseen`
-            return attr_of(node), opened
+            return attr_of(node), self._handle(ctx, f, node, flags)
 
     def open(self, ctx: Ctx, ino: int, flags: int, kill_set_id: bool = False) -> Opened:
         """`kill_set_id`: an O_TRUNC by a user who may not keep set-id bits clears them."""
         write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
         with self.lock, _errno():
             f = self.pool.open_file(ino, write=write, busy=self._readers)
-            f.mappable = flags & os.O_ACCMODE == os.O_RDWR
-            f.keeps_set_id = ctx.uid == 0
             if flags & os.O_TRUNC and f.size:
                 self.pool.set_attrs(ino, size=0, handle=f)
             if flags & os.O_TRUNC and kill_set_id:
@@ -330,10 +327,7 @@ class PoolOperations:
             # the last open (it may have been replaced since; the hash says so).
             keep = not write and self._cached.get(node.id) == node.hash and node.hash is not None
             self._cached[node.id] = node.hash if not write else None
-            opened = self._handle(f, node, keep_cache=keep)
-            if opened.backing_id is not None and f.writable and not f.keeps_set_id:
-                f.opener_groups = self._groups(ctx)  # for `_wrote_unseen`
-            return opened
+            return self._handle(ctx, f, node, flags, keep_cache=keep)
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         f = self._files[fh]

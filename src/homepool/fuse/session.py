@@ -419,7 +419,7 @@ class Session:
     def _write(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         fh, off, size, write_flags, *_ = p.WRITE_IN.unpack_from(body)
         data = body[p.WRITE_IN.size:p.WRITE_IN.size + size]
-        # Through the page cache the kernel clears set-id bits itself; a direct write asks us to.
+        # The writer may not keep set-id bits; the kernel leaves clearing them to us (direct I/O or KILLPRIV_V2).
         kill = bool(write_flags & p.WRITE_KILL_SUIDGID)
         return p.WRITE_OUT.pack(self.ops.write(fh, off, data, kill_suidgid=kill, ctx=ctx), 0)
 
