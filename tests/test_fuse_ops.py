@@ -19,6 +19,9 @@ import pytest
 
 from homepool import mount as mount_mod
 from homepool.cli import main
+from homepool.fuse import ops as ops_mod
+from homepool.fuse.ops import PoolOperations
+from homepool.fuse.session import Ctx
 from homepool.pool import Pool
 
 from .helpers import copies_on_disk, reader
@@ -317,10 +320,11 @@ def test_small_writes_ask_about_capabilities_once_per_file(dir_pool: Pool, state
         assert after.get("GETXATTR", 0) - before.get("GETXATTR", 0) <= 2, (before, after)
 
 
-def test_a_hung_drive_holds_up_no_reader_of_another(state_dir: Path, loop_drives, tmp_path: Path) -> None:
-    """A drive that stops answering (frozen: every write to it waits) holds up the changes
-    made there, and the lookups waiting for the pool meanwhile, but a file being read goes on
-    being read: the requests waiting do not keep the others from being read and answered."""
+def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_dir: Path, loop_drives,
+                                                                        tmp_path: Path) -> None:
+    """A drive that stops answering (frozen: every write to it waits) holds up the change
+    made there, and the changes waiting for the pool meanwhile. Lookups, listings and `stat`
+    wait a second, then read the catalog as last committed; a file being read goes on."""
     a, b = loop_drives(64, 64)
     data = os.urandom(8 << 20)
     with Pool.create(state_dir) as pool:
@@ -329,6 +333,7 @@ def test_a_hung_drive_holds_up_no_reader_of_another(state_dir: Path, loop_drives
         pool.set_copies("Documents", 2)
         pool.write_bytes("Documents/film.mkv", data)
         pool.write_bytes("Documents/old.txt", b"going")
+        pool.write_bytes("Music/song.ogg", b"la" * 500)
     with mount_pool(state_dir, tmp_path) as (mnt, proc), open(mnt / "Documents/film.mkv", "rb", buffering=0) as f:
         assert f.read(4096) == data[:4096]
         os.stat(mnt / "Documents/old.txt")
@@ -349,17 +354,23 @@ def test_a_hung_drive_holds_up_no_reader_of_another(state_dir: Path, loop_drives
             unlink = run("unlink", lambda: os.unlink(mnt / "Documents/old.txt"))
             wait_for(lambda: not unlink.is_alive() or _waits_for_a_frozen_drive(proc.pid),
                      what="the unlink to wait for the drive")
-            # (not in the folder of the unlink: the kernel holds that folder for it)
-            lookup = run("lookup", lambda: os.path.exists(mnt / "new.txt"))
-            read = run("read", lambda: os.pread(f.fileno(), 4096, 6 << 20))
-            read.join(timeout=20)
-            assert done.get("read") == data[6 << 20:(6 << 20) + 4096], done
-            assert unlink.is_alive() and lookup.is_alive(), done  # those wait for the drive
+            # (each in a folder of its own: the kernel holds the folder of a change for it)
+            change = run("mkdir", lambda: os.mkdir(mnt / "Photos/new"))
+            looks = [run("missing", lambda: os.path.exists(mnt / "new.txt")),
+                     run("stat", lambda: os.stat(mnt / "Music/song.ogg").st_size),
+                     run("listing", lambda: sorted(os.listdir(mnt / "Music"))),
+                     run("read", lambda: os.pread(f.fileno(), 4096, 6 << 20))]
+            for t in looks:
+                t.join(timeout=20)
+            assert done.get("missing") is False and done.get("stat") == 1000, done
+            assert done.get("listing") == ["song.ogg"] and done.get("read") == data[6 << 20:(6 << 20) + 4096], done
+            assert unlink.is_alive() and change.is_alive(), done  # those wait for the drive
         finally:
             _freeze(a, False)
         unlink.join(timeout=20)
-        lookup.join(timeout=20)
-        assert done == {"unlink": None, "lookup": False, "read": data[6 << 20:(6 << 20) + 4096]}
+        change.join(timeout=20)
+        assert done["unlink"] is None and done["mkdir"] is None, done
+        assert os.listdir(mnt / "Photos") == ["new"]
     assert copies_on_disk([a, b], "Documents/old.txt") == []
 
 
@@ -385,3 +396,54 @@ def _waits_for_a_frozen_drive(pid: int) -> bool:
         except OSError:
             continue  # the thread ended
     return False
+
+
+def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, with the lock held by a thread standing in for a change stuck on a drive:
+    a lookup and a listing answer from the catalog as last committed, for the kernel to keep
+    a second only; the `stat` of a file open for writing (its size is ahead of the catalog)
+    waits for the lock after all, and gets the size written."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
+    dir_pool.go_live()
+    ops = PoolOperations(dir_pool)
+    ctx = Ctx(0, 0, os.getpid())
+    music = dir_pool.child(1, "Music")
+    assert music is not None
+    new, opened = ops.create(ctx, music.id, b"new.bin", 0o644, os.O_RDWR)
+    ops.write(opened.fh, 0, memoryview(b"x" * 5000))
+    held, let_go = threading.Event(), threading.Event()
+
+    def stuck_change() -> None:
+        with ops.lock:
+            held.set()
+            let_go.wait(30)
+
+    stuck = threading.Thread(target=stuck_change)
+    stuck.start()
+    answers: dict[str, object] = {}
+    try:
+        assert held.wait(10)
+        song = ops.lookup(ctx, music.id, b"song.ogg")
+        assert song is not None and song.size == 1000
+        assert ops.answer_timeout() == ops_mod.GLANCE_TIMEOUT
+        listing = {name: attr for name, _, _, attr, _ in ops.readdir(music.id, 0, 100, held=())}
+        assert listing.keys() == {b"song.ogg", b"new.bin"}
+        assert listing[b"new.bin"] is None and listing[b"song.ogg"].size == 1000  # type: ignore[union-attr]
+        assert ops.answer_timeout() == ops_mod.GLANCE_TIMEOUT
+
+        def stat_the_new_file() -> None:
+            answers["new"] = ops.getattr(ctx, new.ino)
+            answers["timeout"] = ops.answer_timeout()
+
+        waiting = threading.Thread(target=stat_the_new_file)
+        waiting.start()
+        waiting.join(timeout=1)
+        assert waiting.is_alive(), answers  # only the lock can tell
+    finally:
+        let_go.set()
+        stuck.join()
+    waiting.join(timeout=10)
+    assert answers["new"].size == 5000 and answers["timeout"] == ops_mod.ATTR_TIMEOUT, answers  # type: ignore[attr-defined]
+    ops.release(opened.fh)
+    ops.close()

@@ -333,13 +333,17 @@ def _count_files(db: sqlite3.Connection) -> tuple[int, int]:
 class Catalog:
     """One SQLite connection with typed accessors."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        # FULL: once a commit returns it survives power loss; the drives were fsynced first.
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("PRAGMA foreign_keys=ON")
+        if readonly:  # a second look at what another connection committed (`pool.Glance`)
+            self.db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
+                                      timeout=30, check_same_thread=False)
+        else:
+            self.db = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            # FULL: once a commit returns it survives power loss; the drives were fsynced first.
+            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
         self._done_later: list[int] = []  # journal rows the next commit removes
         self._totals_db: sqlite3.Connection | None = None  # see `totals`

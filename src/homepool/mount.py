@@ -119,6 +119,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         # Requests still running finish their catalog work first; then the pool may close.
         if not ops.lock.acquire(timeout=30):
             log.error("a request is still running after 30 s; closing the pool anyway")
+        ops.close()
         if mounted:
             log.info("unmounted %s; requests served: %s", mountpoint, session.summary())
 

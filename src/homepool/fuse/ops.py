@@ -20,11 +20,13 @@ import errno
 import itertools
 import logging
 import os
+import sqlite3
 import stat as stat_
 import threading
 import time
-from collections.abc import Container, Iterator
+from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from ..catalog import Entry, Node
 from ..errors import (
@@ -45,15 +47,21 @@ from ..errors import (
 )
 from ..paths import NAME_MAX, PATH_MAX
 from ..pool import LiveFile, Pool
+from ..pool.glance import Glance, Unsure
 from .protocol import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr
 from .session import Ctx, FuseError, Opened, Session, SetAttr, StatFs
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Seconds the kernel may cache attributes, entries and missing names. The mount is the pool's
 # only writer while it runs and the kernel drops what its own changes make stale, so these
 # can be long: every lookup and getattr saved is a round trip through this process.
 ATTR_TIMEOUT = 60.0
+# A request that only reads waits this long for a change holding the lock, then reads the
+# catalog as last committed (`_look`); the kernel keeps such an answer GLANCE_TIMEOUT seconds.
+LOOK_WAIT = 1.0
+GLANCE_TIMEOUT = 1.0
 STATFS_TTL = 2.0  # seconds a statfs answer is reused
 BLOCK = 4096
 XATTR_CREATE, XATTR_REPLACE = 1, 2
@@ -131,8 +139,6 @@ def attr_of(node: Node | Entry) -> Attr:
 
 
 class PoolOperations:
-    timeout = ATTR_TIMEOUT
-
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.session: Session | None = None  # set by `serve` before it mounts (passthrough needs it)
@@ -144,6 +150,14 @@ class PoolOperations:
         self._cached: dict[int, str | None] = {}  # inode -> content hash when last opened
         self._backing: dict[int, list[int]] = {}  # inode -> [passthrough id, handles using it]
         self._statfs: tuple[float, StatFs] | None = None  # (when, answer)
+        self._glance: Glance | None = None  # opened at the first `_look` that needs it
+        self._glance_opening = threading.Lock()
+        self._answer = threading.local()  # .timeout: of the answer being made on this thread
+
+    def close(self) -> None:
+        """At unmount: what these operations opened of their own (a glance's connection)."""
+        if self._glance is not None:
+            self._glance.close()
 
     @contextmanager
     def unlocked(self) -> Iterator[None]:
@@ -155,21 +169,62 @@ class PoolOperations:
         finally:
             self.lock.acquire()
 
+    def _look(self, answer: Callable[[Pool | Glance], T]) -> T:
+        """Answer a request that only reads: from the pool under the lock, as every request; or,
+        if a change has held the lock LOOK_WAIT seconds (a drive that stopped answering holds
+        it until the kernel answers or fails the call), from the catalog as last committed
+        (`pool.Glance`), so that programs can go on finding, listing and statting files. The
+        kernel keeps such an answer GLANCE_TIMEOUT seconds. What a glance cannot tell (a file
+        open for writing) waits for the lock after all."""
+        self._answer.timeout = ATTR_TIMEOUT
+        if not self.lock.acquire(timeout=LOOK_WAIT):
+            try:
+                glance = self._glance or self._open_glance()
+                with glance.lock, _errno():
+                    result = answer(glance)
+                self._answer.timeout = GLANCE_TIMEOUT
+                return result
+            except Unsure:
+                pass
+            except sqlite3.Error as e:  # the glance's own connection: no worse than waiting
+                log.warning("reading the catalog past a stuck change: %s", e)
+            self.lock.acquire()
+        try:
+            with _errno():
+                return answer(self.pool)
+        finally:
+            self.lock.release()
+
+    def _open_glance(self) -> Glance:
+        with self._glance_opening:
+            if self._glance is None:
+                log.warning("a change has held the pool for %g s (a drive that does not answer?): lookups and "
+                            "listings read the catalog as last committed meanwhile", LOOK_WAIT)
+                self._glance = Glance(self.pool, self.pool.cat.path)
+            return self._glance
+
+    def answer_timeout(self) -> float:
+        """How long the kernel may keep the entries and attributes of the answer just made on
+        this thread: ATTR_TIMEOUT, or GLANCE_TIMEOUT for one read past a stuck change (`_look`)."""
+        timeout = getattr(self._answer, "timeout", ATTR_TIMEOUT)
+        self._answer.timeout = ATTR_TIMEOUT
+        return timeout
+
     # -- attributes ----------------------------------------------------------------------
 
     def getattr(self, ctx: Ctx, ino: int) -> Attr:
-        with self.lock, _errno():
-            return self._attr(self.pool.node(ino))
+        return self._look(lambda pool: self._attr(pool, pool.node(ino)))
 
-    def _attr(self, node: Node) -> Attr:
-        """Under the lock: what the kernel is told about an inode (no name left: nlink 0)."""
+    def _attr(self, pool: Pool | Glance, node: Node) -> Attr:
+        """What the kernel is told about an inode (no name left: nlink 0)."""
         attr = attr_of(node)
-        return attr._replace(nlink=0) if self.pool.unlinked(node.id) else attr
+        return attr._replace(nlink=0) if pool.unlinked(node.id) else attr
 
     def lookup(self, ctx: Ctx, parent: int, name: bytes) -> Attr | None:
-        with self.lock, _errno():
-            node = self.pool.child(parent, _name(name))
-            return None if node is None else attr_of(self.pool.node(node.id))
+        def answer(pool: Pool | Glance) -> Attr | None:
+            node = pool.child(parent, _name(name))
+            return None if node is None else attr_of(pool.node(node.id))
+        return self._look(answer)
 
     def setattr(self, ctx: Ctx, ino: int, fh: int | None, change: SetAttr) -> Attr:
         with self.lock, _errno():
@@ -188,7 +243,7 @@ class PoolOperations:
             finally:
                 if opened is not None:
                     self._finish(opened)
-            return self._attr(node if opened is None else self.pool.node(ino))
+            return self._attr(self.pool, node if opened is None else self.pool.node(ino))
 
     # -- directories ---------------------------------------------------------------------
 
@@ -198,11 +253,12 @@ class PoolOperations:
         place `off` (0: the first), as (name, inode, mode, attributes, place). Attributes only
         with `held` (READDIRPLUS), and not for the inodes in it (the kernel has them). Read
         from the catalog page by page, with no directory handle: see `Catalog.listing`."""
-        with self.lock, _errno():
-            page = self.pool.cat.listing(ino, off, most)
+        def answer(pool: Pool | Glance) -> tuple[list[tuple[int, int, str, str, int]], dict[int, Entry]]:
+            page = pool.cat.listing(ino, off, most)
             lacking = held is not None and page and any(id_ not in held for _, id_, _, _, _ in page)
             # The kernel lacks one: the attributes, for the page (one query).
-            entries = self.pool.entries(ino, off, page[-1][0]) if lacking else {}
+            return page, pool.entries(ino, off, page[-1][0]) if lacking else {}
+        page, entries = self._look(answer)
         for place, id_, name, kind, mode in page:
             e = entries.get(place) if held is not None and id_ not in held else None
             if e is None:  # held by the kernel (or plain READDIR): name, inode and type
@@ -235,8 +291,8 @@ class PoolOperations:
                                                target=_name(target, PATH_MAX - 1)))
 
     def readlink(self, ctx: Ctx, ino: int) -> bytes:
-        with self.lock, _errno():
-            node = self.pool.node(ino)
+        node = self._look(lambda pool: pool.node(ino))
+        self.answer_timeout()  # (a link's target is not kept for a while: nothing to tell)
         if node.target is None:
             raise FuseError(errno.EINVAL)
         return node.target.encode()
@@ -251,7 +307,7 @@ class PoolOperations:
 
     def link(self, ctx: Ctx, ino: int, new_parent: int, new_name: bytes) -> Attr:
         with self.lock, _errno():
-            return self._attr(self.pool.make_link(ino, new_parent, _name(new_name)))
+            return self._attr(self.pool, self.pool.make_link(ino, new_parent, _name(new_name)))
 
     # -- files ---------------------------------------------------------------------------
 
@@ -503,8 +559,15 @@ class PoolOperations:
             return cached[1]
         with _errno():
             used, files = self.pool.cat.totals()
-        with self.lock, _errno():
-            size, free = self.pool.space(used)
+        if not self.lock.acquire(timeout=LOOK_WAIT):
+            if cached is not None:
+                return cached[1]  # a change is stuck (see `_look`): the last answer will do meanwhile
+            self.lock.acquire()
+        try:
+            with _errno():
+                size, free = self.pool.space(used)
+        finally:
+            self.lock.release()
         blocks, bfree = size // BLOCK, free // BLOCK
         # like ext4: inodes are not the limit here
         answer = StatFs(blocks=blocks, bfree=bfree, bavail=bfree, files=files + bfree, ffree=bfree,

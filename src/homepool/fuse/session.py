@@ -296,7 +296,7 @@ class Session:
         """A reply that gives the kernel an inode (or a missing name): it holds one more lookup."""
         if attr is not None:
             self._hold([attr.ino])
-        return p.pack_entry(attr, self.ops.timeout)
+        return p.pack_entry(attr, self.ops.answer_timeout())
 
     def _hold(self, inodes: list[int]) -> None:
         """Count a lookup of each of `inodes`, given in the reply being made (on this thread)."""
@@ -331,7 +331,8 @@ class Session:
         return self._entry(self.ops.lookup(ctx, nodeid, name))
 
     def _getattr(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
-        return p.pack_attr_out(self.ops.getattr(ctx, nodeid), self.ops.timeout)
+        attr = self.ops.getattr(ctx, nodeid)
+        return p.pack_attr_out(attr, self.ops.answer_timeout())
 
     def _setattr(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         (valid, _, fh, size, _, atime, mtime, _, atimensec, mtimensec, _, mode, _, uid, gid, _
@@ -352,7 +353,7 @@ class Session:
             or self.kills_set_id and bool(valid & (p.FATTR_UID | p.FATTR_GID) or not valid & p.FATTR_CHANGES),
         )
         attr = self.ops.setattr(ctx, nodeid, fh if valid & p.FATTR_FH else None, change)
-        return p.pack_attr_out(attr, self.ops.timeout)
+        return p.pack_attr_out(attr, self.ops.answer_timeout())
 
     def _readlink(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         return self.ops.readlink(ctx, nodeid)
@@ -457,11 +458,12 @@ class Session:
         _, off, size, *_ = p.READ_IN.unpack_from(body)
         out: list[bytes] = []
         used = 0
-        timeout = self.ops.timeout
         held = self._held if plus else None
         given: list[int] = []
         most = max(1, size // ((p.DIRENTPLUS if plus else p.DIRENT).size + 8))  # the shortest entries fit
-        for name, ino, mode, attr, next_off in self.ops.readdir(nodeid, off, most, held):
+        entries = list(self.ops.readdir(nodeid, off, most, held))
+        timeout = self.ops.answer_timeout()
+        for name, ino, mode, attr, next_off in entries:
             if not plus:
                 rec = p.dirent(ino, next_off, name, mode)
             elif attr is None:

@@ -115,6 +115,15 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
+def named(cat: Catalog, parent_id: int, name: str) -> Node | None:
+    """What the entry `name` in directory `parent_id` names (folders match as Windows would)."""
+    found = cat.child(parent_id, name)
+    if found is None and parent_id == ROOT_ID:
+        folder = cat.folder_by_fold(paths.fold(name))
+        found = cat.node(folder[0]) if folder else None
+    return found if found is None else cat.resolve(found)
+
+
 class Pool(LiveOps):
     """An open pool. Use `Pool.create` or `Pool.open`, and close it (or use `with`)."""
 
@@ -1046,12 +1055,7 @@ class Pool(LiveOps):
     # -- by node id (the FUSE adapter's view: node ids are its inode numbers) ----------------
 
     def child(self, parent_id: int, name: str) -> Node | None:
-        """What the entry `name` in directory `parent_id` names (folders match as Windows would)."""
-        found = self.cat.child(parent_id, name)
-        if found is None and parent_id == ROOT_ID:
-            folder = self.cat.folder_by_fold(paths.fold(name))
-            found = self.cat.node(folder[0]) if folder else None
-        return found if found is None else self.cat.resolve(found)
+        return named(self.cat, parent_id, name)
 
     def entries(self, node_id: int, after: int, upto: int) -> dict[int, Entry]:
         """`Catalog.entries`, with files being written through the mount as they are now."""

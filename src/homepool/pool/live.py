@@ -392,8 +392,7 @@ class LiveOps:
             if gone is None:
                 raise NotFound(path=f"#{node_id}")
             node = gone
-        if (changed := self._dir_times.get(node_id)) is not None:
-            node = node.but(mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
+        node = self._with_dir_time(node)
         handles = self._open.get(node_id, ())
         for f in handles:
             if f.attrs:
@@ -404,6 +403,25 @@ class LiveOps:
                 mtime = seen[1] if f.passthrough else max(node.mtime_ns, *(h.mtime_ns for h in handles))
                 return node.but(size=seen[0], mtime_ns=mtime, ctime_ns=max(node.ctime_ns, mtime))
         return node
+
+    def _with_dir_time(self, node: Node) -> Node:
+        """A directory with entries added or removed: its times as they are, not yet saved."""
+        if (changed := self.dir_time(node.id)) is not None:
+            return node.but(mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
+        return node
+
+    # Without the lock, on any thread (dict lookups only: atomic in CPython, whatever the
+    # lock's holder is doing): what a `Glance` lays over the catalog as last committed.
+
+    def dir_time(self, node_id: int) -> int | None:
+        """A directory's time since entries were added or removed, if not yet in the catalog."""
+        return self._dir_times.get(node_id)
+
+    def held_in_memory(self, node_id: int) -> bool:
+        """Whether only `node` under the lock shows this node as the mount does: a file open
+        here for writing (its size and times may be ahead of the catalog), or deleted while
+        open. (`tuple` copies the list of handles in one step.)"""
+        return node_id in self._orphans or any(f.writable or f.attrs for f in tuple(self._open.get(node_id, ())))
 
     def open_fds(self, node_id: int) -> list[int]:
         """Under the lock: descriptors on a file's copies held by its open handles (each copy

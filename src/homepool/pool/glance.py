@@ -1,0 +1,63 @@
+"""A look at the pool that needs no lock: for the mount's lookups while a change is stuck.
+
+A change holds the pool's lock through its drive steps, so a drive that stops answering (a
+dying disk, a hung USB bridge) holds the lock until the kernel answers or fails the call. The
+mount's requests that only read (lookups, attributes, listings, symlinks) then read this
+instead: the catalog as last committed, on a connection of its own (WAL: a reader never waits
+for the writer), with what the pool keeps in memory laid over it where that needs no lock
+(`LiveOps.as_committed`). What only the lock can tell (a file open here for writing, or
+deleted while open) raises `Unsure`, and the request waits for the lock after all.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ..catalog import Catalog, Entry, Node
+from ..errors import NotFound
+from .core import Pool, named
+
+
+class Unsure(Exception):
+    """The catalog as committed is not what the mount shows: ask under the lock."""
+
+
+class Glance:
+    """The parts of `Pool`'s reading API that `fuse.ops` uses, answered without its lock."""
+
+    def __init__(self, pool: Pool, catalog_path: Path) -> None:
+        self._pool = pool
+        self.cat = Catalog(catalog_path, readonly=True)
+        self.lock = threading.Lock()  # one connection, one request at a time (glances are rare)
+
+    def close(self) -> None:
+        self.cat.close()
+
+    def node(self, node_id: int) -> Node:
+        if self._pool.held_in_memory(node_id):
+            raise Unsure
+        node = self.cat.node_or_none(node_id)
+        if node is None:
+            raise NotFound(path=f"#{node_id}")
+        if (changed := self._pool.dir_time(node_id)) is not None:
+            node = node.but(mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
+        return node
+
+    def unlinked(self, node_id: int) -> bool:
+        return False  # (`node` is Unsure of those)
+
+    def child(self, parent_id: int, name: str) -> Node | None:
+        return named(self.cat, parent_id, name)
+
+    def entries(self, node_id: int, after: int, upto: int) -> dict[int, Entry]:
+        """`Catalog.entries`, without the files open here (the listing names them without
+        attributes: the kernel looks them up when it needs them)."""
+        out = {}
+        for place, e in self.cat.entries(node_id, after, upto).items():
+            if self._pool.held_in_memory(e.id):
+                continue
+            if (changed := self._pool.dir_time(e.id)) is not None:
+                e = e._replace(mtime_ns=changed, ctime_ns=max(changed, e.ctime_ns))
+            out[place] = e
+        return out
