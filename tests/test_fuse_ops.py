@@ -324,7 +324,8 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
                                                                         tmp_path: Path) -> None:
     """A drive that stops answering (frozen: every write to it waits) holds up the change
     made there, and the changes waiting for the pool meanwhile. Lookups, listings and `stat`
-    wait a second, then read the catalog as last committed; a file being read goes on."""
+    wait a second, then read the catalog as last committed; a file being read goes on, and
+    `homepool status` answers."""
     a, b = loop_drives(64, 64)
     data = os.urandom(8 << 20)
     with Pool.create(state_dir) as pool:
@@ -359,11 +360,13 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
             looks = [run("missing", lambda: os.path.exists(mnt / "new.txt")),
                      run("stat", lambda: os.stat(mnt / "Music/song.ogg").st_size),
                      run("listing", lambda: sorted(os.listdir(mnt / "Music"))),
-                     run("read", lambda: os.pread(f.fileno(), 4096, 6 << 20))]
+                     run("read", lambda: os.pread(f.fileno(), 4096, 6 << 20)),
+                     run("status", lambda: main(["--pool", str(state_dir), "status"]))]
             for t in looks:
                 t.join(timeout=20)
             assert done.get("missing") is False and done.get("stat") == 1000, done
             assert done.get("listing") == ["song.ogg"] and done.get("read") == data[6 << 20:(6 << 20) + 4096], done
+            assert done.get("status") == 0, done
             assert unlink.is_alive() and change.is_alive(), done  # those wait for the drive
         finally:
             _freeze(a, False)
