@@ -3,7 +3,8 @@
 # ../shared/bench/poolbench (one interleaved run). Usage, as root, from the repository:
 #   bench/mount_bench.sh [poolbench run options...]      e.g. --suite full --json bench/results/mount-full.json
 # Targets: raw (the bare third drive), mergerfs (upstream's recommended options), homepool
-# (a 1-copy folder) and homepool-2x (a 2-copy folder). Everything is torn down on exit.
+# (a 1-copy folder) and homepool-2x (a 2-copy folder), in that order; TARGETS="raw homepool"
+# picks some of them, in the order given. Everything is torn down on exit.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PB=${POOLBENCH:-$ROOT/../shared/bench/poolbench}
@@ -34,5 +35,10 @@ $HP folder set Documents --copies 2 >/dev/null
 $HP folder set Videos --copies 1 >/dev/null
 $HP mount "$W/pool" >/dev/null
 "$PB" mergerfs up "$W/drives" "$W/mergerfs" >/dev/null
-"$PB" run --target raw="${D[2]}" --target mergerfs="$W/mergerfs" \
-    --target homepool="$W/pool/Videos" --target homepool-2x="$W/pool/Documents" "$@"
+declare -A TARGET=([raw]="${D[2]}" [mergerfs]="$W/mergerfs" [homepool]="$W/pool/Videos" [homepool-2x]="$W/pool/Documents")
+ARGS=()
+for t in ${TARGETS:-raw mergerfs homepool homepool-2x}; do
+    [ -n "${TARGET[$t]:-}" ] || { echo "mount_bench.sh: no target '$t' (raw, mergerfs, homepool, homepool-2x)" >&2; exit 2; }
+    ARGS+=(--target "$t=${TARGET[$t]}")
+done
+"$PB" run "${ARGS[@]}" "$@"
