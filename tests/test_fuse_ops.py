@@ -430,6 +430,11 @@ def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, mon
         song = ops.lookup(ctx, music.id, b"song.ogg")
         assert song is not None and song.size == 1000
         assert ops.answer_timeout() == ops_mod.GLANCE_TIMEOUT
+        # The folder's time since new.bin came, kept in memory (the catalog has it a second later).
+        kept = dir_pool.dir_time(music.id)
+        assert kept is not None and kept != dir_pool.cat.node(music.id).mtime_ns
+        assert ops.getattr(ctx, music.id).mtime_ns == kept
+        assert ops.answer_timeout() == ops_mod.GLANCE_TIMEOUT
         listing = {name: attr for name, _, _, attr, _ in ops.readdir(music.id, 0, 100, held=())}
         assert listing.keys() == {b"song.ogg", b"new.bin"}
         assert listing[b"new.bin"] is None and listing[b"song.ogg"].size == 1000  # type: ignore[union-attr]
@@ -449,4 +454,43 @@ def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, mon
     waiting.join(timeout=10)
     assert answers["new"].size == 5000 and answers["timeout"] == ops_mod.ATTR_TIMEOUT, answers  # type: ignore[attr-defined]
     ops.release(opened.fh)
+    ops.close()
+
+
+def test_a_look_waits_while_a_closing_writer_is_recorded(dir_pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: between the moment the last handle of a file written is let go and the
+    moment the catalog has its size, a glance cannot tell (it used to answer the size from
+    before the writes, which the kernel would have cut the file's cache to): the `stat` waits
+    for the release, and gets the size written."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    dir_pool.go_live()
+    ops = PoolOperations(dir_pool)
+    ctx = Ctx(0, 0, os.getpid())
+    music = dir_pool.child(1, "Music")
+    assert music is not None
+    new, opened = ops.create(ctx, music.id, b"new.bin", 0o644, os.O_RDWR)
+    ops.write(opened.fh, 0, memoryview(b"x" * 5000))
+    recording, let_go = threading.Event(), threading.Event()
+    record_file = dir_pool.record_file
+
+    def record_slowly(*a: object, **k: object) -> None:
+        recording.set()
+        assert let_go.wait(30)
+        record_file(*a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dir_pool, "record_file", record_slowly)
+    release = threading.Thread(target=ops.release, args=(opened.fh,))
+    release.start()
+    answers: dict[str, object] = {}
+    try:
+        assert recording.wait(10)
+        looking = threading.Thread(target=lambda: answers.update(new=ops.getattr(ctx, new.ino)))
+        looking.start()
+        looking.join(timeout=1)
+        assert looking.is_alive(), answers
+    finally:
+        let_go.set()
+        release.join(10)
+    looking.join(10)
+    assert answers["new"].size == 5000, answers  # type: ignore[attr-defined]
     ops.close()

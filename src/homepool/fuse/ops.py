@@ -180,7 +180,7 @@ class PoolOperations:
         if not self.lock.acquire(timeout=LOOK_WAIT):
             try:
                 glance = self._glance or self._open_glance()
-                with glance.lock, _errno():
+                with glance.lock, glance.snapshot(), _errno():
                     result = answer(glance)
                 self._answer.timeout = GLANCE_TIMEOUT
                 return result

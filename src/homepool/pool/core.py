@@ -139,6 +139,7 @@ class Pool(LiveOps):
         self.passthrough_room = PASSTHROUGH_ROOM
         self._open: dict[int, list[LiveFile]] = {}
         self._orphans: dict[int, Node] = {}
+        self._recording: set[int] = set()  # files whose last handle is being recorded (`release_file`)
         self._reconcile_at_release: set[int] = set()  # files whose copies change once closed
         self._reconcile_soon: set[int] = set()  # files moved to another folder: `copy_moved_files`
         self._dir_times: dict[int, int] = {}  # directories changed through the mount: their new mtime

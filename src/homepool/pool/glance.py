@@ -12,6 +12,8 @@ deleted while open) raises `Unsure`, and the request waits for the lock after al
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..catalog import Catalog, Entry, Node
@@ -32,15 +34,29 @@ class Glance:
         self.lock = threading.Lock()  # one connection, one request at a time (glances are rare)
 
     def close(self) -> None:
-        self.cat.close()
+        with self.lock:
+            self.cat.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """One request's reads see one commit (a lookup reads a name, then its node)."""
+        self.cat.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.cat.db.execute("COMMIT")
+
+    # What the pool keeps in memory is read before the catalog: the pool records it, then
+    # forgets it, so read the other way round both could be missed.
 
     def node(self, node_id: int) -> Node:
+        changed = self._pool.dir_time(node_id)
         if self._pool.held_in_memory(node_id):
             raise Unsure
         node = self.cat.node_or_none(node_id)
         if node is None:
             raise NotFound(path=f"#{node_id}")
-        if (changed := self._pool.dir_time(node_id)) is not None:
+        if changed is not None:
             node = node.but(mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
         return node
 
@@ -53,11 +69,12 @@ class Glance:
     def entries(self, node_id: int, after: int, upto: int) -> dict[int, Entry]:
         """`Catalog.entries`, without the files open here (the listing names them without
         attributes: the kernel looks them up when it needs them)."""
+        times, held = self._pool.dir_times(), self._pool.all_held_in_memory()
         out = {}
         for place, e in self.cat.entries(node_id, after, upto).items():
-            if self._pool.held_in_memory(e.id):
+            if e.id in held:
                 continue
-            if (changed := self._pool.dir_time(e.id)) is not None:
+            if (changed := times.get(e.id)) is not None:
                 e = e._replace(mtime_ns=changed, ctime_ns=max(changed, e.ctime_ns))
             out[place] = e
         return out

@@ -351,6 +351,7 @@ class LiveOps:
         _reconcile_at_release: set[int]
         _reconcile_soon: set[int]
         _dir_times: dict[int, int]
+        _recording: set[int]
 
         def drives_by_id(self) -> dict[int, Drive]: ...
         def path_of(self, node_id: int) -> str: ...
@@ -417,11 +418,21 @@ class LiveOps:
         """A directory's time since entries were added or removed, if not yet in the catalog."""
         return self._dir_times.get(node_id)
 
+    def dir_times(self) -> dict[int, int]:
+        """All of those (a copy)."""
+        return self._dir_times.copy()
+
     def held_in_memory(self, node_id: int) -> bool:
         """Whether only `node` under the lock shows this node as the mount does: a file open
         here for writing (its size and times may be ahead of the catalog), or deleted while
         open. (`tuple` copies the list of handles in one step.)"""
-        return node_id in self._orphans or any(f.writable or f.attrs for f in tuple(self._open.get(node_id, ())))
+        return (node_id in self._orphans or node_id in self._recording
+                or any(f.writable or f.attrs for f in tuple(self._open.get(node_id, ()))))
+
+    def all_held_in_memory(self) -> set[int]:
+        """The nodes `held_in_memory` says so of (`list` copies the dict in one step)."""
+        return ({id_ for id_, handles in list(self._open.items()) if any(f.writable or f.attrs for f in tuple(handles))}
+                | set(self._orphans) | set(self._recording))
 
     def open_fds(self, node_id: int) -> list[int]:
         """Under the lock: descriptors on a file's copies held by its open handles (each copy
@@ -800,12 +811,16 @@ class LiveOps:
     def release_file(self, f: LiveFile, result: tuple[int, int, str] | None) -> None:
         """After `f.finish()`: record (see `record_file`) and forget the handle."""
         handles = self._open.get(f.node_id, [])
-        if f in handles:
-            handles.remove(f)
-        if not handles:
-            self._open.pop(f.node_id, None)
-            self._orphans.pop(f.node_id, None)
-        self.record_file(f, result, closing=True)
+        self._recording.add(f.node_id)  # until the catalog has what it wrote (`held_in_memory`)
+        try:
+            if f in handles:
+                handles.remove(f)
+            if not handles:
+                self._open.pop(f.node_id, None)
+                self._orphans.pop(f.node_id, None)
+            self.record_file(f, result, closing=True)
+        finally:
+            self._recording.discard(f.node_id)
         if not handles:
             self._changes.pop(f.node_id, None)
         if not handles and f.node_id in self._reconcile_at_release:
@@ -1166,10 +1181,12 @@ class LiveOps:
                 apply(real)
             except OSError as e:
                 log.error("could not change %s on %s: %s", path, d.name, e)
-        if (changed := self._dir_times.pop(node_id, None)) is not None:
+        if (changed := self._dir_times.get(node_id)) is not None:
             cols.setdefault("mtime_ns", changed)  # a directory's time kept by `_dir_changed`
         with self.cat.transaction():
             self._record_attrs(node_id, cols)
+        if changed is not None:
+            self._dir_times.pop(node_id, None)  # (once committed: a glance reads the one or the other)
         self._changed = True
         return self.node(node_id)
 
