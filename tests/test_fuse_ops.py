@@ -373,7 +373,9 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
         unlink.join(timeout=20)
         change.join(timeout=20)
         assert done["unlink"] is None and done["mkdir"] is None, done
-        assert os.listdir(mnt / "Photos") == ["new"]
+        assert os.listdir(mnt / "Photos") == ["new"]  # (a look under the lock again: the log says so)
+        log = (tmp_path / "mnt.log").read_text()
+        assert log.count("a change has held the pool for 1 s") == 1 and log.count("the pool answers again") == 1, log
     assert copies_on_disk([a, b], "Documents/old.txt") == []
 
 
