@@ -4,9 +4,10 @@ A change holds the pool's lock through its drive steps, so a drive that stops an
 dying disk, a hung USB bridge) holds the lock until the kernel answers or fails the call. The
 mount's requests that only read (lookups, attributes, listings, symlinks) then read this
 instead: the catalog as last committed, on a connection of its own (WAL: a reader never waits
-for the writer), with what the pool keeps in memory laid over it where that needs no lock
-(`LiveOps.as_committed`). What only the lock can tell (a file open here for writing, or
-deleted while open) raises `Unsure`, and the request waits for the lock after all.
+for the writer), with the directory times the pool keeps in memory laid over it
+(`LiveOps.dir_time`: read without the lock). What only the lock can tell (a file open here
+for writing, deleted while open, or being recorded at its close: `LiveOps.held_in_memory`)
+raises `Unsure`, and the request waits for the lock after all.
 """
 
 from __future__ import annotations
