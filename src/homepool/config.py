@@ -23,6 +23,7 @@ from .errors import NotAPool, PoolBusy, PoolMounted
 CONFIG_FILE = "pool.toml"
 CATALOG_FILE = "catalog.db"
 LOCK_FILE = "lock"
+STUCK_FILE = "stuck"  # while a change has held the mount too long: since when (see `mount.take_the_pool`)
 
 
 def default_state_dir() -> Path:
@@ -85,6 +86,15 @@ class PoolConfig:
         from .drives import write_atomic
 
         write_atomic(state_dir / CONFIG_FILE, self.dumps().encode())
+
+
+def stuck_since(state_dir: Path) -> str | None:
+    """When a change began to hold the mount up (a drive that does not answer), if it still
+    does: the mount notes it in the state directory for `status`."""
+    try:
+        return (state_dir / STUCK_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def mounted_at(state_dir: Path) -> str | None:

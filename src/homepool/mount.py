@@ -8,6 +8,7 @@ the mount is up (or says why it did not come up).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import check as check_mod
 from .catalog import ROOT_ID
+from .config import STUCK_FILE
 from .control import ControlServer
 from .errors import (
     BadDrive,
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 FSNAME = "homepool"
 CATALOG_COPY_EVERY = 600.0  # seconds between catalog copies to the drives while mounted
 SYNC_EVERY = 1.0  # seconds between flushes of the catalog (and its log) to the disk while mounted
+# Seconds a change may hold the pool before the mount says so (`take_the_pool`).
+STUCK_AFTER = float(os.environ.get("HOMEPOOL_STUCK_AFTER", "5"))
 
 
 def check_mountpoint(mountpoint: Path) -> Path:
@@ -68,6 +72,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     from .fuse.session import Session
 
     pool.go_live()
+    (pool.state_dir / STUCK_FILE).unlink(missing_ok=True)  # left by a mount killed while held up
     ops = PoolOperations(pool)
     session = Session(ops, mountpoint, FSNAME, allow_other)
     ops.session = session  # before mounting: the first requests may come at once
@@ -102,8 +107,12 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         copied = time.monotonic()
         while not session.done.wait(SYNC_EVERY):
             try:
-                with ops.lock:
+                if not take_the_pool(ops, pool.state_dir, session):
+                    break  # unmounted while a change held it
+                try:
                     pool.catch_up()
+                finally:
+                    ops.lock.release()
                 pool.sync_catalog()
                 if time.monotonic() - copied > CATALOG_COPY_EVERY:
                     with ops.lock:  # `recover` rebuilds the pool from the newest catalog copy on the drives
@@ -122,6 +131,29 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         ops.close()
         if mounted:
             log.info("unmounted %s; requests served: %s", mountpoint, session.summary())
+
+
+def take_the_pool(ops: PoolOperations, state_dir: Path, session: Session) -> bool:
+    """Take the pool's lock for the mount's every-second work. A change that holds it
+    STUCK_AFTER seconds (a drive that does not answer holds it until the kernel answers or
+    fails the call) is reported until it lets go: in the log, and to `status` (the state
+    directory's STUCK_FILE). False if the mount stops meanwhile."""
+    if ops.lock.acquire(timeout=STUCK_AFTER):
+        return True
+    since = time.time() - STUCK_AFTER
+    log.warning("a change has held the pool for %.0f s (a drive that does not answer?): files can still be found, "
+                "listed and read, changes and opens wait", STUCK_AFTER)
+    note = state_dir / STUCK_FILE
+    with contextlib.suppress(OSError):  # (the state drive full, say: the log has it)
+        note.write_text(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) + "\n")
+    try:
+        while not ops.lock.acquire(timeout=SYNC_EVERY):
+            if session.done.is_set():
+                return False
+    finally:
+        note.unlink(missing_ok=True)
+    log.warning("the pool answers again, after %.0f s", time.time() - since)
+    return True
 
 
 def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:

@@ -12,7 +12,7 @@ from rich.table import Table
 from .. import check as check_mod
 from .. import control
 from .. import recover as recover_mod
-from ..config import mounted_at
+from ..config import mounted_at, stuck_since
 from ..errors import PoolMounted
 from ..pool import DEFAULT_FOLDERS, Pool
 from ..units import human
@@ -59,7 +59,11 @@ def status_data(pool: Pool) -> dict[str, Any]:
         elif f.copies > len(active):
             alerts.append(f"folder {f.name} wants {f.copies} copies but the pool has {len(active)} drive(s)")
     # While mounted, the journal holds the mount's changes in progress (files open for writing).
-    unfinished = 0 if mounted_at(pool.state_dir) else len(pool.cat.journal())
+    mounted = mounted_at(pool.state_dir)
+    if mounted and (since := stuck_since(pool.state_dir)):
+        alerts.append(f"the mount at {mounted} has been held up since {since} by a change on a drive that does not "
+                      "answer: files can be found, listed and read, but changes and opens wait (see the mount's log)")
+    unfinished = 0 if mounted else len(pool.cat.journal())
     if unfinished:
         alerts.append(f"{unfinished} interrupted operation(s): run `homepool check --repair`")
     return {

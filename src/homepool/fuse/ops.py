@@ -152,7 +152,6 @@ class PoolOperations:
         self._statfs: tuple[float, StatFs] | None = None  # (when, answer)
         self._glance: Glance | None = None  # opened at the first `_look` that needs it
         self._glance_opening = threading.Lock()
-        self._stuck_since: float | None = None  # when lookups began to glance (for the log)
         self._answer = threading.local()  # .timeout: of the answer being made on this thread
 
     def close(self) -> None:
@@ -181,11 +180,6 @@ class PoolOperations:
         if not self.lock.acquire(timeout=LOOK_WAIT):
             try:
                 glance = self._glance or self._open_glance()
-                with self._glance_opening:
-                    stuck, self._stuck_since = self._stuck_since, self._stuck_since or time.monotonic() - LOOK_WAIT
-                if stuck is None:
-                    log.warning("a change has held the pool for %g s (a drive that does not answer?): lookups and "
-                                "listings read the catalog as last committed meanwhile", LOOK_WAIT)
                 with glance.lock, glance.snapshot(), _errno():
                     result = answer(glance)
                 self._answer.timeout = GLANCE_TIMEOUT
@@ -196,9 +190,6 @@ class PoolOperations:
                 log.warning("reading the catalog past a stuck change: %s", e)
             self.lock.acquire()
         try:
-            if self._stuck_since is not None:
-                log.warning("the pool answers again, after %.0f s", time.monotonic() - self._stuck_since)
-                self._stuck_since = None
             with _errno():
                 return answer(self.pool)
         finally:
