@@ -116,7 +116,8 @@ def test_sigterm_unmounts_cleanly(mount) -> None:
     assert not os.path.ismount(mnt)
 
 
-def test_mount_and_unmount_commands(dir_pool: Pool, state_dir: Path, tmp_path: Path, capsys) -> None:
+def test_mount_and_unmount_commands(dir_pool: Pool, state_dir: Path, tmp_path: Path, capsys,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
     fuse_or_skip()
     dir_pool.close()
     mnt = tmp_path / "m"
@@ -126,6 +127,12 @@ def test_mount_and_unmount_commands(dir_pool: Pool, state_dir: Path, tmp_path: P
     assert "not a homepool mount" in capsys.readouterr().err
     mnt.mkdir()
     try:
+        monkeypatch.setenv("HOMEPOOL_STUCK_AFTER", "soon")  # a tuning knob set wrong: one line, no mount
+        assert main(["--pool", str(state_dir), "mount", str(mnt)]) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "HOMEPOOL_STUCK_AFTER='soon' is not a number" in err, err
+        assert not os.path.ismount(mnt)
+        monkeypatch.delenv("HOMEPOOL_STUCK_AFTER")
         assert main(["--pool", str(state_dir), "mount", str(mnt)]) == 0
         assert os.path.ismount(mnt) and mount_mod.is_homepool_mount(mnt)
         assert main(["--pool", str(state_dir), "mount", str(mnt)]) == 3

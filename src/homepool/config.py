@@ -18,7 +18,7 @@ from pathlib import Path
 
 import tomli_w
 
-from .errors import NotAPool, PoolBusy, PoolMounted
+from .errors import BadInput, NotAPool, PoolBusy, PoolMounted
 
 CONFIG_FILE = "pool.toml"
 CATALOG_FILE = "catalog.db"
@@ -86,6 +86,21 @@ class PoolConfig:
         from .drives import write_atomic
 
         write_atomic(state_dir / CONFIG_FILE, self.dumps().encode())
+
+
+def env_number(name: str, default: float) -> float:
+    """A number of the environment (a tuning knob such as HOMEPOOL_STUCK_AFTER); anything
+    else there is an error that names it, not a traceback."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # (NaN too)
+        raise BadInput(message=f"{name}={raw!r} is not a number of 0 or more: fix it or unset it")
+    return value
 
 
 def stuck_since(state_dir: Path) -> str | None:

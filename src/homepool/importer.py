@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import paths
 from .catalog import Node
+from .config import env_number
 from .errors import BadSource, ImportTooBig, NotADirectory, PoolFull, SourceVanished
 from .pool import Pool
 from .units import human
@@ -172,7 +173,7 @@ def run(pool: Pool, src: Path, dest: str, progress: Callable[[int, SourceFile], 
     pool.makedirs_many(p.dirs)
     result = ImportResult(skipped_same=p.skipped_same, skipped_other=p.skipped_other)
     # Batch size can be lowered (tests use it to make commits frequent and kill points exact).
-    max_files = int(os.environ.get("HOMEPOOL_IMPORT_BATCH_FILES", "5000"))
+    max_files = max(1, int(env_number("HOMEPOOL_IMPORT_BATCH_FILES", 5000)))
     with pool.batch(max_files=max_files) as batch:
         for f in p.files:
             try:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import check as check_mod
 from .catalog import ROOT_ID
-from .config import STUCK_FILE
+from .config import STUCK_FILE, env_number
 from .control import ControlServer
 from .errors import (
     BadDrive,
@@ -47,8 +47,7 @@ log = logging.getLogger(__name__)
 FSNAME = "homepool"
 CATALOG_COPY_EVERY = 600.0  # seconds between catalog copies to the drives while mounted
 SYNC_EVERY = 1.0  # seconds between flushes of the catalog (and its log) to the disk while mounted
-# Seconds a change may hold the pool before the mount says so (`take_the_pool`).
-STUCK_AFTER = float(os.environ.get("HOMEPOOL_STUCK_AFTER", "5"))
+STUCK_AFTER = 5.0  # seconds a change may hold the pool before the mount says so (`take_the_pool`)
 
 
 def check_mountpoint(mountpoint: Path) -> Path:
@@ -71,6 +70,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     from .fuse.ops import PoolOperations
     from .fuse.session import Session
 
+    stuck_after = env_number("HOMEPOOL_STUCK_AFTER", STUCK_AFTER)
     pool.go_live()
     (pool.state_dir / STUCK_FILE).unlink(missing_ok=True)  # left by a mount killed while held up
     ops = PoolOperations(pool)
@@ -107,7 +107,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         copied = time.monotonic()
         while not session.done.wait(SYNC_EVERY):
             try:
-                if not take_the_pool(ops, pool.state_dir, session):
+                if not take_the_pool(ops, pool.state_dir, session, stuck_after):
                     break  # unmounted while a change held it
                 try:
                     pool.catch_up()
@@ -133,16 +133,16 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
             log.info("unmounted %s; requests served: %s", mountpoint, session.summary())
 
 
-def take_the_pool(ops: PoolOperations, state_dir: Path, session: Session) -> bool:
+def take_the_pool(ops: PoolOperations, state_dir: Path, session: Session, stuck_after: float = STUCK_AFTER) -> bool:
     """Take the pool's lock for the mount's every-second work. A change that holds it
-    STUCK_AFTER seconds (a drive that does not answer holds it until the kernel answers or
+    `stuck_after` seconds (a drive that does not answer holds it until the kernel answers or
     fails the call) is reported until it lets go: in the log, and to `status` (the state
     directory's STUCK_FILE). False if the mount stops meanwhile."""
-    if ops.lock.acquire(timeout=STUCK_AFTER):
+    if ops.lock.acquire(timeout=stuck_after):
         return True
-    since = time.time() - STUCK_AFTER
+    since = time.time() - stuck_after
     log.warning("a change has held the pool for %.0f s (a drive that does not answer?): files can still be found, "
-                "listed and read, changes and opens wait", STUCK_AFTER)
+                "listed and read, changes and opens wait", stuck_after)
     note = state_dir / STUCK_FILE
     with contextlib.suppress(OSError):  # (the state drive full, say: the log has it)
         note.write_text(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) + "\n")

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import paths, placement
 from ..catalog import ROOT_ID, Node
+from ..config import env_number
 from ..drives import Drive
 from ..errors import (
     AlreadyExists,
@@ -376,7 +377,7 @@ class LiveOps:
         commit that does not wait for the disk (it survives a killed process; the log is flushed
         every second, see `sync_catalog`), and a drive snapshot trusted for DRIVES_TTL seconds."""
         self.live = True
-        self.passthrough_room = int(os.environ.get("HOMEPOOL_PASSTHROUGH_ROOM", PASSTHROUGH_ROOM))
+        self.passthrough_room = int(env_number("HOMEPOOL_PASSTHROUGH_ROOM", PASSTHROUGH_ROOM))
         self.cat.db.execute("PRAGMA synchronous=NORMAL")
         self.cat.track_paths = True
 
