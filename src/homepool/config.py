@@ -98,7 +98,7 @@ def env_number(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not value >= 0:  # (NaN too)
+    if not 0 <= value < float("inf"):  # (NaN too)
         raise BadInput(message=f"{name}={raw!r} is not a number of 0 or more: fix it or unset it")
     return value
 
