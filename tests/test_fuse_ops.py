@@ -450,10 +450,20 @@ def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, mon
         assert kept is not None and kept != dir_pool.cat.node(music.id).mtime_ns
         assert ops.getattr(ctx, music.id).mtime_ns == kept
         assert ops.answer_timeout() == ops_mod.GLANCE_TIMEOUT
-        listing = {name: attr for name, _, _, attr, _ in ops.readdir(music.id, 0, 100, held=())}
+        # The next looks do not wait for the lock again (an `ls -l` would wait a second per name).
+        monkeypatch.setattr(ops_mod, "LOOK_WAIT", 60)
+        def list_music() -> None:
+            answers["listing"] = {name: attr for name, _, _, attr, _ in ops.readdir(music.id, 0, 100, held=())}
+            answers["timeout"] = ops.answer_timeout()
+
+        looking = threading.Thread(target=list_music)
+        looking.start()
+        looking.join(timeout=30)
+        assert not looking.is_alive()
+        listing: dict = answers.pop("listing")  # type: ignore[assignment]
         assert listing.keys() == {b"song.ogg", b"new.bin"}
         assert listing[b"new.bin"] is None and listing[b"song.ogg"].size == 1000  # type: ignore[union-attr]
-        assert ops.answer_timeout() == ops_mod.GLANCE_TIMEOUT
+        assert answers.pop("timeout") == ops_mod.GLANCE_TIMEOUT
 
         def stat_the_new_file() -> None:
             answers["new"] = ops.getattr(ctx, new.ino)

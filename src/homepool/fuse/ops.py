@@ -152,6 +152,7 @@ class PoolOperations:
         self._statfs: tuple[float, StatFs] | None = None  # (when, answer)
         self._glance: Glance | None = None  # opened at the first `_look` that needs it
         self._glance_opening = threading.Lock()
+        self._held_up = False  # a look waited LOOK_WAIT for the lock in vain, and none has had it since
         self._answer = threading.local()  # .timeout: of the answer being made on this thread
 
     def close(self) -> None:
@@ -175,9 +176,12 @@ class PoolOperations:
         it until the kernel answers or fails the call), from the catalog as last committed
         (`pool.Glance`), so that programs can go on finding, listing and statting files. The
         kernel keeps such an answer GLANCE_TIMEOUT seconds. What a glance cannot tell (a file
-        open for writing) waits for the lock after all."""
+        open for writing) waits for the lock after all. Once a look has waited in vain, the
+        next ones do not wait (an `ls -l` would wait a second per name) until one finds the
+        lock free."""
         self._answer.timeout = ATTR_TIMEOUT
-        if not self.lock.acquire(timeout=LOOK_WAIT):
+        if not (self.lock.acquire(blocking=False) if self._held_up else self.lock.acquire(timeout=LOOK_WAIT)):
+            self._held_up = True
             try:
                 glance = self._glance or self._open_glance()
                 with glance.lock, glance.snapshot(), _errno():
@@ -190,6 +194,7 @@ class PoolOperations:
                 log.warning("reading the catalog past a stuck change: %s", e)
             self.lock.acquire()
         try:
+            self._held_up = False
             with _errno():
                 return answer(self.pool)
         finally:
