@@ -377,7 +377,9 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
             assert unlink.is_alive() and change.is_alive(), done  # those wait for the drive
             wait_for(lambda: (state_dir / "stuck").exists(), what="the mount to say it is held up")
             capsys.readouterr()
-            assert main(["--pool", str(state_dir), "status", "--json"]) == 0
+            status = run("status", lambda: main(["--pool", str(state_dir), "status", "--json"]))
+            status.join(timeout=20)
+            assert done.get("status") == 0, done
             alerts = json.loads(capsys.readouterr().out)["alerts"]
             assert any("has been held up since" in a for a in alerts), alerts
         finally:
@@ -385,10 +387,10 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
         unlink.join(timeout=20)
         change.join(timeout=20)
         assert done["unlink"] is None and done["mkdir"] is None, done
-        assert os.listdir(mnt / "Photos") == ["new"]
         wait_for(lambda: not (state_dir / "stuck").exists(), what="the mount to say it answers again")
-        log = (tmp_path / "mnt.log").read_text()
-        assert log.count("a change has held the pool for 1 s") == 1 and log.count("the pool answers again") == 1, log
+        assert os.listdir(mnt / "Photos") == ["new"]
+        log = (tmp_path / "mnt.log").read_text()  # (each "held" has its "answers again": a busy machine may add some)
+        assert 1 <= log.count("a change has held the pool for 1 s") == log.count("the pool answers again"), log
     assert copies_on_disk([a, b], "Documents/old.txt") == []
 
 

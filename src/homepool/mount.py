@@ -107,8 +107,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         copied = time.monotonic()
         while not session.done.wait(SYNC_EVERY):
             try:
-                if not take_the_pool(ops, pool.state_dir, session, stuck_after):
-                    break  # unmounted while a change held it
+                take_the_pool(ops, pool, stuck_after)
                 try:
                     pool.catch_up()
                 finally:
@@ -133,27 +132,26 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
             log.info("unmounted %s; requests served: %s", mountpoint, session.summary())
 
 
-def take_the_pool(ops: PoolOperations, state_dir: Path, session: Session, stuck_after: float = STUCK_AFTER) -> bool:
+def take_the_pool(ops: PoolOperations, pool: Pool, stuck_after: float = STUCK_AFTER) -> None:
     """Take the pool's lock for the mount's every-second work. A change that holds it
     `stuck_after` seconds (a drive that does not answer holds it until the kernel answers or
     fails the call) is reported until it lets go: in the log, and to `status` (the state
-    directory's STUCK_FILE). False if the mount stops meanwhile."""
+    directory's STUCK_FILE). The wait has no end, unmounting or not: the pool is never
+    closed under a change. What was committed meanwhile still reaches the disk every second."""
     if ops.lock.acquire(timeout=stuck_after):
-        return True
-    since = time.time() - stuck_after
+        return
+    held = time.monotonic() - stuck_after
     log.warning("a change has held the pool for %.0f s (a drive that does not answer?): files can still be found, "
                 "listed and read, changes and opens wait", stuck_after)
-    note = state_dir / STUCK_FILE
+    note = pool.state_dir / STUCK_FILE
     with contextlib.suppress(OSError):  # (the state drive full, say: the log has it)
-        note.write_text(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) + "\n")
-    try:
-        while not ops.lock.acquire(timeout=SYNC_EVERY):
-            if session.done.is_set():
-                return False
-    finally:
+        note.write_text(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - stuck_after)) + "\n")
+    while not ops.lock.acquire(timeout=SYNC_EVERY):
+        with contextlib.suppress(Exception):  # (the loop that calls this logs its failures)
+            pool.sync_catalog()
+    log.warning("the pool answers again, after %.0f s", time.monotonic() - held)
+    with contextlib.suppress(OSError):  # (a state drive gone read-only: `status` looks for the mount first)
         note.unlink(missing_ok=True)
-    log.warning("the pool answers again, after %.0f s", time.time() - since)
-    return True
 
 
 def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
