@@ -23,6 +23,7 @@ from homepool.cli import main
 from homepool.fuse import ops as ops_mod
 from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx
+from homepool.loopdrives import freeze
 from homepool.pool import Pool
 
 from .helpers import copies_on_disk, reader
@@ -359,7 +360,7 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
             t.start()
             return t
 
-        _freeze(a, True)
+        freeze(a, True)
         try:
             unlink = run("unlink", lambda: os.unlink(mnt / "Documents/old.txt"))
             wait_for(lambda: not unlink.is_alive() or _waits_for_a_frozen_drive(proc.pid),
@@ -383,7 +384,7 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
             alerts = json.loads(capsys.readouterr().out)["alerts"]
             assert any("has been held up since" in a for a in alerts), alerts
         finally:
-            _freeze(a, False)
+            freeze(a, False)
         unlink.join(timeout=20)
         change.join(timeout=20)
         assert done["unlink"] is None and done["mkdir"] is None, done
@@ -392,19 +393,6 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
         log = (tmp_path / "mnt.log").read_text()  # (each "held" has its "answers again": a busy machine may add some)
         assert 1 <= log.count("a change has held the pool for 1 s") == log.count("the pool answers again"), log
     assert copies_on_disk([a, b], "Documents/old.txt") == []
-
-
-FIFREEZE, FITHAW = 0xC0045877, 0xC0045878
-
-
-def _freeze(drive: Path, frozen: bool) -> None:
-    """fsfreeze -f / -u, without a child process: one would inherit the test's open file in the
-    mount, and the close in it waits for the mount (a failing test would hang, not fail)."""
-    fd = os.open(drive, os.O_RDONLY)
-    try:
-        fcntl.ioctl(fd, FIFREEZE if frozen else FITHAW, struct.pack("i", 0))
-    finally:
-        os.close(fd)
 
 
 def _waits_for_a_frozen_drive(pid: int) -> bool:

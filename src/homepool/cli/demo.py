@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,7 @@ import typer
 
 from .. import loopdrives
 from .. import mount as mount_mod
+from ..config import STUCK_FILE
 from ..errors import FuseUnavailable
 from . import app, main, out
 
@@ -64,9 +66,10 @@ def step(args: list[str], note: str = "") -> None:
         raise RuntimeError(f"`homepool {shlex.join(args)}` failed with exit code {code}")
 
 
-def mount_step(base: Path, library: Path, add_drive: list[str]) -> None:
+def mount_step(base: Path, library: Path, add_drive: list[str], real_drives: bool) -> None:
     """7. The pool as one folder tree in the filesystem, read and written, if FUSE is here;
-    a drive plugged in meanwhile (`add_drive`)."""
+    a drive plugged in meanwhile (`add_drive`); one that stops answering (`real_drives`: a
+    drive of its own can be frozen, a directory cannot)."""
     try:
         mount_mod.check_fuse()
     except FuseUnavailable as e:
@@ -96,6 +99,8 @@ def mount_step(base: Path, library: Path, add_drive: list[str]) -> None:
     cmd = ["ls", "-li", str(note), str(link)]
     out.print(f"[cyan]$ {shlex.join(cmd)}[/cyan]")
     out.print(subprocess.run(cmd, capture_output=True, text=True).stdout.rstrip(), markup=False)
+    if real_drives:
+        held_up_step(base, mnt)
     step(["folder", "set", "Music", "--copies", "1"],
          "   Settings change while mounted too: the mount makes the change (extra copies go now).")
     step(["folder", "set", "Music", "--copies", "2"])
@@ -114,6 +119,37 @@ def mount_step(base: Path, library: Path, add_drive: list[str]) -> None:
         raise RuntimeError(f"{link.name} should be a hard link of {note.name} on each drive with a copy")
 
 
+def held_up_step(base: Path, mnt: Path) -> None:
+    """A drive that stops answering holds up the change made on it, not the folder tree: one
+    is frozen (as a hung disk would be) under a delete, and a folder is listed meanwhile."""
+    victim = sorted((mnt / "Documents").iterdir())[0]  # one of the library's (the note stays)
+    drive = next(d for d in drives_of(base) if (d / "HomePool/Documents" / victim.name).is_file())
+    out.print("\n[bold]   A drive that stops answering (a dying disk, a hung USB bridge) holds up the change "
+              "made on it, not the folder tree:[/bold]")
+    out.print(f"[cyan]$ fsfreeze -f {drive}; rm {victim} &[/cyan]")
+    loopdrives.freeze(drive, True)
+    deleting = threading.Thread(target=victim.unlink, daemon=True)
+    try:
+        deleting.start()
+        cmd = ["ls", str(mnt / "Photos")]
+        out.print(f"[cyan]$ {shlex.join(cmd)}[/cyan]")
+        began = time.monotonic()
+        listing = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        out.print(listing.stdout.rstrip(), markup=False)
+        out.print(f"   (answered in {time.monotonic() - began:.1f} s, from the catalog, while the delete waits)")
+        deadline = time.monotonic() + 30
+        while not (base / "state" / STUCK_FILE).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)  # the mount notices within HOMEPOOL_STUCK_AFTER seconds
+        step(["status"], "   Status says what holds the mount up:")
+    finally:
+        loopdrives.freeze(drive, False)
+        deleting.join(timeout=60)
+    out.print(f"[cyan]$ fsfreeze -u {drive}[/cyan]")
+    if deleting.is_alive() or victim.exists():
+        raise RuntimeError(f"the delete of {victim} did not finish once {drive} answered again")
+    out.print(f"   The drive answers again: the delete finishes, and {victim.name} is gone.")
+
+
 def drives_of(base: Path) -> list[Path]:
     return sorted(p for p in base.iterdir() if (p / "HomePool").is_dir())
 
@@ -129,8 +165,9 @@ def do_demo(
     state = base / "state"
     why_not = loopdrives.available()
     drives = None
-    old_env = os.environ.get("HOMEPOOL_POOL")
+    old_env = {name: os.environ.get(name) for name in ("HOMEPOOL_POOL", "HOMEPOOL_STUCK_AFTER")}
     os.environ["HOMEPOOL_POOL"] = str(state)
+    os.environ["HOMEPOOL_STUCK_AFTER"] = "2"  # the mount reports a drive that does not answer sooner
     try:
         if why_not is None:
             out.print(f"Making four ext4 drives of 96, 160, 256 and 192 MiB (loop-mounted images in {base});"
@@ -175,7 +212,7 @@ def do_demo(
         if sample is not None:
             out.print(f"   {sample} is an ordinary file of {sample.stat().st_size} bytes.")
         step(["status"], "6. Status: drives, space, folders and their health.")
-        mount_step(base, library, add_drive[3])
+        mount_step(base, library, add_drive[3], real_drives=drives is not None)
 
         out.print("\n[bold]8. Lose the system drive: delete the pool's state directory, then rebuild it "
                   "from the drives.[/bold]")
@@ -188,10 +225,11 @@ def do_demo(
     finally:
         if os.path.ismount(base / "pool"):  # a step failed while mounted: the tour still cleans up
             subprocess.run(["fusermount3", "-u", str(base / "pool")], capture_output=True)
-        if old_env is None:
-            os.environ.pop("HOMEPOOL_POOL", None)
-        else:
-            os.environ["HOMEPOOL_POOL"] = old_env
+        for name, value in old_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         if keep:
             out.print(f"Kept everything in {base}. Remove it with: "
                       + (f"umount {' '.join(map(str, drives.mounts))}; " if drives else "") + f"rm -rf {base}")
