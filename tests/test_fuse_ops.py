@@ -406,20 +406,28 @@ def _waits_for_a_frozen_drive(pid: int) -> bool:
     return False
 
 
+def _writing_new_bin_in_music(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """In process, looks that wait 0.2 s for the lock: the mount's operations, a request's
+    context, the folder Music, and Music/new.bin (attributes, handle) with 5,000 bytes written
+    through its open handle (the catalog still says 0)."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    pool.go_live()
+    ops = PoolOperations(pool)
+    ctx = Ctx(0, 0, os.getpid())
+    music = pool.child(1, "Music")
+    assert music is not None
+    new, opened = ops.create(ctx, music.id, b"new.bin", 0o644, os.O_RDWR)
+    ops.write(opened.fh, 0, memoryview(b"x" * 5000))
+    return ops, ctx, music, new, opened
+
+
 def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
     """In process, with the lock held by a thread standing in for a change stuck on a drive:
     a lookup and a listing answer from the catalog as last committed, for the kernel to keep
     a second only; the `stat` of a file open for writing (its size is ahead of the catalog)
     waits for the lock after all, and gets the size written."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
     dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
-    dir_pool.go_live()
-    ops = PoolOperations(dir_pool)
-    ctx = Ctx(0, 0, os.getpid())
-    music = dir_pool.child(1, "Music")
-    assert music is not None
-    new, opened = ops.create(ctx, music.id, b"new.bin", 0o644, os.O_RDWR)
-    ops.write(opened.fh, 0, memoryview(b"x" * 5000))
+    ops, ctx, music, new, opened = _writing_new_bin_in_music(dir_pool, monkeypatch)
     held, let_go = threading.Event(), threading.Event()
 
     def stuck_change() -> None:
@@ -477,14 +485,7 @@ def test_a_look_waits_while_a_closing_writer_is_recorded(dir_pool: Pool, monkeyp
     moment the catalog has its size, a glance cannot tell (it used to answer the size from
     before the writes, which the kernel would have cut the file's cache to): the `stat` waits
     for the release, and gets the size written."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
-    dir_pool.go_live()
-    ops = PoolOperations(dir_pool)
-    ctx = Ctx(0, 0, os.getpid())
-    music = dir_pool.child(1, "Music")
-    assert music is not None
-    new, opened = ops.create(ctx, music.id, b"new.bin", 0o644, os.O_RDWR)
-    ops.write(opened.fh, 0, memoryview(b"x" * 5000))
+    ops, ctx, music, new, opened = _writing_new_bin_in_music(dir_pool, monkeypatch)
     recording, let_go = threading.Event(), threading.Event()
     record_file = dir_pool.record_file
 
