@@ -61,8 +61,9 @@ def status_data(pool: Pool) -> dict[str, Any]:
     # While mounted, the journal holds the mount's changes in progress (files open for writing).
     mounted = mounted_at(pool.state_dir)
     if mounted and (since := stuck_since(pool.state_dir)):
-        alerts.append(f"the mount at {mounted} has been held up since {since} by a change on a drive that does not "
-                      "answer: files can be found, listed and read, but changes and opens wait (see the mount's log)")
+        alerts.append(f"the mount at {mounted} has been held up since {since} by a change that has not finished (a "
+                      "drive that does not answer?): files can be found, listed and read, but changes and opens wait; "
+                      "the mount's log says more")
     unfinished = 0 if mounted else len(pool.cat.journal())
     if unfinished:
         alerts.append(f"{unfinished} interrupted operation(s): run `homepool check --repair`")
