@@ -127,7 +127,11 @@ def held_up_step(base: Path, mnt: Path) -> None:
     out.print("\n[bold]   A drive that stops answering (a dying disk, a hung USB bridge) holds up the change "
               "made on it, not the folder tree:[/bold]")
     out.print(f"[cyan]$ fsfreeze -f {drive}; rm {victim} &[/cyan]")
-    loopdrives.freeze(drive, True)
+    try:
+        loopdrives.freeze(drive, True)
+    except OSError as e:
+        out.print(f"   (Skipped: the drive cannot be frozen here: {e.strerror})")
+        return
     deleting = threading.Thread(target=victim.unlink, daemon=True)
     try:
         deleting.start()
