@@ -428,6 +428,8 @@ def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, mon
     waits for the lock after all, and gets the size written."""
     dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
     ops, ctx, music, new, opened = _writing_new_bin_in_music(dir_pool, monkeypatch)
+    monkeypatch.setattr(ops_mod, "STATFS_TTL", 0.0)  # (asked again each time: from the pool if it can)
+    space = ops.statfs(ctx)
     held, let_go = threading.Event(), threading.Event()
 
     def stuck_change() -> None:
@@ -453,6 +455,7 @@ def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, mon
         def list_music() -> None:
             answers["listing"] = {name: attr for name, _, _, attr, _ in ops.readdir(music.id, 0, 100, held=())}
             answers["timeout"] = ops.answer_timeout()
+            answers["space"] = ops.statfs(ctx)  # the last answer, at once
 
         looking = threading.Thread(target=list_music)
         looking.start()
@@ -461,7 +464,7 @@ def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, mon
         listing: dict = answers.pop("listing")  # type: ignore[assignment]
         assert listing.keys() == {b"song.ogg", b"new.bin"}
         assert listing[b"new.bin"] is None and listing[b"song.ogg"].size == 1000  # type: ignore[union-attr]
-        assert answers.pop("timeout") == ops_mod.GLANCE_TIMEOUT
+        assert answers.pop("timeout") == ops_mod.GLANCE_TIMEOUT and answers.pop("space") == space
 
         def stat_the_new_file() -> None:
             answers["new"] = ops.getattr(ctx, new.ino)

@@ -562,7 +562,7 @@ class PoolOperations:
             return cached[1]
         with _errno():
             used, files = self.pool.cat.totals()
-        if not self.lock.acquire(timeout=LOOK_WAIT):
+        if not (self.lock.acquire(blocking=False) if self._held_up else self.lock.acquire(timeout=LOOK_WAIT)):
             if cached is not None:
                 return cached[1]  # a change is stuck (see `_look`): the last answer will do meanwhile
             self.lock.acquire()
