@@ -180,7 +180,7 @@ class PoolOperations:
         next ones do not wait (an `ls -l` would wait a second per name) until one finds the
         lock free."""
         self._answer.timeout = ATTR_TIMEOUT
-        if not (self.lock.acquire(blocking=False) if self._held_up else self.lock.acquire(timeout=LOOK_WAIT)):
+        if not self._lock_for_a_look():
             self._held_up = True
             try:
                 glance = self._glance or self._open_glance()
@@ -199,6 +199,11 @@ class PoolOperations:
                 return answer(self.pool)
         finally:
             self.lock.release()
+
+    def _lock_for_a_look(self) -> bool:
+        """Take the lock for a request that only reads: waiting LOOK_WAIT seconds for it, or
+        not at all while held up (see `_look`)."""
+        return self.lock.acquire(blocking=False) if self._held_up else self.lock.acquire(timeout=LOOK_WAIT)
 
     def _open_glance(self) -> Glance:
         with self._glance_opening:
@@ -562,7 +567,7 @@ class PoolOperations:
             return cached[1]
         with _errno():
             used, files = self.pool.cat.totals()
-        if not (self.lock.acquire(blocking=False) if self._held_up else self.lock.acquire(timeout=LOOK_WAIT)):
+        if not self._lock_for_a_look():
             if cached is not None:
                 return cached[1]  # a change is stuck (see `_look`): the last answer will do meanwhile
             self.lock.acquire()

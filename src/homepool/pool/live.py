@@ -28,7 +28,7 @@ import os
 import stat as stat_
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -337,6 +337,12 @@ class LiveFile:
                 log.warning("closing a copy of %s: %s", self.path, e)
 
 
+def _ahead(handles: Iterable[LiveFile]) -> bool:
+    """Whether a file's open handles may show it otherwise than the catalog: one writes, or
+    holds attributes set and not yet recorded. (`tuple` copies a list of them in one step.)"""
+    return any(f.writable or f.attrs for f in tuple(handles))
+
+
 class LiveOps:
     """The `Pool` methods the mount uses (mixed into `Pool`)."""
 
@@ -426,14 +432,13 @@ class LiveOps:
     def held_in_memory(self, node_id: int) -> bool:
         """Whether only `node` under the lock shows this node as the mount does: a file open
         here for writing (its size and times may be ahead of the catalog), or deleted while
-        open. (`tuple` copies the list of handles in one step.)"""
-        return (node_id in self._orphans or node_id in self._recording
-                or any(f.writable or f.attrs for f in tuple(self._open.get(node_id, ()))))
+        open, or being recorded at its close."""
+        return node_id in self._orphans or node_id in self._recording or _ahead(self._open.get(node_id, ()))
 
     def all_held_in_memory(self) -> set[int]:
         """The nodes `held_in_memory` says so of (`list` copies the dict in one step)."""
-        return ({id_ for id_, handles in list(self._open.items()) if any(f.writable or f.attrs for f in tuple(handles))}
-                | set(self._orphans) | set(self._recording))
+        ahead = {id_ for id_, handles in list(self._open.items()) if _ahead(handles)}
+        return ahead | set(self._orphans) | set(self._recording)
 
     def open_fds(self, node_id: int) -> list[int]:
         """Under the lock: descriptors on a file's copies held by its open handles (each copy
