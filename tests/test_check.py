@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from homepool import check as check_mod
+from homepool import drives as drives_mod
 from homepool.check import check
 from homepool.drives import Drive
 from homepool.errors import NoReadableCopy
@@ -717,15 +718,14 @@ def test_a_stray_is_hashed_without_the_lock(dir_pool: Pool, dir_drives: list[Pat
         finally:
             held[0] = False
 
-    real = core.hash_file
+    real = drives_mod.hash_file
 
     def hash_file(path: object) -> str:
         if held[0]:
             hashed_held.append(str(path))
         return real(path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(core, "hash_file", hash_file)
-    monkeypatch.setattr(check_mod, "hash_file", hash_file)
+    monkeypatch.setattr(drives_mod, "hash_file", hash_file)  # every hash of a copy (`Drive.hash`)
     (p,) = check(dir_pool, repair=True, hold=hold)
     assert p.check == "no_stray_files" and p.fixed
     assert hashed_held == []

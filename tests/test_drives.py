@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
 
+import blake3
 import pytest
 
 from homepool.check import check
@@ -145,3 +147,25 @@ def test_a_drive_added_back_at_a_new_path_takes_the_steps_it_missed_at_once(dir_
     assert (moved / "HomePool/Documents/b.txt").read_bytes() == b"A"
     assert not (moved / "HomePool/Documents/a.txt").exists()
     assert dir_pool.cat.owed(away.id) == []
+
+
+def test_a_drive_reaches_paths_past_path_max(dir_pool: Pool) -> None:
+    """Drive I/O by pool path works at any depth: here 9,000 bytes, where the kernel refuses
+    the whole path, so each call goes through descriptors of folders on the way (and leaves
+    none open)."""
+    d = dir_pool.drives()[0]
+    deep = "Videos/" + "/".join(["n" * 200] * 45)
+    open_before = len(os.listdir("/proc/self/fd"))
+    d.makedirs(deep)
+    fd = d.open(f"{deep}/f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.write(fd, b"deep")
+    os.close(fd)
+    with pytest.raises(OSError) as e:
+        os.lstat(d.full(f"{deep}/f"))
+    assert e.value.errno == errno.ENAMETOOLONG  # the whole path, as the kernel sees it
+    assert d.lstat(f"{deep}/f").st_size == 4 and d.lexists(f"{deep}/f") and d.is_dir(deep)
+    assert d.hash(f"{deep}/f") == blake3.blake3(b"deep").hexdigest()
+    d.rename(f"{deep}/f", f"{deep}/g")
+    assert d.listdir(deep) == ["g"] and not d.lexists(f"{deep}/f")
+    assert d.unlink(f"{deep}/g") and not d.unlink(f"{deep}/g")
+    assert len(os.listdir("/proc/self/fd")) == open_before

@@ -279,30 +279,77 @@ def test_names_longer_than_255_bytes(mnt: Path) -> None:
     assert os.readlink(mnt / "Documents/link") == "z" * 300
 
 
-def test_a_path_too_long_for_the_drives_is_refused_before_anything_changes(mnt: Path, state_dir: Path,
-                                                                          dir_drives: list[Path]) -> None:
-    """A pool path plus a drive's own path must fit in PATH_MAX: one that would not is refused
-    whole (a rename the drives then refused used to leave the catalog and the drives apart)."""
-    room = 4096 - len(f"{dir_drives[0]}/HomePool/")  # what a pool path may use on these drives
-    deep = mnt / "Documents"
-    used = len("Documents")
-    while used + 1 + 200 < room:
-        deep = deep / ("d" * 200)
-        os.mkdir(deep)
-        used += 201
-    (mnt / "Documents/f").write_bytes(b"stay")
-    too_long = deep / ("n" * (room - used + 10))
-    raises(errno.ENAMETOOLONG, lambda: os.rename(mnt / "Documents/f", too_long))
-    raises(errno.ENAMETOOLONG, lambda: too_long.write_bytes(b"x"))
-    raises(errno.ENAMETOOLONG, lambda: os.mkdir(too_long))
-    # A directory whose files would end up too deep is refused too.
-    os.makedirs(mnt / "Documents/tree/branch")
+@contextmanager
+def _descend(top: Path, names: list[str], make: bool = False) -> Iterator[int]:
+    """A descriptor of the folder `top`/names...: walked one name at a time, as a program
+    does past PATH_MAX (the whole path is too long for the kernel here too)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            if make:
+                os.mkdir(name, dir_fd=fd)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def test_paths_longer_than_path_max_work_as_on_a_local_filesystem(mnt: Path, state_dir: Path,
+                                                                   dir_drives: list[Path]) -> None:
+    """A local filesystem has no limit on depth, so neither has the pool: past PATH_MAX, with
+    the drive's own path in front, each copy is still a plain file at the same path on its
+    drive (reached there through a descriptor of a folder on the way: `drives.reach`)."""
+    names = ["d" * 250] * 20  # 5,020 bytes below Documents/deep
+    deep = "Documents/deep/" + "/".join(names)
+    os.mkdir(mnt / "Documents/deep")
+    (mnt / "Documents/tree/branch").mkdir(parents=True)
     (mnt / "Documents/tree/branch/leaf").write_bytes(b"leaf")
-    raises(errno.ENAMETOOLONG, lambda: os.rename(mnt / "Documents/tree", deep / ("t" * (room - used - 12))))
-    assert (mnt / "Documents/tree/branch/leaf").read_bytes() == b"leaf"
-    assert (mnt / "Documents/f").read_bytes() == b"stay"
-    assert len(copies_on_disk(dir_drives, "Documents/f")) == 2
+    with _descend(mnt / "Documents/deep", names, make=True) as at:
+        fd = os.open("file", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=at)
+        os.write(fd, b"deep down")
+        os.setxattr(fd, "user.where", b"deep")
+        os.close(fd)
+        os.rename("file", "moved", src_dir_fd=at, dst_dir_fd=at)
+        os.link("moved", "other name", src_dir_fd=at, dst_dir_fd=at)
+        os.symlink("moved", "link", dir_fd=at)
+        os.mkfifo("fifo", dir_fd=at)
+        os.chmod("moved", 0o600, dir_fd=at)
+        os.chown("moved", 1234, 5678, dir_fd=at)
+        os.utime("moved", ns=(1_000_000_000, 2_000_000_000), dir_fd=at)
+        os.rename(mnt / "Documents/tree", f"/proc/self/fd/{at}/tree")  # a folder moved down there
+        st = os.stat("moved", dir_fd=at)
+        assert (st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_nlink) \
+            == (0o600, 1234, 5678, 2_000_000_000, 2)
+        assert sorted(os.listdir(at)) == ["fifo", "link", "moved", "other name", "tree"]
+        assert os.readlink("link", dir_fd=at) == "moved"
+        fd = os.open("other name", os.O_RDONLY, dir_fd=at)
+        assert os.read(fd, 100) == b"deep down" and os.getxattr(fd, "user.where") == b"deep"
+        os.close(fd)
+        fd = os.open("tree/branch/leaf", os.O_RDONLY, dir_fd=at)
+        assert os.read(fd, 100) == b"leaf"
+        os.close(fd)
     with reader(state_dir) as pool:
+        node = pool.stat(f"{deep}/moved")
+        held = [pool.drive(r.drive_id) for r in pool.cat.replicas(node.id)]
+        assert len(held) == 2  # Documents keeps two copies: both plain files, past PATH_MAX
+        for d in held:
+            assert d.hash(f"{deep}/moved") == node.hash
+            assert os.path.samestat(d.lstat(f"{deep}/moved"), d.lstat(f"{deep}/other name"))
+            assert d.lstat(f"{deep}/moved").st_mode & 0o7777 == 0o600
+            assert d.hash(f"{deep}/tree/branch/leaf") == pool.stat(f"{deep}/tree/branch/leaf").hash
+        assert_clean(pool)  # `check` walks and reads the drives that deep too
+    with _descend(mnt / "Documents/deep", names) as at:
+        for name in ("moved", "other name", "link", "fifo", "tree/branch/leaf"):
+            os.unlink(name, dir_fd=at)
+        os.rmdir("tree/branch", dir_fd=at)
+        os.rmdir("tree", dir_fd=at)
+    with _descend(mnt / "Documents/deep", names[:-1]) as at:
+        os.rmdir(names[-1], dir_fd=at)
+    with reader(state_dir) as pool:
+        assert pool.lookup(f"{deep}/moved") is None
+        assert all(not d.lexists(f"{deep}/moved") and d.lexists(deep.rpartition("/")[0]) for d in pool.drives())
         assert_clean(pool)
 
 

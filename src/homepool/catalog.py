@@ -712,14 +712,6 @@ class Catalog:
                         (time_ns, time_ns, id_))
         self._forget(id_)
 
-    def deepest_below(self, id_: int) -> int:
-        """Bytes in the longest path below node `id_`, relative to it (0: nothing below)."""
-        return int(self.get_val(
-            """WITH RECURSIVE sub(id, len) AS (SELECT ?, 0 UNION ALL
-                   SELECT n.id, sub.len + 1 + length(CAST(n.name AS BLOB))
-                   FROM nodes n JOIN sub ON n.parent_id = sub.id)
-               SELECT MAX(len) FROM sub""", (id_,)))
-
     def update_dir(self, id_: int, mode: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE nodes SET mode = ?, mtime_ns = ? WHERE id = ? AND kind = 'dir'", (mode, mtime_ns, id_))
         self._forget(id_)

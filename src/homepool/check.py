@@ -27,7 +27,6 @@ from .drives import Drive
 from .errors import HomepoolError
 from .pool import Pool, describe, scan_tree
 from .pool.ondrive import keep_aside
-from .streams import hash_file
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +172,7 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
             out.append(p)
             continue
         try:
-            st: os.stat_result | None = os.lstat(d.real(path))  # never followed: out of the pool
+            st: os.stat_result | None = d.lstat(path)  # never followed: out of the pool
         except FileNotFoundError:
             st = None
             if not d.present():
@@ -199,7 +198,7 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
                 continue
             # Marked bad by a failed read: if the content is right after all, it is good.
             try:
-                intact = hash_file(d.real(path)) == node.hash
+                intact = d.hash(path) == node.hash
             except OSError:
                 intact = False
             if intact:
@@ -210,7 +209,7 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
                     good += 1
                 out.append(p)
             continue
-        digest = hash_file(d.real(path)) if st.st_size == node.size else None
+        digest = d.hash(path) if st.st_size == node.size else None
         if digest == node.hash:
             p = Problem("replicas_match", path, f"copy on {d.name} has a changed time, same content")
             if repair:
@@ -257,11 +256,11 @@ def _name_linked(pool: Pool, drives: list[Drive], link_id: int, node_id: int, re
         if held is not None and d.id not in held:
             continue
         try:
-            copy = os.lstat(d.real(path))
+            copy = d.lstat(path)
         except OSError:
             continue  # no copy to link to: `replicas_match` says so
         try:
-            linked = os.path.samestat(copy, os.lstat(d.real(name)))
+            linked = os.path.samestat(copy, d.lstat(name))
             why = f"on {d.name} it is another file than {path}"
         except FileNotFoundError:
             linked, why = False, f"missing on {d.name} (a hard link of {path})"
@@ -286,14 +285,14 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
             on_drive = {r.node_id for r in pool.cat.replicas_on(d.id)}
             known = {pool.path_of(i) for i in on_drive} | {pool.path_of(i) for i, to in links if to in on_drive}
             owed = pool.owed_paths(d.id)  # on their way out: not strays
-        for path, is_dir in list(scan_tree(d.tree)):  # without holding: a walk of a drive takes a while
+        for path, is_dir in list(scan_tree(d)):  # without holding: a walk of a drive takes a while
             if path in owed or any(path.startswith(o + "/") for o in owed) or path in known:
                 continue
             hashed = None
             if repair and not is_dir:  # hashed without the lock (a big file takes a while), if a stray
                 with hold():
                     stray = _strayed(pool, d, path, is_dir)
-                hashed = _hash_unheld(d.real(path)) if stray else None
+                hashed = _hash_unheld(d, path) if stray else None
             with hold():
                 if not _strayed(pool, d, path, is_dir):
                     continue  # changed since (the mount went on meanwhile)
@@ -305,9 +304,9 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
                             pool._register_dir(pool._canonical(path))
                             p.fixed = True
                         else:
-                            ino = os.lstat(d.real(path)).st_ino
+                            ino = d.lstat(path).st_ino
                             at: list[str] = []
-                            digest = hashed[1] if hashed and _stat_key(d.real(path)) == hashed[0] else None
+                            digest = hashed[1] if hashed and _stat_key(d, path) == hashed[0] else None
                             line = pool.adopt_name(d, path, inodes) or pool.register_file(d, path, digest,
                                                                                         recorded=at)
                             for recorded in at:  # a hard link of it, found later, is a name of it
@@ -324,7 +323,7 @@ def _strayed(pool: Pool, d: Drive, path: str, is_dir: bool) -> bool:
     """Whether `path` on drive `d` is still there, as what the walk saw (a folder or a file),
     and still unknown to the catalog."""
     try:
-        mode = os.lstat(d.real(path)).st_mode
+        mode = d.lstat(path).st_mode
     except FileNotFoundError:
         return False
     as_seen = stat_.S_ISDIR(mode) if is_dir else stat_.S_ISREG(mode)  # the mount may have put another there
@@ -337,25 +336,25 @@ def _strayed(pool: Pool, d: Drive, path: str, is_dir: bool) -> bool:
     return not (node.is_file and any(r.drive_id == d.id for r in pool.cat.replicas(node.id)))
 
 
-def _stat_key(real: os.PathLike[str]) -> tuple[int, ...] | None:
+def _stat_key(d: Drive, path: str) -> tuple[int, ...] | None:
     try:
-        st = os.lstat(real)
+        st = d.lstat(path)
     except OSError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) if stat_.S_ISREG(st.st_mode) else None
 
 
-def _hash_unheld(real: os.PathLike[str]) -> tuple[tuple[int, ...], str] | None:
+def _hash_unheld(d: Drive, path: str) -> tuple[tuple[int, ...], str] | None:
     """A stray file's hash, taken without the mount's lock, with what it was then: used under
     the lock only if the file is still the same (else it is hashed there)."""
-    before = _stat_key(real)
+    before = _stat_key(d, path)
     if before is None:
         return None
     try:
-        digest = hash_file(real)
+        digest = d.hash(path)
     except OSError:
         return None
-    return (before, digest) if _stat_key(real) == before else None
+    return (before, digest) if _stat_key(d, path) == before else None
 
 
 def check_copies_met(pool: Pool, repair: bool, hold: Hold = nullcontext) -> list[Problem]:

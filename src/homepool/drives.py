@@ -17,12 +17,16 @@ import os
 import stat
 import tomllib
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import tomli_w
 
 from .catalog import DriveRow
+from .streams import hash_file
 
 META_DIR = ".homepool"
 TREE_DIR = "HomePool"
@@ -34,6 +38,12 @@ GiB = 1 << 30
 MiB = 1 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
+
+# The kernel takes a path whole only if it is shorter than PATH_MAX (4096 bytes), and a pool
+# path can be longer than that once the drive's own path is in front (a local filesystem has
+# no limit on depth). Such a path is reached through a descriptor of a folder on the way.
+WHOLE = 4000  # bytes of a path passed on as it is; "/proc/self/fd/N/" must fit in what is left
 
 README = """\
 This drive is a member of a homepool storage pool.
@@ -123,6 +133,40 @@ def syncfs(path: Path) -> None:
         os.close(fd)
 
 
+@contextmanager
+def reach(full: str) -> Iterator[str]:
+    """`full` (an absolute path) as the kernel takes it: itself, or, when it is too long,
+    /proc/self/fd/N/REST, where N is a descriptor of a folder on the way, opened here (and
+    closed after) one stretch of the path at a time."""
+    raw = os.fsencode(full)
+    if len(raw) < WHOLE:
+        yield full
+        return
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        rest = raw.lstrip(b"/")
+        while len(rest) >= WHOLE:
+            cut = rest.rfind(b"/", 0, WHOLE)  # names are at most 255 bytes: there is one
+            inner = os.open(rest[:cut], os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd, rest = inner, rest[cut + 1:]
+        yield f"/proc/self/fd/{fd}/{os.fsdecode(rest)}"
+    finally:
+        os.close(fd)
+
+
+def on_path(fn: Callable[..., T], *fulls: str, **kw: object) -> T:
+    """`fn(*fulls, **kw)`, where `fulls` are absolute paths: passed whole (no cost when they
+    fit, the common case), and again through `reach` if the kernel found one too long."""
+    try:
+        return fn(*fulls, **kw)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG or all(len(os.fsencode(f)) < WHOLE for f in fulls):
+            raise
+    with ExitStack() as stack:
+        return fn(*(stack.enter_context(reach(f)) for f in fulls), **kw)
+
+
 def mount_of(path: Path) -> tuple[str, str, str]:
     """(mount point, filesystem type, source) of the filesystem holding `path`."""
     real = os.path.realpath(path)
@@ -187,7 +231,64 @@ class Drive:
             return None
 
     def real(self, pool_path: str) -> Path:
+        """Where `pool_path` is on this drive, to show (I/O goes through the methods below)."""
         return self.tree / pool_path if pool_path else self.tree
+
+    def full(self, pool_path: str) -> str:
+        """Where `pool_path` is on this drive, for `on_path` (the methods below use it)."""
+        return f"{self.tree_s}/{pool_path}" if pool_path else self.tree_s
+
+    # -- plain-file I/O by pool path (any length: see `reach`) ----------------------------
+
+    def do(self, fn: Callable[..., T], pool_path: str, *args: object, **kw: object) -> T:
+        """`fn(path, *args, **kw)` with the path of `pool_path` on this drive."""
+        return on_path(lambda full: fn(full, *args, **kw), self.full(pool_path))
+
+    def lstat(self, pool_path: str) -> os.stat_result:
+        return on_path(os.lstat, self.full(pool_path))
+
+    def lexists(self, pool_path: str) -> bool:
+        """Whether anything is at `pool_path` here (a symlink is not followed)."""
+        try:
+            self.lstat(pool_path)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def exists(self, pool_path: str) -> bool:
+        """Whether `pool_path` leads to something here (a symlink is followed)."""
+        try:
+            self.do(os.stat, pool_path)
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def is_dir(self, pool_path: str) -> bool:
+        """Whether a folder is at `pool_path` here (not a symlink to one)."""
+        try:
+            return stat.S_ISDIR(self.lstat(pool_path).st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def open(self, pool_path: str, flags: int, mode: int = 0o777) -> int:
+        return self.do(os.open, pool_path, flags, mode)
+
+    def rename(self, src: str, dst: str) -> None:
+        on_path(os.rename, self.full(src), self.full(dst))
+
+    def link(self, src: str, dst: str) -> None:
+        on_path(lambda s, t: os.link(s, t, follow_symlinks=False), self.full(src), self.full(dst))
+
+    def hash(self, pool_path: str) -> str:
+        """The content hash of the file at `pool_path` here."""
+        return on_path(hash_file, self.full(pool_path))
+
+    def listdir(self, pool_dir: str) -> list[str]:
+        return on_path(os.listdir, self.full(pool_dir))
+
+    def fsync_dir(self, pool_dir: str) -> None:
+        """Flush a folder's entries here (names made or moved in it)."""
+        on_path(fsync_dir, self.full(pool_dir))
 
     def new_tmp(self) -> Path:
         return self.tmpdir / self.new_tmp_name()
@@ -218,8 +319,23 @@ class Drive:
         syncfs(self.root)
 
     def makedirs(self, pool_dir: str, mode: int = 0o755) -> None:
-        if pool_dir:
-            os.makedirs(self.real(pool_dir), mode=mode & 0o7777, exist_ok=True)
+        """Make folder `pool_dir` here, and the ones on the way that are not here yet (from
+        the top down, without recursion: a tree may be deeper than Python's stack)."""
+        missing = []
+        while pool_dir:
+            try:
+                self.do(os.mkdir, pool_dir, mode & 0o7777)
+                break
+            except FileExistsError:
+                if not stat.S_ISDIR(self.do(os.stat, pool_dir).st_mode):
+                    raise
+                break
+            except FileNotFoundError:  # a folder on the way is missing too
+                missing.append(pool_dir)
+                pool_dir = pool_dir.rpartition("/")[0]
+        for folder in reversed(missing):
+            with suppress(FileExistsError):
+                self.do(os.mkdir, folder, mode & 0o7777)
 
     def symlink_on_the_way(self, pool_dir: str) -> str | None:
         """The first folder on the way to pool folder `pool_dir` (itself included) that is a
@@ -229,7 +345,7 @@ class Drive:
         for i in range(1, len(parts) + 1):
             sub = "/".join(parts[:i])
             try:
-                if stat.S_ISLNK(os.lstat(f"{self.tree_s}/{sub}").st_mode):
+                if stat.S_ISLNK(self.lstat(sub).st_mode):
                     return sub
             except FileNotFoundError:
                 return None
@@ -238,7 +354,7 @@ class Drive:
     def unlink(self, pool_path: str) -> bool:
         """Remove a file's copy; False if it was not there."""
         try:
-            os.unlink(f"{self.tree_s}/{pool_path}")
+            on_path(os.unlink, self.full(pool_path))
             return True
         except FileNotFoundError:
             return False
@@ -246,7 +362,7 @@ class Drive:
     def rmdir(self, pool_path: str) -> bool:
         """Remove an empty directory; False if something (not in the catalog) is still in it."""
         try:
-            os.rmdir(self.real(pool_path))
+            on_path(os.rmdir, self.full(pool_path))
         except FileNotFoundError:
             pass
         except OSError as e:

@@ -13,7 +13,7 @@ import unicodedata
 from .errors import BadFolderName, BadPath, NameTooLong
 
 NAME_MAX = 255  # bytes, as on ext4, xfs, btrfs and NTFS (in UTF-16 units there, close enough)
-PATH_MAX = 4096
+PATH_MAX = 4096  # bytes in a path the kernel takes whole; a pool path may be longer (see drives.reach)
 
 # Windows clients (through Samba) share this tree: a folder name Windows cannot show would be
 # unusable there, so folders are held to Windows' rules. File names inside folders stay POSIX.
@@ -29,8 +29,6 @@ def split(path: str) -> tuple[str, ...]:
         path.encode("utf-8")
     except UnicodeEncodeError:
         raise BadPath(path=path, why="it is not valid UTF-8") from None
-    if len(path.encode("utf-8", "surrogateescape")) > PATH_MAX:
-        raise NameTooLong(path=path, why=f"it is longer than {PATH_MAX} bytes")
     parts = tuple(p for p in path.split("/") if p not in ("", "."))
     for part in parts:
         if part == "..":

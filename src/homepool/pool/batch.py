@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .. import paths, placement
 from ..catalog import ROOT_ID, Node
-from ..drives import fsync_dir
 from ..errors import DriveIOError, HasOtherNames, IsADirectory, NotFound, NotInFolder, PoolFull
 from ..errors import NotADirectory as NotADir
 from ..streams import Target, copy_to
@@ -224,7 +223,7 @@ class WriteBatch:
                     for s in self.staged:
                         if d.id in s.targets or d.id in s.drop:
                             with suppress(FileNotFoundError):
-                                fsync_dir(d.real(s.path).parent)
+                                d.fsync_dir(s.path.rpartition("/")[0])
         with pool.cat.transaction():
             for p, done, s in zip(payloads, results, self.staged, strict=True):
                 pool._record_write(p, done, self._parents[s.path], by_id)

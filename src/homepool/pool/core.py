@@ -26,9 +26,9 @@ from ..drives import (
     META_DIR,
     TREE_DIR,
     Drive,
-    fsync_dir,
     mount_of,
     new_identity,
+    on_path,
     read_identity,
     write_atomic,
     write_identity,
@@ -53,7 +53,7 @@ from ..errors import (
     PoolFull,
 )
 from ..errors import NotADirectory as NotADir
-from ..streams import Target, copy_to, hash_file
+from ..streams import Target, copy_to
 from ..units import human
 from .batch import WriteBatch
 from .live import DRIVES_TTL, PASSTHROUGH_ROOM, LiveFile, LiveOps
@@ -633,7 +633,7 @@ class Pool(LiveOps):
             if d is None or d.row.state != "active":
                 continue
             tmp = f"{d.tmpdir_s}/{tmp_name}"
-            final = f"{d.tree_s}/{p['path']}"
+            final = d.full(p["path"])
             try:
                 if (d.id, parent) not in made:
                     if (link := d.symlink_on_the_way(parent)) is not None:  # never write (or mkdir) through it
@@ -641,10 +641,10 @@ class Pool(LiveOps):
                     d.makedirs(parent)
                     made.add((d.id, parent))
                 try:
-                    os.replace(tmp, final)
+                    on_path(os.replace, tmp, final)
                     switched = True
                 except FileNotFoundError:
-                    st = os.stat(final)
+                    st = d.do(os.stat, p["path"])
                     switched = stat_.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (p["size"], p["mtime_ns"])
                 if switched:  # now, or before a crash
                     done.append(d.id)
@@ -733,13 +733,12 @@ class Pool(LiveOps):
         if not p.get("heir") or d.id not in map(int, p["heir_drives"]):
             return True
         try:
-            st = os.lstat(f"{d.tree_s}/{path}")
+            st = d.lstat(path)
         except FileNotFoundError:
             return True  # gone already
-        heir = f"{d.tree_s}/{p['heir']}"
-        if not os.path.lexists(heir):
+        if not d.lexists(p["heir"]):
             link_name(d, path, p["heir"])
-        if os.path.samestat(st, os.lstat(heir)):
+        if os.path.samestat(st, d.lstat(p["heir"])):
             return True
         log.error("%s on %s is not the file its other name %s is; left for `homepool check`", path, d.name, p["heir"])
         return False
@@ -795,7 +794,7 @@ class Pool(LiveOps):
             if d is not None and d.row.state == "active":
                 try:
                     # Not yet moved here (a replay may find it done): the entry it replaces may go.
-                    if os.path.lexists(f"{d.tree_s}/{p['src']}") and not self._hand_over(d, p["dst"], p):
+                    if d.lexists(p["src"]) and not self._hand_over(d, p["dst"], p):
                         keep_aside(d, p["dst"])
                     rename_on(d, p["src"], p["dst"], p["kind"])
                 except OSError as e:
@@ -887,7 +886,7 @@ class Pool(LiveOps):
             known = (gone or {}).get(drive_id)
             if known is None:
                 try:
-                    st = os.lstat(drives[drive_id].real(path))
+                    st = drives[drive_id].lstat(path)
                 except FileNotFoundError:
                     continue  # not there after all
                 except OSError as e:
@@ -966,32 +965,31 @@ class Pool(LiveOps):
             try:
                 if step["op"] == "unlink" and "heir" in step:  # a file's own name, once the heir has it
                     if self._hand_over(drive, step["path"], {"heir": step["heir"], "heir_drives": [drive.id]}):
-                        os.unlink(drive.real(step["path"]))
+                        drive.do(os.unlink, step["path"])
                         out.append(f"removed {step['path']} from {drive.name} (now named {step['heir']})")
                 elif step["op"] == "unlink":
                     node = self.lookup(step["path"])
                     recorded = node is not None and any(r.drive_id == drive.id
                                                         for r in self.cat.replicas(self.cat.resolve(node).id))
-                    st = os.stat(drive.real(step["path"]))
+                    st = drive.do(os.stat, step["path"])
                     if not recorded and (st.st_size, st.st_mtime_ns) == (step["size"], step["mtime_ns"]):
-                        os.unlink(drive.real(step["path"]))
+                        drive.do(os.unlink, step["path"])
                         out.append(f"removed {step['path']} from {drive.name} (deleted while it was away)")
                 elif step["op"] == "link":
                     # Only while `dst` still names that file (it may have gone, or been reused).
                     name = self.lookup(step["dst"])
                     if name is not None and self.cat.resolve(name).id == step["node"] \
-                            and not os.path.lexists(drive.real(step["dst"])):
+                            and not drive.lexists(step["dst"]):
                         link_name(drive, step["src"], step["dst"])
                         out.append(f"linked {step['dst']} to {step['src']} on {drive.name} (while it was away)")
                 elif step["op"] == "rmdir":
                     if drive.rmdir(step["path"]):
                         out.append(f"removed folder {step['path']} from {drive.name} (deleted while it was away)")
                 elif step["op"] == "rename":
-                    dst = drive.real(step["dst"])
-                    if step.get("kind", "file") == "file" and drive.real(step["src"]).exists() and dst.exists():
+                    if step.get("kind", "file") == "file" and drive.exists(step["src"]) and drive.exists(step["dst"]):
                         # Something is at the destination there (maybe edited elsewhere): keep it.
-                        aside = conflict_name(step["dst"], drive.label, lambda q: os.path.lexists(drive.real(q)))
-                        os.rename(dst, drive.real(aside))
+                        aside = conflict_name(step["dst"], drive.label, drive.lexists)
+                        drive.rename(step["dst"], aside)
                         out.append(f"kept {step['dst']} on {drive.name} aside as {aside}")
                     rename_on(drive, step["src"], step["dst"], step.get("kind", "file"))
                     out.append(f"renamed {step['src']} to {step['dst']} on {drive.name} (while it was away)")
@@ -1084,7 +1082,7 @@ class Pool(LiveOps):
                 continue
             tried.append(d.label)
             try:
-                return os.open(d.real(path), os.O_RDONLY), d
+                return d.open(path, os.O_RDONLY), d
             except OSError as e:
                 self.copy_failed(node.id, d, e)
         raise NoReadableCopy(path=path, tried=", ".join(tried) or "no drive holds a copy")
@@ -1111,8 +1109,7 @@ class Pool(LiveOps):
             if holders is not None and d.id not in holders:
                 continue
             try:
-                names = os.listxattr(d.real(path), follow_symlinks=False)
-                return {os.fsencode(n): os.getxattr(d.real(path), n, follow_symlinks=False) for n in names}
+                return d.do(_xattrs_of, path)
             except FileNotFoundError:
                 continue
         return {}
@@ -1180,20 +1177,19 @@ class Pool(LiveOps):
         present = [d for d in drives if d.row.state == "active"]
         if node.is_dir:
             # Every drive may hold the directory; missing ones are caught up when they return.
-            moves = [d.id for d in drives if d.row.state != "active" or d.real(sfull).is_dir()]
+            moves = [d.id for d in drives if d.row.state != "active" or d.is_dir(sfull)]
             unlink_dst: list[int] = []
         else:
             moves = [r.drive_id for r in self.cat.replicas(file.id)]
             had = [r.drive_id for r in self.cat.replicas(old.id)] if old else []
             unlink_dst = [d for d in had if d not in moves]
         for d in present:  # something the catalog does not know in the way: refuse up front
-            target = d.real(dfull)
-            if d.id not in moves or not (target.exists() or target.is_symlink()):
+            if d.id not in moves or not d.lexists(dfull):
                 continue
             where = f"{dfull} (on drive {d.label!r}; `homepool check` shows it)"
-            if node.is_dir and (not target.is_dir() or any(target.iterdir())):
+            if node.is_dir and (not d.is_dir(dfull) or d.listdir(dfull)):
                 raise DirectoryNotEmpty(path=where)
-            if not node.is_dir and target.is_dir():
+            if not node.is_dir and d.is_dir(dfull):
                 raise IsADirectory(path=where)
         before = self._folder_of(node.id) if node.parent_id != ROOT_ID else node.id
         self._run("rename", {"src": sfull, "dst": dfull, "kind": file.kind, "moves": moves, "unlink_dst": unlink_dst,
@@ -1256,7 +1252,7 @@ class Pool(LiveOps):
                 if r.state != "ok" or r.drive_id not in active:
                     continue
                 try:
-                    st = os.stat(active[r.drive_id].real(path))
+                    st = active[r.drive_id].do(os.stat, path)
                 except FileNotFoundError:
                     log.error("copy of %s on %s is gone", path, active[r.drive_id].name)
                     with self.cat.transaction():
@@ -1269,7 +1265,7 @@ class Pool(LiveOps):
 
         def intact(drive_id: int) -> bool:
             try:
-                return hash_file(active[drive_id].real(path)) == node.hash
+                return active[drive_id].hash(path) == node.hash
             except OSError:
                 return False
 
@@ -1323,7 +1319,7 @@ class Pool(LiveOps):
             try:
                 source_error: OSError | None = None
                 try:
-                    with self.unlocked_io(), open(src_drive.real(path), "rb") as src:
+                    with self.unlocked_io(), os.fdopen(src_drive.open(path, os.O_RDONLY), "rb") as src:
                         try:
                             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                         except OSError as e:
@@ -1422,7 +1418,7 @@ class Pool(LiveOps):
     def retime_copy(self, node: Node, drive: Drive, state: str) -> None:
         """A copy with the right content but another time: give it the file's time back."""
         path = self.path_of(node.id)
-        os.utime(drive.real(path), ns=(node.mtime_ns, node.mtime_ns))
+        drive.do(os.utime, path, ns=(node.mtime_ns, node.mtime_ns))
         with self.cat.transaction():
             self.cat.set_replica(node.id, drive.id, node.size, node.mtime_ns, node.hash, state)
         self._changed = True
@@ -1431,10 +1427,10 @@ class Pool(LiveOps):
         """A copy changed outside the pool while the pool has the right content elsewhere:
         keep the changed one as a file of its own, `name (conflict LABEL).ext`."""
         path = self.path_of(node.id)
-        aside = conflict_name(path, drive.label, lambda q: self.lookup(q) is not None or os.path.lexists(drive.real(q)))
-        os.rename(drive.real(path), drive.real(aside))
+        aside = conflict_name(path, drive.label, lambda q: self.lookup(q) is not None or drive.lexists(q))
+        drive.rename(path, aside)
         unlink_names(drive, aside, self.other_names(node.id))  # hard links of the changed copy, kept aside
-        fsync_dir(drive.real(aside).parent)
+        drive.fsync_dir(aside.rpartition("/")[0])
         self.forget_copy(node.id, drive.id)
         self.register_file(drive, aside)
         return aside
@@ -1456,15 +1452,15 @@ class Pool(LiveOps):
         """Make the extra name `name` of `node` a hard link of its copy on `drive` again; a
         different file found there is kept aside (its name is returned)."""
         aside = link_name(drive, self.path_of(node.id), name)
-        fsync_dir(drive.real(name).parent)
+        drive.fsync_dir(name.rpartition("/")[0])
         return aside
 
     def take_edited_copy(self, node: Node, drive: Drive) -> Node:
         """Every copy was changed outside the pool: this one's content becomes the file's, the
         others are marked bad (and re-made from it)."""
         path = self.path_of(node.id)
-        st = os.stat(drive.real(path))
-        digest = hash_file(drive.real(path))
+        st = drive.do(os.stat, path)
+        digest = drive.hash(path)
         with self.cat.transaction():
             self.cat.update_file(node.id, st.st_size, st.st_mode, st.st_mtime_ns, digest)
             for r in self.cat.replicas(node.id):
@@ -1490,7 +1486,7 @@ class Pool(LiveOps):
         inodes = {} if inodes is None else inodes
         recorded = {self.path_of(r.node_id) for r in self.cat.replicas_on(drive.id)}
         owed = self.owed_paths(drive.id)  # on their way out: not to be taken in
-        for path, is_dir in scan_tree(drive.tree):
+        for path, is_dir in scan_tree(drive):
             if path in recorded or path in owed or any(path.startswith(o + "/") for o in owed):
                 continue
             try:
@@ -1500,7 +1496,7 @@ class Pool(LiveOps):
                     continue
                 if (row := self.lookup(path)) is not None and row.is_link:
                     continue  # an extra name already (`check` sees that it is linked)
-                st = os.stat(drive.real(path))
+                st = drive.do(os.stat, path)
                 first = inodes.get(st.st_ino) if st.st_nlink > 1 else None
                 if first is not None and not only_known and self._add_name(first, path):
                     out.append(f"recorded {path} on {drive.name} as another name of {first}")
@@ -1523,7 +1519,7 @@ class Pool(LiveOps):
         kept aside because the pool has other content there, nor renamed since)."""
         node = self.lookup(path)
         try:
-            return (node is not None and node.is_file and os.path.samestat(st, os.lstat(drive.real(path)))
+            return (node is not None and node.is_file and os.path.samestat(st, drive.lstat(path))
                     and any(r.drive_id == drive.id for r in self.cat.replicas(node.id)))
         except FileNotFoundError:
             return False
@@ -1550,7 +1546,7 @@ class Pool(LiveOps):
         would share that copy's data on this drive). None if it is no such link. `inodes`:
         the drive's recorded copies by inode, filled at the first call and again if what it
         found has changed since (the caller keeps it, and adds the files it records)."""
-        st = os.lstat(drive.real(path))
+        st = drive.lstat(path)
         if st.st_nlink < 2 or not stat_.S_ISREG(st.st_mode):
             return None
         first = inodes.get(st.st_ino)
@@ -1560,7 +1556,7 @@ class Pool(LiveOps):
             for r in self.cat.replicas_on(drive.id):
                 recorded = self.path_of(r.node_id)
                 with suppress(FileNotFoundError):
-                    inodes[os.lstat(drive.real(recorded)).st_ino] = recorded
+                    inodes[drive.lstat(recorded).st_ino] = recorded
             inodes[-1] = ""  # filled: a miss is a miss
             first = inodes.get(st.st_ino)
         if first is None or not self._add_name(first, path):  # (a fresh map holds only recorded copies)
@@ -1612,21 +1608,20 @@ class Pool(LiveOps):
         canonical = self._canonical(path)
         if canonical != path:
             self._register_dir(canonical.rpartition("/")[0])  # NotADirectory if a file is in the way
-            taken = lambda p: self.lookup(p) is not None or os.path.lexists(drive.real(p))  # noqa: E731
+            taken = lambda p: self.lookup(p) is not None or drive.lexists(p)  # noqa: E731
             dest = conflict_name(canonical, drive.label, taken) if taken(canonical) else canonical
             try:
                 drive.makedirs(dest.rpartition("/")[0])
-                os.rename(drive.real(path), drive.real(dest))
-                fsync_dir(drive.real(dest).parent)
+                drive.rename(path, dest)
+                drive.fsync_dir(dest.rpartition("/")[0])
             except OSError as e:
                 return f"left {path} on {drive.name} alone: could not move it to {dest}: {e}"
             return self.register_file(drive, dest, known_hash, recorded) + f" (moved from {path})"
-        real = drive.real(path)
-        st = os.lstat(real)
+        st = drive.lstat(path)
         if not stat_.S_ISREG(st.st_mode):  # a symlink would be followed out of the pool, a FIFO never read
             return f"left {path} on {drive.name} alone: it is not a regular file"
         parent = self._register_dir(paths.join(parts[:-1]))
-        digest = known_hash or hash_file(real)
+        digest = known_hash or drive.hash(path)
         node = self.cat.child(parent.id, parts[-1])
         if node is not None and not node.is_dir and node.hash == digest:
             with self.cat.transaction():
@@ -1636,10 +1631,10 @@ class Pool(LiveOps):
                 recorded.append(path)
             return f"recorded a copy of {path} on {drive.name}"
         if node is not None:
-            taken = lambda p: self.lookup(p) is not None or os.path.lexists(drive.real(p))  # noqa: E731
+            taken = lambda p: self.lookup(p) is not None or drive.lexists(p)  # noqa: E731
             aside = conflict_name(path, drive.label, taken)
-            os.rename(real, drive.real(aside))
-            fsync_dir(drive.real(aside).parent)
+            drive.rename(path, aside)
+            drive.fsync_dir(aside.rpartition("/")[0])
             self.register_file(drive, aside, digest, recorded)
             return f"{path} on {drive.name} differs from the pool's; kept it as {aside}"
         with self.cat.transaction():
@@ -1650,6 +1645,11 @@ class Pool(LiveOps):
         if recorded is not None:
             recorded.append(path)
         return f"added {path} from {drive.name}"
+
+
+def _xattrs_of(full: str) -> dict[bytes, bytes]:
+    return {os.fsencode(n): os.getxattr(full, n, follow_symlinks=False)
+            for n in os.listxattr(full, follow_symlinks=False)}
 
 
 def describe(op: str, payload: dict) -> str:

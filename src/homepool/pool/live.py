@@ -43,13 +43,12 @@ from ..errors import (
     HomepoolError,
     IsADirectory,
     LinksAcrossFolders,
-    NameTooLong,
     NotFound,
     NotInFolder,
     PoolFull,
 )
 from ..errors import NotADirectory as NotADir
-from ..streams import CHUNK, hash_fd, hash_file, new_hasher
+from ..streams import CHUNK, hash_fd, new_hasher
 from ..units import human
 from .ondrive import copy_is_at_fault, copy_xattrs, keep_aside, link_name, unlink_names
 
@@ -506,20 +505,10 @@ class LiveOps:
         if parent_id == ROOT_ID:
             raise NotInFolder(path=name)
         path = f"{self.path_of(parent_id)}/{name}"
-        self._fits(path)
+        paths.split(path)  # a name no drive could hold is refused here, before anything changes
         if self.cat.child(parent_id, name) is not None:
             raise AlreadyExists(path=path)
         return parent, path
-
-    def _fits(self, path: str, below: int = 0) -> None:
-        """Refuse a new pool path that is invalid, or too long for a drive once the drive's own
-        path is in front (the drive would refuse it, and nothing may change half-way); `below`:
-        the longest path under it, for a directory being moved."""
-        paths.split(path)
-        longest = max((len(d.tree_s) for d in self.drives_by_id().values()), default=0)
-        if longest + 1 + len(path.encode("utf-8", "surrogateescape")) + below >= paths.PATH_MAX:
-            raise NameTooLong(path=path[:60] + "...", why=f"with a drive's own path in front it is longer than "
-                              f"{paths.PATH_MAX} bytes")
 
     @staticmethod
     def _owner(parent: Node, mode: int, uid: int, gid: int) -> tuple[int, int, int]:
@@ -567,16 +556,15 @@ class LiveOps:
         return Node(node_id, parent_id, name, "file", 0, mode, now, EMPTY_HASH, uid, gid, now, None, 0, now), f
 
     def _create_copy(self, d: Drive, path: str, mode: int, uid: int, gid: int) -> int:
-        real = f"{d.tree_s}/{path}"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         try:
-            fd = os.open(real, flags, mode & 0o7777)
+            fd = d.open(path, flags, mode & 0o7777)
         except FileExistsError:
             keep_aside(d, path)
-            fd = os.open(real, flags, mode & 0o7777)
+            fd = d.open(path, flags, mode & 0o7777)
         except FileNotFoundError:
             d.makedirs(path.rpartition("/")[0])
-            fd = os.open(real, flags, mode & 0o7777)
+            fd = d.open(path, flags, mode & 0o7777)
         os.fchown(fd, uid, gid)
         if mode & 0o7000:
             os.fchmod(fd, mode & 0o7777)  # set-id bits do not survive chown
@@ -602,7 +590,7 @@ class LiveOps:
                 if r.state != "ok" or d is None or d.row.state != "active":
                     continue
                 try:
-                    fds[d.id] = os.open(d.real(path), os.O_RDWR | os.O_CLOEXEC)
+                    fds[d.id] = d.open(path, os.O_RDWR | os.O_CLOEXEC)
                 except OSError as e:
                     self.copy_failed(node_id, d, e)
             if not fds:
@@ -706,7 +694,7 @@ class LiveOps:
         if d is not None and d.row.state == "active":
             try:
                 unlink_names(d, f.path, self.other_names(f.node_id))
-                os.unlink(d.real(f.path))  # never keep half a copy
+                d.do(os.unlink, f.path)  # never keep half a copy
             except OSError as e:
                 log.error("could not remove the failed copy of %s on %s: %s", f.path, d.name, e)
 
@@ -737,12 +725,11 @@ class LiveOps:
             copy_xattrs(fd, new_fd, f.path, to.name)
             for h in self._open.get(f.node_id, ()):
                 if h is not f and full.id in h.fds:
-                    others.append((h, os.open(to.real(f.path), (os.O_RDWR if h.writable else os.O_RDONLY)
-                                              | os.O_CLOEXEC)))
+                    others.append((h, to.open(f.path, (os.O_RDWR if h.writable else os.O_RDONLY) | os.O_CLOEXEC)))
         except OSError:
             for opened in (new_fd, *(h_fd for _, h_fd in others)):
                 os.close(opened)
-            os.unlink(to.real(f.path))
+            to.do(os.unlink, f.path)
             return None
         log.warning("%s moved from %s to %s, which has room for it", f.path, full.name, to.name)
         f.move_copy(full.id, to.id, new_fd)
@@ -757,7 +744,7 @@ class LiveOps:
                 if h.journal_id is not None:  # a crash now looks at the copies where they are
                     self.cat.journal_update(h.journal_id, {"node": f.node_id, "path": f.path, "drives": list(h.fds)})
         try:
-            os.unlink(full.real(f.path))
+            full.do(os.unlink, f.path)
         except OSError as e:
             log.error("could not remove the old copy of %s on %s: %s", f.path, full.name, e)
         return to.id
@@ -883,9 +870,9 @@ class LiveOps:
             with self.cat.transaction():
                 self.cat.set_attrs(node.id, mode=stat_.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid)
 
-            def own(p: str) -> None:
-                os.chmod(p, mode & 0o7777)
-                os.lchown(p, uid, gid)
+            def own(d: Drive) -> None:
+                d.do(os.chmod, name, mode & 0o7777)
+                d.do(os.lchown, name, uid, gid)
 
             self._on_every_drive(name, own)
             self._dir_changed(ROOT_ID)
@@ -896,16 +883,16 @@ class LiveOps:
             node_id = self.cat.add_node(parent_id, name, "dir", mode, time.time_ns(), uid=uid, gid=gid)
         self._changed = True
 
-        def make(p: str) -> None:
+        def make(d: Drive) -> None:
             try:
-                os.mkdir(p, mode & 0o7777)
+                d.do(os.mkdir, path, mode & 0o7777)
             except FileExistsError:
                 pass
             except FileNotFoundError:
-                os.makedirs(p, mode & 0o7777)
-            os.lchown(p, uid, gid)
+                d.makedirs(path, mode)
+            d.do(os.lchown, path, uid, gid)
             if mode & 0o7000:
-                os.chmod(p, mode & 0o7777)
+                d.do(os.chmod, path, mode & 0o7777)
 
         self._on_every_drive(path, make)
         self._dir_changed(parent_id)
@@ -919,14 +906,14 @@ class LiveOps:
         kind = "symlink" if target is not None else "special"
         size = len(os.fsencode(target)) if target is not None else 0
 
-        def make(p: str) -> None:
-            if os.path.lexists(p):
-                os.unlink(p)  # a leftover of an earlier crash (the catalog did not have it)
+        def make(d: Drive) -> None:
+            if d.lexists(path):
+                d.do(os.unlink, path)  # a leftover of an earlier crash (the catalog did not have it)
             if target is not None:
-                os.symlink(target, p)
+                d.do(lambda p: os.symlink(target, p), path)
             else:
-                os.mknod(p, mode, rdev)
-            os.lchown(p, uid, gid)
+                d.do(os.mknod, path, mode, rdev)
+            d.do(os.lchown, path, uid, gid)
 
         made = self._on_every_drive(path, make)
         if not made:
@@ -1002,8 +989,8 @@ class LiveOps:
             return self.cat.has_links_below(node.id)
         return row.is_link or node.links > 0
 
-    def _on_every_drive(self, path: str, fn: Callable[[str], Any]) -> list[int]:
-        """Do `fn(real path)` on every present drive; returns the drives where it worked. These
+    def _on_every_drive(self, path: str, fn: Callable[[Drive], Any]) -> list[int]:
+        """Do `fn(drive)` on every present drive; returns the drives where it worked. These
         steps (a symlink or special file made, renamed or removed) come before their commit, so
         the removal of the journal rows `_run_recorded_first` holds back is committed first:
         replayed after a crash, a finished rename would move what such a step had just made at
@@ -1014,7 +1001,7 @@ class LiveOps:
             if d.row.state != "active":
                 continue
             try:
-                fn(f"{d.tree_s}/{path}")
+                fn(d)
                 done.append(d.id)
             except OSError as e:
                 log.error("could not change %s on %s: %s", path, d.name, e)
@@ -1034,7 +1021,7 @@ class LiveOps:
         if node.is_dir and self.cat.has_children(node.id):
             raise DirectoryNotEmpty(path=path)
         if not node.is_dir and not node.is_file:
-            self._on_every_drive(path, os.unlink)
+            self._on_every_drive(path, lambda d: d.do(os.unlink, path))
             with self.cat.transaction():
                 self.cat.remove_name(row)
             self._changed = True
@@ -1077,7 +1064,7 @@ class LiveOps:
         node = self.cat.resolve(row)  # what the name names (a hard link names another node)
         src = self.path_of(row.id)
         dst = f"{self.path_of(new_parent_id)}/{new_name}" if new_parent_id != ROOT_ID else new_name
-        self._fits(dst, self.cat.deepest_below(node.id) if node.is_dir else 0)
+        paths.split(dst)
         old_row = self.cat.child(new_parent_id, new_name)
         old = self.cat.resolve(old_row) if old_row is not None else None
         if old is not None and old.id == node.id:
@@ -1109,7 +1096,7 @@ class LiveOps:
             return
         if new_parent_id == ROOT_ID:
             raise NotInFolder(path=dst)
-        self._on_every_drive(src, lambda real: os.rename(real, real.removesuffix(src) + dst))
+        self._on_every_drive(src, lambda d: d.rename(src, dst))
         with self.cat.transaction():
             self.cat.move_node(row.id, new_parent_id, new_name, is_dir=False)
         self._changed = True
@@ -1123,7 +1110,7 @@ class LiveOps:
         drives = self.drives_by_id()
         for i in moves:  # something the catalog does not know in the way: refuse up front
             d = drives.get(i)
-            if d is not None and d.row.state == "active" and i not in had and os.path.lexists(f"{d.tree_s}/{dst}"):
+            if d is not None and d.row.state == "active" and i not in had and d.lexists(dst):
                 raise AlreadyExists(path=f"{dst} (on drive {d.label!r}; `homepool check` shows it)")
         self._run("rename", {"src": src, "dst": dst, "kind": "file", "moves": moves,
                              "unlink_dst": [i for i in had if i not in moves], "id": row.id,
@@ -1182,9 +1169,9 @@ class LiveOps:
                 m = mtime_ns if mtime_ns is not None else node.mtime_ns
                 os.utime(p, ns=(atime_ns if atime_ns is not None else m, m), follow_symlinks=False)
 
-        for d, real in self._reals(node):
+        for d in self._holders(node):
             try:
-                apply(real)
+                d.do(apply, path)
             except OSError as e:
                 log.error("could not change %s on %s: %s", path, d.name, e)
         if (changed := self._dir_times.get(node_id)) is not None:
@@ -1281,31 +1268,29 @@ class LiveOps:
             self._orphans[node_id] = self._orphans[node_id].but(ctime_ns=time.time_ns())
             return
         path = self.path_of(node_id)
-        reals = self._reals(node)
-        if not reals:
+        holders = self._holders(node)
+        if not holders:
             raise OSError(errno.EIO, f"no copy of {path} is present")
         errors: list[OSError] = []
-        for _, real in reals:
+        for d in holders:
             try:
                 if value is None:
-                    os.removexattr(real, name, follow_symlinks=False)
+                    d.do(os.removexattr, path, name, follow_symlinks=False)
                 else:
-                    os.setxattr(real, name, value, follow_symlinks=False)
+                    d.do(os.setxattr, path, name, value, follow_symlinks=False)
             except OSError as e:
                 errors.append(e)
-        if len(errors) == len(reals):
+        if len(errors) == len(holders):
             raise errors[0]  # ENODATA, ENOTSUP, E2BIG...: the answer the drives give
         with self.cat.transaction():
             self.cat.set_attrs(node_id, ctime_ns=time.time_ns())
 
-    def _reals(self, node: Node) -> list[tuple[Drive, str]]:
-        """(drive, real path) of each present copy of a node: a file's good copies, or the
-        entry on every drive for anything else."""
-        path = self.path_of(node.id)
+    def _holders(self, node: Node) -> list[Drive]:
+        """The present drives with a copy of a node: a file's good copies, or the entry on
+        every drive for anything else."""
         drives = self.drives_by_id()
         ids = [r.drive_id for r in self.cat.replicas(node.id) if r.state == "ok"] if node.is_file else list(drives)
-        return [(drives[i], f"{drives[i].tree_s}/{path}") for i in ids
-                if i in drives and drives[i].row.state == "active"]
+        return [drives[i] for i in ids if i in drives and drives[i].row.state == "active"]
 
     # -- crash repair: the 'live' journal op ---------------------------------------------------
 
@@ -1322,16 +1307,15 @@ class LiveOps:
             d = drives.get(int(key))
             if d is None or d.row.state != "active":
                 continue
-            real = d.real(path)
             try:
-                st = os.lstat(real)
+                st = d.lstat(path)
                 if not stat_.S_ISREG(st.st_mode):
                     continue
                 if kept is None:
-                    kept = (d.id, st, hash_file(real))
+                    kept = (d.id, st, d.hash(path))
                 else:
                     unlink_names(d, path, names)
-                    os.unlink(real)
+                    d.do(os.unlink, path)
             except FileNotFoundError:
                 continue
             except OSError as e:

@@ -8,7 +8,6 @@ import logging
 import os
 from collections.abc import Collection, Iterator
 from contextlib import suppress
-from pathlib import Path
 
 from ..drives import Drive
 from ..errors import AlreadyExists
@@ -29,40 +28,36 @@ def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
     drive picked up elsewhere, say a .DS_Store) is merged into it entry by entry; an entry
     whose name is taken on both sides stays at `src` for `check` to show."""
     if kind != "dir":  # the common case in one system call: a file to a place whose folder is there
-        s_, t_ = f"{d.tree_s}/{src}", f"{d.tree_s}/{dst}"
         try:
-            os.rename(s_, t_)
+            d.rename(src, dst)
             return
         except FileNotFoundError:
-            if not os.path.lexists(s_):
-                return
-    s, t = d.real(src), d.real(dst)
-    if not (s.exists() or s.is_symlink()):
+            pass
+    if not d.lexists(src):
         return
     d.makedirs(dst.rpartition("/")[0])
-    if kind == "dir" and t.is_dir():
-        _merge_dir(s, t)
+    if kind == "dir" and d.is_dir(dst):
+        _merge_dir(d, src, dst)
         return
-    os.rename(s, t)
+    d.rename(src, dst)
 
 
 def link_name(d: Drive, src: str, dst: str) -> str | None:
     """Make pool path `dst` on drive `d` a hard link of `src` there (idempotent). Anything
     else at `dst` is kept aside, never overwritten: returns the name it was given."""
-    s_, t_ = f"{d.tree_s}/{src}", f"{d.tree_s}/{dst}"
     aside = None
     try:
-        os.link(s_, t_, follow_symlinks=False)
+        d.link(src, dst)
         return None
     except FileNotFoundError:
-        if not os.path.lexists(s_):
+        if not d.lexists(src):
             raise
         d.makedirs(dst.rpartition("/")[0])
     except FileExistsError:
-        if os.path.samestat(os.lstat(s_), os.lstat(t_)):
+        if os.path.samestat(d.lstat(src), d.lstat(dst)):
             return None
         aside = keep_aside(d, dst)
-    os.link(s_, t_, follow_symlinks=False)
+    d.link(src, dst)
     return aside
 
 
@@ -72,14 +67,13 @@ def unlink_names(d: Drive, path: str, names: Collection[str]) -> None:
     if not names:
         return
     try:
-        st = os.lstat(f"{d.tree_s}/{path}")
+        st = d.lstat(path)
     except FileNotFoundError:
         return
     for name in names:
-        real = f"{d.tree_s}/{name}"
         with suppress(FileNotFoundError):
-            if os.path.samestat(st, os.lstat(real)):
-                os.unlink(real)
+            if os.path.samestat(st, d.lstat(name)):
+                d.unlink(name)
 
 
 def copy_xattrs(src_fd: int, dst_fd: int, path: str, target: str) -> None:
@@ -102,46 +96,52 @@ def copy_xattrs(src_fd: int, dst_fd: int, path: str, target: str) -> None:
 def keep_aside(d: Drive, path: str) -> str:
     """Something the catalog does not know is at `path` on `d`: rename it to a conflict name
     (never overwrite it). Returns that name."""
-    aside = conflict_name(path, d.label, lambda q: os.path.lexists(d.real(q)))
+    aside = conflict_name(path, d.label, d.lexists)
     log.error("%s on %s was not in the pool; kept aside as %s", path, d.name, aside)
-    os.rename(d.real(path), d.real(aside))
+    d.rename(path, aside)
     return aside
 
 
-def _merge_dir(s: Path, t: Path) -> None:
-    for entry in os.scandir(s):
-        target = t / entry.name
-        if not (target.exists() or target.is_symlink()):
-            os.rename(entry.path, target)
-        elif entry.is_dir(follow_symlinks=False) and target.is_dir():
-            _merge_dir(Path(entry.path), target)
+def _merge_dir(d: Drive, src: str, dst: str) -> None:
+    for name in d.listdir(src):
+        s, t = f"{src}/{name}", f"{dst}/{name}"
+        if not d.lexists(t):
+            d.rename(s, t)
+        elif d.is_dir(s) and d.is_dir(t):
+            _merge_dir(d, s, t)
     with suppress(OSError):
-        s.rmdir()
+        d.do(os.rmdir, src)
 
 
-def scan_tree(root: Path) -> Iterator[tuple[str, bool]]:
-    """(relative path, is_dir) of everything under `root`, parents first. Skips symlinks and
-    special files (the pool stores neither yet)."""
+def _entries(full: str) -> list[tuple[str, bool, bool]]:
+    """(name, is_dir, is_file) of what is in a folder, sorted; symlinks not followed."""
+    with os.scandir(full) as it:
+        return sorted((e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in it)
+
+
+def scan_tree(d: Drive) -> Iterator[tuple[str, bool]]:
+    """(pool path, is_dir) of everything in drive `d`'s tree, parents first. Skips symlinks
+    and special files (the pool stores neither yet)."""
     stack = [""]
     while stack:
         rel = stack.pop()
         try:
-            entries = sorted(os.scandir(root / rel if rel else root), key=lambda e: e.name)
+            entries = d.do(_entries, rel)
         except OSError as err:
-            log.error("cannot read %s: %s", root / rel, err)
+            log.error("cannot read %s: %s", d.real(rel), err)
             continue
-        for entry in entries:
-            path = f"{rel}/{entry.name}" if rel else entry.name
+        for name, is_dir, is_file in entries:
+            path = f"{rel}/{name}" if rel else name
             try:
                 path.encode("utf-8")
             except UnicodeEncodeError:
                 log.warning("skipping %s: its name is not valid UTF-8; rename it to bring it into the pool",
-                            root / os.fsdecode(path.encode("utf-8", "surrogateescape")))
+                            d.real(os.fsdecode(path.encode("utf-8", "surrogateescape"))))
                 continue
-            if entry.is_dir(follow_symlinks=False):
+            if is_dir:
                 yield path, True
                 stack.append(path)
-            elif entry.is_file(follow_symlinks=False):
+            elif is_file:
                 yield path, False
 
 
