@@ -84,3 +84,17 @@ def test_journal_round_trip(cat: Catalog) -> None:
 def test_get_val_raises_for_no_row(cat: Catalog) -> None:
     with pytest.raises(NoSuchRowError):
         cat.get_val("SELECT id FROM nodes WHERE id = -1")
+
+
+def test_the_path_of_a_node_at_any_depth(cat: Catalog) -> None:
+    """Paths have no length limit, so a tree may be deeper than Python's stack: the path is
+    put together without recursion, and each folder's on the way is remembered."""
+    cat.track_paths = True
+    parent = ROOT_ID
+    with cat.transaction():
+        for i in range(3000):
+            parent = cat.add_node(parent, f"d{i % 10}", "dir", 0o40755, 0)
+    assert cat.path_of(parent) == "/".join(f"d{i % 10}" for i in range(3000))
+    assert cat._paths[cat.node(parent).parent_id] == "/".join(f"d{i % 10}" for i in range(2999))
+    with pytest.raises(NoSuchRowError):
+        cat.path_of(parent + 1)

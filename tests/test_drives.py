@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import stat as stat_
 import subprocess
 from pathlib import Path
 
@@ -169,3 +171,35 @@ def test_a_drive_reaches_paths_past_path_max(dir_pool: Pool) -> None:
     assert d.listdir(deep) == ["g"] and not d.lexists(f"{deep}/f")
     assert d.unlink(f"{deep}/g") and not d.unlink(f"{deep}/g")
     assert len(os.listdir("/proc/self/fd")) == open_before
+
+
+def test_a_drive_makes_missing_folders_as_os_makedirs_does(dir_pool: Pool) -> None:
+    """`Drive.makedirs`: the folders on the way get the default mode and the last one its own;
+    a file in the way is an error; the drive's HomePool folder, if someone removed it, is made
+    again, but never in the mount point of a drive that is not there."""
+    d = dir_pool.drives()[0]
+    umask = os.umask(0o022)
+    try:
+        d.makedirs("Videos/a/b/c", 0o1700)
+        assert [stat_.S_IMODE(d.lstat(p).st_mode) for p in ("Videos/a", "Videos/a/b", "Videos/a/b/c")] \
+            == [0o755, 0o755, 0o1700]
+        d.makedirs("Videos/a/b/c", 0o700)  # there already: nothing to do
+        fd = d.open("Videos/a/file", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.close(fd)
+        with pytest.raises(FileExistsError):
+            d.makedirs("Videos/a/file")
+        with pytest.raises(NotADirectoryError):
+            d.makedirs("Videos/a/file/below")
+        shutil.rmtree(d.tree)
+        d.makedirs("Videos/x")
+        assert d.is_dir("Videos/x")
+        shutil.rmtree(d.tree)
+        os.rename(d.meta, d.root / "unplugged")  # as an empty mount point would look
+        try:
+            with pytest.raises(FileNotFoundError):
+                d.makedirs("Videos/x")
+            assert not d.tree.exists()
+        finally:
+            os.rename(d.root / "unplugged", d.meta)
+    finally:
+        os.umask(umask)

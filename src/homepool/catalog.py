@@ -531,19 +531,23 @@ class Catalog:
 
     def path_of(self, id_: int) -> str:
         """The pool path of node `id_` ('' for the root)."""
-        if id_ == ROOT_ID:
-            return ""
-        if (known := self._paths.get(id_)) is not None:
-            return known
-        row = self.db.execute("SELECT parent_id, name FROM nodes WHERE id = ?", (id_,)).fetchone()
-        if row is None:
-            raise NoSuchRowError(f"node {id_}")
-        parent = self.path_of(row[0])
-        path = f"{parent}/{row[1]}" if parent else row[1]
-        if self.track_paths:
-            if len(self._paths) >= CACHED_NODES:
-                self._paths.clear()
-            self._paths[id_] = path
+        below: list[tuple[int, str]] = []  # (id, name) up to a known path: no recursion (any depth)
+        at, path = id_, ""
+        while at != ROOT_ID:
+            if (known := self._paths.get(at)) is not None:
+                path = known
+                break
+            row = self.db.execute("SELECT parent_id, name FROM nodes WHERE id = ?", (at,)).fetchone()
+            if row is None:
+                raise NoSuchRowError(f"node {at}")
+            below.append((at, row[1]))
+            at = row[0]
+        for node_id, name in reversed(below):
+            path = f"{path}/{name}" if path else name
+            if self.track_paths:
+                if len(self._paths) >= CACHED_NODES:
+                    self._paths.clear()
+                self._paths[node_id] = path
         return path
 
     def child(self, parent_id: int, name: str) -> Node | None:

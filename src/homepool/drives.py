@@ -135,14 +135,14 @@ def syncfs(path: Path) -> None:
 
 @contextmanager
 def reach(full: str) -> Iterator[str]:
-    """`full` (an absolute path) as the kernel takes it: itself, or, when it is too long,
+    """`full` (a path) as the kernel takes it: itself, or, when it is too long,
     /proc/self/fd/N/REST, where N is a descriptor of a folder on the way, opened here (and
     closed after) one stretch of the path at a time."""
     raw = os.fsencode(full)
     if len(raw) < WHOLE:
         yield full
         return
-    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = os.open("/" if raw.startswith(b"/") else ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         rest = raw.lstrip(b"/")
         while len(rest) >= WHOLE:
@@ -164,7 +164,11 @@ def on_path(fn: Callable[..., T], *fulls: str, **kw: object) -> T:
         if e.errno != errno.ENAMETOOLONG or all(len(os.fsencode(f)) < WHOLE for f in fulls):
             raise
     with ExitStack() as stack:
-        return fn(*(stack.enter_context(reach(f)) for f in fulls), **kw)
+        try:
+            return fn(*(stack.enter_context(reach(f)) for f in fulls), **kw)
+        except OSError as e:  # named by the paths asked for, not by descriptors closed by now
+            e.filename, e.filename2 = fulls[0], fulls[1] if len(fulls) > 1 else None
+            raise
 
 
 def mount_of(path: Path) -> tuple[str, str, str]:
@@ -319,23 +323,35 @@ class Drive:
         syncfs(self.root)
 
     def makedirs(self, pool_dir: str, mode: int = 0o755) -> None:
-        """Make folder `pool_dir` here, and the ones on the way that are not here yet (from
-        the top down, without recursion: a tree may be deeper than Python's stack)."""
+        """Make folder `pool_dir` here (with `mode`), and the ones on the way that are not here
+        yet (as os.makedirs: 0o777 less the umask), from the top down without recursion (a
+        tree may be deeper than Python's stack). The tree's own folder is made again only on
+        the drive itself, never in the empty mount point of a drive that is away."""
+        if not pool_dir:
+            return
         missing = []
-        while pool_dir:
+        at = pool_dir
+        while True:
+            if not at:
+                if not self.present():
+                    raise FileNotFoundError(errno.ENOENT, "the drive is not there", self.tree_s)
+                with suppress(FileExistsError):
+                    os.mkdir(self.tree_s)
+                break
             try:
-                self.do(os.mkdir, pool_dir, mode & 0o7777)
-                break
-            except FileExistsError:
-                if not stat.S_ISDIR(self.do(os.stat, pool_dir).st_mode):
-                    raise
-                break
+                self.do(os.mkdir, at, mode & 0o7777 if at == pool_dir else 0o777)
             except FileNotFoundError:  # a folder on the way is missing too
-                missing.append(pool_dir)
-                pool_dir = pool_dir.rpartition("/")[0]
+                missing.append(at)
+                at = at.rpartition("/")[0]
+                continue
+            except FileExistsError:
+                pass
+            break
         for folder in reversed(missing):
             with suppress(FileExistsError):
-                self.do(os.mkdir, folder, mode & 0o7777)
+                self.do(os.mkdir, folder, mode & 0o7777 if folder == pool_dir else 0o777)
+        if not stat.S_ISDIR(self.do(os.stat, pool_dir).st_mode):
+            raise FileExistsError(errno.EEXIST, "something else is in the folder's place", self.full(pool_dir))
 
     def symlink_on_the_way(self, pool_dir: str) -> str | None:
         """The first folder on the way to pool folder `pool_dir` (itself included) that is a

@@ -103,14 +103,21 @@ def keep_aside(d: Drive, path: str) -> str:
 
 
 def _merge_dir(d: Drive, src: str, dst: str) -> None:
-    for name in d.listdir(src):
-        s, t = f"{src}/{name}", f"{dst}/{name}"
-        if not d.lexists(t):
-            d.rename(s, t)
-        elif d.is_dir(s) and d.is_dir(t):
-            _merge_dir(d, s, t)
-    with suppress(OSError):
-        d.do(os.rmdir, src)
+    """Move what is in folder `src` into folder `dst` on drive `d`, folder by folder (no
+    recursion: a tree may be deeper than Python's stack); `src` goes if it ends up empty."""
+    merged, pairs = [], [(src, dst)]
+    while pairs:
+        s, t = pairs.pop()
+        merged.append(s)
+        for name in d.listdir(s):
+            a, b = f"{s}/{name}", f"{t}/{name}"
+            if not d.lexists(b):
+                d.rename(a, b)
+            elif d.is_dir(a) and d.is_dir(b):
+                pairs.append((a, b))
+    for s in reversed(merged):  # the deepest first
+        with suppress(OSError):
+            d.do(os.rmdir, s)
 
 
 def _entries(full: str) -> list[tuple[str, bool, bool]]:
