@@ -99,6 +99,7 @@ def mount_step(base: Path, library: Path, add_drive: list[str], real_drives: boo
     cmd = ["ls", "-li", str(note), str(link)]
     out.print(f"[cyan]$ {shlex.join(cmd)}[/cyan]")
     out.print(subprocess.run(cmd, capture_output=True, text=True).stdout.rstrip(), markup=False)
+    deep_step(base, mnt)
     if real_drives:
         held_up_step(base, mnt)
     step(["folder", "set", "Music", "--copies", "1"],
@@ -117,6 +118,23 @@ def mount_step(base: Path, library: Path, add_drive: list[str], real_drives: boo
     if not all(os.path.samefile(d / "HomePool/Documents" / note.name, d / "HomePool/Documents" / link.name)
                for d in copies):
         raise RuntimeError(f"{link.name} should be a hard link of {note.name} on each drive with a copy")
+
+
+def deep_step(base: Path, mnt: Path) -> None:
+    """Folders nest as deep as on a local disk, past PATH_MAX with a drive's path in front."""
+    name = "a-folder-with-a-long-name-" + "x" * 74
+    out.print("\n[bold]   Folders nest as deep as on a local disk, here 45 of 100-byte names:[/bold]")
+    out.print(f"[cyan]$ cd {mnt / 'Documents'} && mkdir -p {name[:30]}.../{name[:30]}.../...[/cyan]")
+    subprocess.run(["mkdir", "-p", "/".join([name] * 45)], cwd=mnt / "Documents", check=True)
+    for d in drives_of(base):
+        top = d / "HomePool/Documents" / name
+        if top.is_dir():
+            found = subprocess.run(["find", str(top), "-type", "d"], capture_output=True, text=True, check=True)
+            depth = len(found.stdout.splitlines())
+            out.print(f"   On {d}: the same {depth} plain folders, a path of "
+                      f"{len(str(top)) + 101 * (depth - 1):,} bytes, past the 4,096 bytes Linux takes in one call.")
+            if depth != 45:
+                raise RuntimeError(f"the deep folders on {d} are {depth} deep, not 45")
 
 
 def held_up_step(base: Path, mnt: Path) -> None:
