@@ -12,6 +12,7 @@ import stat
 import struct
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -332,9 +333,10 @@ def test_small_writes_ask_about_capabilities_once_per_file(dir_pool: Pool, state
 def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_dir: Path, loop_drives,
                                                                         tmp_path: Path, capsys) -> None:
     """A drive that stops answering (frozen: every write to it waits) holds up the change
-    made there, and the changes waiting for the pool meanwhile. Lookups, listings and `stat`
-    wait a second, then read the catalog as last committed; a file being read goes on, and
-    `homepool status` says what holds the mount up (as its log does), until it lets go."""
+    made there, and the changes waiting for the pool meanwhile. Lookups, listings, `stat` and
+    opens for reading wait a second, then go by the catalog as last committed; a file being
+    read goes on, and `homepool status` says what holds the mount up (as its log does),
+    until it lets go."""
     a, b = loop_drives(64, 64)
     data = os.urandom(8 << 20)
     with Pool.create(state_dir) as pool:
@@ -344,6 +346,8 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
         pool.write_bytes("Documents/film.mkv", data)
         pool.write_bytes("Documents/old.txt", b"going")
         pool.write_bytes("Music/song.ogg", b"la" * 500)
+        pool.set_copies("Users", 2)
+        pool.write_bytes("Users/letter.txt", b"dear " * 1000)
     with mount_pool(state_dir, tmp_path, env={"HOMEPOOL_STUCK_AFTER": "1"}) as (mnt, proc), \
             open(mnt / "Documents/film.mkv", "rb", buffering=0) as f:
         assert f.read(4096) == data[:4096]
@@ -370,11 +374,17 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
             looks = [run("missing", lambda: os.path.exists(mnt / "new.txt")),
                      run("stat", lambda: os.stat(mnt / "Music/song.ogg").st_size),
                      run("listing", lambda: sorted(os.listdir(mnt / "Music"))),
-                     run("read", lambda: os.pread(f.fileno(), 4096, 6 << 20))]
+                     run("read", lambda: os.pread(f.fileno(), 4096, 6 << 20)),
+                     # opened and closed again and again (a `grep -r`): no open or close waits
+                     run("opens", lambda: {(mnt / "Music/song.ogg").read_bytes() for _ in range(20)}),
+                     run("kept", lambda: os.open(mnt / "Users/letter.txt", os.O_RDONLY))]
             for t in looks:
                 t.join(timeout=20)
             assert done.get("missing") is False and done.get("stat") == 1000, done
             assert done.get("listing") == ["song.ogg"] and done.get("read") == data[6 << 20:(6 << 20) + 4096], done
+            assert done.get("opens") == {b"la" * 500}, done
+            kept = done["kept"]
+            assert isinstance(kept, int) and os.read(kept, 5) == b"dear ", done  # open past the thaw, below
             assert unlink.is_alive() and change.is_alive(), done  # those wait for the drive
             wait_for(lambda: (state_dir / "stuck").exists(), what="the mount to say it is held up")
             capsys.readouterr()
@@ -388,6 +398,8 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
         unlink.join(timeout=20)
         change.join(timeout=20)
         assert done["unlink"] is None and done["mkdir"] is None, done
+        assert os.read(kept, 10_000) == b"dear " * 999  # a handle opened during the stall, now the pool's
+        os.close(kept)
         wait_for(lambda: not (state_dir / "stuck").exists(), what="the mount to say it answers again")
         assert os.listdir(mnt / "Photos") == ["new"]
         log = (tmp_path / "mnt.log").read_text()  # (each "held" has its "answers again": a busy machine may add some)
@@ -480,6 +492,57 @@ def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, mon
     waiting.join(timeout=10)
     assert answers["new"].size == 5000 and answers["timeout"] == ops_mod.ATTR_TIMEOUT, answers  # type: ignore[attr-defined]
     ops.release(opened.fh)
+    ops.close()
+
+
+def test_an_open_past_a_stuck_change_joins_the_pool_when_the_lock_is_free(dir_pool: Pool,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, the lock held by a thread standing in for a stuck change: an open for
+    reading gets a handle on a copy the catalog names, and reads it. One closed at once
+    needs no lock; one still open is counted among the file's handles and the drive's
+    readers as soon as the lock is taken. An open for writing, and one of a file open
+    for writing here, wait for the lock."""
+    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
+    ops, ctx, music, new, opened = _writing_new_bin_in_music(dir_pool, monkeypatch)
+    song = dir_pool.child(music.id, "song.ogg")
+    assert song is not None
+    held, let_go = threading.Event(), threading.Event()
+
+    def stuck_change() -> None:
+        with ops.lock:
+            held.set()
+            let_go.wait(30)
+
+    stuck = threading.Thread(target=stuck_change)
+    stuck.start()
+    answers: dict[str, object] = {}
+    try:
+        assert held.wait(10)
+        quick = ops.open(ctx, song.id, os.O_RDONLY)
+        assert ops.read(quick.fh, 0, 10) == b"la" * 5
+        ops.release(quick.fh)  # before the lock is free: nothing waits
+        kept = ops.open(ctx, song.id, os.O_RDONLY)
+        assert ops.read(kept.fh, 990, 100) == b"la" * 5 and kept.backing_id is None
+        assert dir_pool.handles(song.id) == [] and ops._readers == {}  # the pool learns of it later
+        waiting = [threading.Thread(target=lambda: answers.update(write=ops.open(ctx, song.id, os.O_WRONLY))),
+                   threading.Thread(target=lambda: answers.update(new=ops.open(ctx, new.ino, os.O_RDONLY)))]
+        for t in waiting:
+            t.start()
+        for t in waiting:
+            t.join(timeout=1)
+            assert t.is_alive(), answers  # only the lock can tell
+    finally:
+        let_go.set()
+        stuck.join()
+    for t in waiting:
+        t.join(timeout=10)
+    with ops.lock:
+        (handle,) = [h for h in dir_pool.handles(song.id) if not h.writable]
+        (reading_new,) = [h for h in dir_pool.handles(new.ino) if not h.writable]
+        assert Counter(ops._readers) == Counter([*handle.fds, *reading_new.fds])  # each reader counted once
+    for o in (kept, answers["write"], answers["new"], opened):
+        ops.release(o.fh)  # type: ignore[attr-defined]
+    assert dir_pool.handles(song.id) == [] and sum(ops._readers.values()) == 0
     ops.close()
 
 

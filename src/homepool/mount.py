@@ -38,7 +38,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .fuse.ops import PoolOperations
+    from .fuse.ops import PoolLock, PoolOperations
     from .fuse.session import Session
     from .pool import Pool
 
@@ -220,7 +220,7 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
             size, free = d.capacity(pool.cat.bytes_on_drive(d.id))
         return {"label": d.label, "root": str(d.root), "size": size, "free": free}
     if op == "check":
-        def hold() -> threading.RLock:
+        def hold() -> PoolLock:
             if ops.session is not None and ops.session.done.is_set():
                 raise MountStopping(path=ops.session.mountpoint, what="check again once it is mounted")
             return lock

@@ -138,12 +138,44 @@ def attr_of(node: Node | Entry) -> Attr:
                 BLOCK)
 
 
+class PoolLock:
+    """The lock held for every call into the pool (reentrant), which first hands the pool what
+    was done while another thread held it (`on_taken`: cheap when there is nothing)."""
+
+    def __init__(self, on_taken: Callable[[], None]) -> None:
+        self._lock = threading.RLock()
+        self._on_taken = on_taken
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not self._lock.acquire(blocking, timeout):
+            return False
+        try:
+            self._on_taken()
+        except BaseException:
+            self._lock.release()
+            raise
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class PoolOperations:
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.session: Session | None = None  # set by `serve` before it mounts (passthrough needs it)
-        self.lock = threading.RLock()  # held for every call into the pool
+        self.lock = PoolLock(self._adopt_handles)
         self._files: dict[int, LiveFile] = {}
+        # Handles opened while a change held the lock (`_open_past_a_stall`), not yet known to
+        # the pool; `_handles` guards this and the numbering of handles outside the lock.
+        self._unadopted: dict[int, LiveFile] = {}
+        self._handles = threading.Lock()
         self._next_fh = itertools.count(1)
         self._readers: dict[int, int] = {}  # drive id -> open files reading from it
         self._reading: dict[int, int] = {}  # handle of such a file -> the drive it is counted on
@@ -378,9 +410,26 @@ class PoolOperations:
             return attr_of(node), self._handle(ctx, f, node, flags)
 
     def open(self, ctx: Ctx, ino: int, flags: int, kill_set_id: bool = False) -> Opened:
-        """`kill_set_id`: an O_TRUNC by a user who may not keep set-id bits clears them."""
+        """`kill_set_id`: an O_TRUNC by a user who may not keep set-id bits clears them. An
+        open for reading waits for a change holding the lock as a look does, then opens past
+        it if it can (`_open_past_a_stall`)."""
         write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
-        with self.lock, _errno():
+        if not write and not self._lock_for_a_look():
+            self._held_up = True
+            opened = self._open_past_a_stall(ino)
+            if opened is not None:
+                return opened
+            self.lock.acquire()
+        elif write:
+            self.lock.acquire()
+        try:
+            self._held_up = False
+            return self._open(ctx, ino, flags, write, kill_set_id)
+        finally:
+            self.lock.release()
+
+    def _open(self, ctx: Ctx, ino: int, flags: int, write: bool, kill_set_id: bool) -> Opened:
+        with _errno():
             f = self.pool.open_file(ino, write=write, busy=self._readers)
             if flags & os.O_TRUNC and f.size:
                 self.pool.set_attrs(ino, size=0, handle=f)
@@ -392,6 +441,53 @@ class PoolOperations:
             keep = not write and self._cached.get(node.id) == node.hash and node.hash is not None
             self._cached[node.id] = node.hash if not write else None
             return self._handle(ctx, f, node, flags, keep_cache=keep)
+
+    def _open_past_a_stall(self, ino: int) -> Opened | None:
+        """Open a file for reading while a change holds the lock (a drive that does not answer,
+        see `_look`): a file no handle has open, on a copy the catalog as last committed names,
+        its reads coming here (which files the kernel reads itself is decided under the lock).
+        The pool learns of the handle when the lock is next taken (`_adopt_handles`); one
+        closed before that needs no lock either. None: wait for the lock after all."""
+        if ino in self._backing or self.pool.handles(ino):
+            return None
+        glance = self._glance or self._open_glance()
+        try:
+            with glance.lock, glance.snapshot(), _errno():
+                node = glance.node(ino)
+                if not node.is_file:
+                    return None
+                path, drives = glance.copies(ino)
+        except Unsure:
+            return None
+        except sqlite3.Error as e:
+            log.warning("reading the catalog past a stuck change: %s", e)
+            return None
+        readers = dict(self._readers)
+        for d in sorted(drives, key=lambda d: readers.get(d.id, 0)):
+            try:
+                fd = d.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # (a copy at fault is marked so by an open under the lock)
+            f = LiveFile(ino, path, {d.id: fd}, node.size, writable=False, single=len(drives) == 1)
+            f.mappable = False
+            f.direct = self.session is not None and self.session.direct_io
+            with self._handles:
+                fh = next(self._next_fh)
+                self._files[fh] = self._unadopted[fh] = f
+            return Opened(fh, direct=f.direct)
+        return None
+
+    def _adopt_handles(self) -> None:
+        """When the lock is taken: the handles opened past a stall join the pool's."""
+        if not self._unadopted:
+            return
+        with self._handles:
+            adopted, self._unadopted = self._unadopted, {}
+        for fh, f in adopted.items():
+            self.pool.opened(f)
+            (d,) = f.fds
+            self._readers[d] = self._readers.get(d, 0) + 1
+            self._reading[fh] = d
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         f = self._files[fh]
@@ -499,6 +595,13 @@ class PoolOperations:
             self.pool.sync_catalog()
 
     def release(self, fh: int) -> None:
+        with self._handles:
+            f = self._unadopted.pop(fh, None)
+            if f is not None:
+                del self._files[fh]
+        if f is not None:  # opened past a stall and not yet adopted: nothing to record or count
+            f.finish()
+            return
         with self.lock:
             f = self._files.pop(fh, None)
             if f is None:

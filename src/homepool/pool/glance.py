@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..catalog import Catalog, Entry, Node
+from ..drives import Drive
 from ..errors import NotFound
 from .core import Pool, named
 
@@ -79,3 +80,11 @@ class Glance:
                 e = e._replace(mtime_ns=changed, ctime_ns=max(changed, e.ctime_ns))
             out[place] = e
         return out
+
+    def copies(self, node_id: int) -> tuple[str, list[Drive]]:
+        """A file's pool path and the drives with a good copy of it, among those the pool last
+        saw present (its snapshot: looking at the drives again is for the lock holder)."""
+        cache = self._pool.drive_cache
+        present = {d.id: d for d in cache[1] if d.row.state == "active"} if cache else {}
+        held = [present[r.drive_id] for r in self.cat.replicas(node_id) if r.state == "ok" and r.drive_id in present]
+        return self.cat.path_of(node_id), held

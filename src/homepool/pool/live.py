@@ -157,7 +157,7 @@ class LiveFile:
         # write on another thread may still hold the number (closing it could let a new file
         # reuse it mid-write).
         self.retired: list[int] = []
-        self.gate = Gate()  # shared by the file's handles (`LiveOps._opened`)
+        self.gate = Gate()  # shared by the file's handles (`LiveOps.opened`)
         self._lock = threading.Lock()
         # The content hash is kept up as long as writes come in order from offset 0 (the usual
         # case); otherwise the file is hashed again when it is released.
@@ -551,7 +551,7 @@ class LiveOps:
         f = LiveFile(node_id, path, fds, 0, writable=True, single=len(fds) == 1)
         f.journal_id = journal
         f.mtime_ns = now
-        self._opened(f)
+        self.opened(f)
         self._dir_changed(parent_id)
         return Node(node_id, parent_id, name, "file", 0, mode, now, EMPTY_HASH, uid, gid, now, None, 0, now), f
 
@@ -596,10 +596,10 @@ class LiveOps:
             if not fds:
                 raise OSError(errno.EIO, f"no copy of {path} can be opened")
             f = LiveFile(node_id, path, fds, node.size, writable=True, single=len(fds) == 1)
-        self._opened(f)
+        self.opened(f)
         return f
 
-    def _opened(self, f: LiveFile) -> None:
+    def opened(self, f: LiveFile) -> None:
         """Count `f` among its file's handles, which share one `Gate`."""
         handles = self._open.setdefault(f.node_id, [])
         if handles:
