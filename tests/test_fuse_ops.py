@@ -21,9 +21,10 @@ import pytest
 
 from homepool import mount as mount_mod
 from homepool.cli import main
+from homepool.drives import Drive
 from homepool.fuse import ops as ops_mod
 from homepool.fuse.ops import PoolOperations
-from homepool.fuse.session import Ctx
+from homepool.fuse.session import Ctx, FuseError
 from homepool.loopdrives import freeze
 from homepool.pool import Pool
 
@@ -543,6 +544,164 @@ def test_an_open_past_a_stuck_change_joins_the_pool_when_the_lock_is_free(dir_po
     for o in (kept, answers["write"], answers["new"], opened):
         ops.release(o.fh)  # type: ignore[attr-defined]
     assert dir_pool.handles(song.id) == [] and sum(ops._readers.values()) == 0
+    ops.close()
+
+
+class _Stuck:
+    """A change that hangs on a drive, in process: `hang` is put in place of a pool or drive
+    method, and hangs the thread named "stuck" there (once), until `go`."""
+
+    def __init__(self) -> None:
+        self.there, self.go = threading.Event(), threading.Event()
+
+    def hang(self, fn: Callable[..., object], when: Callable[..., bool] = lambda *a: True) -> Callable[..., object]:
+        def hanging(*a: object, **k: object) -> object:
+            if threading.current_thread().name == "stuck" and not self.there.is_set() and when(*a):
+                self.there.set()
+                assert self.go.wait(30)
+            return fn(*a, **k)
+        return hanging
+
+    def run(self, fn: Callable[[], object]) -> threading.Thread:
+        t = threading.Thread(target=fn, name="stuck")
+        t.start()
+        assert self.there.wait(10)
+        return t
+
+
+def _opening(ops: PoolOperations, ctx: Ctx, ino: int, answers: dict[str, object]) -> threading.Thread:
+    t = threading.Thread(target=lambda: answers.update(opened=ops.open(ctx, ino, os.O_RDONLY)))
+    t.start()
+    t.join(timeout=2)
+    return t
+
+
+@pytest.mark.parametrize("hung", [0, 1])
+def test_an_open_past_a_stuck_rename_never_reads_the_file_it_replaced(dir_pool: Pool, monkeypatch: pytest.MonkeyPatch,
+                                                                       hung: int) -> None:
+    """A rename over a file is recorded before its drive steps. While one of them hangs, the
+    name means the new file, but on a drive not renamed yet its path holds the replaced one:
+    an open past the stall reads the new file from a drive renamed already (`hung` 1), or
+    waits (`hung` 0: none is); never the file replaced."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    dir_pool.write_bytes("Documents/data.txt", b"old" * 100)  # (Documents: two copies)
+    dir_pool.write_bytes("Documents/new.txt", b"new!" * 50)
+    dir_pool.go_live()
+    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    docs = dir_pool.child(1, "Documents")
+    new = dir_pool.child(docs.id, "new.txt")
+    assert docs is not None and new is not None
+    order = [r.drive_id for r in dir_pool.cat.replicas(new.id)]  # (the order its copies are renamed in)
+    stuck = _Stuck()
+    monkeypatch.setattr(Drive, "rename", stuck.hang(Drive.rename, lambda d, *_: d.id == order[hung]))
+    renaming = stuck.run(lambda: ops.rename(ctx, docs.id, b"new.txt", docs.id, b"data.txt", 0))
+    answers: dict[str, object] = {}
+    try:
+        opening = _opening(ops, ctx, new.id, answers)
+        assert opening.is_alive() == (hung == 0), answers
+    finally:
+        stuck.go.set()
+        renaming.join(10)
+    opening.join(10)
+    fh = answers["opened"].fh  # type: ignore[attr-defined]
+    assert ops.read(fh, 0, 1000) == b"new!" * 50
+    ops.release(fh)
+    ops.close()
+
+
+def test_an_open_past_a_stuck_unlink_is_a_file_deleted_while_open(dir_pool: Pool,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unlink that hangs before its record: the file opened past it meanwhile is, once
+    the unlink is done, what a file deleted while open is (readable, nlink 0)."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
+    dir_pool.go_live()
+    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    music = dir_pool.child(1, "Music")
+    song = dir_pool.child(music.id, "song.ogg")  # type: ignore[union-attr]
+    assert music is not None and song is not None
+    dir_pool.drives()  # (the snapshot an open past the stall goes by; a mount has it from the start)
+    stuck = _Stuck()
+    monkeypatch.setattr(dir_pool, "drives", stuck.hang(dir_pool.drives))
+    unlinking = stuck.run(lambda: ops.unlink(ctx, music.id, b"song.ogg"))
+    answers: dict[str, object] = {}
+    try:
+        assert not _opening(ops, ctx, song.id, answers).is_alive()
+    finally:
+        stuck.go.set()
+        unlinking.join(10)
+    fh = answers["opened"].fh  # type: ignore[attr-defined]
+    assert ops.getattr(ctx, song.id).nlink == 0 and ops.read(fh, 0, 10) == b"la" * 5
+    ops.release(fh)
+    with pytest.raises(FuseError):
+        ops.getattr(ctx, song.id)
+    ops.close()
+
+
+def test_a_file_being_opened_under_the_lock_is_not_opened_past_it(dir_pool: Pool,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open that hangs under the lock decides how the kernel does the file's I/O (say,
+    passed through): another open of that file waits for it, while other files open."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
+    dir_pool.write_bytes("Music/other.ogg", b"lo" * 500)
+    dir_pool.go_live()
+    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    music = dir_pool.child(1, "Music")
+    song, other = dir_pool.child(music.id, "song.ogg"), dir_pool.child(music.id, "other.ogg")  # type: ignore[union-attr]
+    assert song is not None and other is not None
+    dir_pool.drives()  # (the snapshot an open past the stall goes by)
+    stuck = _Stuck()
+    monkeypatch.setattr(dir_pool, "open_file", stuck.hang(dir_pool.open_file))
+    first: dict[str, object] = {}
+    holder = stuck.run(lambda: first.update(opened=ops.open(ctx, song.id, os.O_RDONLY)))
+    second: dict[str, object] = {}
+    third: dict[str, object] = {}
+    try:
+        waiting = _opening(ops, ctx, song.id, second)
+        assert waiting.is_alive(), second
+        assert not _opening(ops, ctx, other.id, third).is_alive()
+    finally:
+        stuck.go.set()
+        holder.join(10)
+    waiting.join(10)
+    for answers in (first, second, third):
+        ops.release(answers["opened"].fh)  # type: ignore[attr-defined]
+    ops.close()
+
+
+def test_an_open_goes_past_the_lock_only_when_it_has_been_held_a_while(dir_pool: Pool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a stall, looks do not wait until one finds the lock free; an open still goes
+    past the lock only when its holder has had it LOOK_WAIT (a change that hangs), not when
+    a change is merely under way: that one it waits for."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 30)
+    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
+    dir_pool.go_live()
+    dir_pool.drives()
+    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    song = dir_pool.lookup("Music/song.ogg")
+    assert song is not None
+    ops._held_up = True  # a look waited in vain before
+    taken, let_go = threading.Event(), threading.Event()
+
+    def change_under_way() -> None:
+        with ops.lock:
+            taken.set()
+            let_go.wait(30)
+
+    changing = threading.Thread(target=change_under_way)
+    changing.start()
+    answers: dict[str, object] = {}
+    try:
+        assert taken.wait(10)
+        assert _opening(ops, ctx, song.id, answers).is_alive()
+    finally:
+        let_go.set()
+        changing.join(10)
+    wait_for(lambda: "opened" in answers, what="the open to take the lock")
+    assert ops._unadopted == {} and len(dir_pool.handles(song.id)) == 1  # opened under the lock
+    ops.release(answers["opened"].fh)  # type: ignore[attr-defined]
     ops.close()
 
 

@@ -145,25 +145,38 @@ class PoolLock:
     def __init__(self, on_taken: Callable[[], None]) -> None:
         self._lock = threading.RLock()
         self._on_taken = on_taken
+        self._depth = 0  # (changed by the holder only)
+        self._since: float | None = None  # when the holder took it
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if not self._lock.acquire(blocking, timeout):
             return False
+        self._depth += 1
+        if self._depth == 1:
+            self._since = time.monotonic()
         try:
             self._on_taken()
         except BaseException:
-            self._lock.release()
+            self.release()
             raise
         return True
 
     def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self._since = None
         self._lock.release()
+
+    def held_for(self) -> float:
+        """Seconds the lock has been held by its holder now (0: free)."""
+        since = self._since
+        return 0.0 if since is None else time.monotonic() - since
 
     def __enter__(self) -> bool:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+        self.release()
 
 
 class PoolOperations:
@@ -173,8 +186,10 @@ class PoolOperations:
         self.lock = PoolLock(self._adopt_handles)
         self._files: dict[int, LiveFile] = {}
         # Handles opened while a change held the lock (`_open_past_a_stall`), not yet known to
-        # the pool; `_handles` guards this and the numbering of handles outside the lock.
-        self._unadopted: dict[int, LiveFile] = {}
+        # the pool, with the node they were opened on; and the inodes being opened under the
+        # lock, which are not opened past it. `_handles` guards both.
+        self._unadopted: dict[int, tuple[LiveFile, Node]] = {}
+        self._opening: set[int] = set()
         self._handles = threading.Lock()
         self._next_fh = itertools.count(1)
         self._readers: dict[int, int] = {}  # drive id -> open files reading from it
@@ -415,16 +430,24 @@ class PoolOperations:
         it if it can (`_open_past_a_stall`)."""
         write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
         if not write and not self._lock_for_a_look():
-            self._held_up = True
-            opened = self._open_past_a_stall(ino)
-            if opened is not None:
-                return opened
+            if self.lock.held_for() >= LOOK_WAIT:  # a change that holds it (not one of many at once)
+                self._held_up = True
+                opened = self._open_past_a_stall(ino)
+                if opened is not None:
+                    return opened
             self.lock.acquire()
         elif write:
             self.lock.acquire()
         try:
             self._held_up = False
-            return self._open(ctx, ino, flags, write, kill_set_id)
+            with self._handles:
+                self._opening.add(ino)
+            self._adopt_handles()  # one opened past the lock just before this: `_handle` sees it
+            try:
+                return self._open(ctx, ino, flags, write, kill_set_id)
+            finally:
+                with self._handles:
+                    self._opening.discard(ino)
         finally:
             self.lock.release()
 
@@ -443,12 +466,14 @@ class PoolOperations:
             return self._handle(ctx, f, node, flags, keep_cache=keep)
 
     def _open_past_a_stall(self, ino: int) -> Opened | None:
-        """Open a file for reading while a change holds the lock (a drive that does not answer,
-        see `_look`): a file no handle has open, on a copy the catalog as last committed names,
-        its reads coming here (which files the kernel reads itself is decided under the lock).
-        The pool learns of the handle when the lock is next taken (`_adopt_handles`); one
-        closed before that needs no lock either. None: wait for the lock after all."""
-        if ino in self._backing or self.pool.handles(ino):
+        """Open a file for reading while a change has held the lock a while (a drive that does
+        not answer, see `_look`): a file no handle has open, on a copy that is what the
+        catalog as last committed says (size and time: a change under way may have renamed
+        another file into its place on a drive, its record committed first), its reads coming
+        here (which files the kernel reads itself is decided under the lock). The pool
+        learns of the handle when the lock is next taken (`_adopt_handles`); one closed
+        before that needs no lock either. None: wait for the lock after all."""
+        if ino in self._backing or self.pool.handles(ino) or ino in self._opening:
             return None
         glance = self._glance or self._open_glance()
         try:
@@ -463,17 +488,28 @@ class PoolOperations:
             log.warning("reading the catalog past a stuck change: %s", e)
             return None
         readers = dict(self._readers)
-        for d in sorted(drives, key=lambda d: readers.get(d.id, 0)):
+        for d, size, mtime_ns in sorted(drives, key=lambda c: readers.get(c[0].id, 0)):
             try:
                 fd = d.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue  # (a copy at fault is marked so by an open under the lock)
+            st = os.fstat(fd)
+            if not stat_.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+                os.close(fd)
+                continue
             f = LiveFile(ino, path, {d.id: fd}, node.size, writable=False, single=len(drives) == 1)
             f.mappable = False
             f.direct = self.session is not None and self.session.direct_io
             with self._handles:
-                fh = next(self._next_fh)
-                self._files[fh] = self._unadopted[fh] = f
+                if ino in self._opening:  # opened under the lock meanwhile: it decides
+                    fh = 0
+                else:
+                    fh = next(self._next_fh)
+                    self._files[fh] = f
+                    self._unadopted[fh] = (f, node)
+            if not fh:
+                f.close()
+                return None
             return Opened(fh, direct=f.direct)
         return None
 
@@ -483,8 +519,8 @@ class PoolOperations:
             return
         with self._handles:
             adopted, self._unadopted = self._unadopted, {}
-        for fh, f in adopted.items():
-            self.pool.opened(f)
+        for fh, (f, node) in adopted.items():
+            self.pool.adopt(f, node)
             (d,) = f.fds
             self._readers[d] = self._readers.get(d, 0) + 1
             self._reading[fh] = d
@@ -596,11 +632,11 @@ class PoolOperations:
 
     def release(self, fh: int) -> None:
         with self._handles:
-            f = self._unadopted.pop(fh, None)
-            if f is not None:
+            unadopted = self._unadopted.pop(fh, None)
+            if unadopted is not None:
                 del self._files[fh]
-        if f is not None:  # opened past a stall and not yet adopted: nothing to record or count
-            f.finish()
+        if unadopted is not None:  # opened past a stall, not yet the pool's: nothing to record or count
+            unadopted[0].finish()
             return
         with self.lock:
             f = self._files.pop(fh, None)

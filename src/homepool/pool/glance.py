@@ -81,10 +81,11 @@ class Glance:
             out[place] = e
         return out
 
-    def copies(self, node_id: int) -> tuple[str, list[Drive]]:
-        """A file's pool path and the drives with a good copy of it, among those the pool last
-        saw present (its snapshot: looking at the drives again is for the lock holder)."""
+    def copies(self, node_id: int) -> tuple[str, list[tuple[Drive, int, int]]]:
+        """A file's pool path, and (drive, size, mtime_ns) of each good copy of it on the drives
+        the pool last saw present (its snapshot: looking at the drives is for the lock holder)."""
         cache = self._pool.drive_cache
         present = {d.id: d for d in cache[1] if d.row.state == "active"} if cache else {}
-        held = [present[r.drive_id] for r in self.cat.replicas(node_id) if r.state == "ok" and r.drive_id in present]
+        held = [(present[r.drive_id], r.size, r.mtime_ns) for r in self.cat.replicas(node_id)
+                if r.state == "ok" and r.drive_id in present]
         return self.cat.path_of(node_id), held

@@ -606,6 +606,15 @@ class LiveOps:
             f.gate = handles[0].gate
         handles.append(f)
 
+    def adopt(self, f: LiveFile, node: Node) -> None:
+        """A handle the mount opened without the lock, on `node` as the catalog had it then:
+        counted among the file's handles, and if the file was deleted meanwhile (the change
+        that held the lock), it goes on as a file deleted while open."""
+        self.opened(f)
+        if self.cat.node_or_none(f.node_id) is None:
+            self._orphans.setdefault(f.node_id, node)
+            f.unlinked = True
+
     def may_pass_through(self, f: LiveFile) -> bool:
         """Whether the kernel may do `f`'s I/O itself: only for a file with one copy (nothing to
         mirror or fall back to), and for a writer only while its drive has `passthrough_room` (the
