@@ -28,6 +28,7 @@ def test_demo_on_real_drives(capsys: pytest.CaptureFixture[str]) -> None:
     assert "ext4 drives" in out and "recovered 74 files" in out and "No problems found" in out
     assert "the note is a plain file on 2 drives" in out  # written through the mount
     assert "from the catalog, while the delete waits" in out and "has been held up since" in out
+    assert "s, while the delete waits" in out.partition("opened and read in ")[2]
     assert out.count("the same 45 plain folders") == 3  # on every drive, past PATH_MAX
     assert leftovers() == before
 

@@ -139,7 +139,8 @@ def deep_step(base: Path, mnt: Path) -> None:
 
 def held_up_step(base: Path, mnt: Path) -> None:
     """A drive that stops answering holds up the change made on it, not the folder tree: one
-    is frozen (as a hung disk would be) under a delete, and a folder is listed meanwhile."""
+    is frozen (as a hung disk would be) under a delete, and a folder is listed and a file
+    read meanwhile."""
     victim = sorted((mnt / "Documents").iterdir())[0]  # one of the library's (the note stays)
     drive = next(d for d in drives_of(base) if (d / "HomePool/Documents" / victim.name).is_file())
     out.print("\n[bold]   A drive that stops answering (a dying disk, a hung USB bridge) holds up the change "
@@ -159,6 +160,15 @@ def held_up_step(base: Path, mnt: Path) -> None:
         listing = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         out.print(listing.stdout.rstrip(), markup=False)
         out.print(f"   (answered in {time.monotonic() - began:.1f} s, from the catalog, while the delete waits)")
+        song = next(p for p in sorted((mnt / "Music").rglob("*")) if p.is_file())
+        cmd = ["wc", "-c", str(song)]
+        out.print(f"[cyan]$ {shlex.join(cmd)}[/cyan]")
+        began = time.monotonic()
+        counted = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        out.print(counted.stdout.rstrip(), markup=False)
+        if counted.returncode != 0 or int(counted.stdout.split()[0]) != song.stat().st_size:
+            raise RuntimeError(f"{song} could not be read while {drive} was frozen: {counted.stderr.strip()}")
+        out.print(f"   (opened and read in {time.monotonic() - began:.1f} s, while the delete waits)")
         deadline = time.monotonic() + 30
         while not (base / "state" / STUCK_FILE).exists() and time.monotonic() < deadline:
             time.sleep(0.1)  # the mount notices within HOMEPOOL_STUCK_AFTER seconds
