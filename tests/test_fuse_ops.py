@@ -579,13 +579,13 @@ def _opening(ops: PoolOperations, ctx: Ctx, ino: int, answers: dict[str, object]
 @pytest.mark.parametrize("hung", [0, 1])
 def test_an_open_past_a_stuck_rename_never_reads_the_file_it_replaced(dir_pool: Pool, monkeypatch: pytest.MonkeyPatch,
                                                                        hung: int) -> None:
-    """A rename over a file is recorded before its drive steps. While one of them hangs, the
-    name means the new file, but on a drive not renamed yet its path holds the replaced one:
-    an open past the stall reads the new file from a drive renamed already (`hung` 1), or
-    waits (`hung` 0: none is); never the file replaced."""
+    """A rename over a file is recorded before its drive steps. While one of them hangs (on
+    the first drive or the second), the name means the new file, but on a drive not renamed
+    yet its path holds the replaced one, here of the same size and time (`cp -p`): an open
+    of that name waits for the rename; it never reads the file replaced."""
     monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
-    dir_pool.write_bytes("Documents/data.txt", b"old" * 100)  # (Documents: two copies)
-    dir_pool.write_bytes("Documents/new.txt", b"new!" * 50)
+    dir_pool.write_bytes("Documents/data.txt", b"old!" * 50, mtime_ns=1_500_000_000_000_000_000)  # (two copies)
+    dir_pool.write_bytes("Documents/new.txt", b"new!" * 50, mtime_ns=1_500_000_000_000_000_000)
     dir_pool.go_live()
     ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
     docs = dir_pool.child(1, "Documents")
@@ -598,7 +598,7 @@ def test_an_open_past_a_stuck_rename_never_reads_the_file_it_replaced(dir_pool: 
     answers: dict[str, object] = {}
     try:
         opening = _opening(ops, ctx, new.id, answers)
-        assert opening.is_alive() == (hung == 0), answers
+        assert opening.is_alive(), answers
     finally:
         stuck.go.set()
         renaming.join(10)
@@ -635,6 +635,84 @@ def test_an_open_past_a_stuck_unlink_is_a_file_deleted_while_open(dir_pool: Pool
     ops.release(fh)
     with pytest.raises(FuseError):
         ops.getattr(ctx, song.id)
+    ops.close()
+
+
+def test_a_file_deleted_after_an_open_past_the_stall_is_stat_as_deleted(dir_pool: Pool,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unlink holding the lock records the delete, then hangs on the drive: a `stat` of
+    the file opened past it before waits for the lock (the catalog no longer has the file,
+    the pool does not know the handle yet), then says nlink 0, not "no such file"."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
+    dir_pool.go_live()
+    dir_pool.drives()
+    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    music = dir_pool.child(1, "Music")
+    song = dir_pool.lookup("Music/song.ogg")
+    assert music is not None and song is not None
+    before, after = _Stuck(), _Stuck()
+    monkeypatch.setattr(dir_pool, "drives", before.hang(dir_pool.drives))
+    monkeypatch.setattr(Drive, "unlink", after.hang(Drive.unlink))
+    unlinking = before.run(lambda: ops.unlink(ctx, music.id, b"song.ogg"))
+    answers: dict[str, object] = {}
+    try:
+        assert not _opening(ops, ctx, song.id, answers).is_alive()
+        before.go.set()
+        assert after.there.wait(10)  # recorded, and hanging on the drive
+        stat = threading.Thread(target=lambda: answers.update(stat=ops.getattr(ctx, song.id)))
+        stat.start()
+        stat.join(timeout=1)
+        assert stat.is_alive(), answers
+    finally:
+        before.go.set()
+        after.go.set()
+        unlinking.join(10)
+    stat.join(10)
+    assert answers["stat"].nlink == 0  # type: ignore[attr-defined]
+    ops.release(answers["opened"].fh)  # type: ignore[attr-defined]
+    ops.close()
+
+
+def test_a_handle_opened_past_a_stall_reads_the_file_as_it_is_once_adopted(dir_pool: Pool,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The change that held the lock may drop the copy a handle opened past it reads (a
+    folder's copies lowered, say): once the pool adopts the handle it reads a copy the file
+    has, and writes made after show in it, as in a handle opened under the lock."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    dir_pool.write_bytes("Documents/notes.txt", b"old!" * 50)  # (two copies)
+    dir_pool.go_live()
+    dir_pool.drives()
+    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    notes = dir_pool.lookup("Documents/notes.txt")
+    assert notes is not None
+    held, let_go = threading.Event(), threading.Event()
+    read_from: list[int] = []
+
+    def dropping_the_copy_read() -> None:
+        with ops.lock:
+            held.set()
+            assert let_go.wait(30)
+            read_from.extend(d for f, _ in ops._unadopted.values() for d in f.fds)
+            dir_pool._run("drop", {"path": "Documents/notes.txt", "drives": read_from, "links": []})
+
+    stuck = threading.Thread(target=dropping_the_copy_read)
+    stuck.start()
+    try:
+        assert held.wait(10)
+        opened = ops.open(ctx, notes.id, os.O_RDONLY)
+        assert ops.read(opened.fh, 0, 8) == b"old!old!"
+    finally:
+        let_go.set()
+        stuck.join(10)
+    with ops.lock:
+        assert not set(ops._files[opened.fh].fds) & set(read_from)  # on the copy left
+    writer = ops.open(ctx, notes.id, os.O_WRONLY)
+    ops.write(writer.fh, 0, memoryview(b"NEW!" * 50))
+    ops.flush(writer.fh)
+    ops.release(writer.fh)
+    assert ops.read(opened.fh, 0, 8) == b"NEW!NEW!"
+    ops.release(opened.fh)
     ops.close()
 
 

@@ -255,7 +255,7 @@ class PoolOperations:
     def _open_glance(self) -> Glance:
         with self._glance_opening:
             if self._glance is None:
-                self._glance = Glance(self.pool, self.pool.cat.path)
+                self._glance = Glance(self.pool, self.pool.cat.path, opened_past=self._opened_past)
             return self._glance
 
     def answer_timeout(self) -> float:
@@ -501,7 +501,8 @@ class PoolOperations:
             f.mappable = False
             f.direct = self.session is not None and self.session.direct_io
             with self._handles:
-                if ino in self._opening:  # opened under the lock meanwhile: it decides
+                # Being opened under the lock, or opened there meanwhile: that open decides.
+                if ino in self._opening or ino in self._backing or self.pool.handles(ino):
                     fh = 0
                 else:
                     fh = next(self._next_fh)
@@ -512,6 +513,10 @@ class PoolOperations:
                 return None
             return Opened(fh, direct=f.direct)
         return None
+
+    def _opened_past(self, ino: int) -> bool:
+        """Whether a handle opened past the lock, not yet the pool's, is on inode `ino`."""
+        return any(f.node_id == ino for f, _ in list(self._unadopted.values()))
 
     def _adopt_handles(self) -> None:
         """When the lock is taken: the handles opened past a stall join the pool's."""

@@ -13,7 +13,7 @@ raises `Unsure`, and the request waits for the lock after all.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,8 +30,9 @@ class Unsure(Exception):
 class Glance:
     """The parts of `Pool`'s reading API that `fuse.ops` uses, answered without its lock."""
 
-    def __init__(self, pool: Pool, catalog_path: Path) -> None:
+    def __init__(self, pool: Pool, catalog_path: Path, opened_past: Callable[[int], bool] = lambda _: False) -> None:
         self._pool = pool
+        self._opened_past = opened_past  # whether the mount opened a node past the lock (not yet the pool's)
         self.cat = Catalog(catalog_path, readonly=True)
         self.lock = threading.Lock()  # one connection, one request at a time (glances are rare)
 
@@ -57,6 +58,8 @@ class Glance:
             raise Unsure
         node = self.cat.node_or_none(node_id)
         if node is None:
+            if self._opened_past(node_id):
+                raise Unsure  # deleted while open: the pool learns of the handle with the lock
             raise NotFound(path=f"#{node_id}")
         if changed is not None:
             node = node.but(mtime_ns=changed, ctime_ns=max(changed, node.ctime_ns))
@@ -83,9 +86,24 @@ class Glance:
 
     def copies(self, node_id: int) -> tuple[str, list[tuple[Drive, int, int]]]:
         """A file's pool path, and (drive, size, mtime_ns) of each good copy of it on the drives
-        the pool last saw present (its snapshot: looking at the drives is for the lock holder)."""
+        the pool last saw present (its snapshot: looking at the drives is for the lock holder).
+        Unsure while a change of that path is journaled: its drive steps may be under way."""
+        path = self.cat.path_of(node_id)
+        if any(path == p or path.startswith(p + "/") for e in self.cat.journal() for p in _paths_in(e.payload)):
+            raise Unsure
         cache = self._pool.drive_cache
         present = {d.id: d for d in cache[1] if d.row.state == "active"} if cache else {}
         held = [(present[r.drive_id], r.size, r.mtime_ns) for r in self.cat.replicas(node_id)
                 if r.state == "ok" and r.drive_id in present]
-        return self.cat.path_of(node_id), held
+        return path, held
+
+
+def _paths_in(payload: dict) -> Iterator[str]:
+    """The pool paths a journal entry changes (of any kind of change)."""
+    for key in ("path", "src", "dst", "heir"):
+        if isinstance(payload.get(key), str):
+            yield payload[key]
+    yield from (p for p in payload.get("links", ()) if isinstance(p, str))
+    for f in payload.get("files", ()):
+        yield f["path"]
+        yield from f.get("links", ())

@@ -607,13 +607,33 @@ class LiveOps:
         handles.append(f)
 
     def adopt(self, f: LiveFile, node: Node) -> None:
-        """A handle the mount opened without the lock, on `node` as the catalog had it then:
-        counted among the file's handles, and if the file was deleted meanwhile (the change
-        that held the lock), it goes on as a file deleted while open."""
+        """A handle the mount opened for reading without the lock, on `node` as the catalog had
+        it then: counted among the file's handles. If the change that held the lock deleted
+        the file meanwhile, it goes on as a file deleted while open; if it dropped the copy
+        read, or put another file in its place there, the handle reads a copy of the file as
+        it is now (as one opened under the lock would: later writes show)."""
         self.opened(f)
         if self.cat.node_or_none(f.node_id) is None:
             self._orphans.setdefault(f.node_id, node)
             f.unlinked = True
+            return
+        f.path = self.path_of(f.node_id)
+        ((drive_id, fd),) = f.fds.items()
+        d = self.drives_by_id().get(drive_id)
+        try:
+            current = d is not None and any(r.drive_id == drive_id and r.state == "ok"
+                                            for r in self.cat.replicas(f.node_id)) \
+                and os.path.samestat(os.fstat(fd), d.lstat(f.path))
+        except OSError:
+            current = False
+        if not current:
+            try:
+                fd2, to = self.open_copy(f.node_id)
+            except (HomepoolError, OSError) as e:
+                log.warning("%s, opened while the pool was held up, reads the copy it had: %s", f.path, e)
+                return
+            f.retired.append(fd)
+            f.fds = {to.id: fd2}
 
     def may_pass_through(self, f: LiveFile) -> bool:
         """Whether the kernel may do `f`'s I/O itself: only for a file with one copy (nothing to
