@@ -26,7 +26,7 @@ from homepool.fuse import ops as ops_mod
 from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx, FuseError
 from homepool.loopdrives import freeze
-from homepool.pool import Pool
+from homepool.pool import LiveFile, Pool
 
 from .helpers import copies_on_disk, reader
 from .mounting import force_unmount, fuse_or_skip, mount_pool, open_copies, wait_for
@@ -569,10 +569,12 @@ class _Stuck:
         return t
 
 
-def _opening(ops: PoolOperations, ctx: Ctx, ino: int, answers: dict[str, object]) -> threading.Thread:
+def _opening(ops: PoolOperations, ctx: Ctx, ino: int, answers: dict[str, object], waits: bool) -> threading.Thread:
+    """An open for reading on a thread of its own: given time to finish (`waits`: to show that
+    it waits), then handed back."""
     t = threading.Thread(target=lambda: answers.update(opened=ops.open(ctx, ino, os.O_RDONLY)))
     t.start()
-    t.join(timeout=2)
+    t.join(timeout=1 if waits else 20)
     return t
 
 
@@ -597,7 +599,7 @@ def test_an_open_past_a_stuck_rename_never_reads_the_file_it_replaced(dir_pool: 
     renaming = stuck.run(lambda: ops.rename(ctx, docs.id, b"new.txt", docs.id, b"data.txt", 0))
     answers: dict[str, object] = {}
     try:
-        opening = _opening(ops, ctx, new.id, answers)
+        opening = _opening(ops, ctx, new.id, answers, waits=True)
         assert opening.is_alive(), answers
     finally:
         stuck.go.set()
@@ -626,7 +628,7 @@ def test_an_open_past_a_stuck_unlink_is_a_file_deleted_while_open(dir_pool: Pool
     unlinking = stuck.run(lambda: ops.unlink(ctx, music.id, b"song.ogg"))
     answers: dict[str, object] = {}
     try:
-        assert not _opening(ops, ctx, song.id, answers).is_alive()
+        assert not _opening(ops, ctx, song.id, answers, waits=False).is_alive()
     finally:
         stuck.go.set()
         unlinking.join(10)
@@ -657,7 +659,7 @@ def test_a_file_deleted_after_an_open_past_the_stall_is_stat_as_deleted(dir_pool
     unlinking = before.run(lambda: ops.unlink(ctx, music.id, b"song.ogg"))
     answers: dict[str, object] = {}
     try:
-        assert not _opening(ops, ctx, song.id, answers).is_alive()
+        assert not _opening(ops, ctx, song.id, answers, waits=False).is_alive()
         before.go.set()
         assert after.there.wait(10)  # recorded, and hanging on the drive
         stat = threading.Thread(target=lambda: answers.update(stat=ops.getattr(ctx, song.id)))
@@ -736,9 +738,9 @@ def test_a_file_being_opened_under_the_lock_is_not_opened_past_it(dir_pool: Pool
     second: dict[str, object] = {}
     third: dict[str, object] = {}
     try:
-        waiting = _opening(ops, ctx, song.id, second)
+        waiting = _opening(ops, ctx, song.id, second, waits=True)
         assert waiting.is_alive(), second
-        assert not _opening(ops, ctx, other.id, third).is_alive()
+        assert not _opening(ops, ctx, other.id, third, waits=False).is_alive()
     finally:
         stuck.go.set()
         holder.join(10)
@@ -773,13 +775,134 @@ def test_an_open_goes_past_the_lock_only_when_it_has_been_held_a_while(dir_pool:
     answers: dict[str, object] = {}
     try:
         assert taken.wait(10)
-        assert _opening(ops, ctx, song.id, answers).is_alive()
+        assert _opening(ops, ctx, song.id, answers, waits=True).is_alive()
     finally:
         let_go.set()
         changing.join(10)
     wait_for(lambda: "opened" in answers, what="the open to take the lock")
     assert ops._unadopted == {} and len(dir_pool.handles(song.id)) == 1  # opened under the lock
     ops.release(answers["opened"].fh)  # type: ignore[attr-defined]
+    ops.close()
+
+
+def _holding(ops: PoolOperations) -> tuple[threading.Thread, threading.Event]:
+    """A thread standing in for a change that holds the lock, until the event is set (it may
+    also be handed work to do under the lock first: `then`)."""
+    held, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with ops.lock:
+            held.set()
+            assert let_go.wait(30)
+            for fn in getattr(let_go, "then", ()):
+                fn()
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(10)
+    return t, let_go
+
+
+def _songs(pool: Pool, monkeypatch: pytest.MonkeyPatch, *names: str) -> tuple[PoolOperations, Ctx, list[int]]:
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    for name in names:
+        pool.write_bytes(f"Music/{name}", name.encode() * 100)
+    pool.go_live()
+    pool.drives()  # (the snapshot an open past the stall goes by; a mount has it from the start)
+    return PoolOperations(pool), Ctx(0, 0, os.getpid()), [pool.lookup(f"Music/{n}").id for n in names]  # type: ignore[union-attr]
+
+
+def test_an_open_past_a_stall_gives_way_to_one_made_under_the_lock_meanwhile(
+        dir_pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open past the stall that is slow on its drive while the stall ends and the file is
+    opened under the lock (which decides how the kernel does its I/O) is not registered past
+    the lock: it is made under the lock too."""
+    ops, ctx, (song,) = _songs(dir_pool, monkeypatch, "song.ogg")
+    stand_in, let_go = _holding(ops)
+    slow = _Stuck()
+    monkeypatch.setattr(Drive, "open", slow.hang(Drive.open))
+    answers: dict[str, object] = {}
+    past = slow.run(lambda: answers.update(past=ops.open(ctx, song, os.O_RDONLY)))  # on its drive, past the lock
+    try:
+        let_go.set()
+        stand_in.join(10)
+        under = ops.open(ctx, song, os.O_RDONLY)
+    finally:
+        slow.go.set()
+    past.join(20)
+    assert not past.is_alive() and ops._unadopted == {}, answers
+    with ops.lock:
+        assert len(dir_pool.handles(song)) == 2
+    for o in (under, answers["past"]):
+        ops.release(o.fh)  # type: ignore[attr-defined]
+    ops.close()
+
+
+def test_a_read_failing_before_the_handover_blames_the_copy_it_read(dir_pool: Pool,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read through a handle opened past a stall fails (its copy went with the change that
+    held the lock); when the read gets the lock, the handle has moved to the file's copy now:
+    the read goes on there, and that copy is not marked bad."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    dir_pool.write_bytes("Documents/notes.txt", b"old!" * 50)  # (two copies)
+    dir_pool.go_live()
+    dir_pool.drives()
+    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    notes = dir_pool.lookup("Documents/notes.txt")
+    assert notes is not None
+    stand_in, let_go = _holding(ops)
+    opened = ops.open(ctx, notes.id, os.O_RDONLY)
+    (gone,) = ops._files[opened.fh].fds
+    let_go.then = [lambda: dir_pool._run("drop", {"path": "Documents/notes.txt", "drives": [gone], "links": []})]  # type: ignore[attr-defined]
+    read, failing = LiveFile.read, [True]
+
+    def failing_once(f: LiveFile, size: int, off: int) -> bytes:
+        if failing.pop() if failing else False:
+            raise OSError(errno.EIO, "the copy went")
+        return read(f, size, off)
+
+    monkeypatch.setattr(LiveFile, "read", failing_once)
+    answers: dict[str, object] = {}
+    reading = threading.Thread(target=lambda: answers.update(data=ops.read(opened.fh, 0, 8)))
+    reading.start()
+    let_go.set()
+    stand_in.join(10)
+    reading.join(20)
+    assert answers.get("data") == b"old!old!", answers
+    assert all(r.state == "ok" for r in dir_pool.cat.replicas(notes.id))
+    ops.release(opened.fh)
+    ops.close()
+
+
+def test_a_stat_while_handles_opened_past_a_stall_are_handed_over_waits(dir_pool: Pool,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handles opened past a stall are handed to the pool one by one, each looked at on its
+    drive: a `stat` meanwhile of one deleted by the change that held the lock waits for the
+    handover, and says nlink 0 (not "no such file")."""
+    ops, ctx, (first, song) = _songs(dir_pool, monkeypatch, "a.ogg", "song.ogg")
+    music = dir_pool.child(1, "Music")
+    assert music is not None
+    stand_in, let_go = _holding(ops)
+    handles = [ops.open(ctx, ino, os.O_RDONLY) for ino in (first, song)]  # past the lock
+    let_go.then = [lambda: dir_pool.remove(music.id, "song.ogg", rmdir=False)]  # type: ignore[attr-defined]
+    let_go.set()
+    stand_in.join(10)
+    slow = _Stuck()
+    monkeypatch.setattr(Drive, "lstat", slow.hang(Drive.lstat))
+    handover = slow.run(lambda: ops.lock.acquire() and ops.lock.release())  # (first is looked at first)
+    answers: dict[str, object] = {}
+    try:
+        stat = threading.Thread(target=lambda: answers.update(stat=ops.getattr(ctx, song)))
+        stat.start()
+        stat.join(timeout=1)
+        assert stat.is_alive(), answers
+    finally:
+        slow.go.set()
+        handover.join(10)
+    stat.join(10)
+    assert answers["stat"].nlink == 0  # type: ignore[attr-defined]
+    for o in handles:
+        ops.release(o.fh)
     ops.close()
 
 

@@ -189,6 +189,7 @@ class PoolOperations:
         # the pool, with the node they were opened on; and the inodes being opened under the
         # lock, which are not opened past it. `_handles` guards both.
         self._unadopted: dict[int, tuple[LiveFile, Node]] = {}
+        self._adopting: dict[int, tuple[LiveFile, Node]] = {}  # being handed over (`_adopt_handles`)
         self._opening: set[int] = set()
         self._handles = threading.Lock()
         self._next_fh = itertools.count(1)
@@ -516,23 +517,31 @@ class PoolOperations:
 
     def _opened_past(self, ino: int) -> bool:
         """Whether a handle opened past the lock, not yet the pool's, is on inode `ino`."""
-        return any(f.node_id == ino for f, _ in list(self._unadopted.values()))
+        return any(f.node_id == ino for handles in (self._unadopted, self._adopting)
+                   for f, _ in list(handles.values()))
 
     def _adopt_handles(self) -> None:
         """When the lock is taken: the handles opened past a stall join the pool's."""
         if not self._unadopted:
             return
-        with self._handles:
-            adopted, self._unadopted = self._unadopted, {}
-        for fh, (f, node) in adopted.items():
-            self.pool.adopt(f, node)
-            (d,) = f.fds
-            self._readers[d] = self._readers.get(d, 0) + 1
-            self._reading[fh] = d
+        with self._handles:  # (a glance at one meanwhile still finds it: `_opened_past`)
+            self._adopting, self._unadopted = self._unadopted, {}
+        try:
+            for fh, (f, node) in self._adopting.items():
+                try:
+                    self.pool.adopt(f, node)
+                except Exception:  # (a handle it could not look at stays as it was opened)
+                    log.exception("taking in %s, opened while the pool was held up", f.path)
+                (d,) = f.fds
+                self._readers[d] = self._readers.get(d, 0) + 1
+                self._reading[fh] = d
+        finally:
+            self._adopting = {}
 
     def read(self, fh: int, off: int, size: int) -> bytes:
         f = self._files[fh]
         while True:
+            fds = f.fds
             try:
                 return f.read(size, off)
             except OSError as e:
@@ -540,6 +549,8 @@ class PoolOperations:
                     raise FuseError(e.errno or errno.EIO) from None
                 # This copy failed mid-read: mark it, and carry on from another copy.
                 with self.lock, _errno():
+                    if f.fds is not fds:
+                        continue  # moved to another copy meanwhile (adopted past a stall): read that
                     (drive_id, fd), = f.fds.items()
                     self.pool.copy_failed(f.node_id, self.pool.drive(drive_id), e)
                     f.failed.add(drive_id)

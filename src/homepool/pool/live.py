@@ -620,15 +620,14 @@ class LiveOps:
         f.path = self.path_of(f.node_id)
         ((drive_id, fd),) = f.fds.items()
         d = self.drives_by_id().get(drive_id)
+        held = d is not None and any(r.drive_id == drive_id and r.state == "ok" for r in self.cat.replicas(f.node_id))
         try:
-            current = d is not None and any(r.drive_id == drive_id and r.state == "ok"
-                                            for r in self.cat.replicas(f.node_id)) \
-                and os.path.samestat(os.fstat(fd), d.lstat(f.path))
+            current = held and d is not None and os.path.samestat(os.fstat(fd), d.lstat(f.path))
         except OSError:
             current = False
         if not current:
             try:
-                fd2, to = self.open_copy(f.node_id)
+                fd2, to = self.open_copy(f.node_id, exclude=frozenset() if held else frozenset({drive_id}))
             except (HomepoolError, OSError) as e:
                 log.warning("%s, opened while the pool was held up, reads the copy it had: %s", f.path, e)
                 return
