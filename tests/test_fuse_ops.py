@@ -906,6 +906,90 @@ def test_a_stat_while_handles_opened_past_a_stall_are_handed_over_waits(dir_pool
     ops.close()
 
 
+def test_an_open_past_a_stall_that_ends_meanwhile_never_reads_another_file(dir_pool: Pool,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open past the stall that is slow on its drive while the stall ends and renames land
+    (the file moved aside, another of its size and time put in its place, as `cp -p` makes):
+    the copy it opened is not the file's any more, so it opens the file under the lock."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    dir_pool.write_bytes("Documents/data.txt", b"old!" * 50, mtime_ns=1_500_000_000_000_000_000)  # (two copies)
+    dir_pool.write_bytes("Documents/new.txt", b"new!" * 50, mtime_ns=1_500_000_000_000_000_000)
+    dir_pool.go_live()
+    dir_pool.drives()
+    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    docs, data = dir_pool.child(1, "Documents"), dir_pool.lookup("Documents/data.txt")
+    assert docs is not None and data is not None
+    stand_in, let_go = _holding(ops)
+    slow = _Stuck()
+    monkeypatch.setattr(Drive, "open", slow.hang(Drive.open))
+    answers: dict[str, object] = {}
+    opening = slow.run(lambda: answers.update(opened=ops.open(ctx, data.id, os.O_RDONLY)))  # on its drive
+    try:
+        let_go.set()
+        stand_in.join(10)
+        ops.rename(ctx, docs.id, b"data.txt", docs.id, b"data.bak", 0)
+        ops.rename(ctx, docs.id, b"new.txt", docs.id, b"data.txt", 0)
+    finally:
+        slow.go.set()
+    opening.join(20)
+    fh = answers["opened"].fh  # type: ignore[attr-defined]
+    assert ops.read(fh, 0, 8) == b"old!old!"
+    ops.release(fh)
+    ops.close()
+
+
+def test_a_stat_as_a_handle_opened_past_a_stall_is_handed_over_waits(dir_pool: Pool,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `stat` past the stall of a file opened past it and deleted since, while the handle is
+    handed to the pool between the stat's look at the pool and at the catalog: it still
+    waits for the lock (then nlink 0), never "no such file"."""
+    ops, ctx, (song,) = _songs(dir_pool, monkeypatch, "song.ogg")
+    music = dir_pool.child(1, "Music")
+    assert music is not None
+    held, delete_now, hand_over, handed, let_go = (threading.Event() for _ in range(5))
+
+    def stuck_change() -> None:
+        with ops.lock:
+            held.set()
+            assert delete_now.wait(30)
+            dir_pool.remove(music.id, "song.ogg", rmdir=False)
+            assert hand_over.wait(30)
+            ops.lock.acquire()  # (taken again: the handover runs)
+            ops.lock.release()
+            handed.set()
+            assert let_go.wait(30)
+
+    stuck = threading.Thread(target=stuck_change)
+    stuck.start()
+    assert held.wait(10)
+    opened = ops.open(ctx, song, os.O_RDONLY)  # past the lock
+    delete_now.set()
+    held_in_memory = dir_pool.held_in_memory
+
+    def handed_over_meanwhile(node_id: int) -> bool:
+        answer = held_in_memory(node_id)
+        if threading.current_thread().name == "looking" and not handed.is_set():
+            hand_over.set()
+            assert handed.wait(10)
+        return answer
+
+    monkeypatch.setattr(dir_pool, "held_in_memory", handed_over_meanwhile)
+    answers: dict[str, object] = {}
+    looking = threading.Thread(target=lambda: answers.update(stat=ops.getattr(ctx, song)), name="looking")
+    try:
+        looking.start()
+        looking.join(timeout=1)
+        assert looking.is_alive(), answers
+    finally:
+        hand_over.set()
+        let_go.set()
+        stuck.join(10)
+    looking.join(10)
+    assert answers["stat"].nlink == 0  # type: ignore[attr-defined]
+    ops.release(opened.fh)
+    ops.close()
+
+
 def test_a_look_waits_while_a_closing_writer_is_recorded(dir_pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
     """In process: between the moment the last handle of a file written is let go and the
     moment the catalog has its size, a glance cannot tell (it used to answer the size from

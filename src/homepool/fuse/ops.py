@@ -494,8 +494,15 @@ class PoolOperations:
                 fd = d.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError:
                 continue  # (a copy at fault is marked so by an open under the lock)
-            st = os.fstat(fd)
-            if not stat_.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            try:
+                st = os.fstat(fd)
+                same = stat_.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+                if same:  # and still the file's: the stall may have ended, and renames landed, meanwhile
+                    with glance.lock, glance.snapshot():
+                        same = glance.still(ino, path, d.id, size, mtime_ns)
+            except (OSError, sqlite3.Error):
+                same = False
+            if not same:
                 os.close(fd)
                 continue
             f = LiveFile(ino, path, {d.id: fd}, node.size, writable=False, single=len(drives) == 1)

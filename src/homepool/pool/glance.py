@@ -54,11 +54,12 @@ class Glance:
 
     def node(self, node_id: int) -> Node:
         changed = self._pool.dir_time(node_id)
+        opened_past = self._opened_past(node_id)  # (before the pool's: a handle goes from there to the pool)
         if self._pool.held_in_memory(node_id):
             raise Unsure
         node = self.cat.node_or_none(node_id)
         if node is None:
-            if self._opened_past(node_id):
+            if opened_past:
                 raise Unsure  # deleted while open: the pool learns of the handle with the lock
             raise NotFound(path=f"#{node_id}")
         if changed is not None:
@@ -89,13 +90,26 @@ class Glance:
         the pool last saw present (its snapshot: looking at the drives is for the lock holder).
         Unsure while a change of that path is journaled: its drive steps may be under way."""
         path = self.cat.path_of(node_id)
-        if any(path == p or path.startswith(p + "/") for e in self.cat.journal() for p in _paths_in(e.payload)):
+        if self._journaled(path):
             raise Unsure
         cache = self._pool.drive_cache
         present = {d.id: d for d in cache[1] if d.row.state == "active"} if cache else {}
         held = [(present[r.drive_id], r.size, r.mtime_ns) for r in self.cat.replicas(node_id)
                 if r.state == "ok" and r.drive_id in present]
         return path, held
+
+    def still(self, node_id: int, path: str, drive_id: int, size: int, mtime_ns: int) -> bool:
+        """Whether the catalog still has the file at `path`, with that copy on that drive, and
+        no change of the path journaled: then the copy opened there meanwhile is the file's
+        (renames and drops are recorded before their drive steps)."""
+        return (self.cat.node_or_none(node_id) is not None and self.cat.path_of(node_id) == path
+                and not self._journaled(path)
+                and any((r.drive_id, r.state, r.size, r.mtime_ns) == (drive_id, "ok", size, mtime_ns)
+                        for r in self.cat.replicas(node_id)))
+
+    def _journaled(self, path: str) -> bool:
+        """Whether a journaled change (its drive steps perhaps under way) is on `path`."""
+        return any(path == p or path.startswith(p + "/") for e in self.cat.journal() for p in _paths_in(e.payload))
 
 
 def _paths_in(payload: dict) -> Iterator[str]:
