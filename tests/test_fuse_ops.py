@@ -386,6 +386,11 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
             assert done.get("opens") == {b"la" * 500}, done
             kept = done["kept"]
             assert isinstance(kept, int) and os.read(kept, 5) == b"dear ", done  # open past the thaw, below
+            # More requests waiting for the pool than the mount started threads for: it starts more.
+            writers = [run(f"writer {i}", lambda: os.open(mnt / "Users/letter.txt", os.O_WRONLY)) for i in range(10)]
+            another_look = run("another look", lambda: os.path.exists(mnt / "Music/not-yet.txt"))
+            another_look.join(timeout=20)
+            assert done.get("another look") is False and all(w.is_alive() for w in writers), done
             assert unlink.is_alive() and change.is_alive(), done  # those wait for the drive
             wait_for(lambda: (state_dir / "stuck").exists(), what="the mount to say it is held up")
             capsys.readouterr()
@@ -401,6 +406,9 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
         assert done["unlink"] is None and done["mkdir"] is None, done
         assert os.read(kept, 10_000) == b"dear " * 999  # a handle opened during the stall, now the pool's
         os.close(kept)
+        for i, w in enumerate(writers):
+            w.join(timeout=20)
+            os.close(done[f"writer {i}"])  # type: ignore[arg-type]
         wait_for(lambda: not (state_dir / "stuck").exists(), what="the mount to say it answers again")
         assert os.listdir(mnt / "Photos") == ["new"]
         log = (tmp_path / "mnt.log").read_text()  # (each "held" has its "answers again": a busy machine may add some)

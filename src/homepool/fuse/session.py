@@ -5,8 +5,9 @@ hand the kernel a member drive's file (FUSE passthrough, Linux >= 6.9), so reads
 writes never reach this process; and a pool of plain threads, each reading a request, running
 it and replying, costs far less per request than an event loop that hands work to threads.
 
-The threads are libfuse's multi-threaded loop: any of them may take the next request, a slow
-drive holds only the threads waiting on it, and blocking I/O never stalls the others. The
+The threads are libfuse's multi-threaded loop: any of them may take the next request, and
+when every one is busy one more starts (up to MAX_THREADS), so a slow drive holds only the
+threads waiting on it, and blocking I/O never stalls the others. The
 operations object (`ops.PoolOperations`) does the work and decides; this module only parses,
 packs and calls. Interrupts are not honoured (each request finishes). Inode numbers are
 catalog node ids, which live as long as the node; FORGET only tells which inodes the kernel
@@ -36,7 +37,8 @@ log = logging.getLogger(__name__)
 
 MAX_WRITE = 1 << 20  # bytes per READ/WRITE request (BASELINE.md: 1 MiB requests pay off)
 BUFSIZE = MAX_WRITE + 64 * 1024  # a request's header, its fixed part and 1 MiB of data
-THREADS = 8
+THREADS = 8  # reading requests from the start
+MAX_THREADS = 64  # when every one is busy (waiting on a hung drive, say), one more starts, up to this
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
 
 
@@ -114,6 +116,8 @@ class Session:
         self.served: Counter[int] = Counter()  # requests by opcode (for the log: what reached us)
         self.busy: Counter[int] = Counter()  # nanoseconds spent answering them, by opcode
         self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting for a request (changed under the GIL: `_serve`)
+        self._starting = threading.Lock()
         self._handlers: dict[int, Callable[[Ctx, int, memoryview], Any]] = {
             p.Op.LOOKUP: self._lookup, p.Op.GETATTR: self._getattr, p.Op.SETATTR: self._setattr,
             p.Op.READLINK: self._readlink, p.Op.SYMLINK: self._symlink, p.Op.MKNOD: self._mknod,
@@ -141,10 +145,19 @@ class Session:
                 os.close(self.fd)
             self.fd = _fusermount(self.mountpoint, f"fsname={self.fsname},subtype={self.fsname},nosuid,nodev,{opts}")
         self._init()
-        for i in range(THREADS):
-            t = threading.Thread(target=self._serve, name=f"fuse-{i}", daemon=True)
-            t.start()
+        for _ in range(THREADS):
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        with self._starting:
+            if len(self._threads) >= MAX_THREADS:
+                return
+            t = threading.Thread(target=self._serve, name=f"fuse-{len(self._threads)}", daemon=True)
             self._threads.append(t)
+            self._idle += 1
+        t.start()
+        if len(self._threads) > THREADS:
+            log.info("%d threads answer requests now (the others are busy)", len(self._threads))
 
     def stop(self) -> None:
         """Unmount (lazily: programs with files open keep them until they close)."""
@@ -205,35 +218,48 @@ class Session:
                 if e.errno != errno.ENODEV:
                     log.error("reading /dev/fuse: %s", e)
                 break  # ENODEV: unmounted
-            _, opcode, unique, nodeid, uid, gid, pid, extlen, _ = p.IN_HEADER.unpack_from(buf)
-            body = view[p.IN_HEADER.size:n]
-            self.served[opcode] += 1
-            handler = self._handlers.get(opcode)
-            if handler is None:
-                if opcode in (p.Op.FORGET, p.Op.BATCH_FORGET):
-                    self._forgotten(opcode, nodeid, body)
-                    continue  # no reply expected
-                if opcode == p.Op.INTERRUPT:
-                    continue
-                if opcode == p.Op.DESTROY:
-                    self._reply(unique, 0)
-                    break
-                self._reply(unique, -errno.ENOSYS)
-                continue
-            started = time.perf_counter_ns()
-            self._given.inodes = []
+            with self._starting:
+                self._idle -= 1
+                none_left = self._idle <= 0
+            if none_left:  # nobody to read the next request (as libfuse's loop, which starts one more)
+                self._start_thread()
             try:
-                out = handler(Ctx(uid, gid, pid), nodeid, body)
-            except FuseError as e:
-                self._reply(unique, -e.errno)
-            except Exception:  # a bug costs one request, never the mount
-                log.exception("internal error in FUSE request %d", opcode)
-                self._reply(unique, -errno.EIO)
-            else:
-                if not self._reply(unique, 0, out) and self._given.inodes:
-                    self._drop_held((ino, 1) for ino in self._given.inodes)  # the kernel did not get them
-            self.busy[opcode] += time.perf_counter_ns() - started
+                if not self._answer(buf, view, n):
+                    break
+            finally:
+                with self._starting:
+                    self._idle += 1
         self.done.set()
+
+    def _answer(self, buf: bytearray, view: memoryview, n: int) -> bool:
+        """Answer one request read into `buf`; False when the kernel ends the connection."""
+        _, opcode, unique, nodeid, uid, gid, pid, extlen, _ = p.IN_HEADER.unpack_from(buf)
+        body = view[p.IN_HEADER.size:n]
+        self.served[opcode] += 1
+        handler = self._handlers.get(opcode)
+        if handler is None:
+            if opcode in (p.Op.FORGET, p.Op.BATCH_FORGET):
+                self._forgotten(opcode, nodeid, body)  # no reply expected
+            elif opcode == p.Op.DESTROY:
+                self._reply(unique, 0)
+                return False
+            elif opcode != p.Op.INTERRUPT:
+                self._reply(unique, -errno.ENOSYS)
+            return True
+        started = time.perf_counter_ns()
+        self._given.inodes = []
+        try:
+            out = handler(Ctx(uid, gid, pid), nodeid, body)
+        except FuseError as e:
+            self._reply(unique, -e.errno)
+        except Exception:  # a bug costs one request, never the mount
+            log.exception("internal error in FUSE request %d", opcode)
+            self._reply(unique, -errno.EIO)
+        else:
+            if not self._reply(unique, 0, out) and self._given.inodes:
+                self._drop_held((ino, 1) for ino in self._given.inodes)  # the kernel did not get them
+        self.busy[opcode] += time.perf_counter_ns() - started
+        return True
 
     def _reply(self, unique: int, error: int, payload: bytes | memoryview | None = None) -> bool:
         """Answer a request; False if the kernel did not take the answer."""
