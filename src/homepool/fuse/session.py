@@ -116,7 +116,7 @@ class Session:
         self.served: Counter[int] = Counter()  # requests by opcode (for the log: what reached us)
         self.busy: Counter[int] = Counter()  # nanoseconds spent answering them, by opcode
         self._threads: list[threading.Thread] = []
-        self._idle = 0  # threads waiting for a request (changed under the GIL: `_serve`)
+        self._idle = 0  # threads waiting for a request (counted under `_starting`)
         self._starting = threading.Lock()
         self._handlers: dict[int, Callable[[Ctx, int, memoryview], Any]] = {
             p.Op.LOOKUP: self._lookup, p.Op.GETATTR: self._getattr, p.Op.SETATTR: self._setattr,
