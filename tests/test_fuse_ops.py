@@ -23,6 +23,7 @@ from homepool import mount as mount_mod
 from homepool.cli import main
 from homepool.drives import Drive
 from homepool.fuse import ops as ops_mod
+from homepool.fuse import session as session_mod
 from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx, FuseError
 from homepool.loopdrives import freeze
@@ -365,6 +366,8 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
             t.start()
             return t
 
+        tasks = lambda: len(os.listdir(f"/proc/{proc.pid}/task"))  # noqa: E731
+        before = tasks()
         freeze(a, True)
         try:
             unlink = run("unlink", lambda: os.unlink(mnt / "Documents/old.txt"))
@@ -391,6 +394,7 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
             another_look = run("another look", lambda: os.path.exists(mnt / "Music/not-yet.txt"))
             another_look.join(timeout=20)
             assert done.get("another look") is False and all(w.is_alive() for w in writers), done
+            assert tasks() >= before + 12 - session_mod.THREADS  # twelve requests wait: more threads read
             assert unlink.is_alive() and change.is_alive(), done  # those wait for the drive
             wait_for(lambda: (state_dir / "stuck").exists(), what="the mount to say it is held up")
             capsys.readouterr()
@@ -409,6 +413,7 @@ def test_a_hung_drive_holds_up_changes_but_not_lookups_listings_or_reads(state_d
         for i, w in enumerate(writers):
             w.join(timeout=20)
             os.close(done[f"writer {i}"])  # type: ignore[arg-type]
+        wait_for(lambda: tasks() <= before + 1, what="the request threads started meanwhile to end")
         wait_for(lambda: not (state_dir / "stuck").exists(), what="the mount to say it answers again")
         assert os.listdir(mnt / "Photos") == ["new"]
         log = (tmp_path / "mnt.log").read_text()  # (each "held" has its "answers again": a busy machine may add some)

@@ -118,6 +118,7 @@ class Session:
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting for a request (counted under `_starting`)
         self._starting = threading.Lock()
+        self._at_most = False  # MAX_THREADS were busy at once (said once in the log)
         self._handlers: dict[int, Callable[[Ctx, int, memoryview], Any]] = {
             p.Op.LOOKUP: self._lookup, p.Op.GETATTR: self._getattr, p.Op.SETATTR: self._setattr,
             p.Op.READLINK: self._readlink, p.Op.SYMLINK: self._symlink, p.Op.MKNOD: self._mknod,
@@ -151,13 +152,21 @@ class Session:
     def _start_thread(self) -> None:
         with self._starting:
             if len(self._threads) >= MAX_THREADS:
+                if not self._at_most:
+                    self._at_most = True
+                    log.warning("all %d request threads are busy (a drive that does not answer?): requests wait",
+                                MAX_THREADS)
                 return
             t = threading.Thread(target=self._serve, name=f"fuse-{len(self._threads)}", daemon=True)
             self._threads.append(t)
             self._idle += 1
-        t.start()
-        if len(self._threads) > THREADS:
-            log.info("%d threads answer requests now (the others are busy)", len(self._threads))
+        try:
+            t.start()
+        except RuntimeError as e:  # (a limit on threads): the ones there go on
+            log.warning("could not start another request thread: %s", e)
+            with self._starting:
+                self._threads.remove(t)
+                self._idle -= 1
 
     def stop(self) -> None:
         """Unmount (lazily: programs with files open keep them until they close)."""
@@ -207,29 +216,40 @@ class Session:
     # -- the loop ------------------------------------------------------------------------
 
     def _serve(self) -> None:
+        """Read, answer, loop. A thread that finds more than THREADS others idle after its
+        answer ends (a burst, or a stall, is over), as libfuse's max_idle does."""
         buf = bytearray(BUFSIZE)
         view = memoryview(buf)
-        while True:
-            try:
-                n = os.readv(self.fd, [buf])
-            except OSError as e:
-                if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
-                    continue  # a signal, or a request interrupted before we read it
-                if e.errno != errno.ENODEV:
-                    log.error("reading /dev/fuse: %s", e)
-                break  # ENODEV: unmounted
-            with self._starting:
-                self._idle -= 1
-                none_left = self._idle <= 0
-            if none_left:  # nobody to read the next request (as libfuse's loop, which starts one more)
-                self._start_thread()
-            try:
-                if not self._answer(buf, view, n):
-                    break
-            finally:
+        try:
+            while True:
+                try:
+                    n = os.readv(self.fd, [buf])
+                except OSError as e:
+                    if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                        continue  # a signal, or a request interrupted before we read it
+                    if e.errno != errno.ENODEV:
+                        log.error("reading /dev/fuse: %s", e)
+                    self.done.set()  # ENODEV: unmounted
+                    return
                 with self._starting:
-                    self._idle += 1
-        self.done.set()
+                    self._idle -= 1
+                    none_left = self._idle <= 0
+                if none_left:  # nobody to read the next request (as libfuse's loop, which starts one more)
+                    self._start_thread()
+                try:
+                    if not self._answer(buf, view, n):
+                        self.done.set()
+                        return
+                finally:
+                    with self._starting:
+                        self._idle += 1
+                        spare = self._idle > THREADS
+                if spare:
+                    return
+        finally:
+            with self._starting:  # (counted idle when it ends)
+                self._idle -= 1
+                self._threads.remove(threading.current_thread())
 
     def _answer(self, buf: bytearray, view: memoryview, n: int) -> bool:
         """Answer one request read into `buf`; False when the kernel ends the connection."""
