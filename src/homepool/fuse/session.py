@@ -39,6 +39,7 @@ MAX_WRITE = 1 << 20  # bytes per READ/WRITE request (BASELINE.md: 1 MiB requests
 BUFSIZE = MAX_WRITE + 64 * 1024  # a request's header, its fixed part and 1 MiB of data
 THREADS = 8  # reading requests from the start
 MAX_THREADS = 64  # when every one is busy (waiting on a hung drive, say), one more starts, up to this
+SPARE_THREADS = 2 * THREADS  # a thread that finds more idle after its answer ends (not at once: starting costs)
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
 
 
@@ -216,8 +217,8 @@ class Session:
     # -- the loop ------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        """Read, answer, loop. A thread that finds more than THREADS others idle after its
-        answer ends (a burst, or a stall, is over), as libfuse's max_idle does."""
+        """Read, answer, loop. A thread that finds more than SPARE_THREADS idle after its
+        answer ends (a stall, or a burst, is over), as libfuse's max_idle does."""
         buf = bytearray(BUFSIZE)
         view = memoryview(buf)
         try:
@@ -243,7 +244,7 @@ class Session:
                 finally:
                     with self._starting:
                         self._idle += 1
-                        spare = self._idle > THREADS
+                        spare = self._idle > SPARE_THREADS
                 if spare:
                     return
         finally:
