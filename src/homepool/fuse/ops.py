@@ -468,12 +468,14 @@ class PoolOperations:
 
     def _open_past_a_stall(self, ino: int) -> Opened | None:
         """Open a file for reading while a change has held the lock a while (a drive that does
-        not answer, see `_look`): a file no handle has open, on a copy that is what the
-        catalog as last committed says (size and time: a change under way may have renamed
-        another file into its place on a drive, its record committed first), its reads coming
-        here (which files the kernel reads itself is decided under the lock). The pool
-        learns of the handle when the lock is next taken (`_adopt_handles`); one closed
-        before that needs no lock either. None: wait for the lock after all."""
+        not answer, see `_look`): a file no handle has open and none is opening under the
+        lock, on a copy that is what the catalog as last committed says, and says again once
+        the drive has opened it (size and time, and no journaled change on its path: a
+        rename is recorded before its drive steps, so a drive not renamed yet may have
+        another file there). Its reads come here (which files the kernel reads itself is
+        decided under the lock). The pool learns of the handle when the lock is next taken
+        (`_adopt_handles`); one closed before that needs no lock either. None: wait for the
+        lock after all."""
         if ino in self._backing or self.pool.handles(ino) or ino in self._opening:
             return None
         glance = self._glance or self._open_glance()
