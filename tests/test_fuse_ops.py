@@ -433,14 +433,44 @@ def _waits_for_a_frozen_drive(pid: int) -> bool:
     return False
 
 
+def _live_ops(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> tuple[PoolOperations, Ctx]:
+    """In process, looks and opens that wait 0.2 s for the lock: the mount's operations on
+    `pool`, and a request's context."""
+    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    pool.go_live()
+    pool.drives()  # (the snapshot an open past the stall goes by; a mount has it from the start)
+    return PoolOperations(pool), Ctx(0, 0, os.getpid())
+
+
+class _Holder:
+    """A thread standing in for a change that holds the lock (a drive under it does not
+    answer), until `go`, which may hand it work to do under the lock first."""
+
+    def __init__(self, ops: PoolOperations) -> None:
+        self._held, self._go = threading.Event(), threading.Event()
+        self._then: tuple[Callable[[], object], ...] = ()
+        self.thread = threading.Thread(target=self._hold, args=(ops,))
+        self.thread.start()
+        assert self._held.wait(10)
+
+    def _hold(self, ops: PoolOperations) -> None:
+        with ops.lock:
+            self._held.set()
+            assert self._go.wait(30)
+            for fn in self._then:
+                fn()
+
+    def go(self, *then: Callable[[], object]) -> None:
+        self._then = then
+        self._go.set()
+        self.thread.join(10)
+
+
 def _writing_new_bin_in_music(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> tuple:
     """In process, looks that wait 0.2 s for the lock: the mount's operations, a request's
     context, the folder Music, and Music/new.bin (attributes, handle) with 5,000 bytes written
     through its open handle (the catalog still says 0)."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
-    pool.go_live()
-    ops = PoolOperations(pool)
-    ctx = Ctx(0, 0, os.getpid())
+    ops, ctx = _live_ops(pool, monkeypatch)
     music = pool.child(1, "Music")
     assert music is not None
     new, opened = ops.create(ctx, music.id, b"new.bin", 0o644, os.O_RDWR)
@@ -457,18 +487,9 @@ def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, mon
     ops, ctx, music, new, opened = _writing_new_bin_in_music(dir_pool, monkeypatch)
     monkeypatch.setattr(ops_mod, "STATFS_TTL", 0.0)  # (asked again each time: from the pool if it can)
     space = ops.statfs(ctx)
-    held, let_go = threading.Event(), threading.Event()
-
-    def stuck_change() -> None:
-        with ops.lock:
-            held.set()
-            let_go.wait(30)
-
-    stuck = threading.Thread(target=stuck_change)
-    stuck.start()
+    stuck = _Holder(ops)
     answers: dict[str, object] = {}
     try:
-        assert held.wait(10)
         song = ops.lookup(ctx, music.id, b"song.ogg")
         assert song is not None and song.size == 1000
         assert ops.answer_timeout() == ops_mod.GLANCE_TIMEOUT
@@ -502,8 +523,7 @@ def test_a_look_past_a_stuck_change_reads_what_was_committed(dir_pool: Pool, mon
         waiting.join(timeout=1)
         assert waiting.is_alive(), answers  # only the lock can tell
     finally:
-        let_go.set()
-        stuck.join()
+        stuck.go()
     waiting.join(timeout=10)
     assert answers["new"].size == 5000 and answers["timeout"] == ops_mod.ATTR_TIMEOUT, answers  # type: ignore[attr-defined]
     ops.release(opened.fh)
@@ -521,18 +541,9 @@ def test_an_open_past_a_stuck_change_joins_the_pool_when_the_lock_is_free(dir_po
     ops, ctx, music, new, opened = _writing_new_bin_in_music(dir_pool, monkeypatch)
     song = dir_pool.child(music.id, "song.ogg")
     assert song is not None
-    held, let_go = threading.Event(), threading.Event()
-
-    def stuck_change() -> None:
-        with ops.lock:
-            held.set()
-            let_go.wait(30)
-
-    stuck = threading.Thread(target=stuck_change)
-    stuck.start()
+    stuck = _Holder(ops)
     answers: dict[str, object] = {}
     try:
-        assert held.wait(10)
         quick = ops.open(ctx, song.id, os.O_RDONLY)
         assert ops.read(quick.fh, 0, 10) == b"la" * 5
         ops.release(quick.fh)  # before the lock is free: nothing waits
@@ -547,8 +558,7 @@ def test_an_open_past_a_stuck_change_joins_the_pool_when_the_lock_is_free(dir_po
             t.join(timeout=1)
             assert t.is_alive(), answers  # only the lock can tell
     finally:
-        let_go.set()
-        stuck.join()
+        stuck.go()
     for t in waiting:
         t.join(timeout=10)
     with ops.lock:
@@ -599,11 +609,9 @@ def test_an_open_past_a_stuck_rename_never_reads_the_file_it_replaced(dir_pool: 
     the first drive or the second), the name means the new file, but on a drive not renamed
     yet its path holds the replaced one, here of the same size and time (`cp -p`): an open
     of that name waits for the rename; it never reads the file replaced."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
     dir_pool.write_bytes("Documents/data.txt", b"old!" * 50, mtime_ns=1_500_000_000_000_000_000)  # (two copies)
     dir_pool.write_bytes("Documents/new.txt", b"new!" * 50, mtime_ns=1_500_000_000_000_000_000)
-    dir_pool.go_live()
-    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    ops, ctx = _live_ops(dir_pool, monkeypatch)
     docs = dir_pool.child(1, "Documents")
     new = dir_pool.child(docs.id, "new.txt")
     assert docs is not None and new is not None
@@ -629,28 +637,25 @@ def test_an_open_past_a_stuck_unlink_is_a_file_deleted_while_open(dir_pool: Pool
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """An unlink that hangs before its record: the file opened past it meanwhile is, once
     the unlink is done, what a file deleted while open is (readable, nlink 0)."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
     dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
-    dir_pool.go_live()
-    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
-    music = dir_pool.child(1, "Music")
-    song = dir_pool.child(music.id, "song.ogg")  # type: ignore[union-attr]
-    assert music is not None and song is not None
-    dir_pool.drives()  # (the snapshot an open past the stall goes by; a mount has it from the start)
+    ops, ctx = _live_ops(dir_pool, monkeypatch)
+    music, found = dir_pool.child(1, "Music"), dir_pool.lookup("Music/song.ogg")
+    assert music is not None and found is not None
+    song = found.id
     stuck = _Stuck()
     monkeypatch.setattr(dir_pool, "drives", stuck.hang(dir_pool.drives))
     unlinking = stuck.run(lambda: ops.unlink(ctx, music.id, b"song.ogg"))
     answers: dict[str, object] = {}
     try:
-        assert not _opening(ops, ctx, song.id, answers, waits=False).is_alive()
+        assert not _opening(ops, ctx, song, answers, waits=False).is_alive()
     finally:
         stuck.go.set()
         unlinking.join(10)
     fh = answers["opened"].fh  # type: ignore[attr-defined]
-    assert ops.getattr(ctx, song.id).nlink == 0 and ops.read(fh, 0, 10) == b"la" * 5
+    assert ops.getattr(ctx, song).nlink == 0 and ops.read(fh, 0, 10) == b"la" * 5
     ops.release(fh)
     with pytest.raises(FuseError):
-        ops.getattr(ctx, song.id)
+        ops.getattr(ctx, song)
     ops.close()
 
 
@@ -659,24 +664,19 @@ def test_a_file_deleted_after_an_open_past_the_stall_is_stat_as_deleted(dir_pool
     """The unlink holding the lock records the delete, then hangs on the drive: a `stat` of
     the file opened past it before waits for the lock (the catalog no longer has the file,
     the pool does not know the handle yet), then says nlink 0, not "no such file"."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
-    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
-    dir_pool.go_live()
-    dir_pool.drives()
-    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    ops, ctx, (song,) = _songs(dir_pool, monkeypatch, "song.ogg")
     music = dir_pool.child(1, "Music")
-    song = dir_pool.lookup("Music/song.ogg")
-    assert music is not None and song is not None
+    assert music is not None
     before, after = _Stuck(), _Stuck()
     monkeypatch.setattr(dir_pool, "drives", before.hang(dir_pool.drives))
     monkeypatch.setattr(Drive, "unlink", after.hang(Drive.unlink))
     unlinking = before.run(lambda: ops.unlink(ctx, music.id, b"song.ogg"))
     answers: dict[str, object] = {}
     try:
-        assert not _opening(ops, ctx, song.id, answers, waits=False).is_alive()
+        assert not _opening(ops, ctx, song, answers, waits=False).is_alive()
         before.go.set()
         assert after.there.wait(10)  # recorded, and hanging on the drive
-        stat = threading.Thread(target=lambda: answers.update(stat=ops.getattr(ctx, song.id)))
+        stat = threading.Thread(target=lambda: answers.update(stat=ops.getattr(ctx, song)))
         stat.start()
         stat.join(timeout=1)
         assert stat.is_alive(), answers
@@ -695,32 +695,22 @@ def test_a_handle_opened_past_a_stall_reads_the_file_as_it_is_once_adopted(dir_p
     """The change that held the lock may drop the copy a handle opened past it reads (a
     folder's copies lowered, say): once the pool adopts the handle it reads a copy the file
     has, and writes made after show in it, as in a handle opened under the lock."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
     dir_pool.write_bytes("Documents/notes.txt", b"old!" * 50)  # (two copies)
-    dir_pool.go_live()
-    dir_pool.drives()
-    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    ops, ctx = _live_ops(dir_pool, monkeypatch)
     notes = dir_pool.lookup("Documents/notes.txt")
     assert notes is not None
-    held, let_go = threading.Event(), threading.Event()
     read_from: list[int] = []
 
-    def dropping_the_copy_read() -> None:
-        with ops.lock:
-            held.set()
-            assert let_go.wait(30)
-            read_from.extend(d for f, _ in ops._unadopted.values() for d in f.fds)
-            dir_pool._run("drop", {"path": "Documents/notes.txt", "drives": read_from, "links": []})
+    def drop_the_copy_read() -> None:
+        read_from.extend(d for f, _ in ops._unadopted.values() for d in f.fds)
+        dir_pool._run("drop", {"path": "Documents/notes.txt", "drives": read_from, "links": []})
 
-    stuck = threading.Thread(target=dropping_the_copy_read)
-    stuck.start()
+    stuck = _Holder(ops)
     try:
-        assert held.wait(10)
         opened = ops.open(ctx, notes.id, os.O_RDONLY)
         assert ops.read(opened.fh, 0, 8) == b"old!old!"
     finally:
-        let_go.set()
-        stuck.join(10)
+        stuck.go(drop_the_copy_read)
     with ops.lock:
         assert not set(ops._files[opened.fh].fds) & set(read_from)  # on the copy left
     writer = ops.open(ctx, notes.id, os.O_WRONLY)
@@ -736,25 +726,17 @@ def test_a_file_being_opened_under_the_lock_is_not_opened_past_it(dir_pool: Pool
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """An open that hangs under the lock decides how the kernel does the file's I/O (say,
     passed through): another open of that file waits for it, while other files open."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
-    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
-    dir_pool.write_bytes("Music/other.ogg", b"lo" * 500)
-    dir_pool.go_live()
-    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
-    music = dir_pool.child(1, "Music")
-    song, other = dir_pool.child(music.id, "song.ogg"), dir_pool.child(music.id, "other.ogg")  # type: ignore[union-attr]
-    assert song is not None and other is not None
-    dir_pool.drives()  # (the snapshot an open past the stall goes by)
+    ops, ctx, (song, other) = _songs(dir_pool, monkeypatch, "song.ogg", "other.ogg")
     stuck = _Stuck()
     monkeypatch.setattr(dir_pool, "open_file", stuck.hang(dir_pool.open_file))
     first: dict[str, object] = {}
-    holder = stuck.run(lambda: first.update(opened=ops.open(ctx, song.id, os.O_RDONLY)))
+    holder = stuck.run(lambda: first.update(opened=ops.open(ctx, song, os.O_RDONLY)))
     second: dict[str, object] = {}
     third: dict[str, object] = {}
     try:
-        waiting = _opening(ops, ctx, song.id, second, waits=True)
+        waiting = _opening(ops, ctx, song, second, waits=True)
         assert waiting.is_alive(), second
-        assert not _opening(ops, ctx, other.id, third, waits=False).is_alive()
+        assert not _opening(ops, ctx, other, third, waits=False).is_alive()
     finally:
         stuck.go.set()
         holder.join(10)
@@ -769,61 +751,27 @@ def test_an_open_goes_past_the_lock_only_when_it_has_been_held_a_while(dir_pool:
     """After a stall, looks do not wait until one finds the lock free; an open still goes
     past the lock only when its holder has had it LOOK_WAIT (a change that hangs), not when
     a change is merely under way: that one it waits for."""
+    ops, ctx, (song,) = _songs(dir_pool, monkeypatch, "song.ogg")
     monkeypatch.setattr(ops_mod, "LOOK_WAIT", 30)
-    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
-    dir_pool.go_live()
-    dir_pool.drives()
-    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
-    song = dir_pool.lookup("Music/song.ogg")
-    assert song is not None
     ops._held_up = True  # a look waited in vain before
-    taken, let_go = threading.Event(), threading.Event()
-
-    def change_under_way() -> None:
-        with ops.lock:
-            taken.set()
-            let_go.wait(30)
-
-    changing = threading.Thread(target=change_under_way)
-    changing.start()
+    changing = _Holder(ops)
     answers: dict[str, object] = {}
     try:
-        assert taken.wait(10)
-        assert _opening(ops, ctx, song.id, answers, waits=True).is_alive()
+        assert _opening(ops, ctx, song, answers, waits=True).is_alive()
     finally:
-        let_go.set()
-        changing.join(10)
+        changing.go()
     wait_for(lambda: "opened" in answers, what="the open to take the lock")
-    assert ops._unadopted == {} and len(dir_pool.handles(song.id)) == 1  # opened under the lock
+    assert ops._unadopted == {} and len(dir_pool.handles(song)) == 1  # opened under the lock
     ops.release(answers["opened"].fh)  # type: ignore[attr-defined]
     ops.close()
 
 
-def _holding(ops: PoolOperations) -> tuple[threading.Thread, threading.Event]:
-    """A thread standing in for a change that holds the lock, until the event is set (it may
-    also be handed work to do under the lock first: `then`)."""
-    held, let_go = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with ops.lock:
-            held.set()
-            assert let_go.wait(30)
-            for fn in getattr(let_go, "then", ()):
-                fn()
-
-    t = threading.Thread(target=hold)
-    t.start()
-    assert held.wait(10)
-    return t, let_go
-
-
 def _songs(pool: Pool, monkeypatch: pytest.MonkeyPatch, *names: str) -> tuple[PoolOperations, Ctx, list[int]]:
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
+    """`_live_ops`, with these files in Music (their ids)."""
     for name in names:
         pool.write_bytes(f"Music/{name}", name.encode() * 100)
-    pool.go_live()
-    pool.drives()  # (the snapshot an open past the stall goes by; a mount has it from the start)
-    return PoolOperations(pool), Ctx(0, 0, os.getpid()), [pool.lookup(f"Music/{n}").id for n in names]  # type: ignore[union-attr]
+    ops, ctx = _live_ops(pool, monkeypatch)
+    return ops, ctx, [pool.lookup(f"Music/{n}").id for n in names]  # type: ignore[union-attr]
 
 
 def test_an_open_past_a_stall_gives_way_to_one_made_under_the_lock_meanwhile(
@@ -832,14 +780,13 @@ def test_an_open_past_a_stall_gives_way_to_one_made_under_the_lock_meanwhile(
     opened under the lock (which decides how the kernel does its I/O) is not registered past
     the lock: it is made under the lock too."""
     ops, ctx, (song,) = _songs(dir_pool, monkeypatch, "song.ogg")
-    stand_in, let_go = _holding(ops)
+    stand_in = _Holder(ops)
     slow = _Stuck()
     monkeypatch.setattr(Drive, "open", slow.hang(Drive.open))
     answers: dict[str, object] = {}
     past = slow.run(lambda: answers.update(past=ops.open(ctx, song, os.O_RDONLY)))  # on its drive, past the lock
     try:
-        let_go.set()
-        stand_in.join(10)
+        stand_in.go()
         under = ops.open(ctx, song, os.O_RDONLY)
     finally:
         slow.go.set()
@@ -857,17 +804,13 @@ def test_a_read_failing_before_the_handover_blames_the_copy_it_read(dir_pool: Po
     """A read through a handle opened past a stall fails (its copy went with the change that
     held the lock); when the read gets the lock, the handle has moved to the file's copy now:
     the read goes on there, and that copy is not marked bad."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
     dir_pool.write_bytes("Documents/notes.txt", b"old!" * 50)  # (two copies)
-    dir_pool.go_live()
-    dir_pool.drives()
-    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    ops, ctx = _live_ops(dir_pool, monkeypatch)
     notes = dir_pool.lookup("Documents/notes.txt")
     assert notes is not None
-    stand_in, let_go = _holding(ops)
+    stand_in = _Holder(ops)
     opened = ops.open(ctx, notes.id, os.O_RDONLY)
     (gone,) = ops._files[opened.fh].fds
-    let_go.then = [lambda: dir_pool._run("drop", {"path": "Documents/notes.txt", "drives": [gone], "links": []})]  # type: ignore[attr-defined]
     read, failing = LiveFile.read, [True]
 
     def failing_once(f: LiveFile, size: int, off: int) -> bytes:
@@ -879,8 +822,7 @@ def test_a_read_failing_before_the_handover_blames_the_copy_it_read(dir_pool: Po
     answers: dict[str, object] = {}
     reading = threading.Thread(target=lambda: answers.update(data=ops.read(opened.fh, 0, 8)))
     reading.start()
-    let_go.set()
-    stand_in.join(10)
+    stand_in.go(lambda: dir_pool._run("drop", {"path": "Documents/notes.txt", "drives": [gone], "links": []}))
     reading.join(20)
     assert answers.get("data") == b"old!old!", answers
     assert all(r.state == "ok" for r in dir_pool.cat.replicas(notes.id))
@@ -896,11 +838,9 @@ def test_a_stat_while_handles_opened_past_a_stall_are_handed_over_waits(dir_pool
     ops, ctx, (first, song) = _songs(dir_pool, monkeypatch, "a.ogg", "song.ogg")
     music = dir_pool.child(1, "Music")
     assert music is not None
-    stand_in, let_go = _holding(ops)
+    stand_in = _Holder(ops)
     handles = [ops.open(ctx, ino, os.O_RDONLY) for ino in (first, song)]  # past the lock
-    let_go.then = [lambda: dir_pool.remove(music.id, "song.ogg", rmdir=False)]  # type: ignore[attr-defined]
-    let_go.set()
-    stand_in.join(10)
+    stand_in.go(lambda: dir_pool.remove(music.id, "song.ogg", rmdir=False))
     slow = _Stuck()
     monkeypatch.setattr(Drive, "lstat", slow.hang(Drive.lstat))
     handover = slow.run(lambda: ops.lock.acquire() and ops.lock.release())  # (first is looked at first)
@@ -925,22 +865,18 @@ def test_an_open_past_a_stall_that_ends_meanwhile_never_reads_another_file(dir_p
     """An open past the stall that is slow on its drive while the stall ends and renames land
     (the file moved aside, another of its size and time put in its place, as `cp -p` makes):
     the copy it opened is not the file's any more, so it opens the file under the lock."""
-    monkeypatch.setattr(ops_mod, "LOOK_WAIT", 0.2)
     dir_pool.write_bytes("Documents/data.txt", b"old!" * 50, mtime_ns=1_500_000_000_000_000_000)  # (two copies)
     dir_pool.write_bytes("Documents/new.txt", b"new!" * 50, mtime_ns=1_500_000_000_000_000_000)
-    dir_pool.go_live()
-    dir_pool.drives()
-    ops, ctx = PoolOperations(dir_pool), Ctx(0, 0, os.getpid())
+    ops, ctx = _live_ops(dir_pool, monkeypatch)
     docs, data = dir_pool.child(1, "Documents"), dir_pool.lookup("Documents/data.txt")
     assert docs is not None and data is not None
-    stand_in, let_go = _holding(ops)
+    stand_in = _Holder(ops)
     slow = _Stuck()
     monkeypatch.setattr(Drive, "open", slow.hang(Drive.open))
     answers: dict[str, object] = {}
     opening = slow.run(lambda: answers.update(opened=ops.open(ctx, data.id, os.O_RDONLY)))  # on its drive
     try:
-        let_go.set()
-        stand_in.join(10)
+        stand_in.go()
         ops.rename(ctx, docs.id, b"data.txt", docs.id, b"data.bak", 0)
         ops.rename(ctx, docs.id, b"new.txt", docs.id, b"data.txt", 0)
     finally:
