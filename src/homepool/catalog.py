@@ -346,6 +346,7 @@ class Catalog:
             self.db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
         self._done_later: list[int] = []  # journal rows the next commit removes
+        self._grouped = False  # a grouped transaction is open (see `transaction`)
         self._totals_db: sqlite3.Connection | None = None  # see `totals`
         self._totals_lock = threading.Lock()
         # Pool paths and nodes by id, kept by the mount (the only writer while it runs): every
@@ -391,14 +392,34 @@ class Catalog:
     # -- plumbing ----------------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group statements atomically. Nested uses join the outer transaction."""
+    def transaction(self, grouped: bool = False) -> Iterator[None]:
+        """Group statements atomically. Nested uses join the outer transaction.
+
+        A `grouped` transaction is not committed on its own: it joins the group of those
+        before it, which `commit_group` commits as one (the mount's renames and deletes, see
+        `Pool.settle_steps`). Any other transaction commits the group first."""
         if self._depth:
             self._depth += 1
             try:
                 yield
             finally:
                 self._depth -= 1
+            return
+        if self._grouped and not grouped:
+            self.commit_group()
+        if self._grouped:  # one more change in the open group: undone alone if it fails
+            self.db.execute("SAVEPOINT grouped")
+            self._depth = 1
+            try:
+                yield
+                self.db.execute("RELEASE grouped")
+            except BaseException:
+                self.db.execute("ROLLBACK TO grouped")
+                self.db.execute("RELEASE grouped")
+                self._forget_all()
+                raise
+            finally:
+                self._depth = 0
             return
         self.db.execute("BEGIN IMMEDIATE")
         self._depth = 1
@@ -407,15 +428,40 @@ class Catalog:
             if done:
                 self.db.executemany("DELETE FROM journal WHERE id = ?", [(i,) for i in done])
             yield
-            self.db.execute("COMMIT")
+            if grouped:
+                self._grouped = True
+            else:
+                self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
-            self._paths.clear()
-            self._nodes.clear()
+            self._forget_all()
             self._done_later[:0] = done
             raise
         finally:
             self._depth = 0
+
+    @property
+    def group_open(self) -> bool:
+        """Whether grouped transactions wait for `commit_group`."""
+        return self._grouped
+
+    def commit_group(self) -> None:
+        """Commit the grouped transactions. If that fails they are all undone (and it raises)."""
+        if not self._grouped:
+            return
+        self._grouped = False
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            self._forget_all()
+            raise
+
+    def _forget_all(self) -> None:
+        """What the caches hold may have been undone."""
+        self._paths.clear()
+        self._nodes.clear()
 
     def get_val(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         row = self.db.execute(sql, args).fetchone()

@@ -48,6 +48,7 @@ FSNAME = "homepool"
 CATALOG_COPY_EVERY = 600.0  # seconds between catalog copies to the drives while mounted
 SYNC_EVERY = 1.0  # seconds between flushes of the catalog (and its log) to the disk while mounted
 STUCK_AFTER = 5.0  # seconds a change may hold the pool before the mount says so (`take_the_pool`)
+SETTLE_AFTER = 0.005  # seconds a group of renames and deletes gathers before its commit (`settle_steps`)
 
 
 def check_mountpoint(mountpoint: Path) -> Path:
@@ -72,6 +73,7 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
 
     stuck_after = env_number("HOMEPOOL_STUCK_AFTER", STUCK_AFTER)
     pool.go_live()
+    pool.group_steps()
     (pool.state_dir / STUCK_FILE).unlink(missing_ok=True)  # left by a mount killed while held up
     ops = PoolOperations(pool)
     session = Session(ops, mountpoint, FSNAME, allow_other)
@@ -104,6 +106,9 @@ def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
         log.info("mounted the pool at %s", mountpoint)
         threading.Thread(target=raise_readahead, args=(mountpoint,), daemon=True).start()
         threading.Thread(target=copy_moved_files, args=(pool, ops, session), name="copies", daemon=True).start()
+        settle_after = env_number("HOMEPOOL_SETTLE_AFTER", SETTLE_AFTER)
+        threading.Thread(target=settle_steps, args=(pool, ops, session, settle_after), name="settle",
+                         daemon=True).start()
         copied = time.monotonic()
         while not session.done.wait(SYNC_EVERY):
             try:
@@ -152,6 +157,20 @@ def take_the_pool(ops: PoolOperations, pool: Pool, stuck_after: float = STUCK_AF
     log.warning("the pool answers again, after %.0f s", time.monotonic() - held)
     with contextlib.suppress(OSError):  # (a state drive gone read-only: `status` looks for the mount first)
         note.unlink(missing_ok=True)
+
+
+def settle_steps(pool: Pool, ops: PoolOperations, session: Session, settle_after: float = SETTLE_AFTER) -> None:
+    """Renames and deletes of files are committed a group at a time (`Pool.group_steps`):
+    `settle_after` seconds after the first of a group, its commit and its drive steps, on this
+    thread (sooner if a change or an fsync needs them; the every-second round commits it)."""
+    while not session.done.is_set():
+        if not pool.steps_queued.wait(SYNC_EVERY) or session.done.wait(settle_after):
+            continue  # (at unmount, closing the pool settles them)
+        try:
+            with ops.lock:
+                pool.settle_steps()
+        except Exception:  # the state drive full, say: the group is undone, and said so
+            log.exception("recording renames and deletes")
 
 
 def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:

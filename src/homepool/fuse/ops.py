@@ -651,7 +651,11 @@ class PoolOperations:
         self.fsyncdir()  # the file's name and copies, too
 
     def fsyncdir(self) -> None:
-        """The catalog is every directory: what it has recorded reaches the disk."""
+        """The catalog is every directory: what it has recorded reaches the disk, with the
+        renames and deletes still in a group (see `Pool.group_steps`)."""
+        if self.pool.steps_queued.is_set():
+            with self.lock, _errno():
+                self.pool.settle_steps()
         with _errno():
             self.pool.sync_catalog()
 

@@ -358,6 +358,7 @@ class LiveOps:
         _reconcile_soon: set[int]
         _dir_times: dict[int, int]
         _recording: set[int]
+        grouping: bool
 
         def drives_by_id(self) -> dict[int, Drive]: ...
         def path_of(self, node_id: int) -> str: ...
@@ -372,7 +373,9 @@ class LiveOps:
         def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
                       busy: dict[int, int] | None = None) -> tuple[int, Drive]: ...
         def copy_failed(self, node_id: int, drive: Drive, err: OSError) -> None: ...
-        def _run(self, op: str, payload: dict) -> list[int] | None: ...
+        def _run(self, op: str, payload: dict, group: bool = False) -> list[int] | None: ...
+        def settle_steps(self) -> None: ...
+        def _drives_for(self, *paths: str) -> dict[int, Drive]: ...
         def reconcile(self, node: Node) -> int: ...
 
     # -- the mount's session -----------------------------------------------------------------
@@ -473,6 +476,7 @@ class LiveOps:
     def catch_up(self) -> None:
         """What the mount holds back to save commits reaches the catalog (every second, and at
         unmount): directory times, and the removal of finished renames' and deletes' journal rows."""
+        self.settle_steps()
         self.save_dir_times()
         self.cat.journal_flush()
 
@@ -583,7 +587,7 @@ class LiveOps:
             copies = sum(r.state == "ok" for r in self.cat.replicas(node_id))
             f = LiveFile(node_id, path, {source.id: fd}, node.size, writable=False, single=copies == 1)
         else:
-            drives = self.drives_by_id()
+            drives = self._drives_for(path)
             fds = {}
             for r in self.cat.replicas(node_id):
                 d = drives.get(r.drive_id)
@@ -1061,9 +1065,15 @@ class LiveOps:
             if not node.links:
                 self._keep_if_open(node)
             self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
-                               "node": True, "id": row.id, **self.heir(row, node)})
+                               "node": True, "id": row.id, **self.heir(row, node)}, group=self._groups(node))
             self._follow(node.id)  # its own name was taken away: another of its names is its path now
         self._dir_changed(parent_id)
+
+    def _groups(self, node: Node) -> bool:
+        """Whether a rename or delete of this file may wait for its group's commit (see
+        `group_steps`): not while it is open (its handles follow its copies' paths), nor for
+        a file of several names (whose steps hand names over)."""
+        return not node.links and node.id not in self._open
 
     def _follow(self, node_id: int) -> None:
         """A file's path changed: its open handles find its copies at the new one."""
@@ -1135,14 +1145,17 @@ class LiveOps:
         knows (no walks down the tree). `old_row` is the name it replaces (`old`: its file)."""
         moves = [r.drive_id for r in self.cat.replicas(node.id)]
         had = [r.drive_id for r in self.cat.replicas(old.id)] if old is not None else []
-        drives = self.drives_by_id()
+        group = self._groups(node) and (old is None or self._groups(old))
+        # (Steps waiting on other paths may go on waiting: they change nothing here.)
+        drives = self._drives_for(src, dst) if group and self.grouping else self.drives_by_id()
         for i in moves:  # something the catalog does not know in the way: refuse up front
             d = drives.get(i)
             if d is not None and d.row.state == "active" and i not in had and d.lexists(dst):
                 raise AlreadyExists(path=f"{dst} (on drive {d.label!r}; `homepool check` shows it)")
         self._run("rename", {"src": src, "dst": dst, "kind": "file", "moves": moves,
                              "unlink_dst": [i for i in had if i not in moves], "id": row.id,
-                             "dparent": new_parent_id, **(self.heir(old_row, old) if old and old_row else {})})
+                             "dparent": new_parent_id, **(self.heir(old_row, old) if old and old_row else {})},
+                  group=group)
         self._follow(node.id)
         if old is not None and old_row is not None and old.links:
             self._follow(old.id)  # it lost a name: perhaps the one that was its path
