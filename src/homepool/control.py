@@ -27,6 +27,7 @@ SOCKET = "control.sock"
 MAX_REQUEST = 1 << 16
 MAX_ANSWER = 1 << 28  # a check's answer lists every problem found
 READ_TIMEOUT = 10.0  # seconds a client may take to send its request
+SETTLE_WAIT = 1.0  # seconds the mount waits for its lock to answer `settle`
 
 
 class FromMount(HomepoolError):
@@ -108,6 +109,21 @@ def ask(state_dir: Path, mounted: PoolMounted, request: dict[str, Any]) -> Any:
         err.exit_code = int(answer.get("exit_code", 4))
         raise err
     return answer.get("result")
+
+
+def settle(state_dir: Path) -> None:
+    """Ask the mount of this pool, if one answers, to commit what it holds back (the last few
+    milliseconds of renames, deletes and closes, see `Pool.group_steps`), so that a command
+    reading the catalog sees every change that has returned. A mount held up by a drive that
+    does not answer, or none at all, is not waited for."""
+    path = state_dir / SOCKET
+    if not path.exists():
+        return
+    with suppress(OSError, ValueError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(SETTLE_WAIT + 1)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"op": "settle"}).encode() + b"\n")
+        _read_line(sock)
 
 
 def _read_line(sock: socket.socket, limit: int = MAX_REQUEST) -> bytes:

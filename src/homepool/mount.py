@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from . import check as check_mod
 from .catalog import ROOT_ID
 from .config import STUCK_FILE, env_number
-from .control import ControlServer
+from .control import SETTLE_WAIT, ControlServer
 from .errors import (
     BadDrive,
     BadInput,
@@ -164,7 +164,7 @@ def settle_steps(pool: Pool, ops: PoolOperations, session: Session, settle_after
     `settle_after` seconds after the first of a group, its commit and its drive steps, on this
     thread (sooner if a change or an fsync needs them; the every-second round commits it)."""
     while not session.done.is_set():
-        if not pool.steps_queued.wait(SYNC_EVERY) or session.done.wait(settle_after):
+        if not pool.group_waiting.wait(SYNC_EVERY) or session.done.wait(settle_after):
             continue  # (at unmount, closing the pool settles them)
         try:
             with ops.lock:
@@ -188,6 +188,14 @@ def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
 def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str, Any]:
     """What a command asks of the mount over the control socket (see control.py)."""
     op, lock = request.get("op"), ops.lock
+    if op == "settle":  # a command about to read the catalog (`control.settle`)
+        if not lock.acquire(timeout=SETTLE_WAIT):
+            return {"settled": False}  # held up (see `take_the_pool`): it reads what was committed
+        try:
+            pool.settle_steps()
+        finally:
+            lock.release()
+        return {"settled": True}
     if op == "set_copies":
         copies = int(request["copies"])
         with lock:

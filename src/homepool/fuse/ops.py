@@ -653,7 +653,7 @@ class PoolOperations:
     def fsyncdir(self) -> None:
         """The catalog is every directory: what it has recorded reaches the disk, with the
         renames and deletes still in a group (see `Pool.group_steps`)."""
-        if self.pool.steps_queued.is_set():
+        if self.pool.group_waiting.is_set():
             with self.lock, _errno():
                 self.pool.settle_steps()
         with _errno():

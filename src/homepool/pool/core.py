@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import paths, placement
+from .. import control, paths, placement
 from ..catalog import CURRENT_REV, ROOT_ID, Catalog, Entry, Node, NoSuchRowError
 from ..config import CATALOG_FILE, CONFIG_FILE, PoolConfig, PoolLock
 from ..drives import (
@@ -177,7 +177,7 @@ class Pool(LiveOps):
         self.grouping = False
         self._queued: list[_Queued] = []
         self._queued_paths: set[str] = set()
-        self.steps_queued = threading.Event()  # set while some wait (the mount settles them soon)
+        self.group_waiting = threading.Event()  # set while a group waits for its commit (the mount's, soon)
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
 
     # -- opening and closing -----------------------------------------------------------------
@@ -222,6 +222,8 @@ class Pool(LiveOps):
         if write:
             lock = PoolLock(state_dir)
             lock.acquire()
+        else:
+            control.settle(state_dir)  # a mount commits what it holds back: this reader sees it
         try:
             try:
                 cat = Catalog(state_dir / CATALOG_FILE)
@@ -940,23 +942,28 @@ class Pool(LiveOps):
         self._changed = True
         self._queued.append(_Queued(entry, op, payload, drives, gone))
         self._queued_paths |= _step_paths(payload)
-        if not self.steps_queued.is_set():
-            self.steps_queued.set()
+        self._group_waits()
         if len(self._queued) >= GROUP_MAX:
             self.settle_steps()
+
+    def _group_waits(self) -> None:
+        if not self.group_waiting.is_set():
+            self.group_waiting.set()
 
     def settle_steps(self) -> None:
         """Commit the group of renames and deletes and run their drive steps, in order. If the
         commit fails, the group is undone (the catalog as before it, and the drives untouched)."""
         if not self._queued and not self.cat.group_open:
+            if self.group_waiting.is_set():  # (committed by another transaction meanwhile)
+                self.group_waiting.clear()
             return
         queued, self._queued = self._queued, []
         self._queued_paths = set()
         try:
             self._settle(queued)
         finally:
-            if not self._queued:  # (cleared last: an fsync seeing it set waits for this)
-                self.steps_queued.clear()
+            if not self._queued and not self.cat.group_open:  # (last: an fsync seeing it set waits for this)
+                self.group_waiting.clear()
 
     def _settle(self, queued: list[_Queued]) -> None:
         try:

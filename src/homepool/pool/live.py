@@ -376,6 +376,7 @@ class LiveOps:
         def _run(self, op: str, payload: dict, group: bool = False) -> list[int] | None: ...
         def settle_steps(self) -> None: ...
         def _drives_for(self, *paths: str) -> dict[int, Drive]: ...
+        def _group_waits(self) -> None: ...
         def reconcile(self, node: Node) -> int: ...
 
     # -- the mount's session -----------------------------------------------------------------
@@ -803,7 +804,9 @@ class LiveOps:
             if not keep:  # nothing new to record: the row goes with the next commit, not one of its own
                 self.cat.journal_done_later(f.journal_id)
         else:
-            with self.cat.transaction():
+            # Grouped with the renames and deletes (`group_steps`): a crash before the group's
+            # commit leaves the journal row, which records the file from its copy.
+            with self.cat.transaction(grouped=self.grouping):
                 node = self.cat.node_or_none(f.node_id) if fresh or attrs else None
                 if node is not None and result is not None and fresh:
                     self._record_result(f, node, result, attrs)
@@ -811,6 +814,8 @@ class LiveOps:
                     self._record_attrs(f.node_id, attrs)
                 if not keep:
                     self.cat.journal_done(f.journal_id)
+            if self.grouping:
+                self._group_waits()
         if not keep:
             f.journal_id = None
         if current:
