@@ -17,6 +17,7 @@ from homepool.pool import Pool
 
 from .helpers import assert_clean, copies_on_disk, reader, sync_dir
 from .mounting import mount_pool
+from .test_fuse_ops import _Holder, _live_ops
 
 MiB = 1 << 20
 BEFORE = {"a.txt": b"A" * 10, "b.txt": b"B" * 20, "c.txt": b"C" * 30, "d.txt": b"D" * 40}
@@ -167,3 +168,196 @@ def test_a_killed_mount_keeps_the_renames_and_deletes_in_order(state_dir: Path, 
             assert [p.read_bytes() for p in copies_on_disk(dir_drives, f"Documents/{name}")] == [b"%d" % i] * 2
         assert pool.cat.journal() == []
         assert_clean(pool)
+
+
+class FailingCommit:
+    """The catalog's connection, with its next COMMIT failing (a full state drive, say)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.armed = False
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.armed:
+            self.armed = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def _docs(pool: Pool) -> int:
+    docs = pool.cat.child(ROOT_ID, "Documents")
+    assert docs is not None
+    return docs.id
+
+
+@pytest.mark.expect_errors
+def test_a_failed_commit_undoes_its_group_and_runs_none_of_its_steps(state_dir: Path,
+                                                                               dir_drives: list[Path]) -> None:
+    """A transaction of another change settles the group first; if its COMMIT fails (a full
+    state drive: `FailingCommit`), the group is undone and none of its drive steps runs."""
+    pool = _pool(state_dir, dir_drives)
+    fail = FailingCommit(pool.cat.db)
+    pool.cat.db = fail  # type: ignore[assignment]
+    try:
+        docs = _docs(pool)
+        pool.remove(docs, "b.txt", rmdir=False)  # grouped: queued
+        fail.armed = True
+        with pytest.raises(sqlite3.OperationalError):
+            pool.make_dir(docs, "sub", 0o755, 0, 0)  # its transaction commits the group first: fails
+        # The catalog has b.txt again (the group was undone)...
+        assert pool.lookup("Documents/b.txt") is not None
+        pool.settle_steps()  # (the settle thread, 5 ms later)
+        # ...and so is the drive step of its delete.
+        assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2, "b.txt's copies were deleted"
+    finally:
+        pool.cat.db = fail._db  # type: ignore[assignment]
+        pool.close()
+
+
+@pytest.mark.expect_errors
+def test_a_failed_commit_keeps_the_steps_of_a_group_committed_before(state_dir: Path,
+                                                                          dir_drives: list[Path]) -> None:
+    """Group 1 committed (by an open of a file, say) with its steps still waiting; group 2's
+    COMMIT fails: group 1's steps still run, group 2's do not."""
+    pool = _pool(state_dir, dir_drives)
+    fail = FailingCommit(pool.cat.db)
+    pool.cat.db = fail  # type: ignore[assignment]
+    try:
+        docs = _docs(pool)
+        pool.move(docs, "a.txt", docs, "a2.txt", noreplace=False)  # group 1
+        pool.cat.commit_group()  # (as an open does: the steps wait)
+        pool.remove(docs, "c.txt", rmdir=False)  # group 2 (other paths: no settle)
+        fail.armed = True
+        with pytest.raises(sqlite3.OperationalError):
+            pool.settle_steps()  # group 2's commit fails
+        assert pool.lookup("Documents/a2.txt") is not None  # group 1 stands in the catalog
+        assert pool.read_bytes("Documents/a2.txt") == BEFORE["a.txt"]
+    finally:
+        pool.cat.db = fail._db  # type: ignore[assignment]
+        pool.close()
+
+
+@pytest.mark.expect_errors
+def test_a_failed_commit_keeps_the_finished_journal_rows_it_was_to_remove(state_dir: Path,
+                                                                             dir_drives: list[Path]) -> None:
+    """A group's first transaction removes the journal rows of finished steps; if the group's
+    COMMIT fails they are held back again, or the next open would replay a long-finished
+    rename, whose removal of the file it replaced would remove a newer one."""
+    pool = Pool.create(state_dir, folders={"Documents": 1})
+    d1, d2 = dir_drives[:2]
+    pool.add_drive(d1, label="d1", max_size=64 << 20, allow_shared_device=True)
+    pool.add_drive(d2, label="d2", max_size=64 << 20, allow_shared_device=True)
+    # c.txt on d1 only, d.txt and e.txt on d2 only (mfs: the emptier drive)
+    pool.write_bytes("Documents/c.txt", b"C" * 8000)
+    pool.write_bytes("Documents/d.txt", b"D" * 10)
+    pool.write_bytes("Documents/e.txt", b"E" * 10)
+    pool.write_bytes("Documents/x.txt", b"X")
+    where = {n: {r.drive_id for r in pool.cat.replicas(pool.stat(f"Documents/{n}.txt").id)} for n in "cde"}
+    if not (where["c"] != where["d"] and where["e"] == where["d"]):
+        pytest.skip(f"placement: {where}")
+    pool.go_live()
+    pool.group_steps()
+    fail = FailingCommit(pool.cat.db)
+    pool.cat.db = fail  # type: ignore[assignment]
+    docs = _docs(pool)
+    pool.move(docs, "c.txt", docs, "d.txt", noreplace=False)  # moves=[c's], unlink_dst=[d's]
+    pool.settle_steps()  # done: its row goes with the next commit
+    pool.remove(docs, "x.txt", rmdir=False)  # a new group: its first transaction deletes that row
+    fail.armed = True
+    with pytest.raises(sqlite3.OperationalError):
+        pool.settle_steps()
+    pool.cat.db = fail._db  # type: ignore[assignment]
+    pool.move(docs, "e.txt", docs, "d.txt", noreplace=False)  # d.txt is now e's data, on d2
+    pool.settle_steps()
+    pool.catch_up()
+    assert pool.cat.journal() == []
+    pool.close()
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/d.txt") == b"E" * 10
+
+
+class Crash(BaseException):
+    pass
+
+
+@pytest.mark.expect_errors
+def test_a_change_at_a_name_a_rename_left_settles_the_rename_before_its_commit(state_dir: Path, dir_drives: list[Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """rename a -> a2 (grouped), then mkdir a: the rename's drive steps run before make_dir's
+    commit. Otherwise, killed in between, the replay would find something at a.txt
+    (`_taken_since`) and leave the rename's drive steps undone."""
+    pool = _pool(state_dir, dir_drives)
+    docs = _docs(pool)
+    pool.move(docs, "a.txt", docs, "a2.txt", noreplace=False)
+
+    def crash(*_: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(pool, "_on_every_drive", crash)
+    with pytest.raises(Crash):
+        pool.make_dir(docs, "a.txt", 0o755, 0, 0)
+    pool.cat.db.close()  # killed
+    assert pool.lock is not None
+    pool.lock.release()
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/a2.txt") == BEFORE["a.txt"]
+        assert_clean(pool)
+
+
+def test_looks_past_a_stall_see_the_renames_and_deletes_that_returned(dir_pool: Pool,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """unlink and rename returned (grouped); then a change holds the lock (an open for reading
+    on a drive that hangs: it does not wait for other files' steps, but commits the group).
+    Lookups past the stall do not see the deleted file again, nor the renamed one under its
+    old name."""
+    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
+    dir_pool.write_bytes("Music/old.ogg", b"lo" * 500)
+    dir_pool.write_bytes("Music/other.ogg", b"ot" * 500)
+    ops, ctx = _live_ops(dir_pool, monkeypatch)
+    dir_pool.group_steps()
+    music = dir_pool.child(1, "Music")
+    assert music is not None
+    ops.unlink(ctx, music.id, b"song.ogg")
+    ops.rename(ctx, music.id, b"old.ogg", music.id, b"new.ogg", 0)
+    other = dir_pool.child(music.id, "other.ogg")
+    assert other is not None
+    reading = ops.open(ctx, other.id, os.O_RDONLY)  # what the stuck change would be doing
+    assert not dir_pool.cat.group_open and dir_pool._queued  # committed: the steps may wait
+    ops.release(reading.fh)
+    stuck = _Holder(ops)
+    try:
+        seen = {"song.ogg": ops.lookup(ctx, music.id, b"song.ogg") is not None,
+                "old.ogg": ops.lookup(ctx, music.id, b"old.ogg") is not None,
+                "new.ogg": ops.lookup(ctx, music.id, b"new.ogg") is not None}
+    finally:
+        stuck.go()
+    ops.close()
+    assert seen == {"song.ogg": False, "old.ogg": False, "new.ogg": True}, seen
+
+
+@pytest.mark.expect_errors
+def test_a_symlink_made_where_a_rename_left_is_never_moved_over_the_file(
+        state_dir: Path, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """rename a -> a2 (grouped), then symlink a: the rename's steps run and their journal rows
+    go before the symlink is made on the drives (before its commit). Otherwise, killed
+    before that commit, the replay of the rename would move the symlink over a2."""
+    pool = _pool(state_dir, dir_drives)
+    docs = _docs(pool)
+    pool.move(docs, "a.txt", docs, "a2.txt", noreplace=False)
+
+    def killed(*_: object, **__: object) -> int:
+        raise Crash  # the daemon dies after the drive steps, before the commit
+
+    monkeypatch.setattr(pool.cat, "add_node", killed)
+    with pytest.raises(Crash):
+        pool.make_node(docs, "a.txt", 0o120777, 0, 0, target="elsewhere")
+    pool.cat.db.close()
+    assert pool.lock is not None
+    pool.lock.release()
+    with Pool.open(state_dir) as pool:
+        on_drives = [p.is_symlink() or p.read_bytes() for d in dir_drives
+                     if (p := d / "HomePool/Documents/a2.txt").is_symlink() or p.exists()]
+        assert on_drives == [BEFORE["a.txt"]] * 2, on_drives

@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,6 +347,12 @@ class Catalog:
         self._depth = 0
         self._done_later: list[int] = []  # journal rows the next commit removes
         self._grouped = False  # a grouped transaction is open (see `transaction`)
+        self._group_done: list[int] = []  # journal rows whose removal the open group holds
+        # Set by the pool that groups (`Pool.group_steps`): what settles the group before
+        # another transaction, and what is told when a group was committed (True) or undone.
+        self.settle_group: Callable[[], None] = self.commit_group
+        self.group_ended: Callable[[bool], None] = lambda committed: None
+        self.steps_waiting: Callable[[], bool] = lambda: False  # steps of a committed group not yet done
         self._totals_db: sqlite3.Connection | None = None  # see `totals`
         self._totals_lock = threading.Lock()
         # Pool paths and nodes by id, kept by the mount (the only writer while it runs): every
@@ -396,8 +402,9 @@ class Catalog:
         """Group statements atomically. Nested uses join the outer transaction.
 
         A `grouped` transaction is not committed on its own: it joins the group of those
-        before it, which `commit_group` commits as one (the mount's renames and deletes, see
-        `Pool.settle_steps`). Any other transaction commits the group first."""
+        before it, which `commit_group` commits as one (the mount's renames, deletes and
+        closes, see `Pool.group_steps`). Any other transaction first has the group settled
+        (`settle_group`: committed, and what waited for the commit done)."""
         if self._depth:
             self._depth += 1
             try:
@@ -405,8 +412,8 @@ class Catalog:
             finally:
                 self._depth -= 1
             return
-        if self._grouped and not grouped:
-            self.commit_group()
+        if not grouped and (self._grouped or self.steps_waiting()):
+            self.settle_group()
         if self._grouped:  # one more change in the open group: undone alone if it fails
             self.db.execute("SAVEPOINT grouped")
             self._depth = 1
@@ -414,9 +421,12 @@ class Catalog:
                 yield
                 self.db.execute("RELEASE grouped")
             except BaseException:
-                self.db.execute("ROLLBACK TO grouped")
-                self.db.execute("RELEASE grouped")
-                self._forget_all()
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK TO grouped")
+                    self.db.execute("RELEASE grouped")
+                    self._forget_all()
+                else:  # SQLite undid the whole group (a full disk, say)
+                    self._group_undone()
                 raise
             finally:
                 self._depth = 0
@@ -429,11 +439,12 @@ class Catalog:
                 self.db.executemany("DELETE FROM journal WHERE id = ?", [(i,) for i in done])
             yield
             if grouped:
-                self._grouped = True
+                self._grouped, self._group_done = True, done
             else:
                 self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             self._forget_all()
             self._done_later[:0] = done
             raise
@@ -449,14 +460,22 @@ class Catalog:
         """Commit the grouped transactions. If that fails they are all undone (and it raises)."""
         if not self._grouped:
             return
-        self._grouped = False
         try:
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
-            self._forget_all()
+            self._group_undone()
             raise
+        self._grouped, self._group_done = False, []
+        self.group_ended(True)
+
+    def _group_undone(self) -> None:
+        """The group was rolled back: its journal rows' removals are owed again."""
+        self._grouped = False
+        self._done_later[:0], self._group_done = self._group_done, []
+        self._forget_all()
+        self.group_ended(False)
 
     def _forget_all(self) -> None:
         """What the caches hold may have been undone."""

@@ -136,6 +136,7 @@ class _Queued:
     payload: dict
     drives: dict[int, Drive]
     gone: dict[int, tuple[int, int]]  # size and time of the copies it removes, by drive
+    committed: bool = False  # its group was committed: its steps must run (a crash would redo them)
 
 
 def _step_paths(p: dict) -> set[str]:
@@ -313,6 +314,7 @@ class Pool(LiveOps):
     def _drive_snapshot(self, present_only: bool = False) -> list[Drive]:
         if self.live:
             if self.drive_cache is None or time.monotonic() - self.drive_cache[0] > DRIVES_TTL:
+                self.cat.commit_group()  # (looking at the drives may wait: see `_drives_for`)
                 self.drive_cache = (time.monotonic(), self._look_at_drives())
             return [d for d in self.drive_cache[1] if d.row.state == "active" or not present_only]
         out = self._look_at_drives()
@@ -924,16 +926,34 @@ class Pool(LiveOps):
         any change recorded first. So a crash loses at most the last few milliseconds of
         renames and deletes (as ext4 loses seconds), never half of one."""
         self.grouping = True
+        self.cat.settle_group = self.settle_steps  # before any other transaction: its commit may rely on them
+        self.cat.group_ended = self._group_ended
+        self.cat.steps_waiting = lambda: bool(self._queued)
 
-    def _drives_for(self, *paths: str) -> dict[int, Drive]:
+    def _group_ended(self, committed: bool) -> None:
+        """The open group was committed (its steps may run now) or undone (they never may)."""
+        fresh = [q for q in self._queued if not q.committed]
+        if committed:
+            for q in fresh:
+                q.committed = True
+        elif fresh:
+            log.error("could not record the last %d rename(s) and delete(s): they are undone", len(fresh))
+            self._queued = [q for q in self._queued if q.committed]
+            self._queued_paths = {p for q in self._queued for p in _step_paths(q.payload)}
+
+    def _drives_for(self, *paths: str, commit: bool = True) -> dict[int, Drive]:
         """The drives, to act on these paths of files: steps waiting on other paths may go on
-        waiting (they change nothing here); those on these paths run first."""
+        waiting (they change nothing here); those on these paths run first. With `commit`,
+        the open group is committed first: what the lock-free looks read (`Glance`) is then
+        what the pool shows, should the drives keep this request waiting."""
         if self._queued_paths.intersection(paths):
             self.settle_steps()
+        elif commit:
+            self.cat.commit_group()
         return {d.id: d for d in self._drive_snapshot()}
 
     def _run_grouped(self, op: str, payload: dict) -> None:
-        drives = self._drives_for(*_step_paths(payload))
+        drives = self._drives_for(*_step_paths(payload), commit=False)
         payload = {**payload, "recorded": True}
         with self.cat.transaction(grouped=True):
             entry = self.cat.journal_add(op, payload)
@@ -952,25 +972,22 @@ class Pool(LiveOps):
 
     def settle_steps(self) -> None:
         """Commit the group of renames and deletes and run their drive steps, in order. If the
-        commit fails, the group is undone (the catalog as before it, and the drives untouched)."""
+        commit fails, the group is undone (the catalog as before it, and the drives untouched;
+        steps of a group committed before still run)."""
         if not self._queued and not self.cat.group_open:
             if self.group_waiting.is_set():  # (committed by another transaction meanwhile)
                 self.group_waiting.clear()
             return
-        queued, self._queued = self._queued, []
-        self._queued_paths = set()
         try:
-            self._settle(queued)
+            self.cat.commit_group()  # (`_group_ended` keeps only the steps that may run)
+            queued, self._queued = self._queued, []
+            self._queued_paths = set()
+            self._run_steps(queued)
         finally:
             if not self._queued and not self.cat.group_open:  # (last: an fsync seeing it set waits for this)
                 self.group_waiting.clear()
 
-    def _settle(self, queued: list[_Queued]) -> None:
-        try:
-            self.cat.commit_group()
-        except BaseException:
-            log.error("could not record the last %d rename(s) and delete(s); they are undone", len(queued))
-            raise
+    def _run_steps(self, queued: list[_Queued]) -> None:
         for i, q in enumerate(queued):
             try:
                 failed = self._apply_drop(q.payload, q.drives) if q.op == "drop" \

@@ -42,7 +42,10 @@ class Glance:
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        """One request's reads see one commit (a lookup reads a name, then its node)."""
+        """One request's reads see one commit (a lookup reads a name, then its node). Unsure
+        while the pool has changes not yet committed (`Pool.group_steps`): they have returned."""
+        if self._pool.cat.group_open:
+            raise Unsure
         self.cat.db.execute("BEGIN")
         try:
             yield

@@ -375,7 +375,7 @@ class LiveOps:
         def copy_failed(self, node_id: int, drive: Drive, err: OSError) -> None: ...
         def _run(self, op: str, payload: dict, group: bool = False) -> list[int] | None: ...
         def settle_steps(self) -> None: ...
-        def _drives_for(self, *paths: str) -> dict[int, Drive]: ...
+        def _drives_for(self, *paths: str, commit: bool = True) -> dict[int, Drive]: ...
         def _group_waits(self) -> None: ...
         def reconcile(self, node: Node) -> int: ...
 
@@ -1032,9 +1032,10 @@ class LiveOps:
         the removal of the journal rows `_run_recorded_first` holds back is committed first:
         replayed after a crash, a finished rename would move what such a step had just made at
         its old path over the file it renamed."""
+        drives = self.drives_by_id()  # (settles the steps waiting first: their rows' removal is flushed next)
         self.cat.journal_flush()
         done = []
-        for d in self.drives_by_id().values():
+        for d in drives.values():
             if d.row.state != "active":
                 continue
             try:
@@ -1152,7 +1153,7 @@ class LiveOps:
         had = [r.drive_id for r in self.cat.replicas(old.id)] if old is not None else []
         group = self._groups(node) and (old is None or self._groups(old))
         # (Steps waiting on other paths may go on waiting: they change nothing here.)
-        drives = self._drives_for(src, dst) if group and self.grouping else self.drives_by_id()
+        drives = self._drives_for(src, dst, commit=False) if group and self.grouping else self.drives_by_id()
         for i in moves:  # something the catalog does not know in the way: refuse up front
             d = drives.get(i)
             if d is not None and d.row.state == "active" and i not in had and d.lexists(dst):
