@@ -7,17 +7,23 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
+from homepool import check as check_mod
+from homepool import mount as mount_mod
 from homepool.catalog import ROOT_ID
 from homepool.config import CATALOG_FILE
+from homepool.drives import Drive
+from homepool.fuse.ops import PoolOperations
+from homepool.fuse.session import Ctx
 from homepool.pool import Pool
 
 from .helpers import assert_clean, copies_on_disk, reader, sync_dir
 from .mounting import mount_pool
-from .test_fuse_ops import _Holder, _live_ops
+from .test_fuse_ops import _Holder, _live_ops, _Stuck
 
 MiB = 1 << 20
 BEFORE = {"a.txt": b"A" * 10, "b.txt": b"B" * 20, "c.txt": b"C" * 30, "d.txt": b"D" * 40}
@@ -61,9 +67,9 @@ def _on_drives(drives: list[Path]) -> dict[str, list[bytes]]:
             for name in sorted({*BEFORE, *AFTER})}
 
 
-def _as_files(files: dict[str, bytes]) -> dict[str, list[bytes]]:
-    """Each file on two drives, nothing else."""
-    return {name: [files[name]] * 2 if name in files else [] for name in sorted({*BEFORE, *AFTER})}
+def _as_files(files: dict[str, bytes | None]) -> dict[str, list[bytes]]:
+    """Each file on two drives (None: on none), nothing else."""
+    return {name: [d] * 2 if (d := files.get(name)) is not None else [] for name in sorted({*BEFORE, *AFTER})}
 
 
 def test_renames_and_deletes_reach_the_drives_with_their_groups_commit(state_dir: Path,
@@ -361,3 +367,122 @@ def test_a_symlink_made_where_a_rename_left_is_never_moved_over_the_file(
         on_drives = [p.is_symlink() or p.read_bytes() for d in dir_drives
                      if (p := d / "HomePool/Documents/a2.txt").is_symlink() or p.exists()]
         assert on_drives == [BEFORE["a.txt"]] * 2, on_drives
+
+
+def test_a_check_while_mounted_finds_the_renames_and_deletes_on_the_drives(state_dir: Path, dir_drives: list[Path],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check --repair` in the mount lets the lock go between files: a rename or delete made
+    meanwhile is on the drives before it looks (not a copy missing, nor a stray to take in)."""
+    pool = _pool(state_dir, dir_drives)
+    ops = PoolOperations(pool)
+    try:
+        docs = _docs(pool)
+        real = check_mod.check_replicas_match
+
+        def meanwhile(*args: object) -> list[check_mod.Problem]:
+            with ops.lock:  # requests served between two of the check's holds
+                pool.move(docs, "a.txt", docs, "a2.txt", noreplace=False)
+                pool.remove(docs, "b.txt", rmdir=False)
+            return real(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(check_mod, "check_replicas_match", meanwhile)
+        answer = mount_mod.answer(pool, ops, {"op": "check", "repair": True})
+        assert [(p["check"], p["detail"]) for p in answer["problems"]] == []
+        assert pool.lookup("Documents/b.txt") is None and copies_on_disk(dir_drives, "Documents/b.txt") == []
+        node = pool.lookup("Documents/a2.txt")
+        assert node is not None and len(pool.cat.replicas(node.id)) == 2
+    finally:
+        ops.close()
+
+
+def test_a_rename_waiting_on_a_drive_holds_up_no_look_at_other_files(dir_pool: Pool,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete is in the open group; a rename then hangs on a drive (its look for something
+    in the way) holding the lock: lookups in other folders go on past it, and the deleted
+    file is not seen again (a lookup in its folder waits)."""
+    dir_pool.write_bytes("Music/gone.ogg", b"la" * 10)
+    dir_pool.write_bytes("Photos/x.jpg", b"x")
+    dir_pool.write_bytes("Videos/film.mkv", b"f" * 10)
+    ops, ctx = _live_ops(dir_pool, monkeypatch)
+    dir_pool.group_steps()
+    music, photos, videos = (dir_pool.child(1, n) for n in ("Music", "Photos", "Videos"))
+    assert music is not None and photos is not None and videos is not None
+    ops.unlink(ctx, music.id, b"gone.ogg")
+    assert dir_pool.cat.group_open
+    stuck = _Stuck()
+    monkeypatch.setattr(Drive, "lexists", stuck.hang(Drive.lexists))
+    renaming = stuck.run(lambda: ops.rename(ctx, photos.id, b"x.jpg", photos.id, b"y.jpg", 0))
+    seen: dict[str, object] = {}
+    looking = threading.Thread(target=lambda: seen.update(other=_looked_up(ops, ctx, videos.id, b"film.mkv")))
+    gone = threading.Thread(target=lambda: seen.update(gone=_looked_up(ops, ctx, music.id, b"gone.ogg")))
+    looking.start()
+    gone.start()
+    looking.join(10)
+    gone.join(1)
+    waited = looking.is_alive()
+    stuck.go.set()
+    renaming.join(10)
+    looking.join(10)
+    gone.join(10)
+    ops.close()
+    assert not waited, "a lookup in another folder waited for the stuck rename"
+    assert seen == {"other": True, "gone": False}, seen
+
+
+def _looked_up(ops: PoolOperations, ctx: Ctx, parent: int, name: bytes) -> bool:
+    return ops.lookup(ctx, parent, name) is not None
+
+
+@pytest.mark.expect_errors
+@pytest.mark.parametrize("folder", ["Documents", "Videos"], ids=["through-the-mount", "passed-through"])
+def test_a_failed_commit_of_a_close_is_recorded_at_the_next(state_dir: Path, dir_drives: list[Path],
+                                                              folder: str) -> None:
+    """A file's record at a close is undone with its group (a full state drive): it is recorded
+    again at the next close, and the catalog has what the file holds."""
+    pool = _pool(state_dir, dir_drives)
+    fail = FailingCommit(pool.cat.db)
+    try:
+        parent = pool.cat.child(ROOT_ID, folder)
+        assert parent is not None
+        node, f = pool.create_file(parent.id, "new.bin", 0o644, os.getuid(), os.getgid())
+        if folder == "Videos":
+            pool.pass_through(f, node)
+            os.pwrite(f.read_fd, b"hello", 0)  # (the kernel writes a passed-through file)
+        else:
+            f.write(b"hello", 0)
+        pool.releasing(f)
+        pool.record_file(f, f.settle())  # close(2)
+        pool.cat.db = fail  # type: ignore[assignment]
+        fail.armed = True
+        with pytest.raises(sqlite3.OperationalError):
+            pool.settle_steps()
+        pool.cat.db = fail._db  # type: ignore[assignment]
+        pool.releasing(f, closing=True)
+        pool.release_file(f, f.finish())
+        pool.catch_up()
+        assert pool.node(node.id).size == 5
+    finally:
+        pool.cat.db = fail._db  # type: ignore[assignment]
+        pool.close()
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes(f"{folder}/new.bin") == b"hello"
+        assert_clean(pool)
+
+
+@pytest.mark.expect_errors
+def test_a_group_sqlite_undid_by_itself_keeps_no_later_change_apart(state_dir: Path, dir_drives: list[Path]) -> None:
+    """SQLite rolls a transaction back by itself after some errors (an I/O error): the changes
+    after that are a group of their own, their steps run with their commit."""
+    pool = _pool(state_dir, dir_drives)
+    try:
+        docs = _docs(pool)
+        pool.remove(docs, "b.txt", rmdir=False)
+        pool.cat.db.execute("ROLLBACK")  # what SQLite does itself after such an error
+        pool.move(docs, "a.txt", docs, "a2.txt", noreplace=False)
+        pool.settle_steps()
+        assert pool.lookup("Documents/b.txt") is not None and pool.lookup("Documents/a2.txt") is not None
+        assert _on_drives(dir_drives) == _as_files({**BEFORE, "a2.txt": BEFORE["a.txt"], "a.txt": None})
+        pool.catch_up()
+        assert_clean(pool)
+    finally:
+        pool.close()

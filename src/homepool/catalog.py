@@ -414,6 +414,8 @@ class Catalog:
             return
         if not grouped and (self._grouped or self.steps_waiting()):
             self.settle_group()
+        if self._grouped and not self.db.in_transaction:  # SQLite undid it (an I/O error, say)
+            self._group_undone()
         if self._grouped:  # one more change in the open group: undone alone if it fails
             self.db.execute("SAVEPOINT grouped")
             self._depth = 1
@@ -461,6 +463,8 @@ class Catalog:
         if not self._grouped:
             return
         try:
+            if not self.db.in_transaction:  # SQLite undid it (an I/O error, say)
+                raise sqlite3.OperationalError("the catalog's open transaction was rolled back")
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:

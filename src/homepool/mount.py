@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .fuse.ops import PoolLock, PoolOperations
+    from .fuse.ops import PoolOperations
     from .fuse.session import Session
     from .pool import Pool
 
@@ -192,7 +193,7 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
         if not lock.acquire(timeout=SETTLE_WAIT):
             return {"settled": False}  # held up (see `take_the_pool`): it reads what was committed
         try:
-            pool.settle_steps()
+            pool.cat.commit_group()  # (the drive steps are the settle thread's: none waits on a drive here)
         finally:
             lock.release()
         return {"settled": True}
@@ -247,10 +248,13 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
             size, free = d.capacity(pool.cat.bytes_on_drive(d.id))
         return {"label": d.label, "root": str(d.root), "size": size, "free": free}
     if op == "check":
-        def hold() -> PoolLock:
+        @contextlib.contextmanager
+        def hold() -> Iterator[None]:
             if ops.session is not None and ops.session.done.is_set():
                 raise MountStopping(path=ops.session.mountpoint, what="check again once it is mounted")
-            return lock
+            with lock:
+                pool.settle_steps()  # (a rename or delete made since the last hold: on the drives first)
+                yield
 
         with lock:
             if pool.kernel_news is not None:

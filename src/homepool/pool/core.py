@@ -179,6 +179,10 @@ class Pool(LiveOps):
         self._queued: list[_Queued] = []
         self._queued_paths: set[str] = set()
         self.group_waiting = threading.Event()  # set while a group waits for its commit (the mount's, soon)
+        # Nodes and directories the open group changed: the lock-free looks are unsure of them
+        # (`Glance`). And the close records in it, with the journal row each one removes.
+        self.group_touched: set[int] = set()
+        self._group_records: list[tuple[LiveFile, int | None]] = []
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
 
     # -- opening and closing -----------------------------------------------------------------
@@ -933,13 +937,22 @@ class Pool(LiveOps):
     def _group_ended(self, committed: bool) -> None:
         """The open group was committed (its steps may run now) or undone (they never may)."""
         fresh = [q for q in self._queued if not q.committed]
+        records, self._group_records = self._group_records, []
+        self.group_touched = set()
         if committed:
             for q in fresh:
                 q.committed = True
-        elif fresh:
-            log.error("could not record the last %d rename(s) and delete(s): they are undone", len(fresh))
-            self._queued = [q for q in self._queued if q.committed]
-            self._queued_paths = {p for q in self._queued for p in _step_paths(q.payload)}
+            return
+        if fresh or records:
+            log.error("could not record the last %d rename(s) and delete(s) and %d close(s): they are undone",
+                      len(fresh), len(records))
+        self._queued = [q for q in self._queued if q.committed]
+        self._queued_paths = {p for q in self._queued for p in _step_paths(q.payload)}
+        for f, journal_id in records:
+            f.recorded = None  # recorded again at its next close; a handle let go has its row back,
+            if f.journal_id is None and f in self._open.get(f.node_id, ()):  # which the next opening finishes
+                f.journal_id = journal_id
+                f.changed = True
 
     def _drives_for(self, *paths: str, commit: bool = True) -> dict[int, Drive]:
         """The drives, to act on these paths of files: steps waiting on other paths may go on
@@ -996,11 +1009,11 @@ class Pool(LiveOps):
                     with self.cat.transaction():
                         self._owe_failed(q.op, q.payload, q.drives, failed, q.gone)
             except BaseException:
-                self._queued[:0] = queued[i + 1:]  # (committed: the next settle runs them)
-                self._queued_paths |= {p for q in queued[i + 1:] for p in _step_paths(q.payload)}
+                # Committed: the next settle runs them, this one again (its steps are idempotent).
+                self._queued[:0] = queued[i:]
+                self._queued_paths |= {p for q in queued[i:] for p in _step_paths(q.payload)}
                 raise
-            finally:  # never replayed later, after other changes
-                self.cat.journal_done_later(q.entry)
+            self.cat.journal_done_later(q.entry)  # (never replayed later, after other changes)
 
     def _owe_failed(self, op: str, p: dict, drives: dict[int, Drive], failed: set[int],
                     gone: dict[int, tuple[int, int]] | None = None) -> None:

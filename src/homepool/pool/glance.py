@@ -42,10 +42,7 @@ class Glance:
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        """One request's reads see one commit (a lookup reads a name, then its node). Unsure
-        while the pool has changes not yet committed (`Pool.group_steps`): they have returned."""
-        if self._pool.cat.group_open:
-            raise Unsure
+        """One request's reads see one commit (a lookup reads a name, then its node)."""
         self.cat.db.execute("BEGIN")
         try:
             yield
@@ -58,7 +55,7 @@ class Glance:
     def node(self, node_id: int) -> Node:
         changed = self._pool.dir_time(node_id)
         opened_past = self._opened_past(node_id)  # (before the pool's: a handle goes from there to the pool)
-        if self._pool.held_in_memory(node_id):
+        if self._pool.held_in_memory(node_id) or self._changed(node_id):
             raise Unsure
         node = self.cat.node_or_none(node_id)
         if node is None:
@@ -73,12 +70,21 @@ class Glance:
         return False  # (`node` is Unsure of those)
 
     def child(self, parent_id: int, name: str) -> Node | None:
+        if self._changed(parent_id):
+            raise Unsure
         return named(self.cat, parent_id, name)
+
+    def _changed(self, node_id: int) -> bool:
+        """Whether a change not yet committed (`Pool.group_steps`), which has returned, is on
+        this node or in this directory."""
+        return node_id in self._pool.group_touched
 
     def entries(self, node_id: int, after: int, upto: int) -> dict[int, Entry]:
         """`Catalog.entries`, without the files open here (the listing names them without
         attributes: the kernel looks them up when it needs them)."""
         times, held = self._pool.dir_times(), self._pool.all_held_in_memory()
+        if self._changed(node_id):
+            raise Unsure
         out = {}
         for place, e in self.cat.entries(node_id, after, upto).items():
             if e.id in held:
@@ -93,7 +99,7 @@ class Glance:
         the pool last saw present (its snapshot: looking at the drives is for the lock holder).
         Unsure while a change of that path is journaled: its drive steps may be under way."""
         path = self.cat.path_of(node_id)
-        if self._journaled(path):
+        if self._journaled(path) or self._changed(node_id):
             raise Unsure
         cache = self._pool.drive_cache
         present = {d.id: d for d in cache[1] if d.row.state == "active"} if cache else {}

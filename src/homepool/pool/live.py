@@ -359,6 +359,8 @@ class LiveOps:
         _dir_times: dict[int, int]
         _recording: set[int]
         grouping: bool
+        group_touched: set[int]
+        _group_records: list[tuple[LiveFile, int | None]]
 
         def drives_by_id(self) -> dict[int, Drive]: ...
         def path_of(self, node_id: int) -> str: ...
@@ -806,6 +808,9 @@ class LiveOps:
         else:
             # Grouped with the renames and deletes (`group_steps`): a crash before the group's
             # commit leaves the journal row, which records the file from its copy.
+            if self.grouping:
+                self.group_touched.add(f.node_id)
+                self._group_records.append((f, f.journal_id))
             with self.cat.transaction(grouped=self.grouping):
                 node = self.cat.node_or_none(f.node_id) if fresh or attrs else None
                 if node is not None and result is not None and fresh:
@@ -1070,8 +1075,11 @@ class LiveOps:
         else:
             if not node.links:
                 self._keep_if_open(node)
+            group = self._groups(node)
+            if group and self.grouping:
+                self.group_touched.update((parent_id, node.id))
             self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
-                               "node": True, "id": row.id, **self.heir(row, node)}, group=self._groups(node))
+                               "node": True, "id": row.id, **self.heir(row, node)}, group=group)
             self._follow(node.id)  # its own name was taken away: another of its names is its path now
         self._dir_changed(parent_id)
 
@@ -1154,6 +1162,8 @@ class LiveOps:
         group = self._groups(node) and (old is None or self._groups(old))
         # (Steps waiting on other paths may go on waiting: they change nothing here.)
         drives = self._drives_for(src, dst, commit=False) if group and self.grouping else self.drives_by_id()
+        if group and self.grouping:
+            self.group_touched.update(i for i in (row.parent_id, new_parent_id, node.id, old and old.id) if i)
         for i in moves:  # something the catalog does not know in the way: refuse up front
             d = drives.get(i)
             if d is not None and d.row.state == "active" and i not in had and d.lexists(dst):
