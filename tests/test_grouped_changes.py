@@ -14,12 +14,13 @@ import pytest
 
 from homepool import check as check_mod
 from homepool import mount as mount_mod
-from homepool.catalog import ROOT_ID
+from homepool.catalog import ROOT_ID, Catalog, Node
 from homepool.config import CATALOG_FILE
 from homepool.drives import Drive
 from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx
 from homepool.pool import Pool
+from homepool.pool import glance as glance_mod
 
 from .helpers import assert_clean, copies_on_disk, reader, sync_dir
 from .mounting import mount_pool
@@ -485,4 +486,122 @@ def test_a_group_sqlite_undid_by_itself_keeps_no_later_change_apart(state_dir: P
         pool.catch_up()
         assert_clean(pool)
     finally:
+        pool.close()
+
+
+def test_a_listing_past_a_stall_shows_the_renames_and_deletes_that_returned(dir_pool: Pool,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing read past a stall, with a rename and a delete in the open group: it waits
+    rather than list the names as they were."""
+    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
+    dir_pool.write_bytes("Music/old.ogg", b"lo" * 500)
+    ops, ctx = _live_ops(dir_pool, monkeypatch)
+    dir_pool.group_steps()
+    music = dir_pool.child(1, "Music")
+    assert music is not None
+    ops.unlink(ctx, music.id, b"song.ogg")
+    ops.rename(ctx, music.id, b"old.ogg", music.id, b"new.ogg", 0)
+    assert dir_pool.cat.group_open
+    stuck = _Holder(ops)
+    seen: list[str] = []
+    listing = threading.Thread(target=lambda: seen.extend(n.decode() for n, *_ in ops.readdir(music.id, 0, 100)))
+    listing.start()
+    listing.join(1)  # (past LOOK_WAIT: it would have answered from the catalog by now)
+    stuck.go()
+    listing.join(10)
+    ops.close()
+    assert sorted(seen) == ["new.ogg"], seen
+
+
+def test_a_look_past_a_stall_never_reads_a_snapshot_older_than_its_doubts(dir_pool: Pool,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock holder commits the open group (and empties what it changed) between the two
+    reads of a lookup past a stall: the second read is still doubted, so the size the file
+    was closed with is shown, not the one before."""
+    ops, ctx = _live_ops(dir_pool, monkeypatch)
+    dir_pool.group_steps()
+    music = dir_pool.child(1, "Music")
+    assert music is not None
+    node, f = dir_pool.create_file(music.id, "new.bin", 0o644, os.getuid(), os.getgid())
+    f.write(b"hello", 0)
+    dir_pool.releasing(f, closing=True)
+    dir_pool.release_file(f, f.finish())  # close(2) returned: recorded in the open group
+    assert dir_pool.cat.group_open and node.id in dir_pool.group_touched
+    stuck = _Holder(ops)
+    real = glance_mod.named
+    once = []
+
+    def named(cat: Catalog, parent: int, name: str) -> Node | None:
+        found = real(cat, parent, name)  # (the glance's snapshot is taken here)
+        if not once:
+            once.append(1)
+            stuck.go(dir_pool.cat.commit_group)  # the holder commits meanwhile (then hangs on a drive, say)
+        return found
+
+    monkeypatch.setattr(glance_mod, "named", named)
+    ops._held_up = True
+    try:
+        attr = ops.lookup(ctx, music.id, b"new.bin")
+    finally:
+        if not once:
+            stuck.go()
+    ops.close()
+    assert attr is not None and attr.size == 5, attr
+
+
+@pytest.mark.expect_errors
+def test_a_close_whose_flush_and_release_a_failed_commit_undid_is_recorded(state_dir: Path,
+                                                                           dir_drives: list[Path]) -> None:
+    """close(2): FLUSH records (grouped), RELEASE follows in the same group; the group's
+    COMMIT fails: the record is made again at once (the handle is gone)."""
+    pool = _pool(state_dir, dir_drives)
+    fail = FailingCommit(pool.cat.db)
+    try:
+        parent = pool.cat.child(ROOT_ID, "Documents")
+        assert parent is not None
+        node, f = pool.create_file(parent.id, "new.bin", 0o644, os.getuid(), os.getgid())
+        f.write(b"hello", 0)
+        pool.releasing(f)
+        pool.record_file(f, f.settle())  # FLUSH
+        pool.releasing(f, closing=True)
+        pool.release_file(f, f.finish())  # RELEASE, same group
+        pool.cat.db = fail  # type: ignore[assignment]
+        fail.armed = True
+        with pytest.raises(sqlite3.OperationalError):
+            pool.settle_steps()
+        pool.cat.db = fail._db  # type: ignore[assignment]
+        pool.catch_up()
+        assert pool.node(node.id).size == 5, (pool.node(node.id), pool.cat.journal())
+    finally:
+        pool.cat.db = fail._db  # type: ignore[assignment]
+        pool.close()
+
+
+@pytest.mark.expect_errors
+def test_a_failed_commit_keeps_what_was_set_while_the_file_was_open(state_dir: Path, dir_drives: list[Path]) -> None:
+    """tar: write, fchmod, close. FLUSH's record (grouped) fails to commit: the handle gets its
+    journal row and what was set on it back, and RELEASE records both."""
+    pool = _pool(state_dir, dir_drives)
+    fail = FailingCommit(pool.cat.db)
+    try:
+        parent = pool.cat.child(ROOT_ID, "Documents")
+        assert parent is not None
+        node, f = pool.create_file(parent.id, "new.bin", 0o644, os.getuid(), os.getgid())
+        f.write(b"hello", 0)
+        pool.set_attrs(node.id, mode=0o600, handle=f)
+        assert pool.node(node.id).mode & 0o7777 == 0o600
+        pool.releasing(f)
+        pool.record_file(f, f.settle())  # FLUSH
+        pool.cat.db = fail  # type: ignore[assignment]
+        fail.armed = True
+        with pytest.raises(sqlite3.OperationalError):
+            pool.settle_steps()
+        pool.cat.db = fail._db  # type: ignore[assignment]
+        pool.releasing(f, closing=True)
+        pool.release_file(f, f.finish())  # RELEASE
+        pool.catch_up()
+        got = pool.node(node.id)
+        assert (got.size, got.mode & 0o7777) == (5, 0o600), got
+    finally:
+        pool.cat.db = fail._db  # type: ignore[assignment]
         pool.close()

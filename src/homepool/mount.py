@@ -172,6 +172,7 @@ def settle_steps(pool: Pool, ops: PoolOperations, session: Session, settle_after
                 pool.settle_steps()
         except Exception:  # the state drive full, say: the group is undone, and said so
             log.exception("recording renames and deletes")
+            session.done.wait(SYNC_EVERY)  # (steps that keep failing are tried again, not in a loop)
 
 
 def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:

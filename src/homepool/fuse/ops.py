@@ -310,7 +310,7 @@ class PoolOperations:
         with `held` (READDIRPLUS), and not for the inodes in it (the kernel has them). Read
         from the catalog page by page, with no directory handle: see `Catalog.listing`."""
         def answer(pool: Pool | Glance) -> tuple[list[tuple[int, int, str, str, int]], dict[int, Entry]]:
-            page = pool.cat.listing(ino, off, most)
+            page = pool.listing(ino, off, most)
             lacking = held is not None and page and any(id_ not in held for _, id_, _, _, _ in page)
             # The kernel lacks one: the attributes, for the page (one query).
             return page, pool.entries(ino, off, page[-1][0]) if lacking else {}

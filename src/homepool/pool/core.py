@@ -182,7 +182,7 @@ class Pool(LiveOps):
         # Nodes and directories the open group changed: the lock-free looks are unsure of them
         # (`Glance`). And the close records in it, with the journal row each one removes.
         self.group_touched: set[int] = set()
-        self._group_records: list[tuple[LiveFile, int | None]] = []
+        self._group_records: list[tuple[LiveFile, int | None, tuple[int, int, str] | None, dict[str, int]]] = []
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
 
     # -- opening and closing -----------------------------------------------------------------
@@ -948,11 +948,7 @@ class Pool(LiveOps):
                       len(fresh), len(records))
         self._queued = [q for q in self._queued if q.committed]
         self._queued_paths = {p for q in self._queued for p in _step_paths(q.payload)}
-        for f, journal_id in records:
-            f.recorded = None  # recorded again at its next close; a handle let go has its row back,
-            if f.journal_id is None and f in self._open.get(f.node_id, ()):  # which the next opening finishes
-                f.journal_id = journal_id
-                f.changed = True
+        self.records_undone(records)
 
     def _drives_for(self, *paths: str, commit: bool = True) -> dict[int, Drive]:
         """The drives, to act on these paths of files: steps waiting on other paths may go on

@@ -35,6 +35,7 @@ class Glance:
         self._opened_past = opened_past  # whether the mount opened a node past the lock (not yet the pool's)
         self.cat = Catalog(catalog_path, readonly=True)
         self.lock = threading.Lock()  # one connection, one request at a time (glances are rare)
+        self._touched: set[int] = set()  # what the open group had changed when the snapshot began
 
     def close(self) -> None:
         with self.lock:
@@ -42,7 +43,10 @@ class Glance:
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
-        """One request's reads see one commit (a lookup reads a name, then its node)."""
+        """One request's reads see one commit (a lookup reads a name, then its node), the one
+        its first read finds. What the open group has changed is taken before that (a group
+        committed in between is then doubted, never missed: `_changed`)."""
+        self._touched = self._pool.group_touched  # (replaced, never emptied, when a group ends)
         self.cat.db.execute("BEGIN")
         try:
             yield
@@ -77,7 +81,12 @@ class Glance:
     def _changed(self, node_id: int) -> bool:
         """Whether a change not yet committed (`Pool.group_steps`), which has returned, is on
         this node or in this directory."""
-        return node_id in self._pool.group_touched
+        return node_id in self._touched or node_id in self._pool.group_touched
+
+    def listing(self, node_id: int, after: int, most: int) -> list[tuple[int, int, str, str, int]]:
+        if self._changed(node_id):
+            raise Unsure
+        return self.cat.listing(node_id, after, most)
 
     def entries(self, node_id: int, after: int, upto: int) -> dict[int, Entry]:
         """`Catalog.entries`, without the files open here (the listing names them without

@@ -360,7 +360,7 @@ class LiveOps:
         _recording: set[int]
         grouping: bool
         group_touched: set[int]
-        _group_records: list[tuple[LiveFile, int | None]]
+        _group_records: list[tuple[LiveFile, int | None, tuple[int, int, str] | None, dict[str, int]]]
 
         def drives_by_id(self) -> dict[int, Drive]: ...
         def path_of(self, node_id: int) -> str: ...
@@ -416,6 +416,10 @@ class LiveOps:
                 mtime = seen[1] if f.passthrough else max(node.mtime_ns, *(h.mtime_ns for h in handles))
                 return node.but(size=seen[0], mtime_ns=mtime, ctime_ns=max(node.ctime_ns, mtime))
         return node
+
+    def listing(self, node_id: int, after: int, most: int) -> list[tuple[int, int, str, str, int]]:
+        """A page of a directory's names (`Catalog.listing`), as the mount shows them."""
+        return self.cat.listing(node_id, after, most)
 
     def _with_dir_time(self, node: Node) -> Node:
         """A directory with entries added or removed: its times as they are, not yet saved."""
@@ -810,7 +814,7 @@ class LiveOps:
             # commit leaves the journal row, which records the file from its copy.
             if self.grouping:
                 self.group_touched.add(f.node_id)
-                self._group_records.append((f, f.journal_id))
+                self._group_records.append((f, None if keep else f.journal_id, result if fresh else None, attrs))
             with self.cat.transaction(grouped=self.grouping):
                 node = self.cat.node_or_none(f.node_id) if fresh or attrs else None
                 if node is not None and result is not None and fresh:
@@ -826,6 +830,33 @@ class LiveOps:
         if current:
             f.changed, f.mtime_ns = False, 0  # the catalog has it all now
         self._changed = True
+
+    def records_undone(self, records: list[tuple[LiveFile, int | None, tuple[int, int, str] | None,
+                                                 dict[str, int]]]) -> None:
+        """Close records a failed commit undid (`Pool._group_ended`): a handle still open makes
+        them again at its next close; one let go has its record made again now (if that
+        fails too, its journal row, back in the catalog, records it when the pool is next
+        opened)."""
+        for f, journal_id, result, attrs in records:
+            f.recorded = None
+            if f in self._open.get(f.node_id, ()):
+                f.attrs = {**attrs, **f.attrs}
+                if journal_id is not None and f.journal_id is None:
+                    f.journal_id = journal_id
+                f.changed = True
+                continue
+            try:
+                with self.cat.transaction():
+                    node = self.cat.node_or_none(f.node_id)
+                    if node is not None and result is not None:
+                        self._record_result(f, node, result, attrs)
+                    elif node is not None and attrs:
+                        self._record_attrs(f.node_id, attrs)
+                    if journal_id is not None:
+                        self.cat.journal_done(journal_id)
+            except Exception as e:  # (the state drive still full, say)
+                log.error("could not record %s again (%s); the next mount records it from its copy",
+                          self.path_of(f.node_id) if self.cat.node_or_none(f.node_id) else f.path, e)
 
     def _record_result(self, f: LiveFile, node: Node, result: tuple[int, int, str], attrs: dict[str, int]) -> None:
         """In `record_file`'s transaction: the file's new size, time and hash, on its copies too."""
