@@ -23,15 +23,6 @@ def copies_on_disk(drives: list[Path], pool_path: str) -> list[Path]:
     return [d / "HomePool" / pool_path for d in drives if (d / "HomePool" / pool_path).is_file()]
 
 
-def sync_dir(path: Path) -> None:
-    """fsync a folder (in a mount: the renames and deletes still in a group reach the drives)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def tree_files(root: Path) -> dict[str, bytes]:
     out = {}
     for dirpath, _, files in os.walk(root):

@@ -8,6 +8,8 @@ import os
 import signal
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,13 +18,13 @@ from homepool import check as check_mod
 from homepool import mount as mount_mod
 from homepool.catalog import ROOT_ID, Catalog, Node
 from homepool.config import CATALOG_FILE
-from homepool.drives import Drive
+from homepool.drives import Drive, fsync_dir
 from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx
-from homepool.pool import Pool
+from homepool.pool import LiveFile, Pool
 from homepool.pool import glance as glance_mod
 
-from .helpers import assert_clean, copies_on_disk, reader, sync_dir
+from .helpers import assert_clean, copies_on_disk, reader
 from .mounting import mount_pool
 from .test_fuse_ops import _Holder, _live_ops, _Stuck
 
@@ -135,7 +137,7 @@ def test_through_the_mount_steps_on_one_name_keep_their_order(state_dir: Path, d
         os.rename(docs / "c.txt", docs / "d.txt")  # over another file
         (docs / "a.txt").write_bytes(b"new a")  # where a rename left
         os.rename(docs / "e.txt", docs / "a.txt")  # over the new file
-        sync_dir(docs)  # an fsync of the folder waits for the drive steps
+        fsync_dir(docs)  # an fsync of the folder waits for the drive steps
         assert _on_drives(dir_drives) == _as_files({"a.txt": BEFORE["a.txt"], "d.txt": BEFORE["c.txt"]})
         assert sorted(os.listdir(docs)) == ["a.txt", "d.txt"]
     with reader(state_dir) as pool:
@@ -194,6 +196,40 @@ class FailingCommit:
         return getattr(self._db, name)
 
 
+@contextmanager
+def _failing_pool(state_dir: Path, drives: list[Path]) -> Iterator[tuple[Pool, FailingCommit]]:
+    """`_pool`, its connection wrapped in a `FailingCommit` (armed by the test), closed after."""
+    pool = _pool(state_dir, drives)
+    fail = FailingCommit(pool.cat.db)
+    pool.cat.db = fail  # type: ignore[assignment]
+    try:
+        yield pool, fail
+    finally:
+        pool.cat.db = fail._db  # type: ignore[assignment]
+        pool.close()
+
+
+def _written_and_flushed(pool: Pool, folder: str = "Documents") -> tuple[Node, LiveFile]:
+    """A new file with b"hello" in it, open, after its first close(2) (FLUSH)."""
+    parent = pool.cat.child(ROOT_ID, folder)
+    assert parent is not None
+    node, f = pool.create_file(parent.id, "new.bin", 0o644, os.getuid(), os.getgid())
+    if folder == "Videos":
+        pool.pass_through(f, node)
+        os.pwrite(f.read_fd, b"hello", 0)  # (the kernel writes a passed-through file)
+    else:
+        f.write(b"hello", 0)
+    pool.releasing(f)
+    pool.record_file(f, f.settle())
+    return node, f
+
+
+def _commit_fails(pool: Pool, fail: FailingCommit) -> None:
+    fail.armed = True
+    with pytest.raises(sqlite3.OperationalError):
+        pool.settle_steps()
+
+
 def _docs(pool: Pool) -> int:
     docs = pool.cat.child(ROOT_ID, "Documents")
     assert docs is not None
@@ -205,10 +241,7 @@ def test_a_failed_commit_undoes_its_group_and_runs_none_of_its_steps(state_dir: 
                                                                                dir_drives: list[Path]) -> None:
     """A transaction of another change settles the group first; if its COMMIT fails (a full
     state drive: `FailingCommit`), the group is undone and none of its drive steps runs."""
-    pool = _pool(state_dir, dir_drives)
-    fail = FailingCommit(pool.cat.db)
-    pool.cat.db = fail  # type: ignore[assignment]
-    try:
+    with _failing_pool(state_dir, dir_drives) as (pool, fail):
         docs = _docs(pool)
         pool.remove(docs, "b.txt", rmdir=False)  # grouped: queued
         fail.armed = True
@@ -219,9 +252,6 @@ def test_a_failed_commit_undoes_its_group_and_runs_none_of_its_steps(state_dir: 
         pool.settle_steps()  # (the settle thread, 5 ms later)
         # ...and so is the drive step of its delete.
         assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2, "b.txt's copies were deleted"
-    finally:
-        pool.cat.db = fail._db  # type: ignore[assignment]
-        pool.close()
 
 
 @pytest.mark.expect_errors
@@ -229,22 +259,14 @@ def test_a_failed_commit_keeps_the_steps_of_a_group_committed_before(state_dir: 
                                                                           dir_drives: list[Path]) -> None:
     """Group 1 committed (by an open of a file, say) with its steps still waiting; group 2's
     COMMIT fails: group 1's steps still run, group 2's do not."""
-    pool = _pool(state_dir, dir_drives)
-    fail = FailingCommit(pool.cat.db)
-    pool.cat.db = fail  # type: ignore[assignment]
-    try:
+    with _failing_pool(state_dir, dir_drives) as (pool, fail):
         docs = _docs(pool)
         pool.move(docs, "a.txt", docs, "a2.txt", noreplace=False)  # group 1
         pool.cat.commit_group()  # (as an open does: the steps wait)
         pool.remove(docs, "c.txt", rmdir=False)  # group 2 (other paths: no settle)
-        fail.armed = True
-        with pytest.raises(sqlite3.OperationalError):
-            pool.settle_steps()  # group 2's commit fails
+        _commit_fails(pool, fail)
         assert pool.lookup("Documents/a2.txt") is not None  # group 1 stands in the catalog
         assert pool.read_bytes("Documents/a2.txt") == BEFORE["a.txt"]
-    finally:
-        pool.cat.db = fail._db  # type: ignore[assignment]
-        pool.close()
 
 
 @pytest.mark.expect_errors
@@ -263,8 +285,7 @@ def test_a_failed_commit_keeps_the_finished_journal_rows_it_was_to_remove(state_
     pool.write_bytes("Documents/e.txt", b"E" * 10)
     pool.write_bytes("Documents/x.txt", b"X")
     where = {n: {r.drive_id for r in pool.cat.replicas(pool.stat(f"Documents/{n}.txt").id)} for n in "cde"}
-    if not (where["c"] != where["d"] and where["e"] == where["d"]):
-        pytest.skip(f"placement: {where}")
+    assert where["c"] != where["d"] and where["e"] == where["d"], f"placement changed: {where}"
     pool.go_live()
     pool.group_steps()
     fail = FailingCommit(pool.cat.db)
@@ -314,21 +335,27 @@ def test_a_change_at_a_name_a_rename_left_settles_the_rename_before_its_commit(s
         assert_clean(pool)
 
 
+def _music_changed(pool: Pool, monkeypatch: pytest.MonkeyPatch, *more: str) -> tuple[PoolOperations, Ctx, Node]:
+    """In process, the mount's operations with song.ogg deleted and old.ogg renamed new.ogg
+    in Music (in the open group); `more` files there too. Returns them and Music."""
+    for name, data in (("song.ogg", b"la"), ("old.ogg", b"lo"), *((n, b"ot") for n in more)):
+        pool.write_bytes(f"Music/{name}", data * 500)
+    ops, ctx = _live_ops(pool, monkeypatch)
+    pool.group_steps()
+    music = pool.child(1, "Music")
+    assert music is not None
+    ops.unlink(ctx, music.id, b"song.ogg")
+    ops.rename(ctx, music.id, b"old.ogg", music.id, b"new.ogg", 0)
+    return ops, ctx, music
+
+
 def test_looks_past_a_stall_see_the_renames_and_deletes_that_returned(dir_pool: Pool,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """unlink and rename returned (grouped); then a change holds the lock (an open for reading
     on a drive that hangs: it does not wait for other files' steps, but commits the group).
     Lookups past the stall do not see the deleted file again, nor the renamed one under its
     old name."""
-    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
-    dir_pool.write_bytes("Music/old.ogg", b"lo" * 500)
-    dir_pool.write_bytes("Music/other.ogg", b"ot" * 500)
-    ops, ctx = _live_ops(dir_pool, monkeypatch)
-    dir_pool.group_steps()
-    music = dir_pool.child(1, "Music")
-    assert music is not None
-    ops.unlink(ctx, music.id, b"song.ogg")
-    ops.rename(ctx, music.id, b"old.ogg", music.id, b"new.ogg", 0)
+    ops, ctx, music = _music_changed(dir_pool, monkeypatch, "other.ogg")
     other = dir_pool.child(music.id, "other.ogg")
     assert other is not None
     reading = ops.open(ctx, other.id, os.O_RDONLY)  # what the stuck change would be doing
@@ -440,31 +467,13 @@ def test_a_failed_commit_of_a_close_is_recorded_at_the_next(state_dir: Path, dir
                                                               folder: str) -> None:
     """A file's record at a close is undone with its group (a full state drive): it is recorded
     again at the next close, and the catalog has what the file holds."""
-    pool = _pool(state_dir, dir_drives)
-    fail = FailingCommit(pool.cat.db)
-    try:
-        parent = pool.cat.child(ROOT_ID, folder)
-        assert parent is not None
-        node, f = pool.create_file(parent.id, "new.bin", 0o644, os.getuid(), os.getgid())
-        if folder == "Videos":
-            pool.pass_through(f, node)
-            os.pwrite(f.read_fd, b"hello", 0)  # (the kernel writes a passed-through file)
-        else:
-            f.write(b"hello", 0)
-        pool.releasing(f)
-        pool.record_file(f, f.settle())  # close(2)
-        pool.cat.db = fail  # type: ignore[assignment]
-        fail.armed = True
-        with pytest.raises(sqlite3.OperationalError):
-            pool.settle_steps()
-        pool.cat.db = fail._db  # type: ignore[assignment]
+    with _failing_pool(state_dir, dir_drives) as (pool, fail):
+        node, f = _written_and_flushed(pool, folder)
+        _commit_fails(pool, fail)
         pool.releasing(f, closing=True)
         pool.release_file(f, f.finish())
         pool.catch_up()
         assert pool.node(node.id).size == 5
-    finally:
-        pool.cat.db = fail._db  # type: ignore[assignment]
-        pool.close()
     with Pool.open(state_dir) as pool:
         assert pool.read_bytes(f"{folder}/new.bin") == b"hello"
         assert_clean(pool)
@@ -493,14 +502,7 @@ def test_a_listing_past_a_stall_shows_the_renames_and_deletes_that_returned(dir_
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A listing read past a stall, with a rename and a delete in the open group: it waits
     rather than list the names as they were."""
-    dir_pool.write_bytes("Music/song.ogg", b"la" * 500)
-    dir_pool.write_bytes("Music/old.ogg", b"lo" * 500)
-    ops, ctx = _live_ops(dir_pool, monkeypatch)
-    dir_pool.group_steps()
-    music = dir_pool.child(1, "Music")
-    assert music is not None
-    ops.unlink(ctx, music.id, b"song.ogg")
-    ops.rename(ctx, music.id, b"old.ogg", music.id, b"new.ogg", 0)
+    ops, ctx, music = _music_changed(dir_pool, monkeypatch)
     assert dir_pool.cat.group_open
     stuck = _Holder(ops)
     seen: list[str] = []
@@ -554,54 +556,30 @@ def test_a_close_whose_flush_and_release_a_failed_commit_undid_is_recorded(state
                                                                            dir_drives: list[Path]) -> None:
     """close(2): FLUSH records (grouped), RELEASE follows in the same group; the group's
     COMMIT fails: the record is made again at once (the handle is gone)."""
-    pool = _pool(state_dir, dir_drives)
-    fail = FailingCommit(pool.cat.db)
-    try:
-        parent = pool.cat.child(ROOT_ID, "Documents")
-        assert parent is not None
-        node, f = pool.create_file(parent.id, "new.bin", 0o644, os.getuid(), os.getgid())
-        f.write(b"hello", 0)
-        pool.releasing(f)
-        pool.record_file(f, f.settle())  # FLUSH
+    with _failing_pool(state_dir, dir_drives) as (pool, fail):
+        node, f = _written_and_flushed(pool)
         pool.releasing(f, closing=True)
         pool.release_file(f, f.finish())  # RELEASE, same group
-        pool.cat.db = fail  # type: ignore[assignment]
-        fail.armed = True
-        with pytest.raises(sqlite3.OperationalError):
-            pool.settle_steps()
-        pool.cat.db = fail._db  # type: ignore[assignment]
+        _commit_fails(pool, fail)
         pool.catch_up()
         assert pool.node(node.id).size == 5, (pool.node(node.id), pool.cat.journal())
-    finally:
-        pool.cat.db = fail._db  # type: ignore[assignment]
-        pool.close()
 
 
 @pytest.mark.expect_errors
 def test_a_failed_commit_keeps_what_was_set_while_the_file_was_open(state_dir: Path, dir_drives: list[Path]) -> None:
     """tar: write, fchmod, close. FLUSH's record (grouped) fails to commit: the handle gets its
     journal row and what was set on it back, and RELEASE records both."""
-    pool = _pool(state_dir, dir_drives)
-    fail = FailingCommit(pool.cat.db)
-    try:
-        parent = pool.cat.child(ROOT_ID, "Documents")
-        assert parent is not None
-        node, f = pool.create_file(parent.id, "new.bin", 0o644, os.getuid(), os.getgid())
+    with _failing_pool(state_dir, dir_drives) as (pool, fail):
+        docs = _docs(pool)
+        node, f = pool.create_file(docs, "new.bin", 0o644, os.getuid(), os.getgid())
         f.write(b"hello", 0)
-        pool.set_attrs(node.id, mode=0o600, handle=f)
+        pool.set_attrs(node.id, mode=0o600, handle=f)  # (fchmod)
         assert pool.node(node.id).mode & 0o7777 == 0o600
         pool.releasing(f)
         pool.record_file(f, f.settle())  # FLUSH
-        pool.cat.db = fail  # type: ignore[assignment]
-        fail.armed = True
-        with pytest.raises(sqlite3.OperationalError):
-            pool.settle_steps()
-        pool.cat.db = fail._db  # type: ignore[assignment]
+        _commit_fails(pool, fail)
         pool.releasing(f, closing=True)
         pool.release_file(f, f.finish())  # RELEASE
         pool.catch_up()
         got = pool.node(node.id)
         assert (got.size, got.mode & 0o7777) == (5, 0o600), got
-    finally:
-        pool.cat.db = fail._db  # type: ignore[assignment]
-        pool.close()

@@ -14,12 +14,13 @@ import pytest
 
 from homepool.catalog import ROOT_ID
 from homepool.check import check
+from homepool.drives import fsync_dir
 from homepool.pool import Pool
 from homepool.pool import core as core_mod
 from homepool.pool import live as live_mod
 from homepool.recover import recover
 
-from .helpers import assert_clean, copies_on_disk, raises, reader, sync_dir
+from .helpers import assert_clean, copies_on_disk, raises, reader
 from .mounting import mount_pool
 
 
@@ -101,7 +102,7 @@ def test_removing_names_keeps_the_file_until_the_last(mount: Mount, state_dir: P
         assert pool.stat("Documents/b.txt").is_file and pool.cat.links() == []
         assert_clean(pool)
     os.unlink(mnt / "Documents/b.txt")
-    sync_dir(mnt / "Documents")  # (a delete reaches the drives a few ms later; an fsync waits for it)
+    fsync_dir(mnt / "Documents")  # (a delete reaches the drives a few ms later; an fsync waits for it)
     assert copies_on_disk(dir_drives, "Documents/b.txt") == []
 
 
