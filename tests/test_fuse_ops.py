@@ -604,6 +604,16 @@ def _opening(ops: PoolOperations, ctx: Ctx, ino: int, answers: dict[str, object]
     return t
 
 
+def _stat_that_waits(ops: PoolOperations, ctx: Ctx, ino: int, answers: dict[str, object]) -> threading.Thread:
+    """A `stat` on a thread of its own, given a second, in which it must not answer (it waits
+    for the lock); its answer goes to answers["stat"]."""
+    t = threading.Thread(target=lambda: answers.update(stat=ops.getattr(ctx, ino)))
+    t.start()
+    t.join(timeout=1)
+    assert t.is_alive(), answers
+    return t
+
+
 @pytest.mark.parametrize("hung", [0, 1])
 def test_an_open_past_a_stuck_rename_never_reads_the_file_it_replaced(dir_pool: Pool, monkeypatch: pytest.MonkeyPatch,
                                                                        hung: int) -> None:
@@ -678,10 +688,7 @@ def test_a_file_deleted_after_an_open_past_the_stall_is_stat_as_deleted(dir_pool
         assert not _opening(ops, ctx, song, answers, waits=False).is_alive()
         before.go.set()
         assert after.there.wait(10)  # recorded, and hanging on the drive
-        stat = threading.Thread(target=lambda: answers.update(stat=ops.getattr(ctx, song)))
-        stat.start()
-        stat.join(timeout=1)
-        assert stat.is_alive(), answers
+        stat = _stat_that_waits(ops, ctx, song, answers)
     finally:
         before.go.set()
         after.go.set()
@@ -848,10 +855,7 @@ def test_a_stat_while_handles_opened_past_a_stall_are_handed_over_waits(dir_pool
     handover = slow.run(lambda: ops.lock.acquire() and ops.lock.release())  # (first is looked at first)
     answers: dict[str, object] = {}
     try:
-        stat = threading.Thread(target=lambda: answers.update(stat=ops.getattr(ctx, song)))
-        stat.start()
-        stat.join(timeout=1)
-        assert stat.is_alive(), answers
+        stat = _stat_that_waits(ops, ctx, song, answers)
     finally:
         slow.go.set()
         handover.join(10)

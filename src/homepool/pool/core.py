@@ -57,7 +57,7 @@ from ..errors import NotADirectory as NotADir
 from ..streams import Target, copy_to
 from ..units import human
 from .batch import WriteBatch
-from .live import DRIVES_TTL, PASSTHROUGH_ROOM, LiveFile, LiveOps
+from .live import DRIVES_TTL, PASSTHROUGH_ROOM, CloseRecord, LiveFile, LiveOps
 from .ondrive import (
     conflict_name,
     copy_is_at_fault,
@@ -182,7 +182,7 @@ class Pool(LiveOps):
         # Nodes and directories the open group changed: the lock-free looks are unsure of them
         # (`Glance`). And the close records in it, with the journal row each one removes.
         self.group_touched: set[int] = set()
-        self._group_records: list[tuple[LiveFile, int | None, tuple[int, int, str] | None, dict[str, int]]] = []
+        self._group_records: list[CloseRecord] = []
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
 
     # -- opening and closing -----------------------------------------------------------------
@@ -884,7 +884,7 @@ class Pool(LiveOps):
         With `group` (a file's rename or delete through the mount, see `group_steps`), the
         steps may wait for the commit of a group of such changes."""
         if self.live and op in ("rename", "drop"):
-            if group and self.grouping:
+            if group:  # (`LiveOps._groups`: only while grouping)
                 self._run_grouped(op, payload)
             else:
                 self._run_recorded_first(op, payload)
@@ -900,21 +900,30 @@ class Pool(LiveOps):
         then the drive steps run. The row stays until the next commit removes it, so a crash
         in between redoes the drive steps (`_finish`; they are idempotent, and its records see
         the change made). A drive that fails its step is owed it, as in `_finish`."""
-        drives = {d.id: d for d in self.drives()}
+        q = self._record_first(op, payload, {d.id: d for d in self.drives()})
+        try:
+            self._take_steps(q)
+        finally:  # never replayed later, after other changes
+            self.cat.journal_done_later(q.entry)
+
+    def _record_first(self, op: str, payload: dict, drives: dict[int, Drive], grouped: bool = False) -> _Queued:
+        """The journal row and the catalog's new state of a rename or drop, in one transaction
+        (`grouped`: left open for those that follow); its drive steps are still to take."""
         payload = {**payload, "recorded": True}
-        with self.cat.transaction():
+        with self.cat.transaction(grouped=grouped):
             entry = self.cat.journal_add(op, payload)
             # The copies it removes: what a drive that fails to remove one is owed.
             record = self._record_drop if op == "drop" else self._record_rename
             gone = record(payload, drives, set())
         self._changed = True
-        try:
-            failed = self._apply_drop(payload, drives) if op == "drop" else self._apply_rename(payload, drives)
-            if failed:
-                with self.cat.transaction():
-                    self._owe_failed(op, payload, drives, failed, gone)
-        finally:  # never replayed later, after other changes
-            self.cat.journal_done_later(entry)
+        return _Queued(entry, op, payload, drives, gone)
+
+    def _take_steps(self, q: _Queued) -> None:
+        """The drive steps of a rename or drop recorded first; a drive that fails one is owed it."""
+        failed = self._apply_drop(q.payload, q.drives) if q.op == "drop" else self._apply_rename(q.payload, q.drives)
+        if failed:
+            with self.cat.transaction():
+                self._owe_failed(q.op, q.payload, q.drives, failed, q.gone)
 
     # -- the mount's renames and deletes, a group to a commit --------------------------------
 
@@ -962,15 +971,11 @@ class Pool(LiveOps):
         return {d.id: d for d in self._drive_snapshot()}
 
     def _run_grouped(self, op: str, payload: dict) -> None:
-        drives = self._drives_for(*_step_paths(payload), commit=False)
-        payload = {**payload, "recorded": True}
-        with self.cat.transaction(grouped=True):
-            entry = self.cat.journal_add(op, payload)
-            record = self._record_drop if op == "drop" else self._record_rename
-            gone = record(payload, drives, set())
-        self._changed = True
-        self._queued.append(_Queued(entry, op, payload, drives, gone))
-        self._queued_paths |= _step_paths(payload)
+        touched = _step_paths(payload)
+        # (Recorded before `_queued` is looked at: its transaction may end a group, and replace it.)
+        q = self._record_first(op, payload, self._drives_for(*touched, commit=False), grouped=True)
+        self._queued.append(q)
+        self._queued_paths |= touched
         self._group_waits()
         if len(self._queued) >= GROUP_MAX:
             self.settle_steps()
@@ -983,27 +988,20 @@ class Pool(LiveOps):
         """Commit the group of renames and deletes and run their drive steps, in order. If the
         commit fails, the group is undone (the catalog as before it, and the drives untouched;
         steps of a group committed before still run)."""
-        if not self._queued and not self.cat.group_open:
-            if self.group_waiting.is_set():  # (committed by another transaction meanwhile)
-                self.group_waiting.clear()
-            return
         try:
-            self.cat.commit_group()  # (`_group_ended` keeps only the steps that may run)
-            queued, self._queued = self._queued, []
-            self._queued_paths = set()
-            self._run_steps(queued)
-        finally:
-            if not self._queued and not self.cat.group_open:  # (last: an fsync seeing it set waits for this)
+            if self._queued or self.cat.group_open:
+                self.cat.commit_group()  # (`_group_ended` keeps only the steps that may run)
+                queued, self._queued = self._queued, []
+                self._queued_paths = set()
+                self._run_steps(queued)
+        finally:  # (last: an fsync seeing it set waits for this; another transaction may have committed)
+            if self.group_waiting.is_set() and not self._queued and not self.cat.group_open:
                 self.group_waiting.clear()
 
     def _run_steps(self, queued: list[_Queued]) -> None:
         for i, q in enumerate(queued):
             try:
-                failed = self._apply_drop(q.payload, q.drives) if q.op == "drop" \
-                    else self._apply_rename(q.payload, q.drives)
-                if failed:
-                    with self.cat.transaction():
-                        self._owe_failed(q.op, q.payload, q.drives, failed, q.gone)
+                self._take_steps(q)
             except BaseException:
                 # Committed: the next settle runs them, this one again (its steps are idempotent).
                 self._queued[:0] = queued[i:]

@@ -73,6 +73,11 @@ HASH_ALONGSIDE = 64 << 10
 _mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror")
 
 
+# A close's record (`LiveOps.record_file`): the handle, the journal row it ends, the size, time
+# and hash it records (if new), and the attributes set on the handle.
+CloseRecord = tuple["LiveFile", int | None, tuple[int, int, str] | None, dict[str, int]]
+
+
 def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
     view = memoryview(data)
     while view:
@@ -360,7 +365,7 @@ class LiveOps:
         _recording: set[int]
         grouping: bool
         group_touched: set[int]
-        _group_records: list[tuple[LiveFile, int | None, tuple[int, int, str] | None, dict[str, int]]]
+        _group_records: list[CloseRecord]
 
         def drives_by_id(self) -> dict[int, Drive]: ...
         def path_of(self, node_id: int) -> str: ...
@@ -812,17 +817,12 @@ class LiveOps:
         else:
             # Grouped with the renames and deletes (`group_steps`): a crash before the group's
             # commit leaves the journal row, which records the file from its copy.
+            record: CloseRecord = (f, None if keep else f.journal_id, result if fresh else None, attrs)
             if self.grouping:
                 self.group_touched.add(f.node_id)
-                self._group_records.append((f, None if keep else f.journal_id, result if fresh else None, attrs))
+                self._group_records.append(record)
             with self.cat.transaction(grouped=self.grouping):
-                node = self.cat.node_or_none(f.node_id) if fresh or attrs else None
-                if node is not None and result is not None and fresh:
-                    self._record_result(f, node, result, attrs)
-                elif node is not None and attrs:
-                    self._record_attrs(f.node_id, attrs)
-                if not keep:
-                    self.cat.journal_done(f.journal_id)
+                self._write_record(*record)
             if self.grouping:
                 self._group_waits()
         if not keep:
@@ -831,8 +831,18 @@ class LiveOps:
             f.changed, f.mtime_ns = False, 0  # the catalog has it all now
         self._changed = True
 
-    def records_undone(self, records: list[tuple[LiveFile, int | None, tuple[int, int, str] | None,
-                                                 dict[str, int]]]) -> None:
+    def _write_record(self, f: LiveFile, journal_id: int | None, result: tuple[int, int, str] | None,
+                      attrs: dict[str, int]) -> None:
+        """In a transaction: a close's record (`CloseRecord`), and the end of its journal row."""
+        node = self.cat.node_or_none(f.node_id) if result is not None or attrs else None
+        if node is not None and result is not None:
+            self._record_result(f, node, result, attrs)
+        elif node is not None and attrs:
+            self._record_attrs(f.node_id, attrs)
+        if journal_id is not None:
+            self.cat.journal_done(journal_id)
+
+    def records_undone(self, records: list[CloseRecord]) -> None:
         """Close records a failed commit undid (`Pool._group_ended`): a handle still open makes
         them again at its next close; one let go has its record made again now (if that
         fails too, its journal row, back in the catalog, records it when the pool is next
@@ -847,13 +857,7 @@ class LiveOps:
                 continue
             try:
                 with self.cat.transaction():
-                    node = self.cat.node_or_none(f.node_id)
-                    if node is not None and result is not None:
-                        self._record_result(f, node, result, attrs)
-                    elif node is not None and attrs:
-                        self._record_attrs(f.node_id, attrs)
-                    if journal_id is not None:
-                        self.cat.journal_done(journal_id)
+                    self._write_record(f, journal_id, result, attrs)
             except Exception as e:  # (the state drive still full, say)
                 log.error("could not record %s again (%s); the next mount records it from its copy",
                           self.path_of(f.node_id) if self.cat.node_or_none(f.node_id) else f.path, e)
@@ -1107,7 +1111,7 @@ class LiveOps:
             if not node.links:
                 self._keep_if_open(node)
             group = self._groups(node)
-            if group and self.grouping:
+            if group:
                 self.group_touched.update((parent_id, node.id))
             self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
                                "node": True, "id": row.id, **self.heir(row, node)}, group=group)
@@ -1115,10 +1119,10 @@ class LiveOps:
         self._dir_changed(parent_id)
 
     def _groups(self, node: Node) -> bool:
-        """Whether a rename or delete of this file may wait for its group's commit (see
-        `group_steps`): not while it is open (its handles follow its copies' paths), nor for
+        """Whether a rename or delete of this file may wait for its group's commit (when the
+        mount groups them, see `group_steps`): not while it is open (its handles follow its copies' paths), nor for
         a file of several names (whose steps hand names over)."""
-        return not node.links and node.id not in self._open
+        return self.grouping and not node.links and node.id not in self._open
 
     def _follow(self, node_id: int) -> None:
         """A file's path changed: its open handles find its copies at the new one."""
@@ -1192,8 +1196,8 @@ class LiveOps:
         had = [r.drive_id for r in self.cat.replicas(old.id)] if old is not None else []
         group = self._groups(node) and (old is None or self._groups(old))
         # (Steps waiting on other paths may go on waiting: they change nothing here.)
-        drives = self._drives_for(src, dst, commit=False) if group and self.grouping else self.drives_by_id()
-        if group and self.grouping:
+        drives = self._drives_for(src, dst, commit=False) if group else self.drives_by_id()
+        if group:
             self.group_touched.update(i for i in (row.parent_id, new_parent_id, node.id, old and old.id) if i)
         for i in moves:  # something the catalog does not know in the way: refuse up front
             d = drives.get(i)
