@@ -583,3 +583,76 @@ def test_a_failed_commit_keeps_what_was_set_while_the_file_was_open(state_dir: P
         pool.catch_up()
         got = pool.node(node.id)
         assert (got.size, got.mode & 0o7777) == (5, 0o600), got
+
+
+def _closed(pool: Pool, *handles: LiveFile) -> None:
+    """close(2) and RELEASE of each handle."""
+    for f in handles:
+        pool.releasing(f, closing=True)
+        pool.release_file(f, f.finish())
+
+
+def test_a_create_commits_with_the_group_and_leaves_the_steps_of_other_files_waiting(
+        state_dir: Path, dir_drives: list[Path]) -> None:
+    """A new file is committed before its copies are made, in one commit with the group open;
+    the drive steps of other files' renames and deletes go on waiting for the settle thread,
+    so that a drive hung under one of them holds up no create, nor an open for writing."""
+    pool = _pool(state_dir, dir_drives)
+    try:
+        docs, videos = _docs(pool), pool.cat.child(ROOT_ID, "Videos")
+        assert videos is not None
+        _, g = pool.create_file(videos.id, "film.mkv", 0o644, os.getuid(), os.getgid())
+        pool.remove(docs, "b.txt", rmdir=False)  # grouped: its steps wait
+        _, f = pool.create_file(docs, "new.txt", 0o644, os.getuid(), os.getgid())
+        assert not pool.cat.group_open
+        assert _committed_names(state_dir) == {"a.txt", "c.txt", "d.txt", "new.txt"}
+        assert len(copies_on_disk(dir_drives, "Documents/new.txt")) == 2
+        pool.may_pass_through(g)  # (an open for writing of a 1-copy file asks for the drives' room)
+        assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2, "b.txt's delete did not wait"
+        _closed(pool, f, g)
+        pool.settle_steps()  # (the settle thread)
+        assert copies_on_disk(dir_drives, "Documents/b.txt") == []
+        pool.catch_up()
+        assert_clean(pool)
+    finally:
+        pool.close()
+
+
+def test_a_create_where_a_delete_waits_runs_the_delete_first(state_dir: Path, dir_drives: list[Path]) -> None:
+    """rm b.txt, then a new b.txt: the delete's steps run before the new copies are made (the
+    new file is not put aside as a stranger, nor deleted with the old one)."""
+    pool = _pool(state_dir, dir_drives)
+    try:
+        docs = _docs(pool)
+        pool.remove(docs, "b.txt", rmdir=False)
+        _, f = pool.create_file(docs, "b.txt", 0o644, os.getuid(), os.getgid())
+        f.write(b"new b", 0)
+        pool.releasing(f)
+        pool.record_file(f, f.settle())
+        _closed(pool, f)
+        pool.settle_steps()
+        assert _on_drives(dir_drives)["b.txt"] == [b"new b"] * 2
+        assert not [p for d in dir_drives for p in (d / "HomePool" / "Documents").iterdir() if "conflict" in p.name]
+        pool.catch_up()
+        assert_clean(pool)
+    finally:
+        pool.close()
+
+
+@pytest.mark.expect_errors
+def test_a_create_whose_commit_fails_makes_no_copy(state_dir: Path, dir_drives: list[Path]) -> None:
+    """The create's commit is the group's: if it fails, the group is undone with it (the
+    delete before it too), and no copy of the new file is made."""
+    with _failing_pool(state_dir, dir_drives) as (pool, fail):
+        docs = _docs(pool)
+        pool.remove(docs, "b.txt", rmdir=False)
+        fail.armed = True
+        with pytest.raises(sqlite3.OperationalError):
+            pool.create_file(docs, "new.txt", 0o644, os.getuid(), os.getgid())
+        assert pool.lookup("Documents/new.txt") is None
+        assert copies_on_disk(dir_drives, "Documents/new.txt") == []
+        assert pool.lookup("Documents/b.txt") is not None
+        pool.settle_steps()
+        assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2
+        pool.catch_up()
+        assert_clean(pool)

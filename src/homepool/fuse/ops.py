@@ -667,6 +667,7 @@ class PoolOperations:
         if unadopted is not None:  # opened past a stall, not yet the pool's: nothing to record or count
             unadopted[0].finish()
             return
+        unused = None  # a passthrough id no handle uses now
         with self.lock:
             f = self._files.pop(fh, None)
             if f is None:
@@ -678,9 +679,11 @@ class PoolOperations:
                 backing[1] -= 1
                 if backing[1] == 0:
                     del self._backing[f.node_id]
-                    assert self.session is not None
-                    self.session.backing_close(backing[0])
+                    unused = backing[0]
             self.pool.releasing(f, closing=True)
+        if unused is not None:  # (an open meanwhile gets an id of its own)
+            assert self.session is not None
+            self.session.backing_close(unused)
         with _errno():
             result = f.finish()
         with self.lock, _errno():

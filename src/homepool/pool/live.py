@@ -368,6 +368,7 @@ class LiveOps:
         _group_records: list[CloseRecord]
 
         def drives_by_id(self) -> dict[int, Drive]: ...
+        def _drive_snapshot(self, present_only: bool = False) -> list[Drive]: ...
         def path_of(self, node_id: int) -> str: ...
         def copies_wanted(self, node_id: int) -> int: ...
         def _candidates(self, drives: list[Drive]) -> list[placement.Candidate]: ...
@@ -541,17 +542,20 @@ class LiveOps:
         """A new empty file, open for writing, on as many drives (with room) as its folder wants."""
         parent, path = self._in_folder(parent_id, name)
         mode, uid, gid = self._owner(parent, stat_.S_IFREG | (mode & 0o7777), uid, gid)
-        drives = self.drives_by_id()
+        drives = self._drives_for(path, commit=False)  # (renames and deletes elsewhere may go on waiting)
         cands = self._candidates(list(drives.values()))
         targets = placement.choose(self.config.placement, cands, 0, self.copies_wanted(parent_id))
         if not targets:
             raise PoolFull(path=path, size=human(0), largest=human(max((c.room for c in cands), default=0)))
         now = time.time_ns()
-        with self.cat.transaction():
+        with self.cat.transaction(grouped=self.grouping):
             node_id = self.cat.add_node(parent_id, name, "file", mode, now, 0, EMPTY_HASH, uid, gid)
             for d in targets:
                 self.cat.set_replica(node_id, d, 0, now, EMPTY_HASH)
             journal = self.cat.journal_add("live", {"node": node_id, "path": path, "drives": targets})
+        # Committed before its copies are made (a copy the catalog does not know would be a stray
+        # after a crash), with the group waiting: one commit for both.
+        self.cat.commit_group()
         fds: dict[int, int] = {}
         for d in targets:
             try:
@@ -659,7 +663,7 @@ class LiveOps:
         if not f.writable:
             return True
         (drive_id,) = f.fds
-        cands = self._candidates(list(self.drives_by_id().values()))
+        cands = self._candidates(self._drive_snapshot())  # (only their room: steps waiting may go on waiting)
         return any(c.drive_id == drive_id and c.room >= self.passthrough_room for c in cands)
 
     def pass_through(self, f: LiveFile, node: Node | None = None) -> None:
