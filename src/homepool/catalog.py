@@ -628,6 +628,8 @@ class Catalog:
         node = Node(*row)
         if self.track_paths and len(self._nodes) < CACHED_NODES:
             self._nodes[node.id] = node  # what is done with it next reads it by id
+            if (above := self._paths.get(parent_id, "" if parent_id == ROOT_ID else None)) is not None:
+                self._paths[node.id] = f"{above}/{name}" if above else name  # and its path
         return node
 
     def children(self, parent_id: int) -> list[Node]:
