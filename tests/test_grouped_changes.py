@@ -21,7 +21,7 @@ from homepool.config import CATALOG_FILE
 from homepool.drives import Drive, fsync_dir
 from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx
-from homepool.pool import LiveFile, Pool
+from homepool.pool import LiveFile, Pool, newfiles
 from homepool.pool import glance as glance_mod
 
 from .helpers import assert_clean, copies_on_disk, reader
@@ -114,10 +114,7 @@ def test_a_crash_keeps_a_group_whole_or_not_at_all(state_dir: Path, dir_drives: 
     _change(pool)
     if committed:
         pool.cat.commit_group()  # the crash comes between the commit and the drive steps
-    # The process dies: its connection goes with what it did not commit, and its lock.
-    pool.cat.db.close()
-    assert pool.lock is not None
-    pool.lock.release()
+    _killed(pool)
     with Pool.open(state_dir) as pool:  # finishes what the journal says was under way
         files = AFTER if committed else BEFORE
         assert {e.name: pool.read_bytes(f"Documents/{e.name}") for e in pool.listdir("Documents")} == files
@@ -147,8 +144,9 @@ def test_through_the_mount_steps_on_one_name_keep_their_order(state_dir: Path, d
 def test_a_killed_mount_keeps_the_renames_and_deletes_in_order(state_dir: Path, dir_drives: list[Path],
                                                                tmp_path: Path) -> None:
     """Killed with a group open (it may be committed, whole or in part, by the every-second
-    round): what the pool has after is the changes up to some point, each whole, on the
-    drives as in the catalog, and nothing lost that was not deleted."""
+    round): what the pool has after is the renames and deletes up to some point, each whole,
+    on the drives as in the catalog, nothing lost that was not deleted, and every new file
+    written before the kill, whole."""
     pool = _pool(state_dir, dir_drives)
     for i in range(20):
         pool.write_bytes(f"Documents/f{i:02d}", b"%d" % i)
@@ -161,9 +159,14 @@ def test_a_killed_mount_keeps_the_renames_and_deletes_in_order(state_dir: Path, 
                 os.rename(mnt / f"Documents/f{i:02d}", mnt / f"Documents/g{i:02d}")
             else:
                 os.unlink(mnt / f"Documents/f{i:02d}")
+        for i in range(10):
+            (mnt / f"Documents/h{i:02d}").write_bytes(b"new %d" % i)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     with Pool.open(state_dir) as pool:
+        for i in range(10):
+            assert pool.read_bytes(f"Documents/h{i:02d}") == b"new %d" % i
+            assert [p.read_bytes() for p in copies_on_disk(dir_drives, f"Documents/h{i:02d}")] == [b"new %d" % i] * 2
         names = {e.name for e in pool.listdir("Documents")}
         done = [f"f{i:02d}" not in names for _, i in changes]
         kept = done.index(False) if False in done else len(done)
@@ -525,6 +528,7 @@ def test_a_look_past_a_stall_never_reads_a_snapshot_older_than_its_doubts(dir_po
     music = dir_pool.child(1, "Music")
     assert music is not None
     node, f = dir_pool.create_file(music.id, "new.bin", 0o644, os.getuid(), os.getgid())
+    dir_pool.cat.commit_group()  # (the create is committed: only its close is in the open group)
     f.write(b"hello", 0)
     dir_pool.releasing(f, closing=True)
     dir_pool.release_file(f, f.finish())  # close(2) returned: recorded in the open group
@@ -592,25 +596,31 @@ def _closed(pool: Pool, *handles: LiveFile) -> None:
         pool.release_file(f, f.finish())
 
 
-def test_a_create_commits_with_the_group_and_leaves_the_steps_of_other_files_waiting(
+def test_a_create_joins_the_group_and_leaves_the_steps_of_other_files_waiting(
         state_dir: Path, dir_drives: list[Path]) -> None:
-    """A new file is committed before its copies are made, in one commit with the group open;
-    the drive steps of other files' renames and deletes go on waiting for the settle thread,
-    so that a drive hung under one of them holds up no create, nor an open for writing."""
+    """A new file is recorded in the open group and its copies are made at once, noted until
+    the group's commit (pool/newfiles.py); the drive steps of other files' renames and
+    deletes go on waiting for the settle thread, so that a drive hung under one of them holds
+    up no create, nor an open for writing."""
     pool = _pool(state_dir, dir_drives)
     try:
         docs, videos = _docs(pool), pool.cat.child(ROOT_ID, "Videos")
         assert videos is not None
         _, g = pool.create_file(videos.id, "film.mkv", 0o644, os.getuid(), os.getgid())
+        pool.settle_steps()
         pool.remove(docs, "b.txt", rmdir=False)  # grouped: its steps wait
         _, f = pool.create_file(docs, "new.txt", 0o644, os.getuid(), os.getgid())
-        assert not pool.cat.group_open
-        assert _committed_names(state_dir) == {"a.txt", "c.txt", "d.txt", "new.txt"}
+        assert pool.cat.group_open
+        assert pool.lookup("Documents/new.txt") is not None
+        assert _committed_names(state_dir) == set(BEFORE)
         assert len(copies_on_disk(dir_drives, "Documents/new.txt")) == 2
+        assert [p for p, _ in newfiles.read(state_dir)] == ["Documents/new.txt"]
         pool.may_pass_through(g)  # (an open for writing of a 1-copy file asks for the drives' room)
         assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2, "b.txt's delete did not wait"
         _closed(pool, f, g)
         pool.settle_steps()  # (the settle thread)
+        assert _committed_names(state_dir) == {"a.txt", "c.txt", "d.txt", "new.txt"}
+        assert newfiles.read(state_dir) == []
         assert copies_on_disk(dir_drives, "Documents/b.txt") == []
         pool.catch_up()
         assert_clean(pool)
@@ -640,19 +650,95 @@ def test_a_create_where_a_delete_waits_runs_the_delete_first(state_dir: Path, di
 
 
 @pytest.mark.expect_errors
-def test_a_create_whose_commit_fails_makes_no_copy(state_dir: Path, dir_drives: list[Path]) -> None:
-    """The create's commit is the group's: if it fails, the group is undone with it (the
-    delete before it too), and no copy of the new file is made."""
+def test_a_new_file_a_failed_commit_undid_is_recorded_again_as_it_was(state_dir: Path,
+                                                                      dir_drives: list[Path]) -> None:
+    """Its copies are there and being written: the file is recorded again at once, with its
+    inode number and journal row, and its close records what was written."""
     with _failing_pool(state_dir, dir_drives) as (pool, fail):
         docs = _docs(pool)
         pool.remove(docs, "b.txt", rmdir=False)
-        fail.armed = True
-        with pytest.raises(sqlite3.OperationalError):
-            pool.create_file(docs, "new.txt", 0o644, os.getuid(), os.getgid())
-        assert pool.lookup("Documents/new.txt") is None
-        assert copies_on_disk(dir_drives, "Documents/new.txt") == []
-        assert pool.lookup("Documents/b.txt") is not None
+        node, f = pool.create_file(docs, "new.txt", 0o644, os.getuid(), os.getgid())
+        f.write(b"written", 0)
+        _commit_fails(pool, fail)
+        assert pool.lookup("Documents/b.txt") is not None  # the delete is undone
+        assert pool.stat("Documents/new.txt").id == node.id  # the new file is not
+        pool.releasing(f)
+        pool.record_file(f, f.settle())  # close(2)
+        _closed(pool, f)
         pool.settle_steps()
-        assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2
+        assert pool.read_bytes("Documents/new.txt") == b"written"
+        assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/new.txt")] == [b"written"] * 2
         pool.catch_up()
+        assert pool.cat.journal() == []
+        assert_clean(pool)
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/new.txt") == b"written"
+
+
+def _killed(pool: Pool) -> None:
+    """The process dies: its connection goes with what it did not commit, and its lock."""
+    pool.cat.db.close()
+    assert pool.lock is not None
+    pool.lock.release()
+
+
+def test_a_crash_before_its_commit_keeps_a_new_file_from_its_copies(state_dir: Path, dir_drives: list[Path]) -> None:
+    """Killed with a new file written and closed in the open group: the next opening takes
+    its copies in (noted in new-files), whole, and the rest of the group is undone."""
+    pool = _pool(state_dir, dir_drives)
+    docs = _docs(pool)
+    pool.remove(docs, "b.txt", rmdir=False)
+    _, f = pool.create_file(docs, "new.txt", 0o644, os.getuid(), os.getgid())
+    f.write(b"kept", 0)
+    pool.releasing(f)
+    pool.record_file(f, f.settle())
+    _closed(pool, f)
+    assert pool.cat.group_open
+    _killed(pool)
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/new.txt") == b"kept"
+        assert pool.read_bytes("Documents/b.txt") == BEFORE["b.txt"]
+        assert len(pool.cat.replicas(pool.stat("Documents/new.txt").id)) == 2
+        assert newfiles.read(state_dir) == []
+        assert_clean(pool)
+
+
+def test_a_rename_replayed_after_a_crash_leaves_a_new_file_where_it_was(state_dir: Path,
+                                                                        dir_drives: list[Path]) -> None:
+    """rename a -> a2 (committed, its steps done, its journal row still there until the next
+    commit), then a new a.txt, uncommitted, and a crash: the new file is taken in before the
+    journal is finished, so the rename, replayed, does not move it over a2."""
+    pool = _pool(state_dir, dir_drives)
+    docs = _docs(pool)
+    pool.move(docs, "a.txt", docs, "a2.txt", noreplace=False)
+    _, f = pool.create_file(docs, "a.txt", 0o644, os.getuid(), os.getgid())  # runs the rename's steps first
+    f.write(b"new a", 0)
+    pool.releasing(f)
+    pool.record_file(f, f.settle())
+    _closed(pool, f)
+    db = sqlite3.connect(f"{(state_dir / CATALOG_FILE).as_uri()}?mode=ro", uri=True)
+    assert [op for (op,) in db.execute("SELECT op FROM journal")] == ["rename"]  # (as committed)
+    db.close()
+    _killed(pool)
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/a2.txt") == BEFORE["a.txt"]
+        assert pool.read_bytes("Documents/a.txt") == b"new a"
+        assert _on_drives(dir_drives)["a.txt"] == [b"new a"] * 2
+        assert pool.cat.journal() == []
+        assert_clean(pool)
+
+
+def test_a_note_of_a_new_file_committed_takes_nothing_in(state_dir: Path, dir_drives: list[Path]) -> None:
+    """Killed between a commit and the emptying of the note: the file is the catalog's."""
+    pool = _pool(state_dir, dir_drives)
+    _, f = pool.create_file(_docs(pool), "new.txt", 0o644, os.getuid(), os.getgid())
+    _closed(pool, f)
+    pool.cat.commit_group()
+    assert newfiles.read(state_dir) == []
+    (state_dir / newfiles.NEW_FILES).write_text('{"path": "Documents/new.txt", "drives": [1, 2, 3]}\n')
+    _killed(pool)
+    with Pool.open(state_dir) as pool:
+        assert [e.name for e in pool.listdir("Documents")].count("new.txt") == 1
+        assert not [p for d in dir_drives for p in (d / "HomePool" / "Documents").iterdir() if "conflict" in p.name]
+        assert newfiles.read(state_dir) == []
         assert_clean(pool)

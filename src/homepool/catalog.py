@@ -730,9 +730,10 @@ class Catalog:
 
     def add_node(self, parent_id: int, name: str, kind: str, mode: int, mtime_ns: int,
                  size: int = 0, hash_: str | None = None, uid: int = 0, gid: int = 0,
-                 target: str | None = None, rdev: int = 0) -> int:
-        new_id = None
-        if self.track_paths:
+                 target: str | None = None, rdev: int = 0, node_id: int | None = None) -> int:
+        """A new node; its id, or `node_id` (one a failed commit undid, made again as it was)."""
+        new_id = node_id
+        if new_id is None and self.track_paths:
             # The mount's inode numbers are node ids: never hand out the id of a node deleted
             # while the kernel may still know it (SQLite reuses the highest id).
             if self._next_id is None:  # (nor a place a listing has: see `remove_name`)
@@ -956,10 +957,10 @@ class Catalog:
 
     # -- journal -----------------------------------------------------------------------------
 
-    def journal_add(self, op: str, payload: dict[str, Any]) -> int:
-        cur = self.db.execute(
-            "INSERT INTO journal (op, payload, created) VALUES (?, ?, ?)", (op, json.dumps(payload), time.time())
-        )
+    def journal_add(self, op: str, payload: dict[str, Any], entry_id: int | None = None) -> int:
+        """A journal row; its id, or `entry_id` (a row a failed commit undid, made again as it was)."""
+        cur = self.db.execute("INSERT INTO journal (id, op, payload, created) VALUES (?, ?, ?, ?)",
+                              (entry_id, op, json.dumps(payload), time.time()))
         assert cur.lastrowid is not None
         return cur.lastrowid
 

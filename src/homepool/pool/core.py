@@ -56,8 +56,10 @@ from ..errors import (
 from ..errors import NotADirectory as NotADir
 from ..streams import Target, copy_to
 from ..units import human
+from . import newfiles
 from .batch import WriteBatch
-from .live import DRIVES_TTL, PASSTHROUGH_ROOM, CloseRecord, LiveFile, LiveOps
+from .live import DRIVES_TTL, PASSTHROUGH_ROOM, CloseRecord, LiveFile, LiveOps, NewCreate
+from .newfiles import NewFiles
 from .ondrive import (
     conflict_name,
     copy_is_at_fault,
@@ -183,6 +185,10 @@ class Pool(LiveOps):
         # (`Glance`). And the close records in it, with the journal row each one removes.
         self.group_touched: set[int] = set()
         self._group_records: list[CloseRecord] = []
+        # New files in the open group, and the note that names their copies until its commit
+        # (see pool/newfiles.py).
+        self._group_creates: list[NewCreate] = []
+        self._new_files: NewFiles | None = None
         self._cands: tuple[object, list[int], list[placement.Candidate]] | None = None
 
     # -- opening and closing -----------------------------------------------------------------
@@ -263,6 +269,9 @@ class Pool(LiveOps):
             try:
                 # We hold the lock, so whatever is in the journal was left by a crashed process:
                 # finish it now, before any new change could be overtaken by an old one replayed.
+                # New files it made and never committed first: a rename replayed finds them.
+                for line in pool.take_in_new_files():
+                    log.warning("%s", line)
                 for line in pool.finish_journal():
                     log.warning("%s", line)
                 for d in pool.drives(present_only=True):
@@ -280,6 +289,8 @@ class Pool(LiveOps):
             if self._changed:
                 self.save_catalog_copies()
         finally:
+            if self._new_files is not None:
+                self._new_files.close()
             self.cat.close()
             if self.lock:
                 self.lock.release()
@@ -939,6 +950,7 @@ class Pool(LiveOps):
         any change recorded first. So a crash loses at most the last few milliseconds of
         renames and deletes (as ext4 loses seconds), never half of one."""
         self.grouping = True
+        self._new_files = NewFiles(self.state_dir)
         self.cat.settle_group = self.settle_steps  # before any other transaction: its commit may rely on them
         self.cat.group_ended = self._group_ended
         self.cat.steps_waiting = lambda: bool(self._queued)
@@ -947,16 +959,20 @@ class Pool(LiveOps):
         """The open group was committed (its steps may run now) or undone (they never may)."""
         fresh = [q for q in self._queued if not q.committed]
         records, self._group_records = self._group_records, []
+        creates, self._group_creates = self._group_creates, []
         self.group_touched = set()
         if committed:
             for q in fresh:
                 q.committed = True
+            if self._new_files is not None:
+                self._new_files.committed()
             return
-        if fresh or records:
-            log.error("could not record the last %d rename(s) and delete(s) and %d close(s): they are undone",
-                      len(fresh), len(records))
+        if fresh or records or creates:
+            log.error("could not record the last %d rename(s) and delete(s), %d close(s) and %d new file(s): "
+                      "they are undone", len(fresh), len(records), len(creates))
         self._queued = [q for q in self._queued if q.committed]
         self._queued_paths = {p for q in self._queued for p in _step_paths(q.payload)}
+        self.creates_undone(creates)  # (first: the close records made again are of those files too)
         self.records_undone(records)
 
     def _drives_for(self, *paths: str, commit: bool = True) -> dict[int, Drive]:
@@ -1144,6 +1160,32 @@ class Pool(LiveOps):
                 drive.syncfs()
             except OSError as e:
                 log.error("could not flush %s: %s", drive.name, e)
+        return out
+
+    def take_in_new_files(self) -> list[str]:
+        """The copies of new files a mount made and was killed before committing (see
+        pool/newfiles.py): taken in as files found on a drive (`register_file`: a copy that
+        differs from what the pool has there is kept aside). Returns a line for each."""
+        notes = newfiles.read(self.state_dir)
+        if not notes:
+            return []
+        drives = self.drives_by_id()
+        out, left = [], []
+        for path, ids in notes:
+            for i in ids:
+                d = drives.get(i)
+                if d is None:
+                    continue  # removed from the pool since
+                if d.row.state != "active":
+                    left.append((path, [i]))  # for when it is back
+                    continue
+                try:
+                    if d.lexists(path) and not self._holds_copy(d, path, d.lstat(path)):
+                        took = self.register_file(d, path)
+                        out.append(f"took in a new file a stopped mount had not recorded: {took}")
+                except (OSError, HomepoolError) as e:
+                    out.append(f"left {path} on {d.name} alone: {e}")
+        newfiles.rewrite(self.state_dir, left)
         return out
 
     def finish_journal(self) -> list[str]:

@@ -55,6 +55,7 @@ from .ondrive import copy_is_at_fault, copy_xattrs, keep_aside, link_name, unlin
 if TYPE_CHECKING:
     from ..catalog import Catalog
     from ..config import PoolConfig
+    from .newfiles import NewFiles
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ _mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror
 # A close's record (`LiveOps.record_file`): the handle, the journal row it ends, the size, time
 # and hash it records (if new), and the attributes set on the handle.
 CloseRecord = tuple["LiveFile", int | None, tuple[int, int, str] | None, dict[str, int]]
+# A file created in the open group: its node, path, drives and journal row, as made.
+NewCreate = tuple[Node, str, list[int], int]
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
@@ -366,6 +369,8 @@ class LiveOps:
         grouping: bool
         group_touched: set[int]
         _group_records: list[CloseRecord]
+        _group_creates: list[NewCreate]
+        _new_files: NewFiles | None
 
         def drives_by_id(self) -> dict[int, Drive]: ...
         def _drive_snapshot(self, present_only: bool = False) -> list[Drive]: ...
@@ -548,14 +553,19 @@ class LiveOps:
         if not targets:
             raise PoolFull(path=path, size=human(0), largest=human(max((c.room for c in cands), default=0)))
         now = time.time_ns()
+        if self.grouping:  # in the open group: its copies are made before its commit, so noted first
+            assert self._new_files is not None
+            self._new_files.note(path, targets)
         with self.cat.transaction(grouped=self.grouping):
             node_id = self.cat.add_node(parent_id, name, "file", mode, now, 0, EMPTY_HASH, uid, gid)
             for d in targets:
                 self.cat.set_replica(node_id, d, 0, now, EMPTY_HASH)
             journal = self.cat.journal_add("live", {"node": node_id, "path": path, "drives": targets})
-        # Committed before its copies are made (a copy the catalog does not know would be a stray
-        # after a crash), with the group waiting: one commit for both.
-        self.cat.commit_group()
+        node = Node(node_id, parent_id, name, "file", 0, mode, now, EMPTY_HASH, uid, gid, now, None, 0, now)
+        if self.grouping:
+            self.group_touched.update((parent_id, node_id))
+            self._group_creates.append((node, path, targets, journal))
+            self._group_waits()
         fds: dict[int, int] = {}
         for d in targets:
             try:
@@ -573,7 +583,7 @@ class LiveOps:
         f.mtime_ns = now
         self.opened(f)
         self._dir_changed(parent_id)
-        return Node(node_id, parent_id, name, "file", 0, mode, now, EMPTY_HASH, uid, gid, now, None, 0, now), f
+        return node, f
 
     def _create_copy(self, d: Drive, path: str, mode: int, uid: int, gid: int) -> int:
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -865,6 +875,26 @@ class LiveOps:
             except Exception as e:  # (the state drive still full, say)
                 log.error("could not record %s again (%s); the next mount records it from its copy",
                           self.path_of(f.node_id) if self.cat.node_or_none(f.node_id) else f.path, e)
+
+    def creates_undone(self, creates: list[NewCreate]) -> None:
+        """New files a failed commit undid (`Pool._group_ended`): their copies are there, open
+        and maybe written, so they are recorded again at once as they were (the same inode
+        number, the same journal row, which records what was written at their close). If
+        that fails too, the next opening of the pool takes them in from their copies."""
+        for node, path, drives, journal_id in creates:
+            assert node.parent_id is not None
+            try:
+                with self.cat.transaction():
+                    self.cat.add_node(node.parent_id, node.name, "file", node.mode, node.mtime_ns, 0, EMPTY_HASH,
+                                      node.uid, node.gid, node_id=node.id)
+                    for d in drives:
+                        self.cat.set_replica(node.id, d, 0, node.mtime_ns, EMPTY_HASH)
+                    self.cat.journal_add("live", {"node": node.id, "path": path, "drives": drives}, entry_id=journal_id)
+            except Exception as e:  # (the state drive still full, say)
+                log.error("could not record the new file %s again (%s); the next mount takes it in from its copies",
+                          path, e)
+                assert self._new_files is not None
+                self._new_files.keep(path, drives)
 
     def _record_result(self, f: LiveFile, node: Node, result: tuple[int, int, str], attrs: dict[str, int]) -> None:
         """In `record_file`'s transaction: the file's new size, time and hash, on its copies too."""
