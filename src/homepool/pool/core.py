@@ -948,7 +948,11 @@ class Pool(LiveOps):
         what one did. A crash undoes a group not yet committed as a whole, with nothing done
         on the drives; one committed has journal rows that redo its steps (`_finish`), as for
         any change recorded first. So a crash loses at most the last few milliseconds of
-        renames and deletes (as ext4 loses seconds), never half of one."""
+        renames and deletes (as ext4 loses seconds), never half of one.
+
+        New files and close records join the group too (`create_file`, `record_file`); a new
+        file's copies, made before the commit, are noted until it (see pool/newfiles.py), and
+        taken in after a crash."""
         self.grouping = True
         self._new_files = NewFiles(self.state_dir)
         self.cat.settle_group = self.settle_steps  # before any other transaction: its commit may rely on them
