@@ -614,7 +614,7 @@ def test_a_create_joins_the_group_and_leaves_the_steps_of_other_files_waiting(
         assert pool.lookup("Documents/new.txt") is not None
         assert _committed_names(state_dir) == set(BEFORE)
         assert len(copies_on_disk(dir_drives, "Documents/new.txt")) == 2
-        assert [p for p, _ in newfiles.read(state_dir)] == ["Documents/new.txt"]
+        assert [p for p, _, _ in newfiles.read(state_dir)] == ["Documents/new.txt"]
         pool.may_pass_through(g)  # (an open for writing of a 1-copy file asks for the drives' room)
         assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2, "b.txt's delete did not wait"
         _closed(pool, f, g)
@@ -741,4 +741,119 @@ def test_a_note_of_a_new_file_committed_takes_nothing_in(state_dir: Path, dir_dr
         assert [e.name for e in pool.listdir("Documents")].count("new.txt") == 1
         assert not [p for d in dir_drives for p in (d / "HomePool" / "Documents").iterdir() if "conflict" in p.name]
         assert newfiles.read(state_dir) == []
+        assert_clean(pool)
+
+
+def _new_file(pool: Pool, name: str, data: bytes, uid: int = os.getuid(), gid: int = os.getgid()) -> Node:
+    """Documents/NAME made, written and closed in the open group."""
+    node, f = pool.create_file(_docs(pool), name, 0o640, uid, gid)
+    f.write(data, 0)
+    pool.releasing(f)
+    pool.record_file(f, f.settle())
+    _closed(pool, f)
+    return node
+
+
+@pytest.mark.parametrize("then", ["rename", "delete"])
+def test_a_crash_after_a_commit_left_its_note_takes_nothing_in(state_dir: Path, dir_drives: list[Path],
+                                                               monkeypatch: pytest.MonkeyPatch, then: str) -> None:
+    """A new file renamed or deleted in its own group; the group is committed and the process
+    killed before the note is emptied (the drive steps not taken either): the note's group
+    was committed, so the journal, not the note, says what became of the file."""
+    pool = _pool(state_dir, dir_drives)
+    _new_file(pool, "new.txt", b"payload")
+    if then == "rename":
+        pool.move(_docs(pool), "new.txt", _docs(pool), "moved.txt", noreplace=False)
+    else:
+        pool.remove(_docs(pool), "new.txt", rmdir=False)
+    assert pool._new_files is not None
+    monkeypatch.setattr(pool._new_files, "committed", lambda: None)  # killed just after the COMMIT
+    pool.cat.commit_group()
+    assert [p for p, _, _ in newfiles.read(state_dir)] == ["Documents/new.txt"]
+    _killed(pool)
+    with Pool.open(state_dir) as pool:
+        names = {e.name for e in pool.listdir("Documents")}
+        assert "new.txt" not in names
+        if then == "rename":
+            assert pool.read_bytes("Documents/moved.txt") == b"payload"
+        assert copies_on_disk(dir_drives, "Documents/new.txt") == []
+        assert_clean(pool)
+
+
+def test_a_note_for_a_drive_away_is_kept_until_it_is_back(state_dir: Path, dir_drives: list[Path]) -> None:
+    """Killed with a new file uncommitted, its drives away at the next opening, and at a mount
+    after it: taken in once they are back."""
+    pool = _pool(state_dir, dir_drives)
+    _new_file(pool, "new.txt", b"payload")
+    [(_, targets, _)] = newfiles.read(state_dir)
+    roots = {row.id: Path(row.path) for row in pool.cat.drives()}
+    _killed(pool)
+    away = [roots[i] for i in targets]
+    for root in away:
+        root.rename(root.with_name(root.name + ".away"))
+    Pool.open(state_dir).close()
+    assert len(newfiles.read(state_dir)) == 2
+    pool = Pool.open(state_dir)  # a mount that makes nothing
+    pool.go_live()
+    pool.group_steps()
+    pool.close()
+    for root in away:
+        root.with_name(root.name + ".away").rename(root)
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/new.txt") == b"payload"
+        assert newfiles.read(state_dir) == []
+        assert_clean(pool)
+
+
+def test_a_new_file_taken_in_keeps_its_owner_and_mode(state_dir: Path, dir_drives: list[Path]) -> None:
+    pool = _pool(state_dir, dir_drives)
+    _new_file(pool, "new.txt", b"mine", uid=1234, gid=1234)
+    _killed(pool)
+    with Pool.open(state_dir) as pool:
+        node = pool.stat("Documents/new.txt")
+        assert (node.uid, node.gid, node.mode & 0o7777) == (1234, 1234, 0o640)
+
+
+@pytest.mark.expect_errors
+def test_a_new_file_taken_in_gets_the_copies_its_folder_wants(state_dir: Path, dir_drives: list[Path],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its second copy could not be made (a drive error): taken in, it is made."""
+    pool = _pool(state_dir, dir_drives)
+    real, made = pool._create_copy, []
+
+    def second_fails(d: Drive, *args: object) -> int:
+        made.append(d.id)
+        if len(made) == 2:
+            raise OSError(5, "Input/output error")
+        return real(d, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pool, "_create_copy", second_fails)
+    _new_file(pool, "new.txt", b"payload")
+    _killed(pool)
+    with Pool.open(state_dir) as pool:
+        assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/new.txt")] == [b"payload"] * 2
+        assert_clean(pool)
+
+
+@pytest.mark.parametrize("second", [b"first and more", b"other"], ids=["ahead", "different"])
+def test_new_copies_that_differ_at_a_crash_lose_nothing(state_dir: Path, dir_drives: list[Path],
+                                                        second: bytes) -> None:
+    """Killed between the writes to a new file's two copies: a copy that holds the other and
+    more is the file (made again on the other drive); copies that differ otherwise are both
+    kept, one under a conflict name, each with its two copies."""
+    pool = _pool(state_dir, dir_drives)
+    _, f = pool.create_file(_docs(pool), "new.txt", 0o644, os.getuid(), os.getgid())
+    f.write(b"first", 0)
+    [(_, targets, _)] = newfiles.read(state_dir)
+    os.pwrite(f.fds[targets[1]], second, 0)  # (the kill comes before the first copy gets it)
+    _killed(pool)
+    with Pool.open(state_dir) as pool:
+        if second.startswith(b"first"):
+            assert pool.read_bytes("Documents/new.txt") == second
+            assert not [e.name for e in pool.listdir("Documents") if "conflict" in e.name]
+        else:
+            others = [e.name for e in pool.listdir("Documents") if "conflict" in e.name]
+            assert len(others) == 1
+            assert {pool.read_bytes("Documents/new.txt"), pool.read_bytes(f"Documents/{others[0]}")} \
+                == {b"first", second}
         assert_clean(pool)

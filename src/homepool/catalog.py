@@ -347,6 +347,7 @@ class Catalog:
         self._depth = 0
         self._done_later: list[int] = []  # journal rows the next commit removes
         self._grouped = False  # a grouped transaction is open (see `transaction`)
+        self._group_no: int | None = None  # the open group's number, once asked for (`group_number`)
         self._group_done: list[int] = []  # journal rows whose removal the open group holds
         # Set by the pool that groups (`Pool.group_steps`): what settles the group before
         # another transaction, and what is told when a group was committed (True) or undone.
@@ -427,6 +428,7 @@ class Catalog:
                     self.db.execute("ROLLBACK TO grouped")
                     self.db.execute("RELEASE grouped")
                     self._forget_all()
+                    self._group_no = None  # (its record may be what was rolled back: asked again, it grows)
                 else:  # SQLite undid the whole group (a full disk, say)
                     self._group_undone()
                 raise
@@ -471,12 +473,26 @@ class Catalog:
                 self.db.execute("ROLLBACK")
             self._group_undone()
             raise
-        self._grouped, self._group_done = False, []
+        self._grouped, self._group_done, self._group_no = False, [], None
         self.group_ended(True)
+
+    def group_number(self) -> int:
+        """In the open group: its number, recorded with it (meta 'group'), greater than that of
+        every group committed before it. Something noted outside the catalog with it can tell
+        later whether its group was committed (see pool/newfiles.py)."""
+        assert self._depth, "in a grouped transaction"
+        if self._group_no is None:
+            self._group_no = int(self.meta("group") or 0) + 1
+            self.set_meta("group", str(self._group_no))
+        return self._group_no
+
+    def committed_group(self) -> int:
+        """The number of the last group committed (`group_number`), outside a group."""
+        return int(self.meta("group") or 0)
 
     def _group_undone(self) -> None:
         """The group was rolled back: its journal rows' removals are owed again."""
-        self._grouped = False
+        self._grouped, self._group_no = False, None
         self._done_later[:0], self._group_done = self._group_done, []
         self._forget_all()
         self.group_ended(False)

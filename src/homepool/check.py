@@ -25,7 +25,7 @@ from typing import Any
 from .config import mounted_at
 from .drives import Drive
 from .errors import HomepoolError
-from .pool import Pool, describe, scan_tree
+from .pool import Pool, describe, newfiles, scan_tree
 from .pool.ondrive import keep_aside
 
 log = logging.getLogger(__name__)
@@ -278,12 +278,17 @@ def _name_linked(pool: Pool, drives: list[Drive], link_id: int, node_id: int, re
 def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:
     """Every file in a drive's HomePool/ tree is a recorded copy, or another name of one."""
     out = []
+    # New files of a mount that could not commit for us (it is held up): not strays, on their way in.
+    committed = pool.cat.committed_group()
+    coming = [(path, ids) for path, ids, group in newfiles.read(pool.state_dir)
+              if group is not None and group > committed] if mounted_at(pool.state_dir) else []
     for d in drives:
         inodes: dict[int, str] = {}  # the drive's recorded copies by inode, if a stray is a hard link
         with hold():
             links = pool.cat.links()
             on_drive = {r.node_id for r in pool.cat.replicas_on(d.id)}
             known = {pool.path_of(i) for i in on_drive} | {pool.path_of(i) for i, to in links if to in on_drive}
+            known |= {path for path, ids in coming if d.id in ids}
             owed = pool.owed_paths(d.id)  # on their way out: not strays
         for path, is_dir in list(scan_tree(d)):  # without holding: a walk of a drive takes a while
             if path in owed or any(path.startswith(o + "/") for o in owed) or path in known:

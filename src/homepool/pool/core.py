@@ -54,7 +54,7 @@ from ..errors import (
     PoolFull,
 )
 from ..errors import NotADirectory as NotADir
-from ..streams import Target, copy_to
+from ..streams import CHUNK, Target, copy_to
 from ..units import human
 from . import newfiles
 from .batch import WriteBatch
@@ -1168,27 +1168,45 @@ class Pool(LiveOps):
 
     def take_in_new_files(self) -> list[str]:
         """The copies of new files a mount made and was killed before committing (see
-        pool/newfiles.py): taken in as files found on a drive (`register_file`: a copy that
-        differs from what the pool has there is kept aside). Returns a line for each."""
+        pool/newfiles.py): taken in as files found on a drive (`register_file`), then given
+        the copies their folder wants (`reconcile`). The longest copy is the file: a copy that
+        holds the start of it only (a crash between two copies' writes) is made again from it;
+        one that differs otherwise is kept aside under a conflict name. Returns a line for each."""
         notes = newfiles.read(self.state_dir)
         if not notes:
             return []
+        committed = self.cat.committed_group()
         drives = self.drives_by_id()
-        out, left = [], []
-        for path, ids in notes:
-            for i in ids:
-                d = drives.get(i)
-                if d is None:
-                    continue  # removed from the pool since
-                if d.row.state != "active":
-                    left.append((path, [i]))  # for when it is back
-                    continue
+        out: list[str] = []
+        left: list[tuple[str, list[int]]] = []
+        for path, ids, group in notes:
+            if group is not None and group <= committed:
+                continue  # committed: the catalog has it, and the journal what became of it since
+            left += [(path, [i]) for i in ids if i in drives and drives[i].row.state != "active"]  # (when back)
+            found: list[tuple[int, Drive]] = []
+            for d in (drives[i] for i in ids if i in drives and drives[i].row.state == "active"):
                 try:
-                    if d.lexists(path) and not self._holds_copy(d, path, d.lstat(path)):
-                        took = self.register_file(d, path)
-                        out.append(f"took in a new file a stopped mount had not recorded: {took}")
+                    if d.lexists(path) and not self._holds_copy(d, path, st := d.lstat(path)):
+                        found.append((st.st_size, d))
+                except OSError as e:
+                    out.append(f"left {path} on {d.name} alone: {e}")
+            found.sort(key=lambda c: -c[0])  # (stable: the first drive among equals)
+            taken: list[str] = []
+            for i, (size, d) in enumerate(found):
+                try:
+                    if i and size < found[0][0] and _starts(found[0][1], d, path):
+                        d.do(os.unlink, path)
+                        out.append(f"removed the copy of new file {path} on {d.name}: the start of the one on "
+                                   f"{found[0][1].name} (it is made again from that)")
+                        continue
+                    out.append(f"took in a new file a stopped mount had not recorded: "
+                               f"{self.register_file(d, path, recorded=taken)}")
                 except (OSError, HomepoolError) as e:
                     out.append(f"left {path} on {d.name} alone: {e}")
+            for recorded in dict.fromkeys(taken):
+                node = self.lookup(recorded)
+                if node is not None and node.is_file:
+                    self.reconcile(node)
         newfiles.rewrite(self.state_dir, left)
         return out
 
@@ -1821,7 +1839,8 @@ class Pool(LiveOps):
             self.register_file(drive, aside, digest, recorded)
             return f"{path} on {drive.name} differs from the pool's; kept it as {aside}"
         with self.cat.transaction():
-            node_id = self.cat.add_node(parent.id, parts[-1], "file", st.st_mode, st.st_mtime_ns, st.st_size, digest)
+            node_id = self.cat.add_node(parent.id, parts[-1], "file", st.st_mode, st.st_mtime_ns, st.st_size, digest,
+                                        st.st_uid, st.st_gid)
             self.cat.set_replica(node_id, drive.id, st.st_size, st.st_mtime_ns, digest)
         self._changed = True
         self._news(parent.id, parts[-1], node_id)
@@ -1833,6 +1852,19 @@ class Pool(LiveOps):
 def _xattrs_of(full: str) -> dict[bytes, bytes]:
     return {os.fsencode(n): os.getxattr(full, n, follow_symlinks=False)
             for n in os.listxattr(full, follow_symlinks=False)}
+
+
+def _starts(a: Drive, b: Drive, path: str) -> bool:
+    """Whether the file at `path` on drive `b` holds the start of the one on drive `a`, and no more."""
+    fa, fb = a.open(path, os.O_RDONLY), b.open(path, os.O_RDONLY)
+    try:
+        while chunk := os.read(fb, CHUNK):
+            if os.read(fa, len(chunk)) != chunk:
+                return False
+        return True
+    finally:
+        os.close(fa)
+        os.close(fb)
 
 
 def describe(op: str, payload: dict) -> str:

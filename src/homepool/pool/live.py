@@ -553,10 +553,10 @@ class LiveOps:
         if not targets:
             raise PoolFull(path=path, size=human(0), largest=human(max((c.room for c in cands), default=0)))
         now = time.time_ns()
-        if self.grouping:  # in the open group: its copies are made before its commit, so noted first
-            assert self._new_files is not None
-            self._new_files.note(path, targets)
         with self.cat.transaction(grouped=self.grouping):
+            if self.grouping:  # in the open group: its copies are made before its commit, so noted first
+                assert self._new_files is not None
+                self._new_files.note(path, targets, self.cat.group_number())
             node_id = self.cat.add_node(parent_id, name, "file", mode, now, 0, EMPTY_HASH, uid, gid)
             for d in targets:
                 self.cat.set_replica(node_id, d, 0, now, EMPTY_HASH)
