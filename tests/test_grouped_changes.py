@@ -595,6 +595,15 @@ def _closed(pool: Pool, *handles: LiveFile) -> None:
         pool.releasing(f, closing=True)
         pool.release_file(f, f.finish())
 
+def _new_file(pool: Pool, name: str, data: bytes, uid: int = os.getuid(), gid: int = os.getgid()) -> Node:
+    """Documents/NAME made, written and closed in the open group."""
+    node, f = pool.create_file(_docs(pool), name, 0o640, uid, gid)
+    f.write(data, 0)
+    pool.releasing(f)
+    pool.record_file(f, f.settle())
+    _closed(pool, f)
+    return node
+
 
 def test_a_create_joins_the_group_and_leaves_the_steps_of_other_files_waiting(
         state_dir: Path, dir_drives: list[Path]) -> None:
@@ -635,11 +644,7 @@ def test_a_create_where_a_delete_waits_runs_the_delete_first(state_dir: Path, di
     try:
         docs = _docs(pool)
         pool.remove(docs, "b.txt", rmdir=False)
-        _, f = pool.create_file(docs, "b.txt", 0o644, os.getuid(), os.getgid())
-        f.write(b"new b", 0)
-        pool.releasing(f)
-        pool.record_file(f, f.settle())
-        _closed(pool, f)
+        _new_file(pool, "b.txt", b"new b")
         pool.settle_steps()
         assert _on_drives(dir_drives)["b.txt"] == [b"new b"] * 2
         assert not [p for d in dir_drives for p in (d / "HomePool" / "Documents").iterdir() if "conflict" in p.name]
@@ -688,11 +693,7 @@ def test_a_crash_before_its_commit_keeps_a_new_file_from_its_copies(state_dir: P
     pool = _pool(state_dir, dir_drives)
     docs = _docs(pool)
     pool.remove(docs, "b.txt", rmdir=False)
-    _, f = pool.create_file(docs, "new.txt", 0o644, os.getuid(), os.getgid())
-    f.write(b"kept", 0)
-    pool.releasing(f)
-    pool.record_file(f, f.settle())
-    _closed(pool, f)
+    _new_file(pool, "new.txt", b"kept")
     assert pool.cat.group_open
     _killed(pool)
     with Pool.open(state_dir) as pool:
@@ -743,15 +744,6 @@ def test_a_note_of_a_new_file_committed_takes_nothing_in(state_dir: Path, dir_dr
         assert newfiles.read(state_dir) == []
         assert_clean(pool)
 
-
-def _new_file(pool: Pool, name: str, data: bytes, uid: int = os.getuid(), gid: int = os.getgid()) -> Node:
-    """Documents/NAME made, written and closed in the open group."""
-    node, f = pool.create_file(_docs(pool), name, 0o640, uid, gid)
-    f.write(data, 0)
-    pool.releasing(f)
-    pool.record_file(f, f.settle())
-    _closed(pool, f)
-    return node
 
 
 @pytest.mark.parametrize("then", ["rename", "delete"])
