@@ -623,7 +623,7 @@ def test_a_create_joins_the_group_and_leaves_the_steps_of_other_files_waiting(
         assert pool.lookup("Documents/new.txt") is not None
         assert _committed_names(state_dir) == set(BEFORE)
         assert len(copies_on_disk(dir_drives, "Documents/new.txt")) == 2
-        assert [p for p, _, _ in newfiles.read(state_dir)] == ["Documents/new.txt"]
+        assert [n.path for n in newfiles.read(state_dir)] == ["Documents/new.txt"]
         pool.may_pass_through(g)  # (an open for writing of a 1-copy file asks for the drives' room)
         assert len(copies_on_disk(dir_drives, "Documents/b.txt")) == 2, "b.txt's delete did not wait"
         _closed(pool, f, g)
@@ -746,27 +746,40 @@ def test_a_note_of_a_new_file_committed_takes_nothing_in(state_dir: Path, dir_dr
 
 
 
-@pytest.mark.parametrize("then", ["rename", "delete"])
+@pytest.mark.expect_errors
+@pytest.mark.parametrize("then", ["rename", "delete", "rename-after-a-failed-create"])
 def test_a_crash_after_a_commit_left_its_note_takes_nothing_in(state_dir: Path, dir_drives: list[Path],
                                                                monkeypatch: pytest.MonkeyPatch, then: str) -> None:
     """A new file renamed or deleted in its own group; the group is committed and the process
     killed before the note is emptied (the drive steps not taken either): the note's group
-    was committed, so the journal, not the note, says what became of the file."""
+    was committed, so the journal, not the note, says what became of the file. Also when a
+    create before it failed in its group's first transaction (its number's record undone)."""
     pool = _pool(state_dir, dir_drives)
+    if then == "rename-after-a-failed-create":
+        assert pool._new_files is not None
+        note = pool._new_files.note
+
+        def full(*args: object) -> None:
+            monkeypatch.setattr(pool._new_files, "note", note)
+            raise OSError(28, "No space left on device")  # the state drive, full for a moment
+
+        monkeypatch.setattr(pool._new_files, "note", full)
+        with pytest.raises(OSError):
+            pool.create_file(_docs(pool), "x.txt", 0o644, os.getuid(), os.getgid())
     _new_file(pool, "new.txt", b"payload")
-    if then == "rename":
+    if then.startswith("rename"):
         pool.move(_docs(pool), "new.txt", _docs(pool), "moved.txt", noreplace=False)
     else:
         pool.remove(_docs(pool), "new.txt", rmdir=False)
     assert pool._new_files is not None
     monkeypatch.setattr(pool._new_files, "committed", lambda: None)  # killed just after the COMMIT
     pool.cat.commit_group()
-    assert [p for p, _, _ in newfiles.read(state_dir)] == ["Documents/new.txt"]
+    assert [n.path for n in newfiles.read(state_dir)] == ["Documents/new.txt"]
     _killed(pool)
     with Pool.open(state_dir) as pool:
         names = {e.name for e in pool.listdir("Documents")}
         assert "new.txt" not in names
-        if then == "rename":
+        if then.startswith("rename"):
             assert pool.read_bytes("Documents/moved.txt") == b"payload"
         assert copies_on_disk(dir_drives, "Documents/new.txt") == []
         assert_clean(pool)
@@ -777,7 +790,8 @@ def test_a_note_for_a_drive_away_is_kept_until_it_is_back(state_dir: Path, dir_d
     after it: taken in once they are back."""
     pool = _pool(state_dir, dir_drives)
     _new_file(pool, "new.txt", b"payload")
-    [(_, targets, _)] = newfiles.read(state_dir)
+    [note] = newfiles.read(state_dir)
+    targets = note.drives
     roots = {row.id: Path(row.path) for row in pool.cat.drives()}
     _killed(pool)
     away = [roots[i] for i in targets]
@@ -836,7 +850,8 @@ def test_new_copies_that_differ_at_a_crash_lose_nothing(state_dir: Path, dir_dri
     pool = _pool(state_dir, dir_drives)
     _, f = pool.create_file(_docs(pool), "new.txt", 0o644, os.getuid(), os.getgid())
     f.write(b"first", 0)
-    [(_, targets, _)] = newfiles.read(state_dir)
+    [note] = newfiles.read(state_dir)
+    targets = note.drives
     os.pwrite(f.fds[targets[1]], second, 0)  # (the kill comes before the first copy gets it)
     _killed(pool)
     with Pool.open(state_dir) as pool:
@@ -848,4 +863,52 @@ def test_new_copies_that_differ_at_a_crash_lose_nothing(state_dir: Path, dir_dri
             assert len(others) == 1
             assert {pool.read_bytes("Documents/new.txt"), pool.read_bytes(f"Documents/{others[0]}")} \
                 == {b"first", second}
+        assert_clean(pool)
+
+
+@pytest.mark.expect_errors
+def test_a_note_of_a_new_file_a_failed_commit_recorded_again_takes_nothing_in(
+        state_dir: Path, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group 1's commit fails and its new file is recorded again at once; group 2 (no create:
+    the file's close and a rename of it) commits, and the process is killed before the note
+    is emptied: the note is of a file recorded, so the rename stands."""
+    with _failing_pool(state_dir, dir_drives) as (pool, fail):
+        _, f = pool.create_file(_docs(pool), "new.txt", 0o644, os.getuid(), os.getgid())
+        f.write(b"payload", 0)
+        _commit_fails(pool, fail)
+        pool.releasing(f)
+        pool.record_file(f, f.settle())
+        _closed(pool, f)
+        pool.move(_docs(pool), "new.txt", _docs(pool), "moved.txt", noreplace=False)
+        assert pool._new_files is not None
+        monkeypatch.setattr(pool._new_files, "committed", lambda: None)  # killed just after the COMMIT
+        pool.cat.commit_group()
+        _killed(pool)
+        monkeypatch.setattr(pool, "close", lambda: None)
+    with Pool.open(state_dir) as pool:
+        assert "new.txt" not in {e.name for e in pool.listdir("Documents")}
+        assert pool.read_bytes("Documents/moved.txt") == b"payload"
+        assert_clean(pool)
+
+
+def test_a_copy_on_a_drive_that_was_away_is_an_old_mirror_once_the_file_is_taken_in(
+        state_dir: Path, dir_drives: list[Path]) -> None:
+    """Killed with a new file uncommitted; one of its two drives is away at the next opening:
+    taken in from the other. Deleted then; when the drive is back its copy does not bring
+    the file back."""
+    pool = _pool(state_dir, dir_drives)
+    _new_file(pool, "new.txt", b"payload")
+    [note] = newfiles.read(state_dir)
+    roots = {row.id: Path(row.path) for row in pool.cat.drives()}
+    _killed(pool)
+    away = roots[note.drives[1]]
+    away.rename(away.with_name(away.name + ".away"))
+    with Pool.open(state_dir) as pool:
+        assert pool.read_bytes("Documents/new.txt") == b"payload"
+        pool.delete("Documents/new.txt")
+    away.with_name(away.name + ".away").rename(away)
+    with Pool.open(state_dir) as pool:
+        assert "new.txt" not in {e.name for e in pool.listdir("Documents")}
+        assert copies_on_disk(dir_drives, "Documents/new.txt") == []
+        assert newfiles.read(state_dir) == []
         assert_clean(pool)

@@ -348,6 +348,7 @@ class Catalog:
         self._done_later: list[int] = []  # journal rows the next commit removes
         self._grouped = False  # a grouped transaction is open (see `transaction`)
         self._group_no: int | None = None  # the open group's number, once asked for (`group_number`)
+        self._last_group_no = 0  # the last number handed out: never handed out again
         self._group_done: list[int] = []  # journal rows whose removal the open group holds
         # Set by the pool that groups (`Pool.group_steps`): what settles the group before
         # another transaction, and what is told when a group was committed (True) or undone.
@@ -482,9 +483,14 @@ class Catalog:
         later whether its group was committed (see pool/newfiles.py)."""
         assert self._depth, "in a grouped transaction"
         if self._group_no is None:
-            self._group_no = int(self.meta("group") or 0) + 1
-            self.set_meta("group", str(self._group_no))
+            self._group_no = self._last_group_no = max(self.committed_group(), self._last_group_no) + 1
+        # Every time: a rolled back statement may have taken the last record of it along.
+        self.record_group(self._group_no)
         return self._group_no
+
+    def record_group(self, number: int) -> None:
+        """In a transaction: what has this number (`group_number`) is committed with it."""
+        self.set_meta("group", str(max(number, self.committed_group())))
 
     def committed_group(self) -> int:
         """The number of the last group committed (`group_number`), outside a group."""

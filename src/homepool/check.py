@@ -278,10 +278,11 @@ def _name_linked(pool: Pool, drives: list[Drive], link_id: int, node_id: int, re
 def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:
     """Every file in a drive's HomePool/ tree is a recorded copy, or another name of one."""
     out = []
-    # New files of a mount that could not commit for us (it is held up): not strays, on their way in.
-    committed = pool.cat.committed_group()
-    coming = [(path, ids) for path, ids, group in newfiles.read(pool.state_dir)
-              if group is not None and group > committed] if mounted_at(pool.state_dir) else []
+    # New files of a mount that could not commit for us (it is held up), and those noted for a
+    # drive that was away: not strays, on their way in (at the next opening).
+    committed, mounted = pool.cat.committed_group(), mounted_at(pool.state_dir)
+    coming = [(n.path, n.drives) for n in newfiles.read(pool.state_dir)
+              if n.group is None or mounted and n.group > committed]
     for d in drives:
         inodes: dict[int, str] = {}  # the drive's recorded copies by inode, if a stray is a hard link
         with hold():

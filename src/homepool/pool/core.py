@@ -1178,37 +1178,68 @@ class Pool(LiveOps):
         committed = self.cat.committed_group()
         drives = self.drives_by_id()
         out: list[str] = []
-        left: list[tuple[str, list[int]]] = []
-        for path, ids, group in notes:
-            if group is not None and group <= committed:
+        left: list[newfiles.Note] = []
+        for note in notes:
+            if note.group is not None and note.group <= committed:
                 continue  # committed: the catalog has it, and the journal what became of it since
-            left += [(path, [i]) for i in ids if i in drives and drives[i].row.state != "active"]  # (when back)
-            found: list[tuple[int, Drive]] = []
-            for d in (drives[i] for i in ids if i in drives and drives[i].row.state == "active"):
-                try:
-                    if d.lexists(path) and not self._holds_copy(d, path, st := d.lstat(path)):
-                        found.append((st.st_size, d))
-                except OSError as e:
-                    out.append(f"left {path} on {d.name} alone: {e}")
-            found.sort(key=lambda c: -c[0])  # (stable: the first drive among equals)
-            taken: list[str] = []
-            for i, (size, d) in enumerate(found):
-                try:
-                    if i and size < found[0][0] and _starts(found[0][1], d, path):
-                        d.do(os.unlink, path)
-                        out.append(f"removed the copy of new file {path} on {d.name}: the start of the one on "
-                                   f"{found[0][1].name} (it is made again from that)")
-                        continue
-                    out.append(f"took in a new file a stopped mount had not recorded: "
-                               f"{self.register_file(d, path, recorded=taken)}")
-                except (OSError, HomepoolError) as e:
-                    out.append(f"left {path} on {d.name} alone: {e}")
-            for recorded in dict.fromkeys(taken):
-                node = self.lookup(recorded)
-                if node is not None and node.is_file:
-                    self.reconcile(node)
-        newfiles.rewrite(self.state_dir, left)
+            present = [drives[i] for i in note.drives if i in drives and drives[i].row.state == "active"]
+            away = [i for i in note.drives if i in drives and drives[i].row.state != "active"]
+            taken = self._take_in_stale(note.path, present, out) if note.stale \
+                else self._take_in_new(note.path, present, out)
+            # A drive away keeps its note; once the file is taken in here, its copy there is an old mirror.
+            left += [newfiles.Note(note.path, [i], None, note.stale or taken) for i in away]
+        newfiles.done(self.state_dir, left)
         return out
+
+    def _take_in_new(self, path: str, present: list[Drive], out: list[str]) -> bool:
+        """`take_in_new_files` for one new file's copies on `present` drives: whether any was."""
+        found: list[tuple[int, Drive]] = []
+        for d in present:
+            try:
+                if d.lexists(path) and not self._holds_copy(d, path, st := d.lstat(path)):
+                    found.append((st.st_size, d))
+            except OSError as e:
+                out.append(f"left {path} on {d.name} alone: {e}")
+        found.sort(key=lambda c: -c[0])  # (stable: the first drive among equals)
+        taken: list[str] = []
+        for i, (size, d) in enumerate(found):
+            try:
+                if i and path in taken and size < found[0][0] and _starts(found[0][1], d, path):
+                    d.do(os.unlink, path)
+                    out.append(f"removed the copy of new file {path} on {d.name}: the start of the one on "
+                               f"{found[0][1].name} (it is made again from that)")
+                    continue
+                out.append(f"took in a new file a stopped mount had not recorded: "
+                           f"{self.register_file(d, path, recorded=taken)}")
+            except (OSError, HomepoolError) as e:
+                out.append(f"left {path} on {d.name} alone: {e}")
+        self._reconcile_paths(taken)
+        return bool(taken)
+
+    def _take_in_stale(self, path: str, present: list[Drive], out: list[str]) -> bool:
+        """A copy of a new file taken in from another drive while this one was away: recorded
+        if it is the pool's file at that path (the same content), else removed (the file was
+        renamed, deleted or written since; the pool's copies are made again from the others)."""
+        for d in present:
+            try:
+                if not d.lexists(path) or self._holds_copy(d, path, d.lstat(path)):
+                    continue
+                node = self.lookup(path)
+                if node is not None and node.is_file and d.hash(path) == node.hash:
+                    out.append(self.register_file(d, path))
+                else:
+                    d.do(os.unlink, path)
+                    out.append(f"removed an old copy of new file {path} on {d.name} (taken in from another drive)")
+                self._reconcile_paths([path])
+            except (OSError, HomepoolError) as e:
+                out.append(f"left {path} on {d.name} alone: {e}")
+        return True
+
+    def _reconcile_paths(self, recorded: list[str]) -> None:
+        for path in dict.fromkeys(recorded):
+            node = self.lookup(path)
+            if node is not None and node.is_file:
+                self.reconcile(node)  # the copies its folder wants
 
     def finish_journal(self) -> list[str]:
         """Complete every operation a crash interrupted. Returns a line for each."""

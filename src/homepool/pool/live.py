@@ -77,8 +77,8 @@ _mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror
 # A close's record (`LiveOps.record_file`): the handle, the journal row it ends, the size, time
 # and hash it records (if new), and the attributes set on the handle.
 CloseRecord = tuple["LiveFile", int | None, tuple[int, int, str] | None, dict[str, int]]
-# A file created in the open group: its node, path, drives and journal row, as made.
-NewCreate = tuple[Node, str, list[int], int]
+# A file created in the open group: its node, path, drives, journal row and group number, as made.
+NewCreate = tuple[Node, str, list[int], int, int]
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
@@ -556,7 +556,8 @@ class LiveOps:
         with self.cat.transaction(grouped=self.grouping):
             if self.grouping:  # in the open group: its copies are made before its commit, so noted first
                 assert self._new_files is not None
-                self._new_files.note(path, targets, self.cat.group_number())
+                group = self.cat.group_number()
+                self._new_files.note(path, targets, group)
             node_id = self.cat.add_node(parent_id, name, "file", mode, now, 0, EMPTY_HASH, uid, gid)
             for d in targets:
                 self.cat.set_replica(node_id, d, 0, now, EMPTY_HASH)
@@ -564,7 +565,7 @@ class LiveOps:
         node = Node(node_id, parent_id, name, "file", 0, mode, now, EMPTY_HASH, uid, gid, now, None, 0, now)
         if self.grouping:
             self.group_touched.update((parent_id, node_id))
-            self._group_creates.append((node, path, targets, journal))
+            self._group_creates.append((node, path, targets, journal, group))
             self._group_waits()
         fds: dict[int, int] = {}
         for d in targets:
@@ -881,10 +882,11 @@ class LiveOps:
         and maybe written, so they are recorded again at once as they were (the same inode
         number, the same journal row, which records what was written at their close). If
         that fails too, the next opening of the pool takes them in from their copies."""
-        for node, path, drives, journal_id in creates:
+        for node, path, drives, journal_id, group in creates:
             assert node.parent_id is not None
             try:
                 with self.cat.transaction():
+                    self.cat.record_group(group)  # (its note is then of a file recorded)
                     self.cat.add_node(node.parent_id, node.name, "file", node.mode, node.mtime_ns, 0, EMPTY_HASH,
                                       node.uid, node.gid, node_id=node.id)
                     for d in drives:

@@ -13,8 +13,12 @@ deleted for a note, but a second copy of a new file that differs from the first 
 between two copies' writes), which is made again from the first, as for a file being
 written at a crash.
 
-One JSON line per create: {"path": ..., "drives": [drive ids], "group": number}; without
-"group" (kept for a drive that was away, or by a failed commit), it is always taken in.
+One JSON line per create: {"path": ..., "drives": [drive ids], "group": number}. Notes
+that wait longer live in `new-files.kept`, without a number, written only when the pool is
+opened (`done`) or a failed commit could not record a new file again (`keep`): those for a
+drive that was away, and ("stale": the file was taken in from another drive meanwhile) those
+whose copy is an old mirror of a file the pool has, or had: such a copy is recorded if it
+is the pool's file, else removed, never taken in as a file of its own.
 """
 
 from __future__ import annotations
@@ -23,34 +27,44 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from ..drives import write_atomic
 
 log = logging.getLogger(__name__)
 
 NEW_FILES = "new-files"
+KEPT = "new-files.kept"
 
 
-def _line(path: str, drives: list[int], group: int | None = None) -> bytes:
-    note: dict[str, object] = {"path": path, "drives": drives}
-    if group is not None:
-        note["group"] = group
-    return (json.dumps(note) + "\n").encode()
+class Note(NamedTuple):
+    path: str
+    drives: list[int]
+    group: int | None = None  # None: taken in whatever the catalog's last group
+    stale: bool = False  # taken in from another drive already: this copy is an old mirror
+
+
+def _line(note: Note) -> bytes:
+    out: dict[str, object] = {"path": note.path, "drives": note.drives}
+    if note.group is not None:
+        out["group"] = note.group
+    if note.stale:
+        out["stale"] = True
+    return (json.dumps(out) + "\n").encode()
 
 
 class NewFiles:
     """The mount's note, open for appending while it serves (`Pool.group_steps`)."""
 
     def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
         self._path = state_dir / NEW_FILES
-        # Notes kept from before (their drive was away at the opening) stay until taken in.
-        self._kept: list[bytes] = [_line(p, d) for p, d, _ in read(state_dir)]
         self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._noted = bool(self._kept)  # since the last commit
+        self._noted = False  # since the last commit
 
     def note(self, path: str, drives: list[int], group: int) -> None:
         """Before a new file's copies are made (raises if it cannot be noted: no copy is made)."""
-        os.write(self._fd, _line(path, drives, group))
+        os.write(self._fd, _line(Note(path, drives, group)))
         self._noted = True
 
     def committed(self) -> None:
@@ -59,45 +73,50 @@ class NewFiles:
             return
         try:
             os.ftruncate(self._fd, 0)
-            if self._kept:
-                os.write(self._fd, b"".join(self._kept))
             self._noted = False
         except OSError as e:  # left as they are: the next opening finds those files recorded
             log.warning("could not empty the note of new files: %s", e)
 
     def keep(self, path: str, drives: list[int]) -> None:
-        """A new file the catalog lost (a failed commit): the next opening takes it in."""
-        self._kept.append(_line(path, drives))
-        self._noted = True
+        """A new file the catalog lost (a failed commit, then a failed record): the next
+        opening takes it in whatever it finds committed."""
+        fd = os.open(self._state_dir / KEPT, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, _line(Note(path, drives)))
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """At the end of the mount (its last group committed: nothing is left to note)."""
         os.close(self._fd)
-        if not self._noted and not self._kept:
+        if not self._noted:
             self._path.unlink(missing_ok=True)
 
 
-def read(state_dir: Path) -> list[tuple[str, list[int], int | None]]:
-    """The notes a mount left: (path, drive ids, group number) of each create (a torn last
-    line is skipped: its copies were not made yet)."""
-    try:
-        text = (state_dir / NEW_FILES).read_bytes()
-    except FileNotFoundError:
-        return []
+def read(state_dir: Path) -> list[Note]:
+    """The notes left: the kept ones, then the mount's (a torn last line is skipped: its
+    copies were not made yet)."""
     out = []
-    for raw in text.splitlines():
+    for name in (KEPT, NEW_FILES):
         try:
-            note = json.loads(raw)
-            group = note.get("group")
-            out.append((str(note["path"]), [int(d) for d in note["drives"]], None if group is None else int(group)))
-        except (ValueError, KeyError, TypeError):
-            log.warning("skipped a damaged note of a new file: %r", raw[:200])
+            text = (state_dir / name).read_bytes()
+        except FileNotFoundError:
+            continue
+        for raw in text.splitlines():
+            try:
+                note = json.loads(raw)
+                group = note.get("group")
+                out.append(Note(str(note["path"]), [int(d) for d in note["drives"]],
+                                None if group is None else int(group), bool(note.get("stale"))))
+            except (ValueError, KeyError, TypeError):
+                log.warning("skipped a damaged note of a new file: %r", raw[:200])
     return out
 
 
-def rewrite(state_dir: Path, notes: list[tuple[str, list[int]]]) -> None:
-    """Leave only `notes` (those still to take in: their drive is away)."""
-    if notes:
-        write_atomic(state_dir / NEW_FILES, b"".join(_line(p, d) for p, d in notes))
+def done(state_dir: Path, left: list[Note]) -> None:
+    """The notes were taken in but `left` (their drive is away): kept for a later opening."""
+    if left:
+        write_atomic(state_dir / KEPT, b"".join(_line(n) for n in left))
     else:
-        (state_dir / NEW_FILES).unlink(missing_ok=True)
+        (state_dir / KEPT).unlink(missing_ok=True)
+    (state_dir / NEW_FILES).unlink(missing_ok=True)
