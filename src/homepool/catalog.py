@@ -485,7 +485,7 @@ class Catalog:
         if self._group_no is None:
             self._group_no = self._last_group_no = max(self.committed_group(), self._last_group_no) + 1
         # Every time: a rolled back statement may have taken the last record of it along.
-        self.record_group(self._group_no)
+        self.set_meta("group", str(self._group_no))  # (not below the last one: see above)
         return self._group_no
 
     def record_group(self, number: int) -> None:
