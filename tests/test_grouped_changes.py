@@ -45,6 +45,12 @@ def _pool(state_dir: Path, drives: list[Path]) -> Pool:
     pool.group_steps()
     return pool
 
+def _killed(pool: Pool) -> None:
+    """The process dies: its connection goes with what it did not commit, and its lock."""
+    pool.cat.db.close()
+    assert pool.lock is not None
+    pool.lock.release()
+
 
 def _change(pool: Pool) -> None:
     docs = pool.cat.child(ROOT_ID, "Documents")
@@ -212,6 +218,26 @@ def _failing_pool(state_dir: Path, drives: list[Path]) -> Iterator[tuple[Pool, F
         pool.close()
 
 
+def _flushed(pool: Pool, f: LiveFile) -> None:
+    """A close(2) of `f` (FLUSH: the file recorded, in the open group); the handle stays open."""
+    pool.releasing(f)
+    pool.record_file(f, f.settle())
+
+def _closed(pool: Pool, *handles: LiveFile) -> None:
+    """close(2) and RELEASE of each handle."""
+    for f in handles:
+        pool.releasing(f, closing=True)
+        pool.release_file(f, f.finish())
+
+def _new_file(pool: Pool, name: str, data: bytes, uid: int = os.getuid(), gid: int = os.getgid()) -> Node:
+    """Documents/NAME made, written and closed in the open group."""
+    node, f = pool.create_file(_docs(pool), name, 0o640, uid, gid)
+    f.write(data, 0)
+    _flushed(pool, f)
+    _closed(pool, f)
+    return node
+
+
 def _written_and_flushed(pool: Pool, folder: str = "Documents") -> tuple[Node, LiveFile]:
     """A new file with b"hello" in it, open, after its first close(2) (FLUSH)."""
     parent = pool.cat.child(ROOT_ID, folder)
@@ -222,8 +248,7 @@ def _written_and_flushed(pool: Pool, folder: str = "Documents") -> tuple[Node, L
         os.pwrite(f.read_fd, b"hello", 0)  # (the kernel writes a passed-through file)
     else:
         f.write(b"hello", 0)
-    pool.releasing(f)
-    pool.record_file(f, f.settle())
+    _flushed(pool, f)
     return node, f
 
 
@@ -473,8 +498,7 @@ def test_a_failed_commit_of_a_close_is_recorded_at_the_next(state_dir: Path, dir
     with _failing_pool(state_dir, dir_drives) as (pool, fail):
         node, f = _written_and_flushed(pool, folder)
         _commit_fails(pool, fail)
-        pool.releasing(f, closing=True)
-        pool.release_file(f, f.finish())
+        _closed(pool, f)
         pool.catch_up()
         assert pool.node(node.id).size == 5
     with Pool.open(state_dir) as pool:
@@ -530,8 +554,7 @@ def test_a_look_past_a_stall_never_reads_a_snapshot_older_than_its_doubts(dir_po
     node, f = dir_pool.create_file(music.id, "new.bin", 0o644, os.getuid(), os.getgid())
     dir_pool.cat.commit_group()  # (the create is committed: only its close is in the open group)
     f.write(b"hello", 0)
-    dir_pool.releasing(f, closing=True)
-    dir_pool.release_file(f, f.finish())  # close(2) returned: recorded in the open group
+    _closed(dir_pool, f)  # close(2) returned: recorded in the open group
     assert dir_pool.cat.group_open and node.id in dir_pool.group_touched
     stuck = _Holder(ops)
     real = glance_mod.named
@@ -562,8 +585,7 @@ def test_a_close_whose_flush_and_release_a_failed_commit_undid_is_recorded(state
     COMMIT fails: the record is made again at once (the handle is gone)."""
     with _failing_pool(state_dir, dir_drives) as (pool, fail):
         node, f = _written_and_flushed(pool)
-        pool.releasing(f, closing=True)
-        pool.release_file(f, f.finish())  # RELEASE, same group
+        _closed(pool, f)  # RELEASE, same group
         _commit_fails(pool, fail)
         pool.catch_up()
         assert pool.node(node.id).size == 5, (pool.node(node.id), pool.cat.journal())
@@ -579,30 +601,13 @@ def test_a_failed_commit_keeps_what_was_set_while_the_file_was_open(state_dir: P
         f.write(b"hello", 0)
         pool.set_attrs(node.id, mode=0o600, handle=f)  # (fchmod)
         assert pool.node(node.id).mode & 0o7777 == 0o600
-        pool.releasing(f)
-        pool.record_file(f, f.settle())  # FLUSH
+        _flushed(pool, f)
         _commit_fails(pool, fail)
-        pool.releasing(f, closing=True)
-        pool.release_file(f, f.finish())  # RELEASE
+        _closed(pool, f)
         pool.catch_up()
         got = pool.node(node.id)
         assert (got.size, got.mode & 0o7777) == (5, 0o600), got
 
-
-def _closed(pool: Pool, *handles: LiveFile) -> None:
-    """close(2) and RELEASE of each handle."""
-    for f in handles:
-        pool.releasing(f, closing=True)
-        pool.release_file(f, f.finish())
-
-def _new_file(pool: Pool, name: str, data: bytes, uid: int = os.getuid(), gid: int = os.getgid()) -> Node:
-    """Documents/NAME made, written and closed in the open group."""
-    node, f = pool.create_file(_docs(pool), name, 0o640, uid, gid)
-    f.write(data, 0)
-    pool.releasing(f)
-    pool.record_file(f, f.settle())
-    _closed(pool, f)
-    return node
 
 
 def test_a_create_joins_the_group_and_leaves_the_steps_of_other_files_waiting(
@@ -667,8 +672,7 @@ def test_a_new_file_a_failed_commit_undid_is_recorded_again_as_it_was(state_dir:
         _commit_fails(pool, fail)
         assert pool.lookup("Documents/b.txt") is not None  # the delete is undone
         assert pool.stat("Documents/new.txt").id == node.id  # the new file is not
-        pool.releasing(f)
-        pool.record_file(f, f.settle())  # close(2)
+        _flushed(pool, f)
         _closed(pool, f)
         pool.settle_steps()
         assert pool.read_bytes("Documents/new.txt") == b"written"
@@ -679,12 +683,6 @@ def test_a_new_file_a_failed_commit_undid_is_recorded_again_as_it_was(state_dir:
     with Pool.open(state_dir) as pool:
         assert pool.read_bytes("Documents/new.txt") == b"written"
 
-
-def _killed(pool: Pool) -> None:
-    """The process dies: its connection goes with what it did not commit, and its lock."""
-    pool.cat.db.close()
-    assert pool.lock is not None
-    pool.lock.release()
 
 
 def test_a_crash_before_its_commit_keeps_a_new_file_from_its_copies(state_dir: Path, dir_drives: list[Path]) -> None:
@@ -712,11 +710,7 @@ def test_a_rename_replayed_after_a_crash_leaves_a_new_file_where_it_was(state_di
     pool = _pool(state_dir, dir_drives)
     docs = _docs(pool)
     pool.move(docs, "a.txt", docs, "a2.txt", noreplace=False)
-    _, f = pool.create_file(docs, "a.txt", 0o644, os.getuid(), os.getgid())  # runs the rename's steps first
-    f.write(b"new a", 0)
-    pool.releasing(f)
-    pool.record_file(f, f.settle())
-    _closed(pool, f)
+    _new_file(pool, "a.txt", b"new a")  # (runs the rename's steps first)
     db = sqlite3.connect(f"{(state_dir / CATALOG_FILE).as_uri()}?mode=ro", uri=True)
     assert [op for (op,) in db.execute("SELECT op FROM journal")] == ["rename"]  # (as committed)
     db.close()
@@ -876,8 +870,7 @@ def test_a_note_of_a_new_file_a_failed_commit_recorded_again_takes_nothing_in(
         _, f = pool.create_file(_docs(pool), "new.txt", 0o644, os.getuid(), os.getgid())
         f.write(b"payload", 0)
         _commit_fails(pool, fail)
-        pool.releasing(f)
-        pool.record_file(f, f.settle())
+        _flushed(pool, f)
         _closed(pool, f)
         pool.move(_docs(pool), "new.txt", _docs(pool), "moved.txt", noreplace=False)
         assert pool._new_files is not None

@@ -429,7 +429,6 @@ class Catalog:
                     self.db.execute("ROLLBACK TO grouped")
                     self.db.execute("RELEASE grouped")
                     self._forget_all()
-                    self._group_no = None  # (its record may be what was rolled back: asked again, it grows)
                 else:  # SQLite undid the whole group (a full disk, say)
                     self._group_undone()
                 raise
@@ -493,7 +492,8 @@ class Catalog:
         self.set_meta("group", str(max(number, self.committed_group())))
 
     def committed_group(self) -> int:
-        """The number of the last group committed (`group_number`), outside a group."""
+        """The last group number recorded (`group_number`): outside a transaction, that of the
+        last group committed."""
         return int(self.meta("group") or 0)
 
     def _group_undone(self) -> None:

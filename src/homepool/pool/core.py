@@ -1184,10 +1184,12 @@ class Pool(LiveOps):
                 continue  # committed: the catalog has it, and the journal what became of it since
             present = [drives[i] for i in note.drives if i in drives and drives[i].row.state == "active"]
             away = [i for i in note.drives if i in drives and drives[i].row.state != "active"]
-            taken = self._take_in_stale(note.path, present, out) if note.stale \
-                else self._take_in_new(note.path, present, out)
-            # A drive away keeps its note; once the file is taken in here, its copy there is an old mirror.
-            left += [newfiles.Note(note.path, [i], None, note.stale or taken) for i in away]
+            if note.stale:
+                self._take_in_stale(note.path, present, out)
+                stale = True
+            else:  # once taken in here, its copy on a drive away is an old mirror
+                stale = self._take_in_new(note.path, present, out)
+            left += [newfiles.Note(note.path, [i], None, stale) for i in away]  # (kept until it is back)
         newfiles.done(self.state_dir, left)
         return out
 
@@ -1216,7 +1218,7 @@ class Pool(LiveOps):
         self._reconcile_paths(taken)
         return bool(taken)
 
-    def _take_in_stale(self, path: str, present: list[Drive], out: list[str]) -> bool:
+    def _take_in_stale(self, path: str, present: list[Drive], out: list[str]) -> None:
         """A copy of a new file taken in from another drive while this one was away: recorded
         if it is the pool's file at that path (the same content), else removed (the file was
         renamed, deleted or written since; the pool's copies are made again from the others)."""
@@ -1233,7 +1235,6 @@ class Pool(LiveOps):
                 self._reconcile_paths([path])
             except (OSError, HomepoolError) as e:
                 out.append(f"left {path} on {d.name} alone: {e}")
-        return True
 
     def _reconcile_paths(self, recorded: list[str]) -> None:
         for path in dict.fromkeys(recorded):

@@ -8,10 +8,9 @@ append (a killed process keeps what it wrote, as the drives keep the copies); ea
 empties the note. The next opening of the pool for writing takes in the copies a note still
 names whose group was not committed (`Pool.take_in_new_files`), as files found on a drive. A
 note whose group was committed (a crash between the commit and the emptying) is passed over:
-the catalog has the file, and the journal what became of it since. Nothing on a drive is
-deleted for a note, but a second copy of a new file that differs from the first (a crash
-between two copies' writes), which is made again from the first, as for a file being
-written at a crash.
+the catalog has the file, and the journal what became of it since. Of a new file's copies
+the longest is the file; one that holds only its start (a crash between two copies' writes)
+is made again from it, one that differs otherwise is kept under a conflict name.
 
 One JSON line per create: {"path": ..., "drives": [drive ids], "group": number}. Notes
 that wait longer live in `new-files.kept`, without a number, written only when the pool is
