@@ -58,7 +58,7 @@ from ..streams import CHUNK, Target, copy_to
 from ..units import human
 from . import newfiles
 from .batch import WriteBatch
-from .live import DRIVES_TTL, PASSTHROUGH_ROOM, CloseRecord, LiveFile, LiveOps, NewCreate
+from .live import DRIVES_TTL, PASSTHROUGH_ROOM, CloseRecord, LiveFile, LiveOps, Looked, NewCreate
 from .newfiles import NewFiles
 from .ondrive import (
     conflict_name,
@@ -178,6 +178,7 @@ class Pool(LiveOps):
         # The mount's renames and deletes of files, recorded in groups (`group_steps`): their
         # drive steps wait for their group's commit (`settle_steps`), with the paths they touch.
         self.grouping = False
+        self.groups_undone = 0  # groups whose commit failed (`Looked`)
         self._queued: list[_Queued] = []
         self._queued_paths: set[str] = set()
         self.group_waiting = threading.Event()  # set while a group waits for its commit (the mount's, soon)
@@ -807,14 +808,15 @@ class Pool(LiveOps):
         self.cat.owe(drive_id, {"op": "unlink", "path": path, "heir": p["heir"]})
         return True
 
-    def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> dict[int, tuple[int, int]]:
+    def _record_drop(self, p: dict, drives: dict[int, Drive], failed: set[int],
+                     looked: Looked | None = None) -> dict[int, tuple[int, int]]:
         """Returns the size and time, by drive, of the copies it dropped."""
         node = self._journaled_node(p, "path")
         if node is None:  # recorded already (see `_run_recorded_first`)
             self._owe_failed("drop", p, drives, failed)
             return {}
         file = self.cat.resolve(node)
-        reps = {r.drive_id: r for r in self.cat.replicas(file.id)}
+        reps = {r.drive_id: r for r in (looked.replicas if looked else self.cat.replicas(file.id))}
         for key in p["drives"]:
             r = reps.get(int(key))
             d = drives.get(int(key))
@@ -852,15 +854,19 @@ class Pool(LiveOps):
                     failed.add(d.id)
         return failed
 
-    def _record_rename(self, p: dict, drives: dict[int, Drive], failed: set[int]) -> dict[int, tuple[int, int]]:
+    def _record_rename(self, p: dict, drives: dict[int, Drive], failed: set[int],
+                       looked: Looked | None = None) -> dict[int, tuple[int, int]]:
         """Returns the size and time, by drive, of the replaced file's copies it dropped."""
         node = self._journaled_node(p, "src")
         if node is None:  # recorded already (see `_run_recorded_first`)
             self._owe_failed("rename", p, drives, failed)
             return {}
-        dparts = paths.split(p["dst"])
-        parent = self.node(p["dparent"]) if "dparent" in p else self.stat(paths.join(dparts[:-1]))
-        old = self.cat.child(parent.id, dparts[-1])
+        if "dparent" in p:  # (the mount's: its new name was checked)
+            parent, name = self.node(p["dparent"]), p["dst"].rpartition("/")[2]
+        else:
+            dparts = paths.split(p["dst"])
+            parent, name = self.stat(paths.join(dparts[:-1])), dparts[-1]
+        old = looked.old if looked else self.cat.child(parent.id, name)
         replaced: dict[int, tuple[int, int]] = {}
         if old is not None and old.id != node.id:
             for r in self.cat.replicas(self.cat.resolve(old).id):
@@ -874,12 +880,12 @@ class Pool(LiveOps):
             if d is None or d.row.state != "active" or int(key) in failed:
                 self.cat.owe(int(key), {"op": "rename", "src": p["src"], "dst": p["dst"], "kind": p["kind"]})
         was_folder = node.parent_id == ROOT_ID
-        self.cat.move_node(node.id, parent.id, dparts[-1], node.is_dir)
+        self.cat.move_node(node.id, parent.id, name, node.is_dir)
         if parent.id == ROOT_ID:
             if was_folder:
-                self.cat.rename_folder(node.id, paths.fold(dparts[-1]))
+                self.cat.rename_folder(node.id, paths.fold(name))
             else:  # a subfolder became a top-level folder: it keeps the copies it had
-                self.cat.add_folder(node.id, paths.fold(dparts[-1]), int(p.get("copies", 1)))
+                self.cat.add_folder(node.id, paths.fold(name), int(p.get("copies", 1)))
         return replaced
 
     def _journaled_node(self, p: dict, key: str) -> Node | None:
@@ -890,42 +896,46 @@ class Pool(LiveOps):
             return node if node is not None and self.cat.path_of(node.id) == p[key] else None
         return self.lookup(p[key])
 
-    def _run(self, op: str, payload: dict, group: bool = False) -> list[int] | None:
+    def _run(self, op: str, payload: dict, group: bool = False, looked: Looked | None = None) -> list[int] | None:
         """Journal `op`, do its drive steps, record it: the crash-safe path for every change.
         With `group` (a file's rename or delete through the mount, see `group_steps`), the
-        steps may wait for the commit of a group of such changes."""
+        steps may wait for the commit of a group of such changes. `looked`: what the mount
+        looked up for it (see `Looked`)."""
         if self.live and op in ("rename", "drop"):
             if group:  # (`LiveOps._groups`: only while grouping)
-                self._run_grouped(op, payload)
+                self._run_grouped(op, payload, looked)
             else:
-                self._run_recorded_first(op, payload)
+                self._run_recorded_first(op, payload, looked)
             return None
         with self.cat.transaction():
             entry = self.cat.journal_add(op, payload)
         self._changed = True
         return self._finish(entry, op, payload, {d.id: d for d in self.drives()})
 
-    def _run_recorded_first(self, op: str, payload: dict) -> None:
+    def _run_recorded_first(self, op: str, payload: dict, looked: Looked | None = None) -> None:
         """The mount's renames and deletes, in one commit instead of two (a commit costs more
         than the rest of the change): the journal row goes in with the catalog's new state,
         then the drive steps run. The row stays until the next commit removes it, so a crash
         in between redoes the drive steps (`_finish`; they are idempotent, and its records see
         the change made). A drive that fails its step is owed it, as in `_finish`."""
-        q = self._record_first(op, payload, {d.id: d for d in self.drives()})
+        q = self._record_first(op, payload, {d.id: d for d in self.drives()}, looked=looked)
         try:
             self._take_steps(q)
         finally:  # never replayed later, after other changes
             self.cat.journal_done_later(q.entry)
 
-    def _record_first(self, op: str, payload: dict, drives: dict[int, Drive], grouped: bool = False) -> _Queued:
+    def _record_first(self, op: str, payload: dict, drives: dict[int, Drive], grouped: bool = False,
+                      looked: Looked | None = None) -> _Queued:
         """The journal row and the catalog's new state of a rename or drop, in one transaction
         (`grouped`: left open for those that follow); its drive steps are still to take."""
         payload = {**payload, "recorded": True}
         with self.cat.transaction(grouped=grouped):
             entry = self.cat.journal_add(op, payload)
+            if looked is not None and looked.undone != self.groups_undone:
+                looked = None  # a group was undone since it was looked at: what it saw may be gone
             # The copies it removes: what a drive that fails to remove one is owed.
             record = self._record_drop if op == "drop" else self._record_rename
-            gone = record(payload, drives, set())
+            gone = record(payload, drives, set(), looked)
         self._changed = True
         return _Queued(entry, op, payload, drives, gone)
 
@@ -971,6 +981,7 @@ class Pool(LiveOps):
             if self._new_files is not None:
                 self._new_files.committed()
             return
+        self.groups_undone += 1
         if fresh or records or creates:
             log.error("could not record the last %d rename(s) and delete(s), %d close(s) and %d new file(s): "
                       "they are undone", len(fresh), len(records), len(creates))
@@ -990,10 +1001,10 @@ class Pool(LiveOps):
             self.cat.commit_group()
         return {d.id: d for d in self._drive_snapshot()}
 
-    def _run_grouped(self, op: str, payload: dict) -> None:
+    def _run_grouped(self, op: str, payload: dict, looked: Looked | None = None) -> None:
         touched = _step_paths(payload)
         # (Recorded before `_queued` is looked at: its transaction may end a group, and replace it.)
-        q = self._record_first(op, payload, self._drives_for(*touched, commit=False), grouped=True)
+        q = self._record_first(op, payload, self._drives_for(*touched, commit=False), grouped=True, looked=looked)
         self._queued.append(q)
         self._queued_paths |= touched
         self._group_waits()

@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import paths, placement
-from ..catalog import ROOT_ID, Node
+from ..catalog import ROOT_ID, Node, Replica
 from ..config import env_number
 from ..drives import Drive
 from ..errors import (
@@ -79,6 +79,16 @@ _mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror
 CloseRecord = tuple["LiveFile", int | None, tuple[int, int, str] | None, dict[str, int]]
 # A file created in the open group: its node, path, drives, journal row and group number, as made.
 NewCreate = tuple[Node, str, list[int], int, int]
+
+
+class Looked(NamedTuple):
+    """What the mount looked up before it records a rename or delete, so that recording it
+    need not look again: a rename's name it replaces (None: none), a delete's file's copies.
+    Good only while no group has been undone since (`undone`: `Pool.groups_undone` then)."""
+
+    undone: int
+    old: Node | None = None
+    replicas: list[Replica] = []
 
 
 def _pwrite_all(fd: int, data: bytes | memoryview, off: int) -> None:
@@ -367,6 +377,7 @@ class LiveOps:
         _dir_times: dict[int, int]
         _recording: set[int]
         grouping: bool
+        groups_undone: int
         group_touched: set[int]
         _group_records: list[CloseRecord]
         _group_creates: list[NewCreate]
@@ -386,7 +397,8 @@ class LiveOps:
         def open_copy(self, node_id: int, exclude: frozenset[int] = frozenset(),
                       busy: dict[int, int] | None = None) -> tuple[int, Drive]: ...
         def copy_failed(self, node_id: int, drive: Drive, err: OSError) -> None: ...
-        def _run(self, op: str, payload: dict, group: bool = False) -> list[int] | None: ...
+        def _run(self, op: str, payload: dict, group: bool = False,
+                 looked: Looked | None = None) -> list[int] | None: ...
         def settle_steps(self) -> None: ...
         def _drives_for(self, *paths: str, commit: bool = True) -> dict[int, Drive]: ...
         def _group_waits(self) -> None: ...
@@ -1149,8 +1161,9 @@ class LiveOps:
             group = self._groups(node)
             if group:
                 self.group_touched.update((parent_id, node.id))
-            self._run("drop", {"path": path, "drives": [r.drive_id for r in self.cat.replicas(node.id)],
-                               "node": True, "id": row.id, **self.heir(row, node)}, group=group)
+            reps = self.cat.replicas(node.id)
+            self._run("drop", {"path": path, "drives": [r.drive_id for r in reps], "node": True, "id": row.id,
+                               **self.heir(row, node)}, group=group, looked=Looked(self.groups_undone, replicas=reps))
             self._follow(node.id)  # its own name was taken away: another of its names is its path now
         self._dir_changed(parent_id)
 
@@ -1242,7 +1255,7 @@ class LiveOps:
         self._run("rename", {"src": src, "dst": dst, "kind": "file", "moves": moves,
                              "unlink_dst": [i for i in had if i not in moves], "id": row.id,
                              "dparent": new_parent_id, **(self.heir(old_row, old) if old and old_row else {})},
-                  group=group)
+                  group=group, looked=Looked(self.groups_undone, old=old_row))
         self._follow(node.id)
         if old is not None and old_row is not None and old.links:
             self._follow(old.id)  # it lost a name: perhaps the one that was its path
