@@ -23,6 +23,7 @@ from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx
 from homepool.pool import LiveFile, Pool, newfiles
 from homepool.pool import glance as glance_mod
+from homepool.pool.live import Looked
 
 from .helpers import assert_clean, copies_on_disk, reader
 from .mounting import mount_pool
@@ -519,6 +520,36 @@ def test_a_group_sqlite_undid_by_itself_keeps_no_later_change_apart(state_dir: P
         pool.settle_steps()
         assert pool.lookup("Documents/b.txt") is not None and pool.lookup("Documents/a2.txt") is not None
         assert _on_drives(dir_drives) == _as_files({**BEFORE, "a2.txt": BEFORE["a.txt"], "a.txt": None})
+        pool.catch_up()
+        assert_clean(pool)
+    finally:
+        pool.close()
+
+
+@pytest.mark.expect_errors
+def test_a_look_from_before_a_group_was_undone_is_not_trusted(state_dir: Path, dir_drives: list[Path]) -> None:
+    """A rename or delete records what the mount looked up for it (`Looked`: the name a
+    rename replaces, a deleted file's copies) without asking the catalog again, but only
+    while no group has been undone since the look. Here the look says that a rename of a.txt
+    to d.txt replaces nothing (d.txt is deleted in the open group), and SQLite then undoes the
+    group by itself: d.txt is back, and the rename replaces it."""
+    pool = _pool(state_dir, dir_drives)
+    try:
+        docs = _docs(pool)
+        a, d = pool.cat.child(docs, "a.txt"), pool.cat.child(docs, "d.txt")
+        assert a is not None and d is not None
+        moves, had = [r.drive_id for r in pool.cat.replicas(a.id)], [r.drive_id for r in pool.cat.replicas(d.id)]
+        pool.remove(docs, "d.txt", rmdir=False)
+        looked = Looked(pool.groups_undone, old=None)  # as the mount's rename would see d.txt now
+        pool.cat.db.execute("ROLLBACK")  # what SQLite does itself after an I/O error
+        with pool.cat.transaction(grouped=True):  # (the next transaction finds the group undone)
+            pass
+        payload = {"src": "Documents/a.txt", "dst": "Documents/d.txt", "kind": "file", "moves": moves,
+                   "unlink_dst": [i for i in had if i not in moves], "id": a.id, "dparent": docs}
+        pool._run_grouped("rename", payload, looked)
+        pool.settle_steps()
+        assert pool.lookup("Documents/a.txt") is None and pool.read_bytes("Documents/d.txt") == BEFORE["a.txt"]
+        assert _on_drives(dir_drives) == _as_files({**BEFORE, "a.txt": None, "d.txt": BEFORE["a.txt"]})
         pool.catch_up()
         assert_clean(pool)
     finally:
