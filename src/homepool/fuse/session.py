@@ -5,9 +5,15 @@ hand the kernel a member drive's file (FUSE passthrough, Linux >= 6.9), so reads
 writes never reach this process; and a pool of plain threads, each reading a request, running
 it and replying, costs far less per request than an event loop that hands work to threads.
 
-The threads are libfuse's multi-threaded loop: any of them may take the next request, and
-when every one is busy one more starts (up to MAX_THREADS), so a slow drive holds only the
-threads waiting on it, and blocking I/O never stalls the others. The
+The threads take turns: one reads and answers, request after request, and looks for the next
+one for a little while (SPIN) before it sleeps. Waking a thread on a CPU gone idle costs more
+than most answers (on a virtual machine, whose idle CPUs halt, tens of µs), and a Python thread
+that goes on where it was finds what it needs still in the CPU's caches (docs/benchmarks.md,
+tenth run). A request that moves file data hands the reading on to another thread first, so
+that reads and writes of several programs go on at once; a watchdog does the same for one
+answered for longer than HAND_ON_AFTER (a drive that hangs, say), and sleeps while none come.
+When no thread waits for its turn, one more starts (up to MAX_THREADS): a slow drive holds
+only the threads waiting on it, and blocking I/O never stalls the others. The
 operations object (`ops.PoolOperations`) does the work and decides; this module only parses,
 packs and calls. Interrupts are not honoured (each request finishes). Inode numbers are
 catalog node ids, which live as long as the node; FORGET only tells which inodes the kernel
@@ -21,6 +27,7 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -40,6 +47,10 @@ BUFSIZE = MAX_WRITE + 64 * 1024  # a request's header, its fixed part and 1 MiB 
 THREADS = 8  # reading requests from the start
 MAX_THREADS = 64  # when every one is busy (waiting on a hung drive, say), one more starts, up to this
 SPARE_THREADS = 2 * THREADS  # a thread that finds more idle after its answer ends (not at once: starting costs)
+SPIN = 100e-6  # seconds the reading thread looks for the next request before it sleeps (HOMEPOOL_SPIN_US)
+HAND_ON_AFTER = 0.02  # seconds an answer may hold the reading up before another thread reads on
+# Requests that move file data: another thread reads on while they are answered.
+HANDED_ON = frozenset({p.Op.READ, p.Op.WRITE, p.Op.FSYNC, p.Op.FSYNCDIR})
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
 
 
@@ -117,8 +128,15 @@ class Session:
         self.served: Counter[int] = Counter()  # requests by opcode (for the log: what reached us)
         self.busy: Counter[int] = Counter()  # nanoseconds spent answering them, by opcode
         self._threads: list[threading.Thread] = []
-        self._idle = 0  # threads waiting for a request (counted under `_starting`)
+        self._idle = 0  # threads waiting for their turn to read (counted under `_starting`)
         self._starting = threading.Lock()
+        self._turns = threading.Condition(self._starting)  # the reading passes from thread to thread
+        self._reader: threading.Thread | None = None  # the thread whose turn it is to read
+        self._answering: tuple[threading.Thread, float] | None = None  # it answers inline, since
+        self._read_count = 0  # requests read (for the watchdog: are they still coming?)
+        self._watching = False  # the watchdog looks every HAND_ON_AFTER seconds (else it sleeps)
+        self._wake_watch = threading.Event()
+        self._spin = int(os.environ.get("HOMEPOOL_SPIN_US", SPIN * 1e6)) / 1e6
         self._at_most = False  # MAX_THREADS were busy at once (said once in the log)
         self._handlers: dict[int, Callable[[Ctx, int, memoryview], Any]] = {
             p.Op.LOOKUP: self._lookup, p.Op.GETATTR: self._getattr, p.Op.SETATTR: self._setattr,
@@ -149,6 +167,7 @@ class Session:
         self._init()
         for _ in range(THREADS):
             self._start_thread()
+        threading.Thread(target=self._watch, name="fuse-watch", daemon=True).start()
 
     def _start_thread(self) -> None:
         with self._starting:
@@ -160,19 +179,23 @@ class Session:
                 return
             t = threading.Thread(target=self._serve, name=f"fuse-{len(self._threads)}", daemon=True)
             self._threads.append(t)
-            self._idle += 1
         try:
             t.start()
         except RuntimeError as e:  # (a limit on threads): the ones there go on
             log.warning("could not start another request thread: %s", e)
             with self._starting:
                 self._threads.remove(t)
-                self._idle -= 1
 
     def stop(self) -> None:
         """Unmount (lazily: programs with files open keep them until they close)."""
-        self.done.set()
+        self._end()
         unmount(self.mountpoint)
+
+    def _end(self) -> None:
+        self.done.set()
+        self._wake_watch.set()
+        with self._turns:
+            self._turns.notify_all()  # (threads waiting for their turn end)
 
     def _init(self) -> None:
         buf = bytearray(BUFSIZE)
@@ -217,40 +240,101 @@ class Session:
     # -- the loop ------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        """Read, answer, loop. A thread that finds more than SPARE_THREADS idle after its
-        answer ends (a stall, or a burst, is over), as libfuse's max_idle does."""
+        """Wait for a turn to read, then read and answer until the turn passes on: at a request
+        that moves file data (`HANDED_ON`), or when the watchdog passes it on (`_watch`). A
+        thread that finds more than SPARE_THREADS waiting for their turn ends (a stall, or a
+        burst, is over), as libfuse's max_idle does."""
+        me = threading.current_thread()
         buf = bytearray(BUFSIZE)
         view = memoryview(buf)
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
         try:
             while True:
-                try:
-                    n = os.readv(self.fd, [buf])
-                except OSError as e:
-                    if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
-                        continue  # a signal, or a request interrupted before we read it
-                    if e.errno != errno.ENODEV:
-                        log.error("reading /dev/fuse: %s", e)
-                    self.done.set()  # ENODEV: unmounted
-                    return
-                with self._starting:
-                    self._idle -= 1
-                    none_left = self._idle <= 0
-                if none_left:  # nobody to read the next request (as libfuse's loop, which starts one more)
-                    self._start_thread()
-                try:
-                    if not self._answer(buf, view, n):
-                        self.done.set()
+                with self._turns:
+                    self._idle += 1
+                    try:
+                        while self._reader is not None and not self.done.is_set():
+                            if self._idle > SPARE_THREADS:
+                                return
+                            self._turns.wait()
+                    finally:
+                        self._idle -= 1
+                    if self.done.is_set():
                         return
-                finally:
-                    with self._starting:
-                        self._idle += 1
-                        spare = self._idle > SPARE_THREADS
-                if spare:
-                    return
+                    self._reader = me
+                while self._reader is me:
+                    n = self._next(buf, poller)
+                    if n is None:
+                        return
+                    self._read_count += 1
+                    if not self._watching:
+                        self._wake_watch.set()
+                    if p.IN_HEADER.unpack_from(buf)[1] in HANDED_ON:
+                        self._pass_turn(me)
+                        answered = self._answer(buf, view, n)
+                    else:
+                        self._answering = (me, time.monotonic())
+                        answered = self._answer(buf, view, n)
+                        if self._reader is me:
+                            self._answering = None
+                    if not answered:
+                        self._end()
+                        return
         finally:
-            with self._starting:  # (counted idle when it ends)
-                self._idle -= 1
-                self._threads.remove(threading.current_thread())
+            with self._starting:
+                if self._reader is me:
+                    self._reader = None
+                    self._turns.notify()
+                self._threads.remove(me)
+
+    def _next(self, buf: bytearray, poller: select.poll) -> int | None:
+        """The next request (its length), looked for a while (`_spin`) before sleeping for it;
+        None once unmounted."""
+        if self._spin:
+            until = time.perf_counter() + self._spin
+            while not poller.poll(0) and time.perf_counter() < until:
+                pass
+        while True:
+            try:
+                return os.readv(self.fd, [buf])
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.EAGAIN, errno.ENOENT):
+                    continue  # a signal, or a request interrupted before we read it
+                if e.errno != errno.ENODEV:
+                    log.error("reading /dev/fuse: %s", e)
+                self._end()  # ENODEV: unmounted
+                return None
+
+    def _pass_turn(self, me: threading.Thread) -> None:
+        """Another thread reads on (one more starts if none waits: as libfuse's loop does)."""
+        with self._turns:
+            if self._reader is not me:
+                return
+            self._reader = None
+            if self._idle:
+                self._turns.notify()
+                return
+        self._start_thread()
+
+    def _watch(self) -> None:
+        """Pass the turn to read on when an answer holds it HAND_ON_AFTER seconds: a request
+        waiting on a drive that hangs, or on the pool's lock, holds up only itself. Asleep
+        while no request comes (the first one read wakes it)."""
+        seen = -1
+        while not self.done.is_set():
+            answering = self._answering
+            if answering is not None and time.monotonic() - answering[1] >= HAND_ON_AFTER:
+                self._answering = None
+                self._pass_turn(answering[0])
+            elif answering is None and self._read_count == seen:  # none for a while: sleep
+                self._watching = False
+                if self._read_count == seen and self._answering is None:  # (one read meanwhile wakes it)
+                    self._wake_watch.wait()
+                    self._wake_watch.clear()
+                self._watching = True
+            seen = self._read_count
+            self.done.wait(HAND_ON_AFTER)
 
     def _answer(self, buf: bytearray, view: memoryview, n: int) -> bool:
         """Answer one request read into `buf`; False when the kernel ends the connection."""
