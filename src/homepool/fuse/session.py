@@ -47,7 +47,7 @@ BUFSIZE = MAX_WRITE + 64 * 1024  # a request's header, its fixed part and 1 MiB 
 THREADS = 8  # reading requests from the start
 MAX_THREADS = 64  # when every one is busy (waiting on a hung drive, say), one more starts, up to this
 SPARE_THREADS = 2 * THREADS  # a thread that finds more idle after its answer ends (not at once: starting costs)
-SPIN = 100e-6  # seconds the reading thread looks for the next request before it sleeps (HOMEPOOL_SPIN_US)
+SPIN = 100e-6  # seconds the reading thread looks for the next request before it sleeps
 HAND_ON_AFTER = 0.02  # seconds an answer may hold the reading up before another thread reads on
 # Requests that move file data: another thread reads on while they are answered.
 HANDED_ON = frozenset({p.Op.READ, p.Op.WRITE, p.Op.FSYNC, p.Op.FSYNCDIR})
@@ -109,7 +109,7 @@ def _names(body: memoryview, count: int) -> list[bytes]:
 class Session:
     """One mount of `ops` at `mountpoint`, served until it is unmounted or `stop` is called."""
 
-    def __init__(self, ops: Any, mountpoint: Path, fsname: str, allow_other: bool = False) -> None:
+    def __init__(self, ops: Any, mountpoint: Path, fsname: str, allow_other: bool = False, spin: float = SPIN) -> None:
         self.ops = ops
         self.mountpoint = mountpoint
         self.fsname = fsname
@@ -136,7 +136,7 @@ class Session:
         self._read_count = 0  # requests read (for the watchdog: are they still coming?)
         self._watching = False  # the watchdog looks every HAND_ON_AFTER seconds (else it sleeps)
         self._wake_watch = threading.Event()
-        self._spin = int(os.environ.get("HOMEPOOL_SPIN_US", SPIN * 1e6)) / 1e6
+        self._spin = spin  # (0: sleep at once)
         self._at_most = False  # MAX_THREADS were busy at once (said once in the log)
         self._handlers: dict[int, Callable[[Ctx, int, memoryview], Any]] = {
             p.Op.LOOKUP: self._lookup, p.Op.GETATTR: self._getattr, p.Op.SETATTR: self._setattr,
