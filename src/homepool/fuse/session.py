@@ -9,9 +9,11 @@ The threads take turns: one reads and answers, request after request, and looks 
 one for a little while (SPIN) before it sleeps. Waking a thread on a CPU gone idle costs more
 than most answers (on a virtual machine, whose idle CPUs halt, tens of µs), and a Python thread
 that goes on where it was finds what it needs still in the CPU's caches (docs/benchmarks.md,
-tenth run). A request that moves file data hands the reading on to another thread first, so
-that reads and writes of several programs go on at once; a watchdog does the same for one
-answered for longer than HAND_ON_AFTER (a drive that hangs, say), and sleeps while none come.
+tenth run). A request that waits on the drives (a read or write of 128 KiB or more, an
+fsync) hands the reading on to another thread first, so that several programs' reads and
+writes go on at once (the thread given the turn sleeps at once: spinning, it would only slow
+the answer down). A watchdog hands the reading on from an answer that takes longer than
+HAND_ON_AFTER (a drive that hangs, say); it sleeps while no requests come.
 When no thread waits for its turn, one more starts (up to MAX_THREADS): a slow drive holds
 only the threads waiting on it, and blocking I/O never stalls the others. The
 operations object (`ops.PoolOperations`) does the work and decides; this module only parses,
@@ -49,8 +51,12 @@ MAX_THREADS = 64  # when every one is busy (waiting on a hung drive, say), one m
 SPARE_THREADS = 2 * THREADS  # a thread that finds more idle after its answer ends (not at once: starting costs)
 SPIN = 100e-6  # seconds the reading thread looks for the next request before it sleeps
 HAND_ON_AFTER = 0.02  # seconds an answer may hold the reading up before another thread reads on
-# Requests that move file data: another thread reads on while they are answered.
+# Requests that wait on drives: another thread reads on while they are answered. Reads and
+# writes only from HAND_ON_SIZE (a small one is answered sooner than another thread wakes).
 HANDED_ON = frozenset({p.Op.READ, p.Op.WRITE, p.Op.FSYNC, p.Op.FSYNCDIR})
+HAND_ON_SIZE = 128 * 1024
+_SIZE = struct.Struct("<I")  # a READ's or WRITE's size, after its file handle and offset
+_SIZE_AT = p.IN_HEADER.size + 16
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
 
 
@@ -187,8 +193,10 @@ class Session:
                 self._threads.remove(t)
 
     def stop(self) -> None:
-        """Unmount (lazily: programs with files open keep them until they close)."""
-        self._end()
+        """Unmount (lazily: programs with files open keep them until they close). (Called from
+        a signal handler: it takes no lock; the thread reading sees the end and wakes the rest.)"""
+        self.done.set()
+        self._wake_watch.set()
         unmount(self.mountpoint)
 
     def _end(self) -> None:
@@ -263,14 +271,15 @@ class Session:
                     if self.done.is_set():
                         return
                     self._reader = me
+                spin = False  # (a turn handed on comes while another answers: it would only compete)
                 while self._reader is me:
-                    n = self._next(buf, poller)
+                    n = self._next(buf, poller, spin)
                     if n is None:
                         return
                     self._read_count += 1
                     if not self._watching:
                         self._wake_watch.set()
-                    if p.IN_HEADER.unpack_from(buf)[1] in HANDED_ON:
+                    if self._hands_on(buf):
                         self._pass_turn(me)
                         answered = self._answer(buf, view, n)
                     else:
@@ -278,6 +287,7 @@ class Session:
                         answered = self._answer(buf, view, n)
                         if self._reader is me:
                             self._answering = None
+                        spin = True
                     if not answered:
                         self._end()
                         return
@@ -288,10 +298,10 @@ class Session:
                     self._turns.notify()
                 self._threads.remove(me)
 
-    def _next(self, buf: bytearray, poller: select.poll) -> int | None:
-        """The next request (its length), looked for a while (`_spin`) before sleeping for it;
-        None once unmounted."""
-        if self._spin:
+    def _next(self, buf: bytearray, poller: select.poll, spin: bool) -> int | None:
+        """The next request (its length), looked for a while (`_spin`) before sleeping for it
+        if `spin`; None once unmounted."""
+        if spin and self._spin:
             until = time.perf_counter() + self._spin
             while not poller.poll(0) and time.perf_counter() < until:
                 pass
@@ -305,6 +315,13 @@ class Session:
                     log.error("reading /dev/fuse: %s", e)
                 self._end()  # ENODEV: unmounted
                 return None
+
+    @staticmethod
+    def _hands_on(buf: bytearray) -> bool:
+        opcode = p.IN_HEADER.unpack_from(buf)[1]
+        if opcode in (p.Op.READ, p.Op.WRITE):
+            return _SIZE.unpack_from(buf, _SIZE_AT)[0] >= HAND_ON_SIZE
+        return opcode in HANDED_ON
 
     def _pass_turn(self, me: threading.Thread) -> None:
         """Another thread reads on (one more starts if none waits: as libfuse's loop does)."""
