@@ -12,8 +12,10 @@ scripts read (`status --json`).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import sys
+import threading
 
 
 class _Formatter(logging.Formatter):
@@ -36,3 +38,14 @@ def setup(verbose: bool = False, debug_modules: list[str] | None = None) -> None
     root.propagate = False
     for name in debug_modules or []:
         logging.getLogger(name if name.startswith("homepool") else f"homepool.{name}").setLevel(logging.DEBUG)
+
+
+_PR_SET_NAME = 15
+_libc = ctypes.CDLL(None)
+
+
+def name_os_thread() -> None:
+    """Give the calling thread its Python name where the system shows threads (`top -H`,
+    `ps -L`, /proc/PID/task/*/comm: 15 bytes); else it shows the name of the thread that
+    started it."""
+    _libc.prctl(_PR_SET_NAME, threading.current_thread().name.encode()[:15], 0, 0, 0)

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ..log import name_os_thread
 from . import protocol as p
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,9 @@ class Session:
         self._starting = threading.Lock()
         self._turns = threading.Condition(self._starting)  # the reading passes from thread to thread
         self._reader: threading.Thread | None = None  # the thread whose turn it is to read
-        self._answering: tuple[threading.Thread, float] | None = None  # it answers inline, since
+        # When each thread began the answer it gives while holding the turn (0: none). Each
+        # writes only its own entry, so no answer's entry is lost to another's (no lock taken).
+        self._answering_since: dict[threading.Thread, float] = {}
         self._read_count = 0  # requests read (for the watchdog: are they still coming?)
         self._watching = False  # the watchdog looks every HAND_ON_AFTER seconds (else it sleeps)
         self._wake_watch = threading.Event()
@@ -194,7 +197,8 @@ class Session:
 
     def stop(self) -> None:
         """Unmount (lazily: programs with files open keep them until they close). (Called from
-        a signal handler: it takes no lock; the thread reading sees the end and wakes the rest.)"""
+        a signal handler: it takes none of the session's locks; the thread reading sees the end
+        and wakes the rest.)"""
         self.done.set()
         self._wake_watch.set()
         unmount(self.mountpoint)
@@ -253,6 +257,7 @@ class Session:
         thread that finds more than SPARE_THREADS waiting for their turn ends (a stall, or a
         burst, is over), as libfuse's max_idle does."""
         me = threading.current_thread()
+        name_os_thread()
         buf = bytearray(BUFSIZE)
         view = memoryview(buf)
         poller = select.poll()
@@ -276,17 +281,18 @@ class Session:
                     n = self._next(buf, poller, spin)
                     if n is None:
                         return
+                    hands_on = self._hands_on(buf)
+                    if not hands_on:  # (before the count, which the watchdog looks at before sleeping)
+                        self._answering_since[me] = time.monotonic()
                     self._read_count += 1
                     if not self._watching:
                         self._wake_watch.set()
-                    if self._hands_on(buf):
+                    if hands_on:
                         self._pass_turn(me)
                         answered = self._answer(buf, view, n)
                     else:
-                        self._answering = (me, time.monotonic())
                         answered = self._answer(buf, view, n)
-                        if self._reader is me:
-                            self._answering = None
+                        self._answering_since[me] = 0.0
                         spin = True
                     if not answered:
                         self._end()
@@ -297,6 +303,7 @@ class Session:
                     self._reader = None
                     self._turns.notify()
                 self._threads.remove(me)
+                self._answering_since.pop(me, None)
 
     def _next(self, buf: bytearray, poller: select.poll, spin: bool) -> int | None:
         """The next request (its length), looked for a while (`_spin`) before sleeping for it
@@ -323,10 +330,11 @@ class Session:
             return _SIZE.unpack_from(buf, _SIZE_AT)[0] >= HAND_ON_SIZE
         return opcode in HANDED_ON
 
-    def _pass_turn(self, me: threading.Thread) -> None:
-        """Another thread reads on (one more starts if none waits: as libfuse's loop does)."""
+    def _pass_turn(self, me: threading.Thread, since: float | None = None) -> None:
+        """Another thread reads on (one more starts if none waits: as libfuse's loop does).
+        With `since` (the watchdog): only if `me` still holds the turn with the answer it began then."""
         with self._turns:
-            if self._reader is not me:
+            if self._reader is not me or since is not None and self._answering_since.get(me) != since:
                 return
             self._reader = None
             if self._idle:
@@ -334,20 +342,25 @@ class Session:
                 return
         self._start_thread()
 
+    def _holding(self) -> tuple[threading.Thread | None, float]:
+        """The thread whose turn it is, and when it began the answer it gives (0: it reads)."""
+        reader = self._reader
+        return reader, self._answering_since.get(reader, 0.0) if reader is not None else 0.0
+
     def _watch(self) -> None:
         """Pass the turn to read on when an answer holds it HAND_ON_AFTER seconds: a request
         waiting on a drive that hangs, or on the pool's lock, holds up only itself. Asleep
         while no request comes (the first one read wakes it)."""
+        name_os_thread()
         seen = -1
         while not self.done.is_set():
-            answering = self._answering
-            if answering is not None and time.monotonic() - answering[1] >= HAND_ON_AFTER:
-                self._answering = None
-                self._pass_turn(answering[0])
-            elif answering is None and self._read_count == seen:  # none for a while: sleep
+            reader, since = self._holding()
+            if reader is not None and since and time.monotonic() - since >= HAND_ON_AFTER:
+                self._pass_turn(reader, since)
+            elif not since and self._read_count == seen:  # none for a while: sleep
                 self._watching = False
-                if self._read_count == seen and self._answering is None:  # (one read meanwhile wakes it)
-                    self._wake_watch.wait()
+                if self._read_count == seen and not self._holding()[1]:
+                    self._wake_watch.wait()  # (a request read meanwhile wakes it)
                     self._wake_watch.clear()
                 self._watching = True
             seen = self._read_count

@@ -48,6 +48,7 @@ from ..errors import (
     PoolFull,
 )
 from ..errors import NotADirectory as NotADir
+from ..log import name_os_thread
 from ..streams import CHUNK, hash_fd, new_hasher
 from ..units import human
 from .ondrive import copy_is_at_fault, copy_xattrs, keep_aside, link_name, unlink_names
@@ -71,7 +72,7 @@ LINK_MAX = 65000  # names a file may have, as on ext4
 # Extra copies are written on these threads while the calling thread writes the first copy
 # (or hashes what a write of at least HASH_ALONGSIDE bytes to several copies brings).
 HASH_ALONGSIDE = 64 << 10
-_mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="homepool-mirror")
+_mirror = ThreadPoolExecutor(max_workers=32, thread_name_prefix="mirror", initializer=name_os_thread)
 
 
 # A close's record (`LiveOps.record_file`): the handle, the journal row it ends, the size, time
