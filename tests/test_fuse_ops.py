@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import mmap
 import os
 import re
 import signal
@@ -157,6 +158,51 @@ def test_concurrent_readers_spread_over_the_copies(dir_pool: Pool, mount) -> Non
         assert a.read(10) == b.read(10) == b"lalalalala"
         held = open_copies(proc.pid)
         assert len(held) == 2 and held[0] != held[1], held  # one reader per drive
+
+
+@pytest.mark.parametrize(("slow_read_us", "handed_on"), [(None, 0), ("0", 1)])
+def test_a_small_read_that_waits_for_a_slow_drive_lets_other_requests_go_on(state_dir: Path, loop_drives,
+                                                                              tmp_path: Path, slow_read_us: str | None,
+                                                                              handed_on: int) -> None:
+    """A small read (under 128 KiB) that the page cache holds is answered by the thread that
+    read it. One that must wait for the drive hands the reading of requests on to another
+    thread first, so that other programs' requests do not wait for a seek, if such reads
+    have lately taken 1 ms or more (HOMEPOOL_SLOW_READ_US; none has at first). Both read the file."""
+    a, b = loop_drives(64, 64)
+    data = os.urandom(1 << 20)
+    with Pool.create(state_dir) as pool:
+        pool.add_drive(a)
+        pool.add_drive(b)
+        pool.set_copies("Documents", 2)  # (read through the mount's daemon, not passed through)
+        pool.write_bytes("Documents/film.mkv", data)
+    for copy in copies_on_disk([a, b], "Documents/film.mkv"):  # nothing of it in memory
+        fd = os.open(copy, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    env = {"HOMEPOOL_SLOW_READ_US": slow_read_us} if slow_read_us is not None else {}
+    with mount_pool(state_dir, tmp_path, env=env) as (mnt, proc):
+        log = tmp_path / "mnt.log"
+        buf = mmap.mmap(-1, 4096)  # (O_DIRECT: one 4 KiB READ request each, none read ahead)
+        fd = os.open(mnt / "Documents/film.mkv", os.O_RDONLY | os.O_DIRECT)
+        try:
+            assert os.preadv(fd, [buf], 8192) == 4096 and buf[:] == data[8192:12288]
+            assert _reads_waited(log, proc.pid) == (1, handed_on)
+            assert os.preadv(fd, [buf], 8192) == 4096 and buf[:] == data[8192:12288]
+            assert _reads_waited(log, proc.pid) == (1, handed_on)  # in memory now: answered at once
+        finally:
+            os.close(fd)
+
+
+def _reads_waited(log: Path, pid: int) -> tuple[int, int]:
+    """How many small reads the mount has sent to a drive, and how many of them handed the
+    turn on first (its log, on SIGUSR1)."""
+    before = log.read_text()
+    _served(log, pid)
+    m = re.search(r"READ \d+ \((?:\d+ µs; )?(\d+) from a drive, (\d+) handed on\)", log.read_text()[len(before):])
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def test_extended_attributes_come_from_the_copies(dir_pool: Pool, dir_drives: list[Path], mount) -> None:
@@ -830,10 +876,10 @@ def test_a_read_failing_before_the_handover_blames_the_copy_it_read(dir_pool: Po
     (gone,) = ops._files[opened.fh].fds
     read, failing = LiveFile.read, [True]
 
-    def failing_once(f: LiveFile, size: int, off: int) -> bytes:
+    def failing_once(f: LiveFile, size: int, off: int, wait: bool = True) -> bytes:
         if failing.pop() if failing else False:
             raise OSError(errno.EIO, "the copy went")
-        return read(f, size, off)
+        return read(f, size, off, wait)
 
     monkeypatch.setattr(LiveFile, "read", failing_once)
     answers: dict[str, object] = {}

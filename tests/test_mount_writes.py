@@ -712,8 +712,14 @@ def test_a_killed_mount_leaves_a_consistent_pool(state_dir: Path, dir_pool: Pool
         (mnt / "Documents/done.txt").write_bytes(b"finished")
         (mnt / "Documents/gone.txt").write_bytes(b"deleted")
         os.unlink(mnt / "Documents/gone.txt")
-        # The last change before the kill: its journal row is still there (see _run_recorded_first).
         os.rename(mnt / "Documents/done.txt", mnt / "Documents/moved.txt")
+        # Kept as a program keeps a rename: by syncing its folder (else the kill may undo the
+        # last few milliseconds' renames and deletes, each whole; test_grouped_changes.py).
+        folder = os.open(mnt / "Documents", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
         f = open(mnt / "Documents/half.bin", "wb")  # noqa: SIM115 - left open on purpose
         f.write(os.urandom(1 << 20))
         f.flush()

@@ -70,15 +70,16 @@ def check_fuse() -> None:
 def serve(pool: Pool, mountpoint: Path, allow_other: bool = False) -> None:
     """Mount `pool` at `mountpoint` and serve it until unmounted or signalled."""
     from .fuse.ops import PoolOperations
-    from .fuse.session import SPIN, Session
+    from .fuse.session import SLOW_READ, SPIN, Session
 
     stuck_after = env_number("HOMEPOOL_STUCK_AFTER", STUCK_AFTER)
     spin = env_number("HOMEPOOL_SPIN_US", SPIN * 1e6) / 1e6  # (0: a thread that reads sleeps at once)
+    slow_read = env_number("HOMEPOOL_SLOW_READ_US", SLOW_READ * 1e6) / 1e6  # (0: every read from a drive hands on)
     pool.go_live()
     pool.group_steps()
     (pool.state_dir / STUCK_FILE).unlink(missing_ok=True)  # left by a mount killed while held up
     ops = PoolOperations(pool)
-    session = Session(ops, mountpoint, FSNAME, allow_other, spin)
+    session = Session(ops, mountpoint, FSNAME, allow_other, spin, slow_read)
     ops.session = session  # before mounting: the first requests may come at once
     pool.unlocked_io = ops.unlocked  # a new copy's data is copied without holding up requests
     # Before the umask goes: the socket is made with the usual one, then closed to others.

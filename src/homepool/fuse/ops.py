@@ -547,12 +547,17 @@ class PoolOperations:
         finally:
             self._adopting = {}
 
-    def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int, wait: bool = True) -> bytes:
+        """Without `wait`: BlockingIOError if the data is not in memory (`LiveFile.read`)."""
         f = self._files[fh]
         while True:
             fds = f.fds
             try:
-                return f.read(size, off)
+                return f.read(size, off, wait)
+            except BlockingIOError:
+                if wait:  # (a drive's own EAGAIN, which it should not give)
+                    raise FuseError(errno.EIO) from None
+                raise
             except OSError as e:
                 if f.writable:
                     raise FuseError(e.errno or errno.EIO) from None

@@ -10,10 +10,11 @@ one for a little while (SPIN) before it sleeps. Waking a thread on a CPU gone id
 than most answers (on a virtual machine, whose idle CPUs halt, tens of µs), and a Python thread
 that goes on where it was finds what it needs still in the CPU's caches (docs/benchmarks.md,
 tenth run). A request that waits on the drives (a read or write of 128 KiB or more, an
-fsync) hands the reading on to another thread first, so that several programs' reads and
-writes go on at once (the thread given the turn sleeps at once: spinning, it would only slow
-the answer down). A watchdog hands the reading on from an answer that takes longer than
-HAND_ON_AFTER (a drive that hangs, say); it sleeps while no requests come.
+fsync, a smaller read the page cache does not hold from a drive that seeks: SLOW_READ) hands
+the reading on to another thread first, so that several programs' reads and writes go on at
+once (the thread given the turn sleeps at once: spinning, it would only slow the answer
+down). A watchdog hands the reading on from an answer that takes longer than HAND_ON_AFTER
+(a drive that hangs, say); it sleeps while no requests come.
 When no thread waits for its turn, one more starts (up to MAX_THREADS): a slow drive holds
 only the threads waiting on it, and blocking I/O never stalls the others. The
 operations object (`ops.PoolOperations`) does the work and decides; this module only parses,
@@ -56,6 +57,10 @@ HAND_ON_AFTER = 0.02  # seconds an answer may hold the reading up before another
 # writes only from HAND_ON_SIZE (a small one is answered sooner than another thread wakes).
 HANDED_ON = frozenset({p.Op.READ, p.Op.WRITE, p.Op.FSYNC, p.Op.FSYNCDIR})
 HAND_ON_SIZE = 128 * 1024
+# A smaller read the page cache does not hold hands on too when such reads have lately taken
+# this long (a spinning disk's seek: other programs should not wait it out); a faster drive
+# answers sooner than handing on costs (docs/benchmarks.md, eleventh run).
+SLOW_READ = 1e-3
 _SIZE = struct.Struct("<I")  # a READ's or WRITE's size, after its file handle and offset
 _SIZE_AT = p.IN_HEADER.size + 16
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
@@ -116,7 +121,8 @@ def _names(body: memoryview, count: int) -> list[bytes]:
 class Session:
     """One mount of `ops` at `mountpoint`, served until it is unmounted or `stop` is called."""
 
-    def __init__(self, ops: Any, mountpoint: Path, fsname: str, allow_other: bool = False, spin: float = SPIN) -> None:
+    def __init__(self, ops: Any, mountpoint: Path, fsname: str, allow_other: bool = False, spin: float = SPIN,
+                 slow_read: float = SLOW_READ) -> None:
         self.ops = ops
         self.mountpoint = mountpoint
         self.fsname = fsname
@@ -134,6 +140,10 @@ class Session:
         self._given = threading.local()  # .inodes: lookups counted for the reply being made
         self.served: Counter[int] = Counter()  # requests by opcode (for the log: what reached us)
         self.busy: Counter[int] = Counter()  # nanoseconds spent answering them, by opcode
+        self.reads_waited = 0  # small reads that waited for a drive
+        self.reads_handed_on = 0  # of them, those that handed the turn on first
+        self._read_wait = 0.0  # how long such a read waits, lately (a moving average: seconds)
+        self._slow_read = slow_read
         self._threads: list[threading.Thread] = []
         self._idle = 0  # threads waiting for their turn to read (counted under `_starting`)
         self._starting = threading.Lock()
@@ -243,11 +253,17 @@ class Session:
             return len(self._held)
 
     def summary(self) -> str:
-        """Requests served by opcode, with the mean time each took from reading it to replying."""
+        """Requests served by opcode, with the mean time each took from reading it to replying
+        (and how many small reads waited for a drive)."""
         names = {op.value: op.name for op in p.Op}
         busy = dict(self.busy)  # copies: other threads count on
-        return ", ".join(f"{names.get(op, op)} {n}" + (f" ({busy[op] // n // 1000} µs)" if busy.get(op) else "")
-                         for op, n in sorted(dict(self.served).items())) or "none"
+        out = []
+        for op, n in sorted(dict(self.served).items()):
+            notes = [f"{busy[op] // n // 1000} µs"] if busy.get(op) else []  # (none yet while the first is answered)
+            if op == p.Op.READ and self.reads_waited:
+                notes.append(f"{self.reads_waited} from a drive, {self.reads_handed_on} handed on")
+            out.append(f"{names.get(op, op)} {n}" + (f" ({'; '.join(notes)})" if notes else ""))
+        return ", ".join(out) or "none"
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -576,7 +592,20 @@ class Session:
 
     def _read(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         fh, off, size, *_ = p.READ_IN.unpack_from(body)
-        return self.ops.read(fh, off, size)
+        if size >= HAND_ON_SIZE:  # (it handed the turn on already)
+            return self.ops.read(fh, off, size)
+        try:
+            return self.ops.read(fh, off, size, wait=False)
+        except BlockingIOError:  # not in memory: the drive must be asked
+            pass
+        self.reads_waited += 1
+        if self._read_wait >= self._slow_read:  # (a spinning disk: other requests go on meanwhile)
+            self.reads_handed_on += 1
+            self._pass_turn(threading.current_thread())
+        started = time.perf_counter()
+        data = self.ops.read(fh, off, size)
+        self._read_wait += (time.perf_counter() - started - self._read_wait) / 8
+        return data
 
     def _write(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         fh, off, size, write_flags, *_ = p.WRITE_IN.unpack_from(body)

@@ -297,8 +297,22 @@ class LiveFile:
                     failed.append((d, e))
         return failed
 
-    def read(self, size: int, off: int) -> bytes:
-        return os.pread(self.read_fd, size, off)
+    def read(self, size: int, off: int, wait: bool = True) -> bytes:
+        """`size` bytes at `off` (fewer at the end). Without `wait`, only from memory: a
+        BlockingIOError if the drive would have to be asked (the page cache does not hold it all)."""
+        fd = self.read_fd
+        if wait:
+            return os.pread(fd, size, off)
+        buf = bytearray(size)
+        try:
+            n = os.preadv(fd, [buf], off, os.RWF_NOWAIT)
+        except OSError as e:
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot tell
+                raise BlockingIOError(errno.EAGAIN, "the drive's filesystem cannot read from memory only") from None
+            raise
+        if n < size and off + n < os.fstat(fd).st_size:
+            raise BlockingIOError(errno.EAGAIN, "the rest is on the drive only")
+        return bytes(buf[:n]) if n < size else bytes(buf)
 
     def settle(self, again: bool = False) -> tuple[int, int, str] | None:
         """At close: give every copy the same time, hash the content if writes came out of
