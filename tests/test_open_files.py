@@ -18,7 +18,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from homepool.pool import Pool
+from homepool.pool import LiveFile, Pool
 
 from .helpers import assert_clean, copies_on_disk, reader
 from .mounting import mount_pool, wait_for
@@ -216,3 +216,37 @@ def test_names_and_renames_around_an_open_writer(mnt: Path, state_dir: Path, dir
     assert_holds(state_dir, dir_drives, "Documents/k.log", b"".join(b"A%03d\nB%03d\n" % (i, i) for i in range(50)))
     with reader(state_dir) as pool:
         assert_clean(pool)
+
+
+def test_a_read_from_memory_only_says_when_the_drive_must_be_asked(loop_drives, tmp_path: Path) -> None:
+    """`LiveFile.read(wait=False)` (the mount's first try at a small read): the bytes if the
+    page cache holds them all, or the end of the file; BlockingIOError if part of them is on
+    the drive only; on a filesystem that cannot tell (tmpfs), the bytes, read as with `wait`."""
+    (drive,) = loop_drives(64)
+    data = os.urandom(1 << 20)
+    on_ext4 = drive / "film.mkv"
+    on_ext4.write_bytes(data)
+    fd = os.open(on_ext4, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        f = LiveFile(1, "Documents/film.mkv", {1: fd}, len(data), writable=False)
+        with pytest.raises(BlockingIOError):
+            f.read(4096, 8192, wait=False)
+        assert f.read(4096, 8192) == data[8192:12288]  # (and now in memory, with what the kernel read ahead)
+        assert f.read(4096, 8192, wait=False) == data[8192:12288]
+        with pytest.raises(BlockingIOError):
+            f.read(4096, len(data) - 100, wait=False)
+        assert f.read(4096, len(data) - 100) == data[-100:]
+        assert f.read(4096, len(data) - 100, wait=False) == data[-100:]  # the end: fewer bytes, no wait
+    finally:
+        os.close(fd)
+    shm = Path("/dev/shm") / f"homepool-test-{os.getpid()}"
+    shm.write_bytes(data[:10_000])
+    fd = os.open(shm, os.O_RDONLY)
+    try:
+        f = LiveFile(1, "Documents/notes.txt", {1: fd}, 10_000, writable=False)
+        assert f.read(4096, 8192, wait=False) == data[8192:10_000] and not f.tells_cached
+    finally:
+        os.close(fd)
+        shm.unlink()

@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 import blake3
 
+from .log import name_os_thread
+
 CHUNK = 1 << 20
 QUEUE_DEPTH = 8
 THREADED_ABOVE = 8 * CHUNK  # below this, writing inline is cheaper than handing off
@@ -91,6 +93,7 @@ class _Buffers:
 
 
 def _writer(t: Target, bufs: _Buffers, fsync: bool) -> None:
+    name_os_thread()
     assert t._queue is not None
     while True:
         item = t._queue.get()

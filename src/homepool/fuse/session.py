@@ -346,17 +346,21 @@ class Session:
             return _SIZE.unpack_from(buf, _SIZE_AT)[0] >= HAND_ON_SIZE
         return opcode in HANDED_ON
 
-    def _pass_turn(self, me: threading.Thread, since: float | None = None) -> None:
+    def _pass_turn(self, me: threading.Thread, since: float | None = None) -> bool:
         """Another thread reads on (one more starts if none waits: as libfuse's loop does).
-        With `since` (the watchdog): only if `me` still holds the turn with the answer it began then."""
+        With `since` (the watchdog): only if `me` still holds the turn with the answer it began
+        then. (An answer that ends meanwhile may read one more request before it sees the turn
+        gone, while the next thread reads too: each request still goes to one of them.)
+        False if `me` did not have the turn."""
         with self._turns:
             if self._reader is not me or since is not None and self._answering_since.get(me) != since:
-                return
+                return False
             self._reader = None
             if self._idle:
                 self._turns.notify()
-                return
+                return True
         self._start_thread()
+        return True
 
     def _holding(self) -> tuple[threading.Thread | None, float]:
         """The thread whose turn it is, and when it began the answer it gives (0: it reads)."""
@@ -599,9 +603,8 @@ class Session:
         except BlockingIOError:  # not in memory: the drive must be asked
             pass
         self.reads_waited += 1
-        if self._read_wait >= self._slow_read:  # (a spinning disk: other requests go on meanwhile)
-            self.reads_handed_on += 1
-            self._pass_turn(threading.current_thread())
+        if self._read_wait >= self._slow_read and self._pass_turn(threading.current_thread()):
+            self.reads_handed_on += 1  # (a spinning disk: other requests go on meanwhile)
         started = time.perf_counter()
         data = self.ops.read(fh, off, size)
         self._read_wait += (time.perf_counter() - started - self._read_wait) / 8

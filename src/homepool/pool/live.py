@@ -171,6 +171,7 @@ class LiveFile:
         self.unlinked = False  # deleted while open: reads go on, nothing is recorded
         self.held: list[int] = []  # the copies it had when it was finished
         self.failed: set[int] = set()  # drives whose copy failed a read
+        self.tells_cached = True  # its drive's filesystem can read from memory only (RWF_NOWAIT)
         self.seen = 0  # the node's change count when `settle` looked at the copies
         # Descriptors of copies dropped or moved while open: closed only with the handle, as a
         # write on another thread may still hold the number (closing it could let a new file
@@ -299,17 +300,19 @@ class LiveFile:
 
     def read(self, size: int, off: int, wait: bool = True) -> bytes:
         """`size` bytes at `off` (fewer at the end). Without `wait`, only from memory: a
-        BlockingIOError if the drive would have to be asked (the page cache does not hold it all)."""
+        BlockingIOError if the drive would have to be asked (the page cache does not hold it
+        all); on a filesystem that cannot tell (tmpfs, vfat, exFAT), as with `wait`."""
         fd = self.read_fd
-        if wait:
+        if wait or not self.tells_cached:
             return os.pread(fd, size, off)
         buf = bytearray(size)
         try:
             n = os.preadv(fd, [buf], off, os.RWF_NOWAIT)
         except OSError as e:
-            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot tell
-                raise BlockingIOError(errno.EAGAIN, "the drive's filesystem cannot read from memory only") from None
-            raise
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self.tells_cached = False  # (it will not learn)
+            return os.pread(fd, size, off)
         if n < size and off + n < os.fstat(fd).st_size:
             raise BlockingIOError(errno.EAGAIN, "the rest is on the drive only")
         return bytes(buf[:n]) if n < size else bytes(buf)
