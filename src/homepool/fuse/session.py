@@ -59,7 +59,7 @@ HANDED_ON = frozenset({p.Op.READ, p.Op.WRITE, p.Op.FSYNC, p.Op.FSYNCDIR})
 HAND_ON_SIZE = 128 * 1024
 # A smaller read the page cache does not hold hands on too when such reads have lately taken
 # this long (a spinning disk's seek: other programs should not wait it out); a faster drive
-# answers sooner than handing on costs (docs/benchmarks.md, eleventh run).
+# answers sooner than handing on costs (docs/benchmarks.md, "Small reads that wait for a drive").
 SLOW_READ = 1e-3
 _SIZE = struct.Struct("<I")  # a READ's or WRITE's size, after its file handle and offset
 _SIZE_AT = p.IN_HEADER.size + 16
