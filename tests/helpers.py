@@ -19,6 +19,16 @@ def assert_clean(pool: Pool) -> None:
     assert not problems, [p.line() for p in problems]
 
 
+def out_of_memory(path: Path) -> None:
+    """Drop a file's pages from the page cache (written to disk first): its next read asks the drive."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def copies_on_disk(drives: list[Path], pool_path: str) -> list[Path]:
     return [d / "HomePool" / pool_path for d in drives if (d / "HomePool" / pool_path).is_file()]
 

@@ -30,7 +30,7 @@ from homepool.fuse.session import Ctx, FuseError
 from homepool.loopdrives import freeze
 from homepool.pool import LiveFile, Pool
 
-from .helpers import copies_on_disk, reader
+from .helpers import copies_on_disk, out_of_memory, reader
 from .mounting import force_unmount, fuse_or_skip, mount_pool, open_copies, wait_for
 
 
@@ -175,13 +175,8 @@ def test_a_small_read_that_waits_for_a_slow_drive_lets_other_requests_go_on(stat
         pool.add_drive(b)
         pool.set_copies("Documents", 2)  # (read through the mount's daemon, not passed through)
         pool.write_bytes("Documents/film.mkv", data)
-    for copy in copies_on_disk([a, b], "Documents/film.mkv"):  # nothing of it in memory
-        fd = os.open(copy, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+    for copy in copies_on_disk([a, b], "Documents/film.mkv"):
+        out_of_memory(copy)
     env = {"HOMEPOOL_SLOW_READ_US": slow_read_us} if slow_read_us is not None else {}
     with mount_pool(state_dir, tmp_path, env=env) as (mnt, proc):
         log = tmp_path / "mnt.log"

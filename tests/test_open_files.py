@@ -20,7 +20,7 @@ import pytest
 
 from homepool.pool import LiveFile, Pool
 
-from .helpers import assert_clean, copies_on_disk, reader
+from .helpers import assert_clean, copies_on_disk, out_of_memory, reader
 from .mounting import mount_pool, wait_for
 
 # Writers too are passed through to the kernel (the test drives have less room than it needs).
@@ -226,10 +226,9 @@ def test_a_read_from_memory_only_says_when_the_drive_must_be_asked(loop_drives, 
     data = os.urandom(1 << 20)
     on_ext4 = drive / "film.mkv"
     on_ext4.write_bytes(data)
+    out_of_memory(on_ext4)
     fd = os.open(on_ext4, os.O_RDONLY)
     try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         f = LiveFile(1, "Documents/film.mkv", {1: fd}, len(data), writable=False)
         with pytest.raises(BlockingIOError):
             f.read(4096, 8192, wait=False)

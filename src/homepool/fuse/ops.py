@@ -554,11 +554,9 @@ class PoolOperations:
             fds = f.fds
             try:
                 return f.read(size, off, wait)
-            except BlockingIOError:
-                if wait:  # (a drive's own EAGAIN, which it should not give)
-                    raise FuseError(errno.EIO) from None
-                raise
             except OSError as e:
+                if not wait and isinstance(e, BlockingIOError):
+                    raise  # (not a failure: the caller reads again, waiting)
                 if f.writable:
                     raise FuseError(e.errno or errno.EIO) from None
                 # This copy failed mid-read: mark it, and carry on from another copy.
