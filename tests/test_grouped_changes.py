@@ -19,6 +19,7 @@ from homepool import mount as mount_mod
 from homepool.catalog import ROOT_ID, Catalog, Node
 from homepool.config import CATALOG_FILE
 from homepool.drives import Drive, fsync_dir
+from homepool.errors import AlreadyExists
 from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx
 from homepool.pool import LiveFile, Pool, newfiles
@@ -668,6 +669,25 @@ def test_a_create_joins_the_group_and_leaves_the_steps_of_other_files_waiting(
         assert newfiles.read(state_dir) == []
         assert copies_on_disk(dir_drives, "Documents/b.txt") == []
         pool.catch_up()
+        assert_clean(pool)
+    finally:
+        pool.close()
+
+
+def test_a_create_of_a_name_taken_meanwhile_is_refused_and_changes_nothing(state_dir: Path,
+                                                                          dir_drives: list[Path]) -> None:
+    """A create comes for a name the kernel found free; the name was taken meanwhile (by a
+    command, say): the catalog's insert refuses it, in the open group, before anything is
+    noted or made on a drive; the file there keeps its content, and the group commits."""
+    pool = _pool(state_dir, dir_drives)
+    try:
+        first = _new_file(pool, "taken.txt", b"kept")
+        with pytest.raises(AlreadyExists):
+            pool.create_file(_docs(pool), "taken.txt", 0o600, os.getuid(), os.getgid())
+        assert [n.path for n in newfiles.read(state_dir)] == ["Documents/taken.txt"]  # the first one's only
+        pool.settle_steps()
+        assert pool.lookup("Documents/taken.txt") == pool.node(first.id)
+        assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/taken.txt")] == [b"kept", b"kept"]
         assert_clean(pool)
     finally:
         pool.close()

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 CURRENT_REV = 7
 ROOT_ID = 1
 CACHED_NODES = 100_000  # nodes and paths the mount keeps in memory (about 50 MB at most)
+CACHED_FOLDERS = 1000  # top-level names the mount remembers as a folder or as none
 
 
 class NoSuchRowError(Exception):
@@ -359,10 +360,11 @@ class Catalog:
         self._totals_lock = threading.Lock()
         # Pool paths and nodes by id, kept by the mount (the only writer while it runs): every
         # FUSE operation needs a few, and a walk up the tree costs a query per level. Every
-        # method that changes `nodes` forgets what it changed (`_forget`).
+        # method that changes `nodes` forgets what it changed (`_forget`), or keeps what it set.
         self.track_paths = False
         self._paths: dict[int, str] = {}
         self._nodes: dict[int, Node] = {}
+        self._folders: dict[str, tuple[int, int] | None] = {}  # `folder_by_fold`'s answers (the mount's)
         self._next_id: int | None = None
 
     @classmethod
@@ -467,6 +469,8 @@ class Catalog:
         try:
             if not self.db.in_transaction:  # SQLite undid it (an I/O error, say)
                 raise sqlite3.OperationalError("the catalog's open transaction was rolled back")
+            if self._group_no is not None:  # (see `group_number`)
+                self.set_meta("group", str(self._group_no))
             self.db.execute("COMMIT")
         except BaseException:
             if self.db.in_transaction:
@@ -483,9 +487,7 @@ class Catalog:
         assert self._depth, "in a grouped transaction"
         if self._group_no is None:
             self._group_no = self._last_group_no = max(self.committed_group(), self._last_group_no) + 1
-        # Every time: a rolled back statement may have taken the last record of it along.
-        self.set_meta("group", str(self._group_no))  # (not below the last one: see above)
-        return self._group_no
+        return self._group_no  # (recorded by `commit_group`, in the commit: once, not at every create)
 
     def record_group(self, number: int) -> None:
         """In a transaction: what has this number (`group_number`) is committed with it."""
@@ -507,6 +509,7 @@ class Catalog:
         """What the caches hold may have been undone."""
         self._paths.clear()
         self._nodes.clear()
+        self._folders.clear()
 
     def get_val(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         row = self.db.execute(sql, args).fetchone()
@@ -595,6 +598,10 @@ class Catalog:
 
     _NODE_COLS = ("id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target, rdev, atime_ns,"
                   " link_to, links")
+    # (Made once: the mount asks these at every request, and a new string is hashed each time.)
+    _NODE_BY_ID = f"SELECT {_NODE_COLS} FROM nodes WHERE id = ?"
+    _NODE_BY_NAME = f"SELECT {_NODE_COLS} FROM nodes WHERE parent_id = ? AND name = ?"
+    _SET_COLS: dict[tuple[str, ...], str] = {}  # `set_attrs`'s statements, by the columns set
 
     def node(self, id_: int) -> Node:
         node = self.node_or_none(id_)
@@ -605,7 +612,7 @@ class Catalog:
     def node_or_none(self, id_: int) -> Node | None:
         if (known := self._nodes.get(id_)) is not None:
             return known
-        row = self.db.execute(f"SELECT {self._NODE_COLS} FROM nodes WHERE id = ?", (id_,)).fetchone()
+        row = self.db.execute(self._NODE_BY_ID, (id_,)).fetchone()
         if row is None:
             return None
         node = Node(*row)
@@ -642,9 +649,7 @@ class Catalog:
         return path
 
     def child(self, parent_id: int, name: str) -> Node | None:
-        row = self.db.execute(
-            f"SELECT {self._NODE_COLS} FROM nodes WHERE parent_id = ? AND name = ?", (parent_id, name)
-        ).fetchone()
+        row = self.db.execute(self._NODE_BY_NAME, (parent_id, name)).fetchone()
         if row is None:
             return None
         node = Node(*row)
@@ -771,7 +776,11 @@ class Catalog:
         if kind == "dir":
             self.db.execute("UPDATE nodes SET links = links + 1 WHERE id = ?", (parent_id,))
             self._forget(parent_id)
-        self._forget(cur.lastrowid)
+        if self.track_paths and len(self._nodes) < CACHED_NODES:  # as inserted: asked for next
+            self._nodes[cur.lastrowid] = Node(cur.lastrowid, parent_id, name, kind, size, mode, mtime_ns, hash_,
+                                              uid, gid, mtime_ns, target, rdev, mtime_ns, None, 0)
+        else:
+            self._forget(cur.lastrowid)
         return cur.lastrowid
 
     def upsert_file(self, parent_id: int, name: str, size: int, mode: int, mtime_ns: int, hash_: str | None
@@ -800,9 +809,12 @@ class Catalog:
     def set_attrs(self, id_: int, **cols: Any) -> None:
         """Set some of a node's columns (the mount's setattr, and its bookkeeping after writes)."""
         assert cols and set(cols) <= {"size", "mode", "mtime_ns", "hash", "uid", "gid", "ctime_ns", "atime_ns"}, cols
-        sets = ", ".join(f"{c} = ?" for c in cols)
-        self.db.execute(f"UPDATE nodes SET {sets} WHERE id = ?", (*cols.values(), id_))
-        self._forget(id_)
+        key = tuple(cols)
+        if (sql := self._SET_COLS.get(key)) is None:
+            sql = self._SET_COLS[key] = f"UPDATE nodes SET {', '.join(f'{c} = ?' for c in cols)} WHERE id = ?"
+        self.db.execute(sql, (*cols.values(), id_))
+        if (known := self._nodes.get(id_)) is not None:
+            self._nodes[id_] = known.but(**cols)  # (exactly what was set: no read back)
 
     def touch_dir(self, id_: int, time_ns: int) -> None:
         """A directory's entries changed at `time_ns` (its ctime never goes back)."""
@@ -837,6 +849,7 @@ class Catalog:
             self.db.execute("DELETE FROM replicas WHERE node_id = ?", (id_,))
         if node is None or node.is_dir and node.parent_id == ROOT_ID:
             self.db.execute("DELETE FROM folders WHERE node_id = ?", (id_,))
+            self._folders.clear()
         if node is None or not node.is_dir and node.links:
             names = self.db.execute("DELETE FROM nodes WHERE link_to = ? RETURNING id", (id_,)).fetchall()
             self._forget(*(i for (i,) in names))
@@ -895,20 +908,31 @@ class Catalog:
         return [(Node(*r[:-1]), int(r[-1])) for r in rows]
 
     def folder_by_fold(self, fold: str) -> tuple[int, int] | None:
+        """(node id, copies) of the folder with this case-folded name (the mount asks at every create)."""
+        if fold in self._folders:
+            return self._folders[fold]
         row = self.db.execute("SELECT node_id, copies FROM folders WHERE fold = ?", (fold,)).fetchone()
-        return (int(row[0]), int(row[1])) if row else None
+        found = (int(row[0]), int(row[1])) if row else None
+        if self.track_paths:
+            if len(self._folders) >= CACHED_FOLDERS:
+                self._folders.clear()  # (names looked up at the root that are no folder, say)
+            self._folders[fold] = found
+        return found
 
     def folder_copies(self, node_id: int) -> int:
         return int(self.get_val("SELECT copies FROM folders WHERE node_id = ?", (node_id,)))
 
     def add_folder(self, node_id: int, fold: str, copies: int) -> None:
         self.db.execute("INSERT INTO folders (node_id, fold, copies) VALUES (?, ?, ?)", (node_id, fold, copies))
+        self._folders.clear()
 
     def set_folder_copies(self, node_id: int, copies: int) -> None:
         self.db.execute("UPDATE folders SET copies = ? WHERE node_id = ?", (copies, node_id))
+        self._folders.clear()
 
     def rename_folder(self, node_id: int, fold: str) -> None:
         self.db.execute("UPDATE folders SET fold = ? WHERE node_id = ?", (fold, node_id))
+        self._folders.clear()
 
     # -- replicas ----------------------------------------------------------------------------
 

@@ -67,22 +67,28 @@ BLOCK = 4096
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 
 
-@contextmanager
-def _errno() -> Iterator[None]:
-    """Map homepool errors to errno, the one place that does (handlers raise only FuseError)."""
-    try:
-        yield
-    except FuseError:
-        raise
-    except HomepoolError as e:
-        code = _ERRNO.get(type(e))
-        if code is None:
-            code = next((c for t, c in _ERRNO.items() if isinstance(e, t)), errno.EIO)
-            if code == errno.EIO:
-                log.error("%s", e)
-        raise FuseError(code) from None
-    except OSError as e:  # a drive's own error keeps its errno
-        raise FuseError(e.errno or errno.EIO) from None
+class _ErrnoMap:
+    """`with _errno:` maps homepool errors to errno, the one place that does (handlers raise
+    only FuseError). A class, not a generator: every request passes through it, some twice."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
+        if e is None or isinstance(e, FuseError):
+            return  # (returning nothing: what was raised goes on)
+        if isinstance(e, HomepoolError):
+            code = _ERRNO.get(type(e))
+            if code is None:
+                code = next((c for t, c in _ERRNO.items() if isinstance(e, t)), errno.EIO)
+                if code == errno.EIO:
+                    log.error("%s", e)
+            raise FuseError(code) from None
+        if isinstance(e, OSError):  # a drive's own error keeps its errno
+            raise FuseError(e.errno or errno.EIO) from None
+
+
+_errno = _ErrnoMap()
 
 
 _ERRNO: dict[type, int] = {
@@ -232,7 +238,7 @@ class PoolOperations:
             self._held_up = True
             try:
                 glance = self._glance or self._open_glance()
-                with glance.lock, glance.snapshot(), _errno():
+                with glance.lock, glance.snapshot(), _errno:
                     result = answer(glance)
                 self._answer.timeout = GLANCE_TIMEOUT
                 return result
@@ -243,7 +249,7 @@ class PoolOperations:
             self.lock.acquire()
         try:
             self._held_up = False
-            with _errno():
+            with _errno:
                 return answer(self.pool)
         finally:
             self.lock.release()
@@ -283,7 +289,7 @@ class PoolOperations:
         return self._look(answer)
 
     def setattr(self, ctx: Ctx, ino: int, fh: int | None, change: SetAttr) -> Attr:
-        with self.lock, _errno():
+        with self.lock, _errno:
             f = self._files.get(fh) if fh is not None else None
             opened = None
             if change.size is not None and (f is None or not f.writable):
@@ -324,25 +330,25 @@ class PoolOperations:
                 yield name.encode(), id_, attr.mode, attr, place
 
     def mkdir(self, ctx: Ctx, parent: int, name: bytes, mode: int) -> Attr:
-        with self.lock, _errno():
+        with self.lock, _errno:
             return attr_of(self.pool.make_dir(parent, _name(name), mode, ctx.uid, ctx.gid))
 
     def rmdir(self, ctx: Ctx, parent: int, name: bytes) -> None:
-        with self.lock, _errno():
+        with self.lock, _errno:
             self.pool.remove(parent, _name(name), rmdir=True)
 
     def unlink(self, ctx: Ctx, parent: int, name: bytes) -> None:
-        with self.lock, _errno():
+        with self.lock, _errno:
             self.pool.remove(parent, _name(name), rmdir=False)
 
     def rename(self, ctx: Ctx, parent: int, name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
         if flags & RENAME_EXCHANGE:
             raise FuseError(errno.EINVAL)  # copies may sit on different drives: see docs
-        with self.lock, _errno():
+        with self.lock, _errno:
             self.pool.move(parent, _name(name), new_parent, _name(new_name), noreplace=bool(flags & RENAME_NOREPLACE))
 
     def symlink(self, ctx: Ctx, parent: int, name: bytes, target: bytes) -> Attr:
-        with self.lock, _errno():
+        with self.lock, _errno:
             return attr_of(self.pool.make_node(parent, _name(name), stat_.S_IFLNK | 0o777, ctx.uid, ctx.gid,
                                                target=_name(target, PATH_MAX - 1)))
 
@@ -354,7 +360,7 @@ class PoolOperations:
         return node.target.encode()
 
     def mknod(self, ctx: Ctx, parent: int, name: bytes, mode: int, rdev: int) -> Attr:
-        with self.lock, _errno():
+        with self.lock, _errno:
             if stat_.S_ISREG(mode):
                 node, f = self.pool.create_file(parent, _name(name), mode, ctx.uid, ctx.gid)
                 self._finish(f)
@@ -362,7 +368,7 @@ class PoolOperations:
             return attr_of(self.pool.make_node(parent, _name(name), mode, ctx.uid, ctx.gid, rdev=rdev))
 
     def link(self, ctx: Ctx, ino: int, new_parent: int, new_name: bytes) -> Attr:
-        with self.lock, _errno():
+        with self.lock, _errno:
             return self._attr(self.pool, self.pool.make_link(ino, new_parent, _name(new_name)))
 
     # -- files ---------------------------------------------------------------------------
@@ -420,7 +426,7 @@ class PoolOperations:
         return [h for h in self.pool.handles(f.node_id) if h is not f and not h.closing]
 
     def create(self, ctx: Ctx, parent: int, name: bytes, mode: int, flags: int) -> tuple[Attr, Opened]:
-        with self.lock, _errno():
+        with self.lock, _errno:
             node, f = self.pool.create_file(parent, _name(name), mode, ctx.uid, ctx.gid)
             self._cached.pop(node.id, None)
             return attr_of(node), self._handle(ctx, f, node, flags)
@@ -453,7 +459,7 @@ class PoolOperations:
             self.lock.release()
 
     def _open(self, ctx: Ctx, ino: int, flags: int, write: bool, kill_set_id: bool) -> Opened:
-        with _errno():
+        with _errno:
             f = self.pool.open_file(ino, write=write, busy=self._readers)
             if flags & os.O_TRUNC and f.size:
                 self.pool.set_attrs(ino, size=0, handle=f)
@@ -480,7 +486,7 @@ class PoolOperations:
             return None
         glance = self._glance or self._open_glance()
         try:
-            with glance.lock, glance.snapshot(), _errno():
+            with glance.lock, glance.snapshot(), _errno:
                 node = glance.node(ino)
                 if not node.is_file:
                     return None
@@ -560,7 +566,7 @@ class PoolOperations:
                 if f.writable:
                     raise FuseError(e.errno or errno.EIO) from None
                 # This copy failed mid-read: mark it, and carry on from another copy.
-                with self.lock, _errno():
+                with self.lock, _errno:
                     if f.fds is not fds:
                         continue  # moved to another copy meanwhile (adopted past a stall): read that
                     (drive_id, fd), = f.fds.items()
@@ -577,16 +583,16 @@ class PoolOperations:
         """`kill_suidgid`: the writer (`ctx`) may not keep set-id bits, which it clears."""
         f = self._files[fh]
         cleared = False
-        with self.lock, _errno():
+        with self.lock, _errno:
             self.pool.will_change(f)
             if kill_suidgid:
                 cleared = self.pool.clear_set_id(f.node_id, f, self._in_group(ctx, self.pool.node(f.node_id)))
         if cleared:
             self._mode_changed(f.node_id)
-        with _errno():
+        with _errno:
             failed = f.write(data, off)
         if failed:
-            with self.lock, _errno():
+            with self.lock, _errno:
                 self.pool.copies_failed(f, failed, lambda fds: f.write(data, off, fds))
         return len(data)
 
@@ -601,14 +607,14 @@ class PoolOperations:
             with self.lock:
                 if self._wrote_unseen(f):
                     # Set-id bits set while the kernel wrote for this user: cleared as its writes would have.
-                    with _errno():
+                    with _errno:
                         cleared = self.pool.clear_set_id(f.node_id, f, self.pool.node(f.node_id).gid in f.opener_groups)
                 self.pool.releasing(f)
             if cleared:
                 self._mode_changed(f.node_id)
-            with _errno():
+            with _errno:
                 result = f.settle()
-            with self.lock, _errno():
+            with self.lock, _errno:
                 self.pool.record_file(f, result)
 
     def _in_group(self, ctx: Ctx | None, node: Node) -> bool:
@@ -646,10 +652,10 @@ class PoolOperations:
 
     def fsync(self, fh: int, datasync: bool) -> None:
         f = self._files[fh]
-        with _errno():
+        with _errno:
             failed = f.fsync(datasync)
         if failed:
-            with self.lock, _errno():
+            with self.lock, _errno:
                 self.pool.copies_failed(f, failed, lambda fds: f.fsync(datasync))
         self.fsyncdir()  # the file's name and copies, too
 
@@ -657,9 +663,9 @@ class PoolOperations:
         """The catalog is every directory: what it has recorded reaches the disk, with the
         renames and deletes still in a group (see `Pool.group_steps`)."""
         if self.pool.group_waiting.is_set():
-            with self.lock, _errno():
+            with self.lock, _errno:
                 self.pool.settle_steps()
-        with _errno():
+        with _errno:
             self.pool.sync_catalog()
 
     def release(self, fh: int) -> None:
@@ -687,9 +693,9 @@ class PoolOperations:
         if unused is not None:  # (an open meanwhile gets an id of its own)
             assert self.session is not None
             self.session.backing_close(unused)
-        with _errno():
+        with _errno:
             result = f.finish()
-        with self.lock, _errno():
+        with self.lock, _errno:
             self.pool.release_file(f, result)
 
     def _finish(self, f: LiveFile) -> None:
@@ -703,20 +709,20 @@ class PoolOperations:
         if name.startswith((b"security.", b"system.")):
             # Asked before every write and exec (security.capability): answered without a drive.
             raise FuseError(errno.ENODATA)
-        with self.lock, _errno():
+        with self.lock, _errno:
             value = self.pool.copy_xattrs(ino).get(name)
         if value is None:
             raise FuseError(errno.ENODATA)
         return value
 
     def listxattr(self, ctx: Ctx, ino: int) -> list[bytes]:
-        with self.lock, _errno():
+        with self.lock, _errno:
             return [n for n in self.pool.copy_xattrs(ino) if n.startswith((b"user.", b"trusted."))]
 
     def setxattr(self, ctx: Ctx, ino: int, name: bytes, value: bytes, flags: int) -> None:
         if not name.startswith((b"user.", b"trusted.")):
             raise FuseError(errno.ENOTSUP)  # security.* and ACLs are not kept (see docs)
-        with self.lock, _errno():
+        with self.lock, _errno:
             if flags & (XATTR_CREATE | XATTR_REPLACE):
                 there = name in self.pool.copy_xattrs(ino)
                 if flags & XATTR_CREATE and there:
@@ -728,7 +734,7 @@ class PoolOperations:
     def removexattr(self, ctx: Ctx, ino: int, name: bytes) -> None:
         if not name.startswith((b"user.", b"trusted.")):
             raise FuseError(errno.ENODATA)
-        with self.lock, _errno():
+        with self.lock, _errno:
             self.pool.set_xattr(ino, name, None)
 
     # -- the filesystem ------------------------------------------------------------------
@@ -739,14 +745,14 @@ class PoolOperations:
         cached = self._statfs
         if cached is not None and time.monotonic() - cached[0] < STATFS_TTL:
             return cached[1]
-        with _errno():
+        with _errno:
             used, files = self.pool.cat.totals()
         if not self._lock_for_a_look():
             if cached is not None:
                 return cached[1]  # a change is stuck (see `_look`): the last answer will do meanwhile
             self.lock.acquire()
         try:
-            with _errno():
+            with _errno:
                 size, free = self.pool.space(used)
         finally:
             self.lock.release()

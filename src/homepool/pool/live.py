@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat as stat_
 import threading
 import time
@@ -105,22 +106,26 @@ class Gate:
     waiting goes first: new changes wait behind it."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
         self._changing = 0
         self._moving = False
         self._waiting = 0  # moves waiting for the changes under way
+        self._change = _Change(self)
 
-    @contextmanager
-    def changing(self) -> Iterator[None]:
+    def changing(self) -> _Change:
         """(Never taken twice by one thread: a move waiting would keep the second one out.)"""
+        return self._change  # (every write and close takes it: one object, not a generator each time)
+
+    def _begin_change(self) -> None:
         with self._cond:
-            self._cond.wait_for(lambda: not self._moving and not self._waiting)
+            if self._moving or self._waiting:
+                self._cond.wait_for(lambda: not self._moving and not self._waiting)
             self._changing += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._changing -= 1
+
+    def _end_change(self) -> None:
+        with self._cond:
+            self._changing -= 1
+            if self._waiting:  # (only a move waits for changes to end)
                 self._cond.notify_all()
 
     @contextmanager
@@ -140,6 +145,21 @@ class Gate:
             with self._cond:
                 self._moving = False
                 self._cond.notify_all()
+
+
+class _Change:
+    """`Gate.changing()`: held while a change is made through one of the file's handles."""
+
+    __slots__ = ("_gate",)
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+
+    def __enter__(self) -> None:
+        self._gate._begin_change()
+
+    def __exit__(self, *exc: object) -> None:
+        self._gate._end_change()
 
 
 class LiveFile:
@@ -549,8 +569,9 @@ class LiveOps:
                     self.cat.touch_dir(d, t)
             self._dir_times.clear()
 
-    def _in_folder(self, parent_id: int, name: str) -> tuple[Node, str]:
-        """The parent node and the new entry's pool path, for something made inside a folder."""
+    def _in_folder(self, parent_id: int, name: str, taken: bool = True) -> tuple[Node, str]:
+        """The parent node and the new entry's pool path, for something made inside a folder
+        (`taken`: refused if the name is, else the caller's insert finds out)."""
         parent = self.node(parent_id)
         if not parent.is_dir:
             raise NotADir(path=self.path_of(parent_id))
@@ -558,7 +579,7 @@ class LiveOps:
             raise NotInFolder(path=name)
         path = f"{self.path_of(parent_id)}/{name}"
         paths.split(path)  # a name no drive could hold is refused here, before anything changes
-        if self.cat.child(parent_id, name) is not None:
+        if taken and self.cat.child(parent_id, name) is not None:
             raise AlreadyExists(path=path)
         return parent, path
 
@@ -575,7 +596,7 @@ class LiveOps:
 
     def create_file(self, parent_id: int, name: str, mode: int, uid: int, gid: int) -> tuple[Node, LiveFile]:
         """A new empty file, open for writing, on as many drives (with room) as its folder wants."""
-        parent, path = self._in_folder(parent_id, name)
+        parent, path = self._in_folder(parent_id, name, taken=False)  # (the kernel looked it up just now)
         mode, uid, gid = self._owner(parent, stat_.S_IFREG | (mode & 0o7777), uid, gid)
         drives = self._drives_for(path, commit=False)  # (renames and deletes elsewhere may go on waiting)
         cands = self._candidates(list(drives.values()))
@@ -584,11 +605,14 @@ class LiveOps:
             raise PoolFull(path=path, size=human(0), largest=human(max((c.room for c in cands), default=0)))
         now = time.time_ns()
         with self.cat.transaction(grouped=self.grouping):
+            try:
+                node_id = self.cat.add_node(parent_id, name, "file", mode, now, 0, EMPTY_HASH, uid, gid)
+            except sqlite3.IntegrityError:  # (the name is taken: nothing else could fail here)
+                raise AlreadyExists(path=path) from None
             if self.grouping:  # in the open group: its copies are made before its commit, so noted first
                 assert self._new_files is not None
                 group = self.cat.group_number()
                 self._new_files.note(path, targets, group)
-            node_id = self.cat.add_node(parent_id, name, "file", mode, now, 0, EMPTY_HASH, uid, gid)
             for d in targets:
                 self.cat.set_replica(node_id, d, 0, now, EMPTY_HASH)
             journal = self.cat.journal_add("live", {"node": node_id, "path": path, "drives": targets})
