@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from homepool.catalog import CURRENT_REV, ROOT_ID, Catalog, NoSuchRowError
+from homepool.catalog import CURRENT_REV, ROOT_ID, Catalog, Node, NoSuchRowError
 
 
 @pytest.fixture
@@ -37,6 +38,48 @@ def test_nested_transactions_join_the_outer_one(cat: Catalog) -> None:
             cat.add_node(ROOT_ID, "A", "dir", 0o40755, 0)
         raise RuntimeError("outer fails")
     assert cat.child(ROOT_ID, "A") is None
+
+
+def test_what_the_mount_keeps_in_memory_is_what_the_catalog_holds(tmp_path: Path) -> None:
+    """The mount's caches (`track_paths`) keep a new node, the columns set on it and the
+    folders as inserted, without reading them back: a second connection reads the same."""
+    cat = Catalog.create(tmp_path / "c.db", "pool-1", 0)
+    cat.track_paths = True
+    other = Catalog(tmp_path / "c.db", readonly=True)
+    try:
+        with cat.transaction():
+            folder = cat.add_node(ROOT_ID, "Docs", "dir", 0o40755, 5, uid=7, gid=8)
+            cat.add_folder(folder, "docs", 2)
+            f = cat.add_node(folder, "a.txt", "file", 0o100640, 10, 3, "h", uid=7, gid=8)
+        assert cat.folder_by_fold("docs") == (folder, 2) and cat.folder_by_fold("nope") is None
+        with cat.transaction():
+            cat.set_attrs(f, size=9, hash="h2", ctime_ns=12)
+            cat.set_folder_copies(folder, 3)
+            cat.add_folder(cat.add_node(ROOT_ID, "Nope", "dir", 0o40755, 5), "nope", 1)
+        for node_id in (folder, f):
+            assert cat.node(node_id) == other.node(node_id) == Node.of_row(
+                other.db.execute(f"SELECT {Catalog._NODE_COLS} FROM nodes WHERE id = ?", (node_id,)).fetchone())
+        assert cat.folder_by_fold("docs") == (folder, 3) and cat.folder_by_fold("nope") is not None
+        with pytest.raises(RuntimeError), cat.transaction():
+            cat.set_attrs(f, size=1)
+            raise RuntimeError("undone")
+        assert cat.node(f).size == 9
+    finally:
+        other.close()
+        cat.close()
+
+
+def test_a_commit_that_fails_undoes_its_transaction(cat: Catalog) -> None:
+    """The COMMIT itself fails (a constraint checked at commit time): the transaction is undone."""
+    with pytest.raises(sqlite3.IntegrityError), cat.transaction():
+        cat.db.execute("PRAGMA defer_foreign_keys = ON")  # (until this transaction ends)
+        cat.add_node(ROOT_ID, "A", "dir", 0o40755, 0)
+        cat.add_node(999, "orphan", "dir", 0o40755, 0)  # no parent 999: refused when committed
+    assert not cat.db.in_transaction
+    assert cat.child(ROOT_ID, "A") is None
+    with cat.transaction():  # and the next one works
+        cat.add_node(ROOT_ID, "B", "dir", 0o40755, 0)
+    assert cat.child(ROOT_ID, "B") is not None
 
 
 def test_names_are_unique_per_directory(cat: Catalog) -> None:

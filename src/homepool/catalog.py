@@ -12,16 +12,16 @@ instead of failing half-way).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 # Bump with every schema change and add a step to `_UPGRADES`.
 #   1: the first catalog
@@ -35,6 +35,8 @@ CURRENT_REV = 7
 ROOT_ID = 1
 CACHED_NODES = 100_000  # nodes and paths the mount keeps in memory (about 50 MB at most)
 CACHED_FOLDERS = 1000  # top-level names the mount remembers as a folder or as none
+
+T = TypeVar("T")
 
 
 class NoSuchRowError(Exception):
@@ -93,11 +95,26 @@ class Node:
         new.__dict__.update(self.__dict__, **fields)
         return new
 
+    @staticmethod
+    def of_row(row: Sequence[Any]) -> Node:
+        """A node from a row of `Catalog._NODE_COLS` (the mount makes one at every lookup)."""
+        return _made(Node, _NODE_FIELDS, row)
+
     @property
     def is_file(self) -> bool:
         """Only files have copies (on as many drives as their folder wants). Directories,
         symlinks and special files are small and are made on every drive."""
         return self.kind == "file"
+
+
+def _made(cls: type[T], names: tuple[str, ...], values: Sequence[Any]) -> T:
+    """`cls(*values)` of a frozen dataclass, without its setattr per field (twice as fast)."""
+    new = object.__new__(cls)
+    new.__dict__.update(zip(names, values, strict=True))
+    return new
+
+
+_NODE_FIELDS = tuple(f.name for f in fields(Node))  # in `Catalog._NODE_COLS` order
 
 
 class Entry(NamedTuple):
@@ -132,6 +149,13 @@ class Replica:
     mtime_ns: int
     hash: str | None
     state: str  # 'ok' or 'bad'
+
+
+_REPLICA_FIELDS = tuple(f.name for f in fields(Replica))
+
+
+def _by_drive(r: Replica) -> int:
+    return r.drive_id
 
 
 @dataclass(frozen=True)
@@ -365,6 +389,7 @@ class Catalog:
         self._paths: dict[int, str] = {}
         self._nodes: dict[int, Node] = {}
         self._folders: dict[str, tuple[int, int] | None] = {}  # `folder_by_fold`'s answers (the mount's)
+        self._replicas: dict[int, list[Replica]] = {}  # node id -> its copies' rows, by drive (the mount's)
         self._next_id: int | None = None
 
     @classmethod
@@ -401,21 +426,21 @@ class Catalog:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self, grouped: bool = False) -> Iterator[None]:
+    def transaction(self, grouped: bool = False) -> _Transaction:
         """Group statements atomically. Nested uses join the outer transaction.
 
         A `grouped` transaction is not committed on its own: it joins the group of those
         before it, which `commit_group` commits as one (the mount's renames, deletes and
         closes, see `Pool.group_steps`). Any other transaction first has the group settled
         (`settle_group`: committed, and what waited for the commit done)."""
+        return _Transaction(self, grouped)
+
+    def _begin(self, grouped: bool) -> tuple[str, list[int]]:
+        """`transaction`'s start: how it began ('nested', 'savepoint' or 'begin'), and the
+        journal rows it removes."""
         if self._depth:
             self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
+            return "nested", []
         if not grouped and (self._grouped or self.steps_waiting()):
             self.settle_group()
         if self._grouped and not self.db.in_transaction:  # SQLite undid it (an I/O error, say)
@@ -423,39 +448,54 @@ class Catalog:
         if self._grouped:  # one more change in the open group: undone alone if it fails
             self.db.execute("SAVEPOINT grouped")
             self._depth = 1
-            try:
-                yield
-                self.db.execute("RELEASE grouped")
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK TO grouped")
-                    self.db.execute("RELEASE grouped")
-                    self._forget_all()
-                else:  # SQLite undid the whole group (a full disk, say)
-                    self._group_undone()
-                raise
-            finally:
-                self._depth = 0
-            return
+            return "savepoint", []
         self.db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         done, self._done_later = self._done_later, []
-        try:
-            if done:
+        if done:
+            try:
                 self.db.executemany("DELETE FROM journal WHERE id = ?", [(i,) for i in done])
-            yield
-            if grouped:
-                self._grouped, self._group_done = True, done
-            else:
-                self.db.execute("COMMIT")
-        except BaseException:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-            self._forget_all()
-            self._done_later[:0] = done
-            raise
+            except BaseException as e:
+                self._end("begin", done, grouped, e)
+                raise
+        return "begin", done
+
+    def _end(self, how: str, done: list[int], grouped: bool, failed: BaseException | None) -> None:
+        """`transaction`'s end (`failed`: what the statements in it raised): released or
+        committed, or undone; a failure to release or commit undoes it and raises."""
+        if how == "nested":
+            self._depth -= 1
+            return
+        try:
+            if failed is None:
+                try:
+                    if how == "savepoint":
+                        self.db.execute("RELEASE grouped")
+                    elif grouped:
+                        self._grouped, self._group_done = True, done
+                    else:
+                        self.db.execute("COMMIT")
+                    return
+                except BaseException:
+                    self._undo(how, done)
+                    raise
+            self._undo(how, done)
         finally:
             self._depth = 0
+
+    def _undo(self, how: str, done: list[int]) -> None:
+        if how == "savepoint":
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK TO grouped")
+                self.db.execute("RELEASE grouped")
+                self._forget_all()
+            else:  # SQLite undid the whole group (a full disk, say)
+                self._group_undone()
+            return
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        self._forget_all()
+        self._done_later[:0] = done
 
     @property
     def group_open(self) -> bool:
@@ -510,6 +550,7 @@ class Catalog:
         self._paths.clear()
         self._nodes.clear()
         self._folders.clear()
+        self._replicas.clear()
 
     def get_val(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         row = self.db.execute(sql, args).fetchone()
@@ -615,7 +656,7 @@ class Catalog:
         row = self.db.execute(self._NODE_BY_ID, (id_,)).fetchone()
         if row is None:
             return None
-        node = Node(*row)
+        node = Node.of_row(row)
         if self.track_paths:
             if len(self._nodes) >= CACHED_NODES:
                 self._nodes.clear()  # a walk of a big tree: start again rather than grow without end
@@ -652,7 +693,7 @@ class Catalog:
         row = self.db.execute(self._NODE_BY_NAME, (parent_id, name)).fetchone()
         if row is None:
             return None
-        node = Node(*row)
+        node = Node.of_row(row)
         if self.track_paths and len(self._nodes) < CACHED_NODES:
             self._nodes[node.id] = node  # what is done with it next reads it by id
             if (above := self._paths.get(parent_id, "" if parent_id == ROOT_ID else None)) is not None:
@@ -663,7 +704,7 @@ class Catalog:
         rows = self.db.execute(
             f"SELECT {self._NODE_COLS} FROM nodes WHERE parent_id = ? ORDER BY name", (parent_id,)
         )
-        return [Node(*r) for r in rows]
+        return [Node.of_row(r) for r in rows]
 
     def entries(self, parent_id: int, after: int, upto: int) -> dict[int, Entry]:
         """Children as listing entries (an extra name shows the node it names), by their place
@@ -779,6 +820,8 @@ class Catalog:
         if self.track_paths and len(self._nodes) < CACHED_NODES:  # as inserted: asked for next
             self._nodes[cur.lastrowid] = Node(cur.lastrowid, parent_id, name, kind, size, mode, mtime_ns, hash_,
                                               uid, gid, mtime_ns, target, rdev, mtime_ns, None, 0)
+            if kind == "file":
+                self._keep_replicas(cur.lastrowid, [])  # (none can point at a node not there before)
         else:
             self._forget(cur.lastrowid)
         return cur.lastrowid
@@ -845,6 +888,7 @@ class Catalog:
         caller has it, spares the statements that cannot apply (each costs a delete time)."""
         self._paths.pop(id_, None)
         self._forget(id_)
+        self._replicas.pop(id_, None)
         if node is None or node.is_file:
             self.db.execute("DELETE FROM replicas WHERE node_id = ?", (id_,))
         if node is None or node.is_dir and node.parent_id == ROOT_ID:
@@ -878,7 +922,7 @@ class Catalog:
                 SELECT {self._NODE_COLS} FROM nodes WHERE id IN sub AND kind = 'file'""",
             (id_,),
         )
-        return [Node(*r) for r in rows]
+        return [Node.of_row(r) for r in rows]
 
     def walk(self) -> Iterator[tuple[str, Node]]:
         """Every node but the root, with its pool path, parents before children."""
@@ -937,11 +981,32 @@ class Catalog:
     # -- replicas ----------------------------------------------------------------------------
 
     def replicas(self, node_id: int) -> list[Replica]:
+        """A file's copies, by drive. The mount keeps them in memory (every open and close asks),
+        and every method below that changes them keeps what it set (`_replica_set`)."""
+        if (known := self._replicas.get(node_id)) is not None:
+            return list(known)
         rows = self.db.execute(
             "SELECT node_id, drive_id, size, mtime_ns, hash, state FROM replicas WHERE node_id = ? ORDER BY drive_id",
             (node_id,),
         )
-        return [Replica(*r) for r in rows]
+        found = [_made(Replica, _REPLICA_FIELDS, r) for r in rows]
+        self._keep_replicas(node_id, found)
+        return list(found)
+
+    def _keep_replicas(self, node_id: int, replicas: list[Replica]) -> None:
+        if self.track_paths:
+            if len(self._replicas) >= CACHED_NODES:
+                self._replicas.clear()
+            self._replicas[node_id] = replicas
+
+    def _replica_set(self, node_id: int, drive_id: int, row: Replica | None) -> None:
+        """A copy's row changed (None: gone): what the mount keeps of the file's copies follows."""
+        if (known := self._replicas.get(node_id)) is not None:
+            rest = [r for r in known if r.drive_id != drive_id]
+            if row is not None:
+                rest.append(row)
+                rest.sort(key=_by_drive)
+            self._replicas[node_id] = rest
 
     def replicas_on(self, drive_id: int) -> Iterator[Replica]:
         rows = self.db.execute(
@@ -959,12 +1024,19 @@ class Catalog:
             " hash = excluded.hash, state = excluded.state",
             (node_id, drive_id, size, mtime_ns, hash_, state),
         )
+        if node_id in self._replicas:
+            self._replica_set(node_id, drive_id, _made(Replica, _REPLICA_FIELDS, (node_id, drive_id, size, mtime_ns,
+                                                                                   hash_, state)))
 
     def set_replica_state(self, node_id: int, drive_id: int, state: str) -> None:
         self.db.execute("UPDATE replicas SET state = ? WHERE node_id = ? AND drive_id = ?", (state, node_id, drive_id))
+        was = next((r for r in self._replicas.get(node_id, ()) if r.drive_id == drive_id), None)
+        if was is not None:
+            self._replica_set(node_id, drive_id, dataclasses.replace(was, state=state))
 
     def drop_replica(self, node_id: int, drive_id: int) -> None:
         self.db.execute("DELETE FROM replicas WHERE node_id = ? AND drive_id = ?", (node_id, drive_id))
+        self._replica_set(node_id, drive_id, None)
 
     def short_files(self, or_over: bool = False) -> list[tuple[int, int, int]]:
         """(node_id, good copies, wanted copies) of every file short of copies (`or_over`:
@@ -1030,3 +1102,19 @@ class Catalog:
     def journal(self) -> list[JournalEntry]:
         rows = self.db.execute("SELECT id, op, payload, created FROM journal ORDER BY id")
         return [JournalEntry(i, op, json.loads(p), c) for i, op, p, c in rows]
+
+
+class _Transaction:
+    """`Catalog.transaction`: a class, not a generator (the mount opens a few per request)."""
+
+    __slots__ = ("_cat", "_grouped", "_how", "_done")
+
+    def __init__(self, cat: Catalog, grouped: bool) -> None:
+        self._cat = cat
+        self._grouped = grouped
+
+    def __enter__(self) -> None:
+        self._how, self._done = self._cat._begin(self._grouped)
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: object) -> None:
+        self._cat._end(self._how, self._done, self._grouped, e)

@@ -616,7 +616,7 @@ class LiveOps:
             for d in targets:
                 self.cat.set_replica(node_id, d, 0, now, EMPTY_HASH)
             journal = self.cat.journal_add("live", {"node": node_id, "path": path, "drives": targets})
-        node = Node(node_id, parent_id, name, "file", 0, mode, now, EMPTY_HASH, uid, gid, now, None, 0, now)
+        node = self.cat.node(node_id)  # (as inserted: in memory)
         if self.grouping:
             self.group_touched.update((parent_id, node_id))
             self._group_creates.append((node, path, targets, journal, group))
