@@ -818,8 +818,8 @@ class Catalog:
             self.db.execute("UPDATE nodes SET links = links + 1 WHERE id = ?", (parent_id,))
             self._forget(parent_id)
         if self.track_paths and len(self._nodes) < CACHED_NODES:  # as inserted: asked for next
-            self._nodes[cur.lastrowid] = Node(cur.lastrowid, parent_id, name, kind, size, mode, mtime_ns, hash_,
-                                              uid, gid, mtime_ns, target, rdev, mtime_ns, None, 0)
+            self._nodes[cur.lastrowid] = Node.of_row((cur.lastrowid, parent_id, name, kind, size, mode, mtime_ns,
+                                                      hash_, uid, gid, mtime_ns, target, rdev, mtime_ns, None, 0))
             if kind == "file":
                 self._keep_replicas(cur.lastrowid, [])  # (none can point at a node not there before)
         else:

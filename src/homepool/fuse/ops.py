@@ -167,7 +167,7 @@ class PoolLock:
             raise
         return True
 
-    def release(self) -> None:
+    def release(self, *exc: object) -> None:
         self._depth -= 1
         if self._depth == 0:
             self._since = None
@@ -178,11 +178,9 @@ class PoolLock:
         since = self._since
         return 0.0 if since is None else time.monotonic() - since
 
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    # (Not calls of `acquire` and `release`: every request takes the lock, some more than once.)
+    __enter__ = acquire
+    __exit__ = release
 
 
 class PoolOperations:

@@ -106,45 +106,52 @@ class Gate:
     waiting goes first: new changes wait behind it."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond: threading.Condition | None = None  # on `_lock`, made by the first wait (rare)
         self._changing = 0
         self._moving = False
         self._waiting = 0  # moves waiting for the changes under way
         self._change = _Change(self)
+
+    def _waits(self) -> threading.Condition:
+        """(Under `_lock`.)"""
+        if self._cond is None:
+            self._cond = threading.Condition(self._lock)
+        return self._cond
 
     def changing(self) -> _Change:
         """(Never taken twice by one thread: a move waiting would keep the second one out.)"""
         return self._change  # (every write and close takes it: one object, not a generator each time)
 
     def _begin_change(self) -> None:
-        with self._cond:
+        with self._lock:
             if self._moving or self._waiting:
-                self._cond.wait_for(lambda: not self._moving and not self._waiting)
+                self._waits().wait_for(lambda: not self._moving and not self._waiting)
             self._changing += 1
 
     def _end_change(self) -> None:
-        with self._cond:
+        with self._lock:
             self._changing -= 1
             if self._waiting:  # (only a move waits for changes to end)
-                self._cond.notify_all()
+                self._waits().notify_all()
 
     @contextmanager
     def moving(self) -> Iterator[None]:
         """Waits for the changes under way (they hold no other lock) and holds off new ones."""
-        with self._cond:
+        with self._lock:
             self._waiting += 1
             try:
-                self._cond.wait_for(lambda: not self._moving and not self._changing)
+                self._waits().wait_for(lambda: not self._moving and not self._changing)
             finally:
                 self._waiting -= 1
-                self._cond.notify_all()  # (if the wait ended in an exception, changes may go on)
+                self._waits().notify_all()  # (if the wait ended in an exception, changes may go on)
             self._moving = True
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._moving = False
-                self._cond.notify_all()
+                self._waits().notify_all()
 
 
 class _Change:
@@ -165,6 +172,26 @@ class _Change:
 class LiveFile:
     """One open file of the mount: descriptors on its copies. Drive I/O only (thread-safe)."""
 
+    # What a handle starts with (set on the handle when it changes; a handle is made at every
+    # open and create, so the defaults are the class's rather than set each time).
+    # Passed through: the kernel reads and writes the copy itself, so changes are found by
+    # looking at it (`known`: size, mtime, ctime and hash when last recorded).
+    passthrough = False
+    direct = False  # its reads and writes skip the kernel's page cache (the mount decides)
+    mappable = True  # open for reading and writing: a shared mapping could write it
+    mapped = False  # a program had it mapped (shared) when it closed it (the mount looks)
+    keeps_set_id = True  # opened by root: its writes leave set-id bits (see `clear_set_id`)
+    opener_groups: frozenset[int] = frozenset()  # a passed-through writer's (see `keeps_set_id`)
+    known: tuple[int, int, int, str | None] | None = None
+    recorded: tuple[int, int, str] | None = None  # what the last close recorded
+    closing = False  # being released: its descriptors are about to close
+    mtime_ns = 0  # of the last change made through this handle
+    journal_id: int | None = None  # set from the first change until the release records it
+    changed = False  # written or truncated through this handle
+    unlinked = False  # deleted while open: reads go on, nothing is recorded
+    tells_cached = True  # its drive's filesystem can read from memory only (RWF_NOWAIT)
+    seen = 0  # the node's change count when `settle` looked at the copies
+
     def __init__(self, node_id: int, path: str, fds: dict[int, int], size: int, writable: bool,
                  single: bool = False) -> None:
         self.node_id = node_id
@@ -172,27 +199,10 @@ class LiveFile:
         self.fds = fds  # drive id -> descriptor on that drive's copy (the first one is read)
         self.writable = writable
         self.single = single  # the file has this one copy: nothing to mirror or fall back to
-        # Passed through: the kernel reads and writes the copy itself, so changes are found by
-        # looking at it (`known`: size, mtime, ctime and hash when last recorded).
-        self.passthrough = False
-        self.direct = False  # its reads and writes skip the kernel's page cache (the mount decides)
-        self.mappable = True  # open for reading and writing: a shared mapping could write it
-        self.mapped = False  # a program had it mapped (shared) when it closed it (the mount looks)
-        self.keeps_set_id = True  # opened by root: its writes leave set-id bits (see `clear_set_id`)
-        self.opener_groups: frozenset[int] = frozenset()  # a passed-through writer's (see `keeps_set_id`)
-        self.known: tuple[int, int, int, str | None] | None = None
-        self.recorded: tuple[int, int, str] | None = None  # what the last close recorded
-        self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
-        self.closing = False  # being released: its descriptors are about to close
         self.size = size
-        self.mtime_ns = 0  # of the last change made through this handle
-        self.journal_id: int | None = None  # set from the first change until the release records it
-        self.changed = False  # written or truncated through this handle
-        self.unlinked = False  # deleted while open: reads go on, nothing is recorded
+        self.attrs: dict[str, int] = {}  # attributes set while open, recorded at the next close
         self.held: list[int] = []  # the copies it had when it was finished
         self.failed: set[int] = set()  # drives whose copy failed a read
-        self.tells_cached = True  # its drive's filesystem can read from memory only (RWF_NOWAIT)
-        self.seen = 0  # the node's change count when `settle` looked at the copies
         # Descriptors of copies dropped or moved while open: closed only with the handle, as a
         # write on another thread may still hold the number (closing it could let a new file
         # reuse it mid-write).
