@@ -41,8 +41,8 @@ def test_nested_transactions_join_the_outer_one(cat: Catalog) -> None:
 
 
 def test_what_the_mount_keeps_in_memory_is_what_the_catalog_holds(tmp_path: Path) -> None:
-    """The mount's caches (`track_paths`) keep a new node, the columns set on it and the
-    folders as inserted, without reading them back: a second connection reads the same."""
+    """The mount's caches (`track_paths`) keep a new node, its path, the columns set on it and
+    the folders as inserted, without reading them back: a second connection reads the same."""
     cat = Catalog.create(tmp_path / "c.db", "pool-1", 0)
     cat.track_paths = True
     other = Catalog(tmp_path / "c.db", readonly=True)
@@ -60,6 +60,7 @@ def test_what_the_mount_keeps_in_memory_is_what_the_catalog_holds(tmp_path: Path
             assert cat.node(node_id) == other.node(node_id) == Node.of_row(
                 other.db.execute(f"SELECT {Catalog._NODE_COLS} FROM nodes WHERE id = ?", (node_id,)).fetchone())
         assert cat.folder_by_fold("docs") == (folder, 3) and cat.folder_by_fold("nope") is not None
+        assert cat.path_of(f) == other.path_of(f) == "Docs/a.txt"
         with pytest.raises(RuntimeError), cat.transaction():
             cat.set_attrs(f, size=1)
             raise RuntimeError("undone")

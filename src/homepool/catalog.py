@@ -696,9 +696,13 @@ class Catalog:
         node = Node.of_row(row)
         if self.track_paths and len(self._nodes) < CACHED_NODES:
             self._nodes[node.id] = node  # what is done with it next reads it by id
-            if (above := self._paths.get(parent_id, "" if parent_id == ROOT_ID else None)) is not None:
-                self._paths[node.id] = f"{above}/{name}" if above else name  # and its path
+            self._keep_path(node.id, parent_id, name)  # and its path
         return node
+
+    def _keep_path(self, node_id: int, parent_id: int, name: str) -> None:
+        """The path of `name` in `parent_id`, if the parent's is known (no query)."""
+        if (above := self._paths.get(parent_id, "" if parent_id == ROOT_ID else None)) is not None:
+            self._paths[node_id] = f"{above}/{name}" if above else name
 
     def children(self, parent_id: int) -> list[Node]:
         rows = self.db.execute(
@@ -822,6 +826,7 @@ class Catalog:
                                                       hash_, uid, gid, mtime_ns, target, rdev, mtime_ns, None, 0))
             if kind == "file":
                 self._keep_replicas(cur.lastrowid, [])  # (none can point at a node not there before)
+            self._keep_path(cur.lastrowid, parent_id, name)
         else:
             self._forget(cur.lastrowid)
         return cur.lastrowid
