@@ -70,6 +70,53 @@ def test_what_the_mount_keeps_in_memory_is_what_the_catalog_holds(tmp_path: Path
         cat.close()
 
 
+def test_the_listings_the_mount_keeps_are_what_the_catalog_lists(tmp_path: Path) -> None:
+    """A directory made by the mount, or listed to its end, is listed from memory; after every
+    kind of change to its entries, what it lists, page by page, is what SQLite lists."""
+    cat = Catalog.create(tmp_path / "c.db", "pool-1", 0)
+    cat.track_paths = True
+    other = Catalog(tmp_path / "c.db", readonly=True)  # lists by SQL only
+
+    def same(*dirs: int) -> None:
+        for d in dirs:
+            whole = other.listing(d)
+            assert cat.listing(d) == whole
+            for after in {0, *(e[0] for e in whole)}:
+                for most in (1, 2, 100):
+                    assert cat.listing(d, after, most) == other.listing(d, after, most), (d, after, most)
+
+    try:
+        with cat.transaction():
+            a = cat.add_node(ROOT_ID, "A", "dir", 0o40755, 1)
+            b = cat.add_node(ROOT_ID, "B", "dir", 0o755, 1)
+            files = [cat.add_node(a, f"f{i}", "file", 0o644, 1) for i in range(5)]
+            fifo = cat.add_node(a, "pipe", "special", 0o10644, 1)
+        assert a in cat._listings and b in cat._listings  # made here: kept from the start
+        same(ROOT_ID, a, b)
+        assert ROOT_ID in cat._listings and cat.listing(a)[-1] == (fifo, fifo, "pipe", "special", 0o10000)
+        steps = [
+            lambda: cat.move_node(files[1], b, "moved", False),  # out of one directory, into another
+            lambda: cat.move_node(files[2], a, "renamed", False),  # within one
+            lambda: cat.add_link(files[3], b, "extra", 2),  # an extra name
+            lambda: cat.remove_name(cat.node(files[3])),  # the own name goes: the extra takes its place
+            lambda: cat.delete_node(files[0], cat.node(files[0])),
+            lambda: cat.move_node(b, a, "B2", True),  # a directory moves
+            lambda: cat.add_node(b, "new", "file", 0o644, 3),
+        ]
+        for step in steps:
+            with cat.transaction():
+                step()
+            same(ROOT_ID, a, b)
+        assert b in cat._listings  # listed to its end again: kept
+        with pytest.raises(RuntimeError), cat.transaction():
+            cat.add_node(b, "undone", "file", 0o644, 4)
+            raise RuntimeError("undone")
+        same(ROOT_ID, a, b)
+    finally:
+        other.close()
+        cat.close()
+
+
 def test_a_commit_that_fails_undoes_its_transaction(cat: Catalog) -> None:
     """The COMMIT itself fails (a constraint checked at commit time): the transaction is undone."""
     with pytest.raises(sqlite3.IntegrityError), cat.transaction():

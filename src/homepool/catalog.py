@@ -16,8 +16,10 @@ import dataclasses
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -115,6 +117,13 @@ def _made(cls: type[T], names: tuple[str, ...], values: Sequence[Any]) -> T:
 
 
 _NODE_FIELDS = tuple(f.name for f in fields(Node))  # in `Catalog._NODE_COLS` order
+
+
+Listed = tuple[int, int, str, str, int]  # a directory entry as `Catalog.listing` gives it
+
+
+def _place(entry: Listed) -> int:
+    return entry[0]
 
 
 class Entry(NamedTuple):
@@ -390,6 +399,11 @@ class Catalog:
         self._nodes: dict[int, Node] = {}
         self._folders: dict[str, tuple[int, int] | None] = {}  # `folder_by_fold`'s answers (the mount's)
         self._replicas: dict[int, list[Replica]] = {}  # node id -> its copies' rows, by drive (the mount's)
+        # Whole listings (`listing`'s rows) of directories the mount made or read to the end:
+        # a new entry is added to its directory's, any other change to a directory's entries
+        # drops it. `_listed` counts the entries kept, up to CACHED_NODES.
+        self._listings: dict[int, list[Listed]] = {}
+        self._listed = 0
         self._next_id: int | None = None
 
     @classmethod
@@ -551,6 +565,7 @@ class Catalog:
         self._nodes.clear()
         self._folders.clear()
         self._replicas.clear()
+        self._listings.clear()
 
     def get_val(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         row = self.db.execute(sql, args).fetchone()
@@ -725,24 +740,44 @@ class Catalog:
                                    n.atime_ns, n.links, None)
         return out
 
-    def listing(self, parent_id: int, after: int = 0, most: int = -1) -> list[tuple[int, int, str, str, int]]:
-        """A page of a directory's listing: (place, id, name, kind, mode) of at most `most`
+    def listing(self, parent_id: int, after: int = 0, most: int = -1) -> list[Listed]:
+        """A page of a directory's listing: (place, id, name, kind, type) of at most `most`
         children, in the order they were made, from the one after place `after` (0: the
-        first). A name's place is its row's id, and stays with the name for as long as it
-        names the same thing (an own name that takes an extra name's place takes its place
-        too: `remove_name`), so a listing read page by page while entries come and go shows
-        each of the others once. An extra name shows the node it names (`entries` has the
-        rest of the attributes)."""
+        first); `type` is the file type bits of the mode (0 for a file or directory made
+        without them). A name's place is its row's id, and stays with the name for as long
+        as it names the same thing (an own name that takes an extra name's place takes its
+        place too: `remove_name`), so a listing read page by page while entries come and go
+        shows each of the others once. An extra name shows the node it names (`entries` has
+        the rest of the attributes). The mount keeps whole listings (see `_listings`)."""
+        if (kept := self._listings.get(parent_id)) is not None:
+            start = bisect_right(kept, after, key=_place) if after else 0
+            return kept[start:] if most < 0 else kept[start:start + most]
         rows = self.db.execute("SELECT coalesce(place, id), id, name, kind, mode, link_to FROM nodes"
                                " WHERE parent_id = ? AND coalesce(place, id) > ? ORDER BY coalesce(place, id) LIMIT ?",
                                (parent_id, after, most)).fetchall()
-        out: list[tuple[int, int, str, str, int]] = []
+        out: list[Listed] = []
+        linked = False
         for place, id_, name, kind, mode, link_to in rows:
             if link_to is not None:
                 n = self.node(link_to)
-                id_, kind, mode = n.id, n.kind, n.mode
-            out.append((place, id_, name, kind, mode))
+                id_, kind, mode, linked = n.id, n.kind, n.mode, True
+            out.append((place, id_, name, kind, stat.S_IFMT(mode)))
+        if self.track_paths and not after and (most < 0 or len(out) < most) and not linked:
+            self._keep_listing(parent_id, out)  # the whole directory (one with extra names changes with them)
         return out
+
+    def _keep_listing(self, dir_id: int, listed: list[Listed]) -> None:
+        if self._listed + len(listed) > CACHED_NODES:
+            self._listings.clear()  # (a walk of a big tree: start again rather than grow without end)
+            self._listed = 0
+        self._listings[dir_id] = list(listed)
+        self._listed += len(listed)
+
+    def _drop_listings(self, *dir_ids: int | None) -> None:
+        """Directories' entries changed otherwise than by a new one: list them again."""
+        for i in dir_ids:
+            if i is not None:  # (the root's parent)
+                self._listings.pop(i, None)
 
     def resolve(self, node: Node) -> Node:
         """The node a name stands for: an extra name's node, or the node itself."""
@@ -764,6 +799,7 @@ class Catalog:
         """Take one name away: an extra name; or a node's own name, when it has extra names
         (the oldest takes its place); or the node. Returns whether the node went with it."""
         self._forget(node.id, *(() if node.link_to is None else (node.link_to,)))
+        self._drop_listings(node.parent_id)
         if node.link_to is not None:
             self.db.execute("DELETE FROM nodes WHERE id = ?", (node.id,))
             self._paths.pop(node.id, None)
@@ -774,6 +810,7 @@ class Catalog:
             heir = self.node(self.names_of(node.id)[0])
             place = self.get_val("SELECT coalesce(place, id) FROM nodes WHERE id = ?", (heir.id,))
             self.db.execute("DELETE FROM nodes WHERE id = ?", (heir.id,))
+            self._drop_listings(heir.parent_id)
             self._paths.pop(heir.id, None)
             self._forget(heir.id)
             self.db.execute("UPDATE nodes SET parent_id = ?, name = ?, place = ?, links = links - 1,"
@@ -821,6 +858,14 @@ class Catalog:
         if kind == "dir":
             self.db.execute("UPDATE nodes SET links = links + 1 WHERE id = ?", (parent_id,))
             self._forget(parent_id)
+        if (listed := self._listings.get(parent_id)) is not None:
+            if node_id is None and kind != "link" and self._listed < CACHED_NODES:  # (the last place yet)
+                listed.append((cur.lastrowid, cur.lastrowid, name, kind, stat.S_IFMT(mode)))
+                self._listed += 1
+            else:  # an extra name shows another node; a remade node has a place before others
+                del self._listings[parent_id]
+        if kind == "dir" and node_id is None and self.track_paths:
+            self._keep_listing(cur.lastrowid, [])  # a new directory is empty
         if self.track_paths and len(self._nodes) < CACHED_NODES:  # as inserted: asked for next
             self._nodes[cur.lastrowid] = Node.of_row((cur.lastrowid, parent_id, name, kind, size, mode, mtime_ns,
                                                       hash_, uid, gid, mtime_ns, target, rdev, mtime_ns, None, 0))
@@ -845,6 +890,7 @@ class Catalog:
         if row is None:
             return None
         self._forget(row[0])
+        self._drop_listings(parent_id)
         return int(row[0])
 
     def update_file(self, id_: int, size: int, mode: int, mtime_ns: int, hash_: str | None) -> None:
@@ -853,6 +899,7 @@ class Catalog:
             (size, mode, mtime_ns, hash_, mtime_ns, id_),
         )
         self._forget(id_)
+        self._listings.clear()  # (its type bits may be new: rare, a repair by `check`)
 
     def set_attrs(self, id_: int, **cols: Any) -> None:
         """Set some of a node's columns (the mount's setattr, and its bookkeeping after writes)."""
@@ -876,6 +923,10 @@ class Catalog:
 
     def move_node(self, id_: int, parent_id: int, name: str, is_dir: bool) -> None:
         """Give node `id_` a new parent and name."""
+        if self._listings:  # (it keeps its place: after the new parent's newest, or before)
+            known = self._nodes.get(id_)
+            self._drop_listings(parent_id, known.parent_id if known is not None
+                                else self.get_val("SELECT parent_id FROM nodes WHERE id = ?", (id_,)))
         if is_dir:  # a subdirectory less in one directory, one more in the other
             self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = (SELECT parent_id FROM nodes WHERE id = ?)",
                             (id_,))
@@ -902,7 +953,11 @@ class Catalog:
         if node is None or not node.is_dir and node.links:
             names = self.db.execute("DELETE FROM nodes WHERE link_to = ? RETURNING id", (id_,)).fetchall()
             self._forget(*(i for (i,) in names))
+            if names:
+                self._listings.clear()  # (the names' directories: any)
         gone = self.db.execute("DELETE FROM nodes WHERE id = ? RETURNING parent_id, kind", (id_,)).fetchone()
+        if gone is not None:
+            self._drop_listings(gone[0], id_)
         if gone is not None and gone[1] == "dir":
             self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = ?", (gone[0],))
             self._forget(gone[0])

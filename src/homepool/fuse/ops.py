@@ -28,7 +28,7 @@ from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from ..catalog import Entry, Node
+from ..catalog import Entry, Listed, Node
 from ..errors import (
     AlreadyExists,
     BadFolderName,
@@ -313,16 +313,16 @@ class PoolOperations:
         place `off` (0: the first), as (name, inode, mode, attributes, place). Attributes only
         with `held` (READDIRPLUS), and not for the inodes in it (the kernel has them). Read
         from the catalog page by page, with no directory handle: see `Catalog.listing`."""
-        def answer(pool: Pool | Glance) -> tuple[list[tuple[int, int, str, str, int]], dict[int, Entry]]:
+        def answer(pool: Pool | Glance) -> tuple[list[Listed], dict[int, Entry]]:
             page = pool.listing(ino, off, most)
             lacking = held is not None and page and any(id_ not in held for _, id_, _, _, _ in page)
             # The kernel lacks one: the attributes, for the page (one query).
             return page, pool.entries(ino, off, page[-1][0]) if lacking else {}
         page, entries = self._look(answer)
-        for place, id_, name, kind, mode in page:
+        for place, id_, name, kind, type_ in page:
             e = entries.get(place) if held is not None and id_ not in held else None
             if e is None:  # held by the kernel (or plain READDIR): name, inode and type
-                yield name.encode(), id_, stat_.S_IFMT(mode) or _KIND.get(kind, stat_.S_IFREG), None, place
+                yield name.encode(), id_, type_ or _KIND.get(kind, stat_.S_IFREG), None, place
             else:
                 attr = attr_of(e)
                 yield name.encode(), id_, attr.mode, attr, place

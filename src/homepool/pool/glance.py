@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..catalog import Catalog, Entry, Node
+from ..catalog import Catalog, Entry, Listed, Node
 from ..drives import Drive
 from ..errors import NotFound
 from .core import Pool, named
@@ -83,7 +83,7 @@ class Glance:
         this node or in this directory."""
         return node_id in self._touched or node_id in self._pool.group_touched
 
-    def listing(self, node_id: int, after: int, most: int) -> list[tuple[int, int, str, str, int]]:
+    def listing(self, node_id: int, after: int, most: int) -> list[Listed]:
         if self._changed(node_id):
             raise Unsure
         return self.cat.listing(node_id, after, most)

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import paths, placement
-from ..catalog import ROOT_ID, Node, Replica
+from ..catalog import ROOT_ID, Listed, Node, Replica
 from ..config import env_number
 from ..drives import Drive
 from ..errors import (
@@ -488,7 +488,7 @@ class LiveOps:
                 return node.but(size=seen[0], mtime_ns=mtime, ctime_ns=max(node.ctime_ns, mtime))
         return node
 
-    def listing(self, node_id: int, after: int, most: int) -> list[tuple[int, int, str, str, int]]:
+    def listing(self, node_id: int, after: int, most: int) -> list[Listed]:
         """A page of a directory's names (`Catalog.listing`), as the mount shows them."""
         return self.cat.listing(node_id, after, most)
 
