@@ -1,6 +1,8 @@
 """The mount's work for one small file, in process and without FUSE: LOOKUP of the new name,
 CREATE, a 4 KiB WRITE, FLUSH, RELEASE and a GETATTR of the directory (the requests a program
-that creates, writes and closes a file sends), LOOPS times (env). Run under
+that creates, writes and closes a file sends), LOOPS times (env). With MOVE=1 (env), each file
+is then renamed and deleted as a program would (LOOKUP, RENAME, GETATTR of the directory,
+LOOKUP, UNLINK, GETATTR): the difference is what a rename and a delete cost. Run under
 `valgrind --tool=callgrind` by bench/create_cycle.sh, which subtracts a run of 0 loops:
 instructions are counted, not seconds, so two versions of the code compare on a busy machine.
 
@@ -18,7 +20,7 @@ from homepool.fuse.session import Ctx
 from homepool.pool import Pool
 
 
-def main(state_dir: Path, folder: str, loops: int) -> None:
+def main(state_dir: Path, folder: str, loops: int, move: bool) -> None:
     pool = Pool.open(state_dir, write=True)
     try:
         pool.go_live()
@@ -37,10 +39,17 @@ def main(state_dir: Path, folder: str, loops: int) -> None:
             ops.flush(opened.fh, os.getpid())
             ops.release(opened.fh)
             ops.getattr(ctx, parent)
+            if move:
+                assert ops.lookup(ctx, parent, name) is not None
+                ops.rename(ctx, parent, name, parent, b"g%d" % n, 0)
+                ops.getattr(ctx, parent)
+                assert ops.lookup(ctx, parent, b"g%d" % n) is not None
+                ops.unlink(ctx, parent, b"g%d" % n)
+                ops.getattr(ctx, parent)
         ops.close()
     finally:
         pool.close()
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], int(os.environ.get("LOOPS", "0")))
+    main(Path(sys.argv[1]), sys.argv[2], int(os.environ.get("LOOPS", "0")), os.environ.get("MOVE") == "1")

@@ -70,9 +70,10 @@ def test_what_the_mount_keeps_in_memory_is_what_the_catalog_holds(tmp_path: Path
         cat.close()
 
 
-def test_the_listings_the_mount_keeps_are_what_the_catalog_lists(tmp_path: Path) -> None:
-    """A directory made by the mount, or listed to its end, is listed from memory; after every
-    kind of change to its entries, what it lists, page by page, is what SQLite lists."""
+def test_the_listings_and_names_the_mount_keeps_are_what_the_catalog_holds(tmp_path: Path) -> None:
+    """A directory made by the mount, or listed to its end, is listed from memory, and a name
+    found once is found again without a query; after every kind of change to a directory's
+    entries, what it lists, page by page, and what each name names are what SQLite holds."""
     cat = Catalog.create(tmp_path / "c.db", "pool-1", 0)
     cat.track_paths = True
     other = Catalog(tmp_path / "c.db", readonly=True)  # lists by SQL only
@@ -84,7 +85,10 @@ def test_the_listings_the_mount_keeps_are_what_the_catalog_lists(tmp_path: Path)
             for after in {0, *(e[0] for e in whole)}:
                 for most in (1, 2, 100):
                     assert cat.listing(d, after, most) == other.listing(d, after, most), (d, after, most)
+            for name in names:
+                assert cat.child(d, name) == other.child(d, name), (d, name)
 
+    names = ["A", "B", "B2", "moved", "renamed", "extra", "new", "undone", *(f"f{i}" for i in range(5))]
     try:
         with cat.transaction():
             a = cat.add_node(ROOT_ID, "A", "dir", 0o40755, 1)
@@ -108,6 +112,7 @@ def test_the_listings_the_mount_keeps_are_what_the_catalog_lists(tmp_path: Path)
                 step()
             same(ROOT_ID, a, b)
         assert b in cat._listings  # listed to its end again: kept
+        assert (b, "new") in cat._named and (a, "f4") in cat._named
         with pytest.raises(RuntimeError), cat.transaction():
             cat.add_node(b, "undone", "file", 0o644, 4)
             raise RuntimeError("undone")

@@ -397,6 +397,9 @@ class Catalog:
         self.track_paths = False
         self._paths: dict[int, str] = {}
         self._nodes: dict[int, Node] = {}
+        # (parent id, name) -> the id of the node found there: a hint, taken only while the
+        # node kept in `_nodes` still has that parent and name (no change need forget it).
+        self._named: dict[tuple[int, str], int] = {}
         self._folders: dict[str, tuple[int, int] | None] = {}  # `folder_by_fold`'s answers (the mount's)
         self._replicas: dict[int, list[Replica]] = {}  # node id -> its copies' rows, by drive (the mount's)
         # Whole listings (`listing`'s rows) of directories the mount made or read to the end:
@@ -563,6 +566,7 @@ class Catalog:
         """What the caches hold may have been undone."""
         self._paths.clear()
         self._nodes.clear()
+        self._named.clear()
         self._folders.clear()
         self._replicas.clear()
         self._listings.clear()
@@ -705,14 +709,24 @@ class Catalog:
         return path
 
     def child(self, parent_id: int, name: str) -> Node | None:
-        row = self.db.execute(self._NODE_BY_NAME, (parent_id, name)).fetchone()
+        key = (parent_id, name)
+        if (seen := self._named.get(key)) is not None and (node := self._nodes.get(seen)) is not None \
+                and node.name == name and node.parent_id == parent_id:
+            return node  # (the kernel looks a name up, then the request on it looks again)
+        row = self.db.execute(self._NODE_BY_NAME, key).fetchone()
         if row is None:
             return None
         node = Node.of_row(row)
         if self.track_paths and len(self._nodes) < CACHED_NODES:
             self._nodes[node.id] = node  # what is done with it next reads it by id
+            self._keep_named(key, node.id)
             self._keep_path(node.id, parent_id, name)  # and its path
         return node
+
+    def _keep_named(self, key: tuple[int, str], node_id: int) -> None:
+        if len(self._named) >= CACHED_NODES:
+            self._named.clear()
+        self._named[key] = node_id
 
     def _keep_path(self, node_id: int, parent_id: int, name: str) -> None:
         """The path of `name` in `parent_id`, if the parent's is known (no query)."""
@@ -871,6 +885,7 @@ class Catalog:
                                                       hash_, uid, gid, mtime_ns, target, rdev, mtime_ns, None, 0))
             if kind == "file":
                 self._keep_replicas(cur.lastrowid, [])  # (none can point at a node not there before)
+            self._keep_named((parent_id, name), cur.lastrowid)
             self._keep_path(cur.lastrowid, parent_id, name)
         else:
             self._forget(cur.lastrowid)
