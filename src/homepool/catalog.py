@@ -404,7 +404,8 @@ class Catalog:
         self._replicas: dict[int, list[Replica]] = {}  # node id -> its copies' rows, by drive (the mount's)
         # Whole listings (`listing`'s rows) of directories the mount made or read to the end:
         # a new entry is added to its directory's, any other change to a directory's entries
-        # drops it. `_listed` counts the entries kept, up to CACHED_NODES.
+        # drops it. `_listed` counts the entries kept since they were last cleared (a dropped
+        # listing's too: an upper bound), up to CACHED_NODES.
         self._listings: dict[int, list[Listed]] = {}
         self._listed = 0
         self._next_id: int | None = None
@@ -569,7 +570,7 @@ class Catalog:
         self._named.clear()
         self._folders.clear()
         self._replicas.clear()
-        self._listings.clear()
+        self._clear_listings()
 
     def get_val(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         row = self.db.execute(sql, args).fetchone()
@@ -782,10 +783,13 @@ class Catalog:
 
     def _keep_listing(self, dir_id: int, listed: list[Listed]) -> None:
         if self._listed + len(listed) > CACHED_NODES:
-            self._listings.clear()  # (a walk of a big tree: start again rather than grow without end)
-            self._listed = 0
+            self._clear_listings()  # (a walk of a big tree: start again rather than grow without end)
         self._listings[dir_id] = list(listed)
         self._listed += len(listed)
+
+    def _clear_listings(self) -> None:
+        self._listings.clear()
+        self._listed = 0
 
     def _drop_listings(self, *dir_ids: int | None) -> None:
         """Directories' entries changed otherwise than by a new one: list them again."""
@@ -914,7 +918,7 @@ class Catalog:
             (size, mode, mtime_ns, hash_, mtime_ns, id_),
         )
         self._forget(id_)
-        self._listings.clear()  # (its type bits may be new: rare, a repair by `check`)
+        self._clear_listings()  # (its type bits may be new: rare, a repair by `check`)
 
     def set_attrs(self, id_: int, **cols: Any) -> None:
         """Set some of a node's columns (the mount's setattr, and its bookkeeping after writes)."""
@@ -969,7 +973,7 @@ class Catalog:
             names = self.db.execute("DELETE FROM nodes WHERE link_to = ? RETURNING id", (id_,)).fetchall()
             self._forget(*(i for (i,) in names))
             if names:
-                self._listings.clear()  # (the names' directories: any)
+                self._clear_listings()  # (the names' directories: any)
         gone = self.db.execute("DELETE FROM nodes WHERE id = ? RETURNING parent_id, kind", (id_,)).fetchone()
         if gone is not None:
             self._drop_listings(gone[0], id_)
