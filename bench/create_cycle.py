@@ -2,7 +2,9 @@
 CREATE, a 4 KiB WRITE, FLUSH, RELEASE and a GETATTR of the directory (the requests a program
 that creates, writes and closes a file sends), LOOPS times (env). With MOVE=1 (env), each file
 is then renamed and deleted as a program would (LOOKUP, RENAME, GETATTR of the directory,
-LOOKUP, UNLINK, GETATTR): the difference is what a rename and a delete cost. Run under
+LOOKUP, UNLINK, GETATTR): the difference is what a rename and a delete cost. With TAR=1, each
+file's times, owner and mode are set before it is closed, as tar does (SETATTR of the times,
+GETXATTR of security.capability, SETATTR of the owner, SETATTR of the mode). Run under
 `valgrind --tool=callgrind` by bench/create_cycle.sh, which subtracts a run of 0 loops:
 instructions are counted, not seconds, so two versions of the code compare on a busy machine.
 
@@ -11,16 +13,17 @@ instructions are counted, not seconds, so two versions of the code compare on a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 from homepool.fuse.ops import PoolOperations
-from homepool.fuse.session import Ctx
+from homepool.fuse.session import Ctx, FuseError, SetAttr
 from homepool.pool import Pool
 
 
-def main(state_dir: Path, folder: str, loops: int, move: bool) -> None:
+def main(state_dir: Path, folder: str, loops: int, move: bool, tar: bool) -> None:
     pool = Pool.open(state_dir, write=True)
     try:
         pool.go_live()
@@ -34,8 +37,14 @@ def main(state_dir: Path, folder: str, loops: int, move: bool) -> None:
         for n in range(loops):
             name = b"f%d" % n
             assert ops.lookup(ctx, parent, name) is None
-            _, opened = ops.create(ctx, parent, name, 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            attr, opened = ops.create(ctx, parent, name, 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             ops.write(opened.fh, 0, data)
+            if tar:
+                ops.setattr(ctx, attr.ino, opened.fh, SetAttr(None, None, None, None, None, 1_700_000_000 * 10**9))
+                with contextlib.suppress(FuseError):
+                    ops.getxattr(ctx, attr.ino, b"security.capability")
+                ops.setattr(ctx, attr.ino, opened.fh, SetAttr(None, None, 0, 0, None, None, kill_set_id=True))
+                ops.setattr(ctx, attr.ino, opened.fh, SetAttr(None, 0o644, None, None, None, None))
             ops.flush(opened.fh, os.getpid())
             ops.release(opened.fh)
             ops.getattr(ctx, parent)
@@ -52,4 +61,5 @@ def main(state_dir: Path, folder: str, loops: int, move: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], int(os.environ.get("LOOPS", "0")), os.environ.get("MOVE") == "1")
+    main(Path(sys.argv[1]), sys.argv[2], int(os.environ.get("LOOPS", "0")), os.environ.get("MOVE") == "1",
+         os.environ.get("TAR") == "1")

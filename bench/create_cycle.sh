@@ -7,6 +7,7 @@
 #   bench/create_cycle.sh                       (Videos: 1 copy; FOLDERS="Videos Documents")
 #   CODE=/tmp/old/src bench/create_cycle.sh
 #   MOVE=1 bench/create_cycle.sh                (each file renamed and deleted too)
+#   TAR=1 bench/create_cycle.sh                 (times, owner and mode set before close, as tar does)
 # Time-driven work (the drive snapshot is looked at again after 2 s, and valgrind runs the
 # code some 50 times slower) is counted too: the figure is for comparing, not for seconds.
 set -euo pipefail
@@ -36,5 +37,5 @@ counted() {  # LOOPS FOLDER: instructions of a whole run
 for folder in ${FOLDERS:-Videos}; do
     none=$(counted 0 "$folder")
     some=$(counted $LOOPS "$folder")
-    echo "$folder: $(( (some - none) / LOOPS )) instructions per file${MOVE:+ (created, renamed, deleted)} (${CODE:-$ROOT/src})"
+    echo "$folder: $(( (some - none) / LOOPS )) instructions per file${MOVE:+ (created, renamed, deleted)}${TAR:+ (times, owner, mode set)} (${CODE:-$ROOT/src})"
 done

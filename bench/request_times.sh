@@ -1,7 +1,8 @@
 #!/bin/bash
 # What each FUSE request costs the mount, phase by phase: a pool over two loop drives (a
 # 1-copy folder), mounted afresh for each phase (create, stat, rename, unlink: N files of
-# 4 KiB, one program doing one call after another), and the mount's own count at unmount:
+# 4 KiB, one program doing one call after another; tar: extracting the Python stdlib, as
+# poolbench's tree phase does), and the mount's own count at unmount:
 # requests by kind, with the mean time each took from reading it to replying. Usage, as root,
 # from the repository (CODE: another checkout's src/, to compare code on the same machine
 # minutes apart; ROUNDS: alternations of the two; SIZES: the drives, 2G,3G: with 4 GiB free
@@ -56,8 +57,15 @@ for i in range(n): os.stat(f'{d}/f{i}')"
 for i in range(n): os.rename(f'{d}/f{i}', f'{d}/g{i}')"
     phase unlink "$1" "$p
 for i in range(n): os.unlink(f'{d}/g{i}')"
+    phase tar "$1" "$p
+import subprocess; os.mkdir(f'{d}/t')
+subprocess.run(['tar', '-xf', '$W/tree.tar', '-C', f'{d}/t'], check=True)"
 }
 
+STDLIB=$("$ROOT/.venv/bin/python" -c "import sysconfig; print(sysconfig.get_path('stdlib'))")
+mkdir -p "$W"
+tar -C "$(dirname "$STDLIB")" --exclude=site-packages --exclude=__pycache__ --exclude='libpython*' \
+    -cf "$W/tree.tar" "$(basename "$STDLIB")"
 for round in $(seq "${ROUNDS:-1}"); do
     if [ -n "${CODE:-}" ]; then
         echo "round $round, $CODE:"

@@ -294,7 +294,7 @@ class PoolOperations:
                 f = opened = self.pool.open_file(ino, write=True)  # truncate(2) of a path
             mode = change.mode
             if change.kill_set_id and mode is None:  # a truncate or chown that clears set-id bits
-                node = self.pool.node(ino)
+                node = self.pool.node_as_set(ino)  # (its mode and group: the copy need not be looked at)
                 kept = self.pool.without_set_id(node.mode, self._in_group(ctx, node))
                 mode = kept if kept != node.mode else None
             try:
@@ -462,7 +462,7 @@ class PoolOperations:
             if flags & os.O_TRUNC and f.size:
                 self.pool.set_attrs(ino, size=0, handle=f)
             if flags & os.O_TRUNC and kill_set_id:
-                self.pool.clear_set_id(ino, f, self._in_group(ctx, self.pool.node(ino)))
+                self.pool.clear_set_id(ino, f, self._in_group(ctx, self.pool.node_as_set(ino)))
             node = self.pool.node(ino)
             # The kernel may keep this file's cached pages only if its content is what it was at
             # the last open (it may have been replaced since; the hash says so).
@@ -584,7 +584,7 @@ class PoolOperations:
         with self.lock, _errno:
             self.pool.will_change(f)
             if kill_suidgid:
-                cleared = self.pool.clear_set_id(f.node_id, f, self._in_group(ctx, self.pool.node(f.node_id)))
+                cleared = self.pool.clear_set_id(f.node_id, f, self._in_group(ctx, self.pool.node_as_set(f.node_id)))
         if cleared:
             self._mode_changed(f.node_id)
         with _errno:
@@ -606,7 +606,8 @@ class PoolOperations:
                 if self._wrote_unseen(f):
                     # Set-id bits set while the kernel wrote for this user: cleared as its writes would have.
                     with _errno:
-                        cleared = self.pool.clear_set_id(f.node_id, f, self.pool.node(f.node_id).gid in f.opener_groups)
+                        gid = self.pool.node_as_set(f.node_id).gid
+                        cleared = self.pool.clear_set_id(f.node_id, f, gid in f.opener_groups)
                 self.pool.releasing(f)
             if cleared:
                 self._mode_changed(f.node_id)

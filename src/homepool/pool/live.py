@@ -306,7 +306,7 @@ class LiveFile:
                     if "mode" in cols:
                         os.fchmod(fd, cols["mode"] & 0o7777)
                     if "mtime_ns" in cols or atime_ns is not None:
-                        m = cols.get("mtime_ns", os.fstat(fd).st_mtime_ns)
+                        m = cols["mtime_ns"] if "mtime_ns" in cols else os.fstat(fd).st_mtime_ns
                         os.utime(fd, ns=(m if atime_ns is None else atime_ns, m))
                 except OSError as e:
                     log.error("could not change %s on drive %d: %s", self.path, d, e)
@@ -470,6 +470,21 @@ class LiveOps:
 
     def node(self, node_id: int) -> Node:
         """A node as the mount shows it: a file being written has its current size and time."""
+        return self._as_written(self.node_as_set(node_id))
+
+    def _as_written(self, node: Node) -> Node:
+        """`node` (`node_as_set`) with the size and time its open handles' writes gave it."""
+        handles = self._open.get(node.id, ())
+        # Every handle writes the same files: the size is the copy's, whichever wrote last.
+        for f in handles:
+            if (f.changed or f.passthrough and f.writable) and (seen := f.looked_at()) is not None:
+                mtime = seen[1] if f.passthrough else max(node.mtime_ns, *(h.mtime_ns for h in handles))
+                return node.but(size=seen[0], mtime_ns=mtime, ctime_ns=max(node.ctime_ns, mtime))
+        return node
+
+    def node_as_set(self, node_id: int) -> Node:
+        """`node` but for a file's size and time as written: its attributes, with those set
+        while it is open (what a setattr changes; the copy is not looked at)."""
         node = self.cat.node_or_none(node_id)
         if node is None:
             gone = self._orphans.get(node_id)
@@ -477,15 +492,9 @@ class LiveOps:
                 raise NotFound(path=f"#{node_id}")
             node = gone
         node = self._with_dir_time(node)
-        handles = self._open.get(node_id, ())
-        for f in handles:
+        for f in self._open.get(node_id, ()):
             if f.attrs:
                 node = node.but(**f.attrs)  # type: ignore[arg-type]  # int columns only
-        # Every handle writes the same files: the size is the copy's, whichever wrote last.
-        for f in handles:
-            if (f.changed or f.passthrough and f.writable) and (seen := f.looked_at()) is not None:
-                mtime = seen[1] if f.passthrough else max(node.mtime_ns, *(h.mtime_ns for h in handles))
-                return node.but(size=seen[0], mtime_ns=mtime, ctime_ns=max(node.ctime_ns, mtime))
         return node
 
     def listing(self, node_id: int, after: int, most: int) -> list[Listed]:
@@ -1318,7 +1327,7 @@ class LiveOps:
                   gid: int | None = None, size: int | None = None, mtime_ns: int | None = None,
                   atime_ns: int | None = None, handle: LiveFile | None = None) -> Node:
         """chmod, chown, truncate, utimens: on every copy (or every drive, for a directory)."""
-        node = self.node(node_id)
+        node = self.node_as_set(node_id)
         if self.unlinked(node_id):
             return self._set_unlinked_attrs(node, mode, uid, gid, size, mtime_ns, atime_ns, handle)
         path = self.path_of(node_id)
@@ -1337,7 +1346,7 @@ class LiveOps:
             node = self.node(node_id)
         cols = self._attr_cols(node, mode, uid, gid, mtime_ns, atime_ns, size is not None)
         if not cols:
-            return node
+            return self._as_written(node)
         if mtime_ns is not None:
             for f in self._open.get(node_id, ()):
                 f.mtime_ns = 0  # the time set now wins over the writes before it
@@ -1352,6 +1361,8 @@ class LiveOps:
             being_written.change(cols, atime_ns)
             being_written.attrs.update(cols)
             return self.node(node_id)
+        if mtime_ns is None and atime_ns is not None:
+            node = self.node(node_id)  # (its time as written, which stays)
 
         def apply(p: str) -> None:
             if "uid" in cols:
@@ -1390,7 +1401,7 @@ class LiveOps:
     def clear_set_id(self, node_id: int, handle: LiveFile | None = None, in_group: bool = True) -> bool:
         """Clear a file's set-id bits (`without_set_id`), through `handle` if it is open;
         whether any went."""
-        mode = self.node(node_id).mode
+        mode = self.node_as_set(node_id).mode
         kept = self.without_set_id(mode, in_group)
         if kept != mode:
             self.set_attrs(node_id, handle=handle, mode=kept)
