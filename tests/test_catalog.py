@@ -87,6 +87,8 @@ def test_the_listings_and_names_the_mount_keeps_are_what_the_catalog_holds(tmp_p
                     assert cat.listing(d, after, most) == other.listing(d, after, most), (d, after, most)
             for name in names:
                 assert cat.child(d, name) == other.child(d, name), (d, name)
+        # The count bounding what is kept is of what is kept (dropped listings leave it).
+        assert cat._listed == sum(len(kept) for kept in cat._listings.values())
 
     names = ["A", "B", "B2", "moved", "renamed", "extra", "new", "undone", *(f"f{i}" for i in range(5))]
     try:

@@ -404,8 +404,7 @@ class Catalog:
         self._replicas: dict[int, list[Replica]] = {}  # node id -> its copies' rows, by drive (the mount's)
         # Whole listings (`listing`'s rows) of directories the mount made or read to the end:
         # a new entry is added to its directory's, any other change to a directory's entries
-        # drops it. `_listed` counts the entries kept since they were last cleared (a dropped
-        # listing's too: an upper bound), up to CACHED_NODES.
+        # drops it. `_listed` counts the entries kept, up to CACHED_NODES.
         self._listings: dict[int, list[Listed]] = {}
         self._listed = 0
         self._next_id: int | None = None
@@ -782,10 +781,15 @@ class Catalog:
         return out
 
     def _keep_listing(self, dir_id: int, listed: list[Listed]) -> None:
+        self._unkeep(dir_id)
         if self._listed + len(listed) > CACHED_NODES:
             self._clear_listings()  # (a walk of a big tree: start again rather than grow without end)
         self._listings[dir_id] = list(listed)
         self._listed += len(listed)
+
+    def _unkeep(self, dir_id: int) -> None:
+        if (dropped := self._listings.pop(dir_id, None)) is not None:
+            self._listed -= len(dropped)
 
     def _clear_listings(self) -> None:
         self._listings.clear()
@@ -795,7 +799,7 @@ class Catalog:
         """Directories' entries changed otherwise than by a new one: list them again."""
         for i in dir_ids:
             if i is not None:  # (the root's parent)
-                self._listings.pop(i, None)
+                self._unkeep(i)
 
     def resolve(self, node: Node) -> Node:
         """The node a name stands for: an extra name's node, or the node itself."""
@@ -881,7 +885,7 @@ class Catalog:
                 listed.append((cur.lastrowid, cur.lastrowid, name, kind, stat.S_IFMT(mode)))
                 self._listed += 1
             else:  # an extra name shows another node; a remade node has a place before others
-                del self._listings[parent_id]
+                self._unkeep(parent_id)
         if kind == "dir" and node_id is None and self.track_paths:
             self._keep_listing(cur.lastrowid, [])  # a new directory is empty
         if self.track_paths and len(self._nodes) < CACHED_NODES:  # as inserted: asked for next
