@@ -87,10 +87,13 @@ def test_the_listings_and_names_the_mount_keeps_are_what_the_catalog_holds(tmp_p
                     assert cat.listing(d, after, most) == other.listing(d, after, most), (d, after, most)
             for name in names:
                 assert cat.child(d, name) == other.child(d, name), (d, name)
-        # The count bounding what is kept is of what is kept (dropped listings leave it).
+        # The count bounding what is kept is of what is kept (dropped listings leave it), and
+        # the names kept (a name not among them is not looked for) are the listings' names.
         assert cat._listed == sum(len(kept) for kept in cat._listings.values())
+        assert cat._listed_names == {d: {e[2] for e in kept} for d, kept in cat._listings.items()}
 
-    names = ["A", "B", "B2", "moved", "renamed", "extra", "new", "undone", *(f"f{i}" for i in range(5))]
+    names = ["A", "B", "B2", "moved", "renamed", "extra", "extra2", "back", "new", "undone",
+             *(f"f{i}" for i in range(5))]
     try:
         with cat.transaction():
             a = cat.add_node(ROOT_ID, "A", "dir", 0o40755, 1)
@@ -103,7 +106,9 @@ def test_the_listings_and_names_the_mount_keeps_are_what_the_catalog_holds(tmp_p
         steps = [
             lambda: cat.move_node(files[1], b, "moved", False),  # out of one directory, into another
             lambda: cat.move_node(files[2], a, "renamed", False),  # within one
+            lambda: cat.move_node(files[1], a, "back", False),  # and back, to its place among the others
             lambda: cat.add_link(files[3], b, "extra", 2),  # an extra name
+            lambda: cat.move_node(cat.child(b, "extra").id, a, "extra2", False),  # an extra name moves
             lambda: cat.remove_name(cat.node(files[3])),  # the own name goes: the extra takes its place
             lambda: cat.delete_node(files[0], cat.node(files[0])),
             lambda: cat.move_node(b, a, "B2", True),  # a directory moves
@@ -113,7 +118,12 @@ def test_the_listings_and_names_the_mount_keeps_are_what_the_catalog_holds(tmp_p
             with cat.transaction():
                 step()
             same(ROOT_ID, a, b)
-        assert b in cat._listings  # listed to its end again: kept
+        assert b in cat._listings and a in cat._listings  # listed to their end again: kept
+        with cat.transaction():  # kept as they change (no query to list, or to find a name not there)
+            cat.move_node(files[4], b, "f4", False)
+            cat.delete_node(fifo)
+        assert b in cat._listings and a in cat._listings
+        same(ROOT_ID, a, b)
         assert (b, "new") in cat._named and (a, "f4") in cat._named
         with pytest.raises(RuntimeError), cat.transaction():
             cat.add_node(b, "undone", "file", 0o644, 4)

@@ -19,7 +19,7 @@ import sqlite3
 import stat
 import threading
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -402,10 +402,12 @@ class Catalog:
         self._named: dict[tuple[int, str], int] = {}
         self._folders: dict[str, tuple[int, int] | None] = {}  # `folder_by_fold`'s answers (the mount's)
         self._replicas: dict[int, list[Replica]] = {}  # node id -> its copies' rows, by drive (the mount's)
-        # Whole listings (`listing`'s rows) of directories the mount made or read to the end:
-        # a new entry is added to its directory's, any other change to a directory's entries
-        # drops it. `_listed` counts the entries kept, up to CACHED_NODES.
+        # Whole listings (`listing`'s rows) of directories the mount made or read to the end,
+        # and their names (a name not there is not looked for): a new, moved or deleted entry
+        # changes them in place, any other change to a directory's entries (an extra name, an
+        # heir) drops them. `_listed` counts the entries kept, up to CACHED_NODES.
         self._listings: dict[int, list[Listed]] = {}
+        self._listed_names: dict[int, set[str]] = {}
         self._listed = 0
         self._next_id: int | None = None
 
@@ -713,6 +715,8 @@ class Catalog:
         if (seen := self._named.get(key)) is not None and (node := self._nodes.get(seen)) is not None \
                 and node.name == name and node.parent_id == parent_id:
             return node  # (the kernel looks a name up, then the request on it looks again)
+        if (listed := self._listed_names.get(parent_id)) is not None and name not in listed:
+            return None  # (the kernel looks a new name up before it is made)
         row = self.db.execute(self._NODE_BY_NAME, key).fetchone()
         if row is None:
             return None
@@ -785,15 +789,40 @@ class Catalog:
         if self._listed + len(listed) > CACHED_NODES:
             self._clear_listings()  # (a walk of a big tree: start again rather than grow without end)
         self._listings[dir_id] = list(listed)
+        self._listed_names[dir_id] = {e[2] for e in listed}
         self._listed += len(listed)
 
     def _unkeep(self, dir_id: int) -> None:
         if (dropped := self._listings.pop(dir_id, None)) is not None:
+            del self._listed_names[dir_id]
             self._listed -= len(dropped)
 
     def _clear_listings(self) -> None:
         self._listings.clear()
+        self._listed_names.clear()
         self._listed = 0
+
+    def _list(self, dir_id: int, entry: Listed) -> None:
+        """A kept listing gains an entry (in its place: a moved one keeps the place it had)."""
+        if (kept := self._listings.get(dir_id)) is None:
+            return
+        if entry[3] == "link" or self._listed >= CACHED_NODES:
+            self._unkeep(dir_id)  # (an extra name is listed as the node it names)
+            return
+        insort(kept, entry, key=_place)
+        self._listed_names[dir_id].add(entry[2])
+        self._listed += 1
+
+    def _unlist(self, dir_id: int, place: int, id_: int) -> None:
+        """A kept listing loses the entry of node `id_` at `place`."""
+        if (kept := self._listings.get(dir_id)) is None:
+            return
+        i = bisect_left(kept, place, key=_place)
+        if i == len(kept) or kept[i][1] != id_:
+            self._unkeep(dir_id)  # (not as kept: read again)
+            return
+        self._listed_names[dir_id].discard(kept.pop(i)[2])
+        self._listed -= 1
 
     def _drop_listings(self, *dir_ids: int | None) -> None:
         """Directories' entries changed otherwise than by a new one: list them again."""
@@ -821,7 +850,8 @@ class Catalog:
         """Take one name away: an extra name; or a node's own name, when it has extra names
         (the oldest takes its place); or the node. Returns whether the node went with it."""
         self._forget(node.id, *(() if node.link_to is None else (node.link_to,)))
-        self._drop_listings(node.parent_id)
+        if node.link_to is not None or node.links and node.kind != "dir":
+            self._drop_listings(node.parent_id)  # (the node's other names, or an heir, change listings)
         if node.link_to is not None:
             self.db.execute("DELETE FROM nodes WHERE id = ?", (node.id,))
             self._paths.pop(node.id, None)
@@ -880,12 +910,7 @@ class Catalog:
         if kind == "dir":
             self.db.execute("UPDATE nodes SET links = links + 1 WHERE id = ?", (parent_id,))
             self._forget(parent_id)
-        if (listed := self._listings.get(parent_id)) is not None:
-            if node_id is None and kind != "link" and self._listed < CACHED_NODES:  # (the last place yet)
-                listed.append((cur.lastrowid, cur.lastrowid, name, kind, stat.S_IFMT(mode)))
-                self._listed += 1
-            else:  # an extra name shows another node; a remade node has a place before others
-                self._unkeep(parent_id)
+        self._list(parent_id, (cur.lastrowid, cur.lastrowid, name, kind, stat.S_IFMT(mode)))
         if kind == "dir" and node_id is None and self.track_paths:
             self._keep_listing(cur.lastrowid, [])  # a new directory is empty
         if self.track_paths and len(self._nodes) < CACHED_NODES:  # as inserted: asked for next
@@ -946,21 +971,29 @@ class Catalog:
 
     def move_node(self, id_: int, parent_id: int, name: str, is_dir: bool) -> None:
         """Give node `id_` a new parent and name."""
-        if self._listings:  # (it keeps its place: after the new parent's newest, or before)
-            known = self._nodes.get(id_)
-            self._drop_listings(parent_id, known.parent_id if known is not None
-                                else self.get_val("SELECT parent_id FROM nodes WHERE id = ?", (id_,)))
+        known = self._nodes.get(id_)
+        was_in = None if not self._listings else known.parent_id if known is not None \
+            else self.get_val("SELECT parent_id FROM nodes WHERE id = ?", (id_,))
         if is_dir:  # a subdirectory less in one directory, one more in the other
             self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = (SELECT parent_id FROM nodes WHERE id = ?)",
                             (id_,))
             self.db.execute("UPDATE nodes SET links = links + 1 WHERE id = ?", (parent_id,))
-        self.db.execute("UPDATE nodes SET parent_id = ?, name = ? WHERE id = ?", (parent_id, name, id_))
+        place, kind, mode = self.db.execute(
+            "UPDATE nodes SET parent_id = ?, name = ? WHERE id = ? RETURNING coalesce(place, id), kind, mode",
+            (parent_id, name, id_)).fetchone()
+        if was_in is not None:  # (it keeps its place: after the new parent's newest, or before)
+            self._unlist(was_in, place, id_)
+            self._list(parent_id, (place, id_, name, kind, stat.S_IFMT(mode)))
         if is_dir:
             self._paths.clear()  # everything below it moved too
             self._nodes.clear()  # and both parents' link counts changed
         else:
             self._paths.pop(id_, None)
-            self._forget(id_)
+            if known is None:
+                return
+            self._nodes[id_] = known.but(parent_id=parent_id, name=name)  # (what the update changed)
+            self._keep_named((parent_id, name), id_)  # (the kernel looks the new name up next)
+            self._keep_path(id_, parent_id, name)
 
     def delete_node(self, id_: int, node: Node | None = None) -> None:
         """Delete node `id_` with its copies' records and its other names. `node`, if the
@@ -978,9 +1011,11 @@ class Catalog:
             self._forget(*(i for (i,) in names))
             if names:
                 self._clear_listings()  # (the names' directories: any)
-        gone = self.db.execute("DELETE FROM nodes WHERE id = ? RETURNING parent_id, kind", (id_,)).fetchone()
+        gone = self.db.execute("DELETE FROM nodes WHERE id = ? RETURNING parent_id, kind, coalesce(place, id)",
+                               (id_,)).fetchone()
         if gone is not None:
-            self._drop_listings(gone[0], id_)
+            self._unlist(gone[0], gone[2], id_)
+            self._unkeep(id_)
         if gone is not None and gone[1] == "dir":
             self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = ?", (gone[0],))
             self._forget(gone[0])
