@@ -978,9 +978,12 @@ class Catalog:
             self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = (SELECT parent_id FROM nodes WHERE id = ?)",
                             (id_,))
             self.db.execute("UPDATE nodes SET links = links + 1 WHERE id = ?", (parent_id,))
-        place, kind, mode = self.db.execute(
+        moved = self.db.execute(
             "UPDATE nodes SET parent_id = ?, name = ? WHERE id = ? RETURNING coalesce(place, id), kind, mode",
             (parent_id, name, id_)).fetchone()
+        if moved is None:
+            return  # (no such node: nothing moved, as before the listings were kept)
+        place, kind, mode = moved
         if was_in is not None:  # (it keeps its place: after the new parent's newest, or before)
             self._unlist(was_in, place, id_)
             self._list(parent_id, (place, id_, name, kind, stat.S_IFMT(mode)))
