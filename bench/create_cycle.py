@@ -22,6 +22,8 @@ from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx, FuseError, SetAttr
 from homepool.pool import Pool
 
+NOTHING = SetAttr(None, None, None, None, None, None)  # a setattr that changes nothing (each TAR one sets one thing)
+
 
 def main(state_dir: Path, folder: str, loops: int, move: bool, tar: bool) -> None:
     pool = Pool.open(state_dir, write=True)
@@ -40,11 +42,11 @@ def main(state_dir: Path, folder: str, loops: int, move: bool, tar: bool) -> Non
             attr, opened = ops.create(ctx, parent, name, 0o644, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             ops.write(opened.fh, 0, data)
             if tar:
-                ops.setattr(ctx, attr.ino, opened.fh, SetAttr(None, None, None, None, None, 1_700_000_000 * 10**9))
+                ops.setattr(ctx, attr.ino, opened.fh, NOTHING._replace(mtime_ns=1_700_000_000 * 10**9))
                 with contextlib.suppress(FuseError):
                     ops.getxattr(ctx, attr.ino, b"security.capability")
-                ops.setattr(ctx, attr.ino, opened.fh, SetAttr(None, None, 0, 0, None, None, kill_set_id=True))
-                ops.setattr(ctx, attr.ino, opened.fh, SetAttr(None, 0o644, None, None, None, None))
+                ops.setattr(ctx, attr.ino, opened.fh, NOTHING._replace(uid=0, gid=0, kill_set_id=True))
+                ops.setattr(ctx, attr.ino, opened.fh, NOTHING._replace(mode=0o644))
             ops.flush(opened.fh, os.getpid())
             ops.release(opened.fh)
             ops.getattr(ctx, parent)

@@ -972,8 +972,10 @@ class Catalog:
     def move_node(self, id_: int, parent_id: int, name: str, is_dir: bool) -> None:
         """Give node `id_` a new parent and name."""
         known = self._nodes.get(id_)
-        was_in = None if not self._listings else known.parent_id if known is not None \
-            else self.get_val("SELECT parent_id FROM nodes WHERE id = ?", (id_,))
+        was_in = None  # its directory before, if any listing is kept
+        if self._listings:
+            was_in = known.parent_id if known is not None else self.get_val(
+                "SELECT parent_id FROM nodes WHERE id = ?", (id_,))
         if is_dir:  # a subdirectory less in one directory, one more in the other
             self.db.execute("UPDATE nodes SET links = links - 1 WHERE id = (SELECT parent_id FROM nodes WHERE id = ?)",
                             (id_,))
