@@ -305,9 +305,9 @@ def test_an_older_catalog_is_upgraded(state_dir: Path, dir_pool: Pool, capsys) -
     db.close()
     assert main(["--pool", str(state_dir), "status"]) == 0  # a reader upgrades too
     with Pool.open(state_dir) as pool:
-        assert pool.cat.schema_rev() == CURRENT_REV == 7 and pool.cat.owed(1) == []
+        assert pool.cat.schema_rev() == CURRENT_REV == 8 and pool.cat.owed(1) == []
         indexes = {r[0] for r in pool.cat.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert {"nodes_by_link", "nodes_by_parent"} <= indexes
+        assert {"nodes_by_link", "nodes_by_parent", "nodes_by_place"} <= indexes
         node = pool.stat("Documents/kept.txt")
         assert (node.size, node.mode & 0o777, node.uid, node.ctime_ns, node.atime_ns) == \
             (4, 0o640, 0, node.mtime_ns, node.mtime_ns)
@@ -317,7 +317,7 @@ def test_an_older_catalog_is_upgraded(state_dir: Path, dir_pool: Pool, capsys) -
 
 def test_a_revision_6_catalog_gets_places(state_dir: Path, dir_pool: Pool) -> None:
     """Revision 6 (one stop's catalogs) indexed listings by parent alone; revision 7 adds the
-    places listings page by."""
+    places listings page by, revision 8 their index."""
     import sqlite3
 
     dir_pool.write_bytes("Documents/kept.txt", b"kept")
@@ -326,6 +326,7 @@ def test_a_revision_6_catalog_gets_places(state_dir: Path, dir_pool: Pool) -> No
     db.executescript("""
         BEGIN;
         DROP INDEX nodes_by_parent;
+        DROP INDEX nodes_by_place;
         ALTER TABLE nodes DROP COLUMN place;
         CREATE INDEX nodes_by_parent ON nodes(parent_id);
         UPDATE meta SET value = '6' WHERE key = 'schema_rev';
@@ -333,7 +334,8 @@ def test_a_revision_6_catalog_gets_places(state_dir: Path, dir_pool: Pool) -> No
     """)
     db.close()
     with Pool.open(state_dir) as pool:
-        assert pool.cat.schema_rev() == CURRENT_REV == 7
+        assert pool.cat.schema_rev() == CURRENT_REV == 8
+        assert pool.cat.get_val("SELECT 1 FROM sqlite_master WHERE name = 'nodes_by_place'") == 1
         docs = pool.lookup("Documents")
         assert docs is not None
         assert [name for _, _, name, _, _ in pool.cat.listing(docs.id)] == ["kept.txt"]

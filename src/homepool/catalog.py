@@ -33,7 +33,8 @@ from typing import Any, NamedTuple, TypeVar
 #   5: hard links ('link' nodes, `link_to`, `links`)
 #   6: `nodes_by_parent` (the mount lists a directory a page at a time)
 #   7: `place`, and `nodes_by_parent` by place (a name keeps its place in a listing)
-CURRENT_REV = 7
+#   8: `nodes_by_place` (new ids are above every place: see `_new_id`)
+CURRENT_REV = 8
 ROOT_ID = 1
 CACHED_NODES = 100_000  # nodes and paths the mount keeps in memory (about 50 MB at most)
 CACHED_FOLDERS = 1000  # top-level names the mount remembers as a folder or as none
@@ -245,6 +246,7 @@ SCHEMA = """
         -- A directory's children by their place in its listing: their id, or (`place`) the id
         -- of the name an own name took over (see `listing` and `remove_name`).
         CREATE INDEX nodes_by_parent ON nodes(parent_id, coalesce(place, id));
+        CREATE INDEX nodes_by_place ON nodes(place) WHERE place IS NOT NULL;
 
         -- Top-level folders and how many copies (on distinct drives) their files want.
         -- `fold` is the case-folded name: unique, because Windows and macOS clients
@@ -345,13 +347,19 @@ def _places(db: sqlite3.Connection) -> None:
     db.execute(SCHEMA[start: SCHEMA.index(";", start)])
 
 
+def _place_index(db: sqlite3.Connection) -> None:
+    """Revision 8: `nodes_by_place`, so that a new id is found above every place at once."""
+    start = SCHEMA.index("CREATE INDEX nodes_by_place")
+    db.execute(SCHEMA[start: SCHEMA.index(";", start)])
+
+
 # A directory's subdirectories, for its link count (`nodes.links`).
 _SUBDIRS = "(SELECT COUNT(*) FROM nodes c WHERE c.parent_id = nodes.id AND c.kind = 'dir')"
 
 
 # Upgrade steps: _UPGRADES[n] takes a catalog from revision n to n + 1 (inside a transaction).
 _UPGRADES: dict[int, Any] = {1: _owed_table, 2: _nodes_v3, 3: _atime_column, 4: _hard_links, 5: _index_by_parent,
-                               6: _places}
+                               6: _places, 7: _place_index}
 
 
 def _bytes_by_drive(db: sqlite3.Connection) -> dict[int, int]:
@@ -889,18 +897,27 @@ class Catalog:
     def has_children(self, id_: int) -> bool:
         return self.db.execute("SELECT 1 FROM nodes WHERE parent_id = ? LIMIT 1", (id_,)).fetchone() is not None
 
+    def _new_id(self) -> int:
+        """An id for a new node: above every id and every place (a place is an id that a name
+        kept after its node went: `remove_name`), so no two entries of a listing share a place."""
+        if self.track_paths:
+            # The mount's inode numbers are node ids: never hand out the id of a node deleted
+            # while the kernel may still know it (SQLite reuses the highest id).
+            if self._next_id is None:
+                self._next_id = self._highest_id() + 1
+            self._next_id += 1
+            return self._next_id - 1
+        return self._highest_id() + 1
+
+    def _highest_id(self) -> int:
+        return int(self.get_val("SELECT max(coalesce((SELECT max(id) FROM nodes), 0), coalesce((SELECT place"
+                                " FROM nodes WHERE place IS NOT NULL ORDER BY place DESC LIMIT 1), 0))"))
+
     def add_node(self, parent_id: int, name: str, kind: str, mode: int, mtime_ns: int,
                  size: int = 0, hash_: str | None = None, uid: int = 0, gid: int = 0,
                  target: str | None = None, rdev: int = 0, node_id: int | None = None) -> int:
         """A new node; its id, or `node_id` (one a failed commit undid, made again as it was)."""
-        new_id = node_id
-        if new_id is None and self.track_paths:
-            # The mount's inode numbers are node ids: never hand out the id of a node deleted
-            # while the kernel may still know it (SQLite reuses the highest id).
-            if self._next_id is None:  # (nor a place a listing has: see `remove_name`)
-                self._next_id = int(self.get_val("SELECT max(COALESCE(MAX(id), 0), COALESCE(MAX(place), 0)) + 1"
-                                                 " FROM nodes"))
-            new_id, self._next_id = self._next_id, self._next_id + 1
+        new_id = self._new_id() if node_id is None else node_id
         cur = self.db.execute(
             "INSERT INTO nodes (id, parent_id, name, kind, size, mode, mtime_ns, hash, uid, gid, ctime_ns, target,"
             " rdev, atime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -928,12 +945,12 @@ class Catalog:
                     ) -> int | None:
         """Create or update the file `name` in `parent_id`; its id, or None if a dir has that name."""
         row = self.db.execute(
-            "INSERT INTO nodes (parent_id, name, kind, size, mode, mtime_ns, hash, ctime_ns, atime_ns)"
-            " VALUES (?, ?, 'file', ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO nodes (id, parent_id, name, kind, size, mode, mtime_ns, hash, ctime_ns, atime_ns)"
+            " VALUES (?, ?, ?, 'file', ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (parent_id, name) DO UPDATE SET size = excluded.size, mode = excluded.mode,"
             " mtime_ns = excluded.mtime_ns, hash = excluded.hash, ctime_ns = excluded.mtime_ns"
             " WHERE kind = 'file' RETURNING id",
-            (parent_id, name, size, mode, mtime_ns, hash_, mtime_ns, mtime_ns),
+            (self._new_id(), parent_id, name, size, mode, mtime_ns, hash_, mtime_ns, mtime_ns),
         ).fetchone()
         if row is None:
             return None
