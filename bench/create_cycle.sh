@@ -8,6 +8,7 @@
 #   CODE=/tmp/old/src bench/create_cycle.sh
 #   MOVE=1 bench/create_cycle.sh                (each file renamed and deleted too)
 #   TAR=1 bench/create_cycle.sh                 (times, owner and mode set before close, as tar does)
+#   KEEP=1 bench/create_cycle.sh                (keeps $W/callgrind.0 and .400 for callgrind_annotate)
 # Time-driven work (the drive snapshot is looked at again after 2 s, and valgrind runs the
 # code some 50 times slower) is counted too: the figure is for comparing, not for seconds.
 set -euo pipefail
@@ -19,7 +20,7 @@ HP="$ROOT/.venv/bin/homepool --pool $W/state"
 command -v valgrind >/dev/null || { echo "create_cycle.sh: needs valgrind (apt-get install valgrind)" >&2; exit 2; }
 cleanup() {
     "$PB" drives down "$W/drives" >/dev/null 2>&1 || true
-    rm -rf "$W/state" "$W"/callgrind.*
+    rm -rf "$W/state"; [ -n "${KEEP:-}" ] || rm -f "$W"/callgrind.*
 }
 trap cleanup EXIT
 cleanup

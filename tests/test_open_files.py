@@ -119,6 +119,29 @@ def test_a_deleted_file_still_open_takes_every_change(mnt: Path, folder: str) ->
     assert not p.exists()
 
 
+def test_a_new_file_never_gets_the_inode_of_a_deleted_one_still_open(dir_pool: Pool, state_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """The mount's first new file after the newest one was deleted while open: its node id
+    (the inode number) is a new one, not the deleted file's, which the kernel still holds
+    (SQLite hands out the highest id again). Found by review: the ids were counted from the
+    first create, not from the start of the mount."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.write_bytes("Documents/b.txt", b"B")  # the highest id
+    dir_pool.close()
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        fd = os.open(mnt / "Documents/b.txt", os.O_RDONLY)
+        try:
+            os.unlink(mnt / "Documents/b.txt")
+            (mnt / "Documents/c.txt").write_bytes(b"C")
+            assert os.fstat(fd).st_ino != os.stat(mnt / "Documents/c.txt").st_ino
+            assert os.pread(fd, 10, 0) == b"B" and (mnt / "Documents/c.txt").read_bytes() == b"C"
+        finally:
+            os.close(fd)
+    with reader(state_dir) as pool:
+        assert pool.read_bytes("Documents/c.txt") == b"C"
+        assert_clean(pool)
+
+
 def test_a_second_writer_passed_through_does_not_trust_an_old_hash(mnt: Path, state_dir: Path,
                                                                    dir_drives: list[Path]) -> None:
     p = mnt / "Videos/v.bin"

@@ -342,6 +342,35 @@ def test_a_revision_6_catalog_gets_places(state_dir: Path, dir_pool: Pool) -> No
         assert_clean(pool)
 
 
+def test_a_revision_7_catalog_with_a_shared_place_is_repaired(state_dir: Path, dir_pool: Pool) -> None:
+    """Revision 7 could give a node made outside the mount an id that another entry had as its
+    place (see `Catalog._new_id`); two entries then shared a place and a listing read a page
+    at a time skipped one. The upgrade to revision 8 lists such an entry at its own id."""
+    import sqlite3
+
+    dir_pool.write_bytes("Documents/a.txt", b"a")
+    dir_pool.write_bytes("Documents/b.txt", b"b")
+    dir_pool.close()
+    db = sqlite3.connect(state_dir / "catalog.db", isolation_level=None)
+    db.executescript("""
+        BEGIN;
+        DROP INDEX nodes_by_place;
+        UPDATE nodes SET place = (SELECT id FROM nodes WHERE name = 'b.txt') WHERE name = 'a.txt';
+        UPDATE meta SET value = '7' WHERE key = 'schema_rev';
+        COMMIT;
+    """)
+    db.close()
+    with Pool.open(state_dir) as pool:
+        assert pool.cat.schema_rev() == CURRENT_REV == 8
+        docs = pool.stat("Documents").id
+        seen, after = [], 0
+        while page := pool.cat.listing(docs, after, 1):
+            (after, _, name, _, _), = page
+            seen.append(name)
+        assert seen == ["a.txt", "b.txt"]
+        assert_clean(pool)
+
+
 def test_recover_into_a_state_dir_that_is_a_mount_point(state_dir: Path, dir_pool: Pool,
                                                         dir_drives: list[Path]) -> None:
     if os.geteuid() != 0:

@@ -246,6 +246,7 @@ SCHEMA = """
         -- A directory's children by their place in its listing: their id, or (`place`) the id
         -- of the name an own name took over (see `listing` and `remove_name`).
         CREATE INDEX nodes_by_parent ON nodes(parent_id, coalesce(place, id));
+        -- The highest place, for new ids (`Catalog._new_id`).
         CREATE INDEX nodes_by_place ON nodes(place) WHERE place IS NOT NULL;
 
         -- Top-level folders and how many copies (on distinct drives) their files want.
@@ -348,9 +349,13 @@ def _places(db: sqlite3.Connection) -> None:
 
 
 def _place_index(db: sqlite3.Connection) -> None:
-    """Revision 8: `nodes_by_place`, so that a new id is found above every place at once."""
+    """Revision 8: `nodes_by_place`, so that a new id is found above every place at once.
+    Before it, a node made outside the mount could get an id that was a place already: such
+    a place goes (the entry is listed at its own id), so that no two entries share one."""
     start = SCHEMA.index("CREATE INDEX nodes_by_place")
     db.execute(SCHEMA[start: SCHEMA.index(";", start)])
+    db.execute("UPDATE nodes SET place = NULL WHERE place IN (SELECT id FROM nodes)"
+               " OR place IN (SELECT place FROM nodes WHERE place IS NOT NULL GROUP BY place HAVING count(*) > 1)")
 
 
 # A directory's subdirectories, for its link count (`nodes.links`).
@@ -903,15 +908,22 @@ class Catalog:
         if self.track_paths:
             # The mount's inode numbers are node ids: never hand out the id of a node deleted
             # while the kernel may still know it (SQLite reuses the highest id).
-            if self._next_id is None:
-                self._next_id = self._highest_id() + 1
+            if self._next_id is None:  # (tracking switched on without `keep_in_memory`: a test's)
+                self._next_id = self._highest_id_or_place() + 1
             self._next_id += 1
             return self._next_id - 1
-        return self._highest_id() + 1
+        return self._highest_id_or_place() + 1
 
-    def _highest_id(self) -> int:
-        return int(self.get_val("SELECT max(coalesce((SELECT max(id) FROM nodes), 0), coalesce((SELECT place"
-                                " FROM nodes WHERE place IS NOT NULL ORDER BY place DESC LIMIT 1), 0))"))
+    def _highest_id_or_place(self) -> int:
+        return int(self.get_val("SELECT max(coalesce((SELECT max(id) FROM nodes), 0),"
+                                " coalesce((SELECT max(place) FROM nodes WHERE place IS NOT NULL), 0))"))
+
+    def keep_in_memory(self) -> None:
+        """Serve a mount: keep what is read and written in memory (`track_paths`), and hand
+        out new ids from the highest now on, never one twice (a node deleted while open is
+        still the kernel's inode, however high its id was)."""
+        self.track_paths = True
+        self._next_id = self._highest_id_or_place() + 1
 
     def add_node(self, parent_id: int, name: str, kind: str, mode: int, mtime_ns: int,
                  size: int = 0, hash_: str | None = None, uid: int = 0, gid: int = 0,

@@ -461,7 +461,7 @@ class LiveOps:
         self.live = True
         self.passthrough_room = int(env_number("HOMEPOOL_PASSTHROUGH_ROOM", PASSTHROUGH_ROOM))
         self.cat.db.execute("PRAGMA synchronous=NORMAL")
-        self.cat.track_paths = True
+        self.cat.keep_in_memory()
 
     def sync_catalog(self) -> None:
         """What the mount committed reaches the disk: every second (a power cut loses about a
