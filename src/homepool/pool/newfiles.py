@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from ..catalog import to_json
 from ..drives import write_atomic
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _line(note: Note) -> bytes:
         out["group"] = note.group
     if note.stale:
         out["stale"] = True
-    return (json.dumps(out) + "\n").encode()
+    return (to_json(out) + "\n").encode()
 
 
 class NewFiles:
