@@ -8,6 +8,7 @@
 #   CODE=/tmp/old/src bench/create_cycle.sh
 #   MOVE=1 bench/create_cycle.sh                (each file renamed and deleted too)
 #   TAR=1 bench/create_cycle.sh                 (times, owner and mode set before close, as tar does)
+#   ANSWERS=1 bench/create_cycle.sh             (a GETATTR and a LOOKUP through the transport, no file)
 #   KEEP=1 bench/create_cycle.sh                (keeps $W/callgrind.0 and .400 for callgrind_annotate)
 # Time-driven work (the drive snapshot is looked at again after 2 s, and valgrind runs the
 # code some 50 times slower) is counted too: the figure is for comparing, not for seconds.
@@ -38,5 +39,5 @@ counted() {  # LOOPS FOLDER: instructions of a whole run
 for folder in ${FOLDERS:-Videos}; do
     none=$(counted 0 "$folder")
     some=$(counted $LOOPS "$folder")
-    echo "$folder: $(( (some - none) / LOOPS )) instructions per file${MOVE:+ (created, renamed, deleted)}${TAR:+ (times, owner, mode set)} (${CODE:-$ROOT/src})"
+    echo "$folder: $(( (some - none) / LOOPS )) instructions per ${ANSWERS:+GETATTR + LOOKUP answered, no }file${MOVE:+ (created, renamed, deleted)}${TAR:+ (times, owner, mode set)} (${CODE:-$ROOT/src})"
 done
