@@ -21,8 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from homepool.fuse.ops import PoolOperations
 from homepool.fuse import protocol as p
+from homepool.fuse.ops import PoolOperations
 from homepool.fuse.session import Ctx, FuseError, Session, SetAttr
 from homepool.pool import Pool
 

@@ -20,9 +20,9 @@ import stat
 import threading
 import time
 from bisect import bisect_left, bisect_right, insort
-from operator import itemgetter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
