@@ -159,7 +159,7 @@ def test_the_mount_behaves_like_a_local_filesystem(dir_pool: Pool, state_dir: Pa
     plain = tmp_path / "plain"
     plain.mkdir()
     seed = os.environ.get("HOMEPOOL_DIFF_SEED", "homepool")  # another seed explores other sequences
-    rng = random.Random(f"{seed}-{folder}")
+    rng = random.Random(f"{seed}-{folder}" + ("-passed-through" if env else ""))  # (each case its own sequence)
     with mount_pool(state_dir, tmp_path, env=env) as (mnt, _):
         ours, ref = Runner(mnt / folder), Runner(plain)
         for step in range(OPS):
