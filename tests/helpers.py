@@ -52,3 +52,23 @@ def raises(errnum: int, fn: Callable[[], object]) -> None:
     with pytest.raises(OSError) as e:
         fn()
     assert e.value.errno == errnum, (errno.errorcode.get(e.value.errno or 0), errno.errorcode[errnum])
+
+
+def listed_a_page_at_a_time(pool: Pool, dir_id: int) -> list[str]:
+    """A directory's names as a program reading it one entry per page sees them."""
+    names, after = [], 0
+    while page := pool.cat.listing(dir_id, after, 1):
+        (after, _, name, _, _), = page
+        names.append(name)
+    return names
+
+
+def as_older_catalog(state_dir: Path, sql: str) -> None:
+    """Make the pool's catalog what an older homepool left (`sql`, run in one transaction)."""
+    import sqlite3
+
+    db = sqlite3.connect(state_dir / "catalog.db", isolation_level=None)
+    try:
+        db.executescript(f"BEGIN; {sql}; COMMIT;")
+    finally:
+        db.close()

@@ -20,7 +20,7 @@ from homepool.pool import core as core_mod
 from homepool.pool import live as live_mod
 from homepool.recover import recover
 
-from .helpers import assert_clean, copies_on_disk, raises, reader
+from .helpers import assert_clean, copies_on_disk, listed_a_page_at_a_time, raises, reader
 from .mounting import mount_pool
 
 
@@ -340,11 +340,7 @@ def test_a_new_name_never_shares_the_place_an_heir_took(state_dir: Path, dir_poo
     with Pool.open(state_dir) as pool:  # as the command line changes the pool
         pool.delete("Documents/d/own.txt")  # link.txt takes its place
         made[first](pool)
-        seen, after = [], 0
-        while page := pool.cat.listing(d, after, 1):
-            (after, _, name, _, _), = page
-            seen.append(name)
-        assert seen == ["link.txt", "new"]
+        assert listed_a_page_at_a_time(pool, d) == ["link.txt", "new"]
         assert pool.read_bytes("Documents/d/link.txt") == b"O"
         assert_clean(pool)
 

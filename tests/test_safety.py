@@ -19,7 +19,7 @@ from homepool.errors import BadDrive
 from homepool.pool import Pool
 from homepool.recover import recover
 
-from .helpers import assert_clean, copies_on_disk
+from .helpers import as_older_catalog, assert_clean, copies_on_disk, listed_a_page_at_a_time
 
 
 def break_tmp(drive: Path) -> Path:
@@ -283,14 +283,9 @@ def test_fewer_copies_never_removes_a_copy_edited_on_its_drive(dir_pool: Pool, d
 
 
 def test_an_older_catalog_is_upgraded(state_dir: Path, dir_pool: Pool, capsys) -> None:
-    import sqlite3
-
     dir_pool.write_bytes("Documents/kept.txt", b"kept", mode=0o640)
     dir_pool.close()
-    db = sqlite3.connect(state_dir / "catalog.db", isolation_level=None)
-    db.executescript("""
-        PRAGMA foreign_keys=OFF;
-        BEGIN;
+    as_older_catalog(state_dir, """
         DROP TABLE owed;
         CREATE TABLE nodes_rev1 (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES nodes(id),
             name TEXT NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('dir', 'file')),
@@ -299,10 +294,8 @@ def test_an_older_catalog_is_upgraded(state_dir: Path, dir_pool: Pool, capsys) -
         INSERT INTO nodes_rev1 SELECT id, parent_id, name, kind, size, mode, mtime_ns, hash FROM nodes;
         DROP TABLE nodes;
         ALTER TABLE nodes_rev1 RENAME TO nodes;
-        UPDATE meta SET value = '1' WHERE key = 'schema_rev';
-        COMMIT;
+        UPDATE meta SET value = '1' WHERE key = 'schema_rev'
     """)
-    db.close()
     assert main(["--pool", str(state_dir), "status"]) == 0  # a reader upgrades too
     with Pool.open(state_dir) as pool:
         assert pool.cat.schema_rev() == CURRENT_REV == 8 and pool.cat.owed(1) == []
@@ -318,21 +311,15 @@ def test_an_older_catalog_is_upgraded(state_dir: Path, dir_pool: Pool, capsys) -
 def test_a_revision_6_catalog_gets_places(state_dir: Path, dir_pool: Pool) -> None:
     """Revision 6 (one stop's catalogs) indexed listings by parent alone; revision 7 adds the
     places listings page by, revision 8 their index."""
-    import sqlite3
-
     dir_pool.write_bytes("Documents/kept.txt", b"kept")
     dir_pool.close()
-    db = sqlite3.connect(state_dir / "catalog.db", isolation_level=None)
-    db.executescript("""
-        BEGIN;
+    as_older_catalog(state_dir, """
         DROP INDEX nodes_by_parent;
         DROP INDEX nodes_by_place;
         ALTER TABLE nodes DROP COLUMN place;
         CREATE INDEX nodes_by_parent ON nodes(parent_id);
-        UPDATE meta SET value = '6' WHERE key = 'schema_rev';
-        COMMIT;
+        UPDATE meta SET value = '6' WHERE key = 'schema_rev'
     """)
-    db.close()
     with Pool.open(state_dir) as pool:
         assert pool.cat.schema_rev() == CURRENT_REV == 8
         assert pool.cat.get_val("SELECT 1 FROM sqlite_master WHERE name = 'nodes_by_place'") == 1
@@ -346,28 +333,17 @@ def test_a_revision_7_catalog_with_a_shared_place_is_repaired(state_dir: Path, d
     """Revision 7 could give a node made outside the mount an id that another entry had as its
     place (see `Catalog._new_id`); two entries then shared a place and a listing read a page
     at a time skipped one. The upgrade to revision 8 lists such an entry at its own id."""
-    import sqlite3
-
     dir_pool.write_bytes("Documents/a.txt", b"a")
     dir_pool.write_bytes("Documents/b.txt", b"b")
     dir_pool.close()
-    db = sqlite3.connect(state_dir / "catalog.db", isolation_level=None)
-    db.executescript("""
-        BEGIN;
+    as_older_catalog(state_dir, """
         DROP INDEX nodes_by_place;
         UPDATE nodes SET place = (SELECT id FROM nodes WHERE name = 'b.txt') WHERE name = 'a.txt';
-        UPDATE meta SET value = '7' WHERE key = 'schema_rev';
-        COMMIT;
+        UPDATE meta SET value = '7' WHERE key = 'schema_rev'
     """)
-    db.close()
     with Pool.open(state_dir) as pool:
         assert pool.cat.schema_rev() == CURRENT_REV == 8
-        docs = pool.stat("Documents").id
-        seen, after = [], 0
-        while page := pool.cat.listing(docs, after, 1):
-            (after, _, name, _, _), = page
-            seen.append(name)
-        assert seen == ["a.txt", "b.txt"]
+        assert listed_a_page_at_a_time(pool, pool.stat("Documents").id) == ["a.txt", "b.txt"]
         assert_clean(pool)
 
 
