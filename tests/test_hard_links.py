@@ -366,6 +366,34 @@ def test_a_file_open_with_names_whose_drive_is_away_after_a_crash(state_dir: Pat
         assert_clean(pool)
 
 
+def test_a_file_open_twice_at_a_crash_gets_its_missing_copy_once(state_dir: Path, dir_pool: Pool,
+                                                                  dir_drives: list[Path]) -> None:
+    """Two writers' journal rows of one file, which has an extra name and lacks a copy (moved
+    into a 2-copy folder, its new copy waiting for the writers' release), when the mount
+    dies: opening the pool keeps the copy there and makes the missing one once, names and
+    all. Found by a crash stress: the second row's repair dropped the copy the first had
+    made, and the one made again found the first's extra name in its way (kept aside as a
+    conflict)."""
+    dir_pool.write_bytes("Videos/a.bin", b"data")
+    dir_pool.go_live()
+    vids, docs = dir_pool.stat("Videos").id, dir_pool.stat("Documents").id
+    dir_pool.move(vids, "a.bin", docs, "a.bin", noreplace=False)  # one copy: the other comes later
+    node = dir_pool.stat("Documents/a.bin")
+    dir_pool.make_link(node.id, docs, "b.bin")
+    writers = [dir_pool.open_file(node.id, write=True) for _ in range(2)]
+    for f in writers:
+        dir_pool.will_change(f)  # each writer's journal row
+    for f in writers:
+        f.close()  # the mount dies with the file open
+    dir_pool.live = False
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:
+        assert [p.name for p in copies_on_disk(dir_drives, "Documents/a.bin")] == ["a.bin", "a.bin"]
+        assert linked_on_drives(dir_drives, "Documents/a.bin", "Documents/b.bin") == 2
+        assert pool.read_bytes("Documents/b.bin") == b"data"
+        assert_clean(pool)
+
+
 def test_adopted_hard_links_follow_the_file_they_name(tmp_path: Path, dir_drives: list[Path]) -> None:
     mine, theirs = dir_drives[0], dir_drives[1]
     with Pool.create(tmp_path / "other") as other:

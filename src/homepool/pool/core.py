@@ -1259,12 +1259,18 @@ class Pool(LiveOps):
         out = []
         # A file that was open takes its copies from where the catalog says it is: a rename
         # recorded before its drive steps (`_run_recorded_first`) is made on the drives first.
+        written = []
         for e in sorted(self.cat.journal(), key=lambda e: (e.op == "live", e.id)):
             self._finish(e.id, e.op, e.payload, drives)
             self._changed = True
             out.append(f"finished an interrupted {describe(e.op, e.payload)}")
-            if e.op == "live" and (node := self.cat.node_or_none(e.payload["node"])) is not None:
-                self.reconcile(node)  # re-make the copies that were dropped
+            if e.op == "live" and e.payload["node"] not in written:
+                written.append(e.payload["node"])
+        # The copies dropped are made again once every writer's row is finished (a file open
+        # twice has two: the second would drop a copy made after the first).
+        for node_id in written:
+            if (node := self.cat.node_or_none(node_id)) is not None:
+                self.reconcile(node)
         return out
 
     def copies_pending(self, node_id: int) -> bool:

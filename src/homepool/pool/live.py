@@ -1500,15 +1500,18 @@ class LiveOps:
 
     def _apply_live(self, p: dict, drives: dict[int, Drive]) -> tuple[int, os.stat_result, str] | None:
         """A file was being changed when the mount stopped: the first copy still there is the
-        file now; the others are removed (re-made from it afterwards). Returns (drive, stat,
-        hash) of the kept copy, None if no copy is left."""
+        file now (of those it was written on, then any other the catalog has); the others are
+        removed (re-made from it afterwards). Returns (drive, stat, hash) of the kept copy,
+        None if no copy is left."""
         kept = None
         if self.cat.node_or_none(p["node"]) is None:
             return None  # deleted since: its copies went with it
         path = self.path_of(p["node"])  # renamed since, perhaps
         names = self.other_names(p["node"])  # hard links of each copy: removed with it
-        for key in p["drives"]:
-            d = drives.get(int(key))
+        order = [int(key) for key in p["drives"]]
+        order += [r.drive_id for r in self.cat.replicas(p["node"]) if r.drive_id not in order]
+        for drive_id in order:
+            d = drives.get(drive_id)
             if d is None or d.row.state != "active":
                 continue
             try:
