@@ -27,7 +27,7 @@ from homepool.pool import glance as glance_mod
 from homepool.pool.live import Looked
 
 from .helpers import assert_clean, copies_on_disk, reader
-from .mounting import mount_pool
+from .mounting import mount_pool, wait_for
 from .test_fuse_ops import _Holder, _live_ops, _Stuck
 
 MiB = 1 << 20
@@ -147,6 +147,52 @@ def test_through_the_mount_steps_on_one_name_keep_their_order(state_dir: Path, d
         assert sorted(os.listdir(docs)) == ["a.txt", "d.txt"]
     with reader(state_dir) as pool:
         assert_clean(pool)
+
+
+def _moved_and_killed(dir_pool: Pool) -> int:
+    """Videos/a.bin moved into Documents (2 copies) by the mount, which dies before it gives
+    the file its second copy (`copy_moved_files`, a second later); the file's id."""
+    dir_pool.write_bytes("Videos/a.bin", b"data")
+    dir_pool.go_live()
+    dir_pool.move(dir_pool.stat("Videos").id, "a.bin", dir_pool.stat("Documents").id, "a.bin", noreplace=False)
+    node_id = dir_pool.stat("Documents/a.bin").id
+    dir_pool._reconcile_soon.clear()  # the mount dies now
+    dir_pool.live = False
+    dir_pool.close()
+    return node_id
+
+
+def test_copies_a_killed_mount_still_owed_are_made_at_the_next_mount(state_dir: Path, dir_pool: Pool,
+                                                                    dir_drives: list[Path], tmp_path: Path) -> None:
+    """The next mount makes the copies a killed one owed (as for every file short of copies
+    whose copies are all on drives that are there). Found by a kill -9 stress: they waited
+    for `check --repair`."""
+    _moved_and_killed(dir_pool)
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        wait_for(lambda: len(copies_on_disk(dir_drives, "Documents/a.bin")) == 2, what="the copy owed")
+        assert (mnt / "Documents/a.bin").read_bytes() == b"data"
+    with reader(state_dir) as pool:
+        assert_clean(pool)
+
+
+def test_a_file_short_of_copies_with_one_on_a_drive_away_waits_for_it(state_dir: Path, dir_pool: Pool,
+                                                                      dir_drives: list[Path]) -> None:
+    """Its copies are not made again elsewhere by a mount (the drive may be back tomorrow):
+    `check --repair` does that when asked."""
+    node_id = _moved_and_killed(dir_pool)
+    drive = copies_on_disk(dir_drives, "Documents/a.bin")[0].parents[2]
+    os.rename(drive / ".homepool", drive / ".homepool-unplugged")
+    try:
+        with Pool.open(state_dir) as pool:
+            pool.go_live()
+            assert pool.queue_short_files() == []
+            pool.live = False
+    finally:
+        os.rename(drive / ".homepool-unplugged", drive / ".homepool")
+    with Pool.open(state_dir) as pool:
+        pool.go_live()
+        assert pool.queue_short_files() == [node_id]
+        pool.live = False
 
 
 def test_a_killed_mount_keeps_the_renames_and_deletes_in_order(state_dir: Path, dir_drives: list[Path],

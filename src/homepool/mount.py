@@ -180,7 +180,13 @@ def settle_steps(pool: Pool, ops: PoolOperations, session: Session, settle_after
 def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
     """Every second, files moved to another folder get its copies (`Pool.copy_moved_files`),
     on this thread: the data is copied with the lock let go, and a big file takes a while.
-    Those still waiting at unmount get them at the next `homepool check --repair`."""
+    Those still waiting at unmount get them at the next mount (as does any file short of
+    copies whose copies are all there: `Pool.queue_short_files`)."""
+    try:
+        with ops.lock:
+            pool.queue_short_files()
+    except Exception:  # (the round below, and `check`, go on without)
+        log.exception("looking for files short of copies")
     while not session.done.wait(SYNC_EVERY):
         try:
             with ops.lock:

@@ -580,6 +580,20 @@ class LiveOps:
                           self.path_of(node_id) if self.cat.node_or_none(node_id) else f"#{node_id}", e)
         self.cat.journal_flush()  # the drops it made
 
+    def queue_short_files(self) -> list[int]:
+        """Files short of copies whose copies are all on drives that are there (a mount that
+        died before it gave a moved file its new folder's copies, say): given them as moved
+        files are (`copy_moved_files`). One with a copy on a drive that is away waits for it
+        (`check --repair` copies it elsewhere, when asked). Returns their ids."""
+        present = {d.id for d in self._drive_snapshot(present_only=True)}
+        queued = []
+        for node_id, _, _ in self.cat.short_files():
+            drives = [r.drive_id for r in self.cat.replicas(node_id)]
+            if drives and all(d in present for d in drives):
+                queued.append(node_id)
+        self._reconcile_soon.update(queued)
+        return queued
+
     def save_dir_times(self) -> None:
         """Record the times `_dir_changed` kept (a crash loses at most these: no file's data)."""
         if self._dir_times:
