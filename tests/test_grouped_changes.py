@@ -185,13 +185,13 @@ def test_a_file_short_of_copies_with_one_on_a_drive_away_waits_for_it(state_dir:
     try:
         with Pool.open(state_dir) as pool:
             pool.go_live()
-            assert pool.queue_short_files() == []
+            assert pool.queue_short_files(pool.short_of_copies()) == []
             pool.live = False
     finally:
         os.rename(drive / ".homepool-unplugged", drive / ".homepool")
     with Pool.open(state_dir) as pool:
         pool.go_live()
-        assert pool.queue_short_files() == [node_id]
+        assert pool.queue_short_files(pool.short_of_copies()) == [node_id]
         pool.live = False
 
 

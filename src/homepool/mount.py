@@ -183,8 +183,9 @@ def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
     Those still waiting at unmount get them at the next mount (as does any file short of
     copies whose copies are all there: `Pool.queue_short_files`)."""
     try:
+        short = pool.short_of_copies()
         with ops.lock:
-            pool.queue_short_files()
+            pool.queue_short_files(short)
     except Exception:  # (the round below, and `check`, go on without)
         log.exception("looking for files short of copies")
     while not session.done.wait(SYNC_EVERY):
