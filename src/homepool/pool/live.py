@@ -1524,8 +1524,8 @@ class LiveOps:
 
     def _apply_live(self, p: dict, drives: dict[int, Drive]) -> tuple[int, os.stat_result, str] | None:
         """A file was being changed when the mount stopped: the first copy still there is the
-        file now (of those it was written on, then any other the catalog has); the others are
-        removed (re-made from it afterwards). Returns (drive, stat, hash) of the kept copy,
+        file now (of those it was written on, then any other good one the catalog has); the
+        others are removed (re-made from it afterwards). Returns (drive, stat, hash) of the kept copy,
         None if no copy is left."""
         kept = None
         if self.cat.node_or_none(p["node"]) is None:
@@ -1533,7 +1533,7 @@ class LiveOps:
         path = self.path_of(p["node"])  # renamed since, perhaps
         names = self.other_names(p["node"])  # hard links of each copy: removed with it
         order = [int(key) for key in p["drives"]]
-        order += [r.drive_id for r in self.cat.replicas(p["node"]) if r.drive_id not in order]
+        order += [r.drive_id for r in self.cat.replicas(p["node"]) if r.drive_id not in order and r.state == "ok"]
         for drive_id in order:
             d = drives.get(drive_id)
             if d is None or d.row.state != "active":
