@@ -260,6 +260,25 @@ def test_a_crash_between_catalog_and_drives_is_repaired(dir_pool: Pool, dir_driv
         assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/a.txt")] == want
 
 
+def test_a_link_cut_short_by_a_crash_is_made_at_the_next_opening(state_dir: Path, dir_pool: Pool,
+                                                                  dir_drives: list[Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new name is in the catalog before the drives have it: its journal row has the
+    opening after the crash make it there (found by a kill -9 stress: it waited for `check`)."""
+    docs = a_and_x_live(dir_pool)
+    monkeypatch.setattr(live_mod, "link_name", crash)
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.make_link(dir_pool.stat("Documents/a.txt").id, docs, "b.txt")
+    monkeypatch.undo()
+    dir_pool.live = False
+    dir_pool.close()  # the mount dies here
+    with Pool.open(state_dir) as pool:
+        assert linked_on_drives(dir_drives, "Documents/a.txt", "Documents/b.txt") == 2
+        assert pool.read_bytes("Documents/b.txt") == b"A"
+        assert pool.cat.journal() == []
+        assert_clean(pool)
+
+
 # Found by review: each failed before its fix.
 
 def test_moves_and_folder_renames_without_names_across_folders_are_not_refused(dir_pool: Pool) -> None:
@@ -293,6 +312,7 @@ def test_removing_the_own_name_first_links_a_name_a_crash_left_missing(
     assert dir_pool.read_bytes("Documents/x.txt") == b"A" and dir_pool.read_bytes("Documents/c.txt") == b"X"
     assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/c.txt")] == [b"X", b"X"]
     dir_pool.catch_up()
+    dir_pool.finish_journal()  # the links' rows, as the opening after the crash finishes them (no step left)
     assert_clean(dir_pool)
 
 

@@ -1089,6 +1089,8 @@ class Pool(LiveOps):
             failed = self._apply_rename(payload, drives)
         elif op == "live":
             kept = self._apply_live(payload, drives)
+        elif op == "link":
+            self._apply_link(payload, drives)
         else:
             raise ValueError(f"unknown journal op {op!r}")
         self._sync_drives(drives, payload)
@@ -1100,7 +1102,7 @@ class Pool(LiveOps):
                 self._record_drop(payload, drives, failed)
             elif op == "live":
                 self._record_live(payload, kept)
-            else:
+            elif op == "rename":
                 self._record_rename(payload, drives, failed)
             self.cat.journal_done(entry)
         return done[0] if op == "write" and len(done) == 1 else None
@@ -1924,6 +1926,8 @@ def describe(op: str, payload: dict) -> str:
         return f"write of {files[0]['path'] if files else '?'}{more}"
     if op == "live":
         return f"change of {payload['path']} through the mount"
+    if op == "link":
+        return f"link of {payload['dst']} to {payload['src']}"
     return f"{op} of {payload.get('path') or payload.get('src')}"
 
 

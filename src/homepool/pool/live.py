@@ -434,6 +434,7 @@ class LiveOps:
         def drives_by_id(self) -> dict[int, Drive]: ...
         def _drive_snapshot(self, present_only: bool = False) -> list[Drive]: ...
         def path_of(self, node_id: int) -> str: ...
+        def lookup(self, path: str) -> Node | None: ...
         def copies_wanted(self, node_id: int) -> int: ...
         def _candidates(self, drives: list[Drive]) -> list[placement.Candidate]: ...
         def _look_at_room(self, drives: list[Drive]) -> list[placement.Candidate]: ...
@@ -1153,13 +1154,15 @@ class LiveOps:
             raise OSError(errno.EMLINK, f"{src} has {LINK_MAX} names")
         held = {r.drive_id for r in self.cat.replicas(node_id)} if node.is_file else None
         drives = [d for d in self.drives_by_id().values() if held is None or d.id in held]
-        # The catalog first: I/O goes by the file's own path, so the new name works at once; a
-        # crash before the drives have it leaves a name missing there, which `check` re-makes.
+        # The catalog first: I/O goes by the file's own path, so the new name works at once. A
+        # crash before the drives have it is finished at the next opening (`_apply_link`).
         with self.cat.transaction():
             link_id = self.cat.add_link(node_id, parent_id, name, time.time_ns())
             for d in drives:
                 if d.row.state != "active":
                     self.cat.owe(d.id, {"op": "link", "src": src, "dst": path, "node": node_id})
+            entry = self.cat.journal_add("link", {"node": node_id, "src": src, "dst": path,
+                                                  "drives": [d.id for d in drives if d.row.state == "active"]})
         made = 0
         for d in drives:
             if d.row.state == "active":
@@ -1168,6 +1171,7 @@ class LiveOps:
                     made += 1
                 except OSError as e:
                     log.error("could not link %s to %s on %s: %s", path, src, d.name, e)
+        self.cat.journal_done_later(entry)  # (the next commit removes it)
         if not made and drives:
             with self.cat.transaction():
                 self.cat.remove_name(self.cat.node(link_id))
@@ -1520,7 +1524,25 @@ class LiveOps:
         ids = [r.drive_id for r in self.cat.replicas(node.id) if r.state == "ok"] if node.is_file else list(drives)
         return [drives[i] for i in ids if i in drives and drives[i].row.state == "active"]
 
-    # -- crash repair: the 'live' journal op ---------------------------------------------------
+    # -- crash repair: the 'link' and 'live' journal ops ---------------------------------------
+
+    def _apply_link(self, p: dict, drives: dict[int, Drive]) -> None:
+        """A new name the mount recorded before the drives had it (`make_link`): made on them
+        now, if the catalog still gives that name to that node."""
+        node = self.cat.node_or_none(p["node"])
+        named = self.lookup(p["dst"])
+        if node is None or named is None or node.id not in (named.id, named.link_to):
+            return  # removed or replaced since
+        src = self.path_of(node.id)  # (renamed since, perhaps)
+        for key in p["drives"]:
+            d = drives.get(int(key))
+            if d is None or d.row.state != "active" or src == p["dst"]:
+                continue
+            try:
+                link_name(d, src, p["dst"])
+            except OSError as e:  # (`check` finds the name missing there)
+                log.error("could not link %s to %s on %s: %s", p["dst"], src, d.name, e)
+
 
     def _apply_live(self, p: dict, drives: dict[int, Drive]) -> tuple[int, os.stat_result, str] | None:
         """A file was being changed when the mount stopped: the first copy still there is the
