@@ -1259,10 +1259,11 @@ class Pool(LiveOps):
         """Complete every operation a crash interrupted. Returns a line for each."""
         drives = {d.id: d for d in self.drives()}
         out = []
-        # A file that was open takes its copies from where the catalog says it is: a rename
-        # recorded before its drive steps (`_run_recorded_first`) is made on the drives first.
+        # A file that was open, or given a new name, takes its copies from where the catalog
+        # says it is: a rename recorded before its drive steps (`_run_recorded_first`) is made
+        # on the drives first.
         written = []
-        for e in sorted(self.cat.journal(), key=lambda e: (e.op == "live", e.id)):
+        for e in sorted(self.cat.journal(), key=lambda e: (e.op == "live", e.op == "link", e.id)):
             self._finish(e.id, e.op, e.payload, drives)
             self._changed = True
             out.append(f"finished an interrupted {describe(e.op, e.payload)}")
