@@ -1534,21 +1534,22 @@ class LiveOps:
         if node is None or named is None or node.id not in (named.id, named.link_to):
             return  # removed or replaced since
         src = self.path_of(node.id)  # (renamed since, perhaps)
+        if src == p["dst"]:
+            return  # the node's own name now (its own name went; the removal linked it first)
         for key in p["drives"]:
             d = drives.get(int(key))
-            if d is None or d.row.state != "active" or src == p["dst"]:
+            if d is None or d.row.state != "active":
                 continue
             try:
                 link_name(d, src, p["dst"])
             except OSError as e:  # (`check` finds the name missing there)
                 log.error("could not link %s to %s on %s: %s", p["dst"], src, d.name, e)
 
-
     def _apply_live(self, p: dict, drives: dict[int, Drive]) -> tuple[int, os.stat_result, str] | None:
         """A file was being changed when the mount stopped: the first copy still there is the
         file now (of those it was written on, then any other good one the catalog has); the
-        others are removed (re-made from it afterwards). Returns (drive, stat, hash) of the kept copy,
-        None if no copy is left."""
+        others are removed (re-made from it afterwards). Returns (drive, stat, hash) of the
+        kept copy, None if no copy is left."""
         kept = None
         if self.cat.node_or_none(p["node"]) is None:
             return None  # deleted since: its copies went with it
