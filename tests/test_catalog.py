@@ -44,7 +44,7 @@ def test_what_the_mount_keeps_in_memory_is_what_the_catalog_holds(tmp_path: Path
     """The mount's caches (`track_paths`) keep a new node, its path, the columns set on it and
     the folders as inserted, without reading them back: a second connection reads the same."""
     cat = Catalog.create(tmp_path / "c.db", "pool-1", 0)
-    cat.track_paths = True
+    cat.keep_in_memory()
     other = Catalog(tmp_path / "c.db", readonly=True)
     try:
         with cat.transaction():
@@ -75,7 +75,7 @@ def test_the_listings_and_names_the_mount_keeps_are_what_the_catalog_holds(tmp_p
     found once is found again without a query; after every kind of change to a directory's
     entries, what it lists, page by page, and what each name names are what SQLite holds."""
     cat = Catalog.create(tmp_path / "c.db", "pool-1", 0)
-    cat.track_paths = True
+    cat.keep_in_memory()
     other = Catalog(tmp_path / "c.db", readonly=True)  # lists by SQL only
 
     def same(*dirs: int) -> None:
@@ -197,7 +197,7 @@ def test_get_val_raises_for_no_row(cat: Catalog) -> None:
 def test_the_path_of_a_node_at_any_depth(cat: Catalog) -> None:
     """Paths have no length limit, so a tree may be deeper than Python's stack: the path is
     put together without recursion, and each folder's on the way is remembered."""
-    cat.track_paths = True
+    cat.keep_in_memory()
     parent = ROOT_ID
     with cat.transaction():
         for i in range(3000):

@@ -29,6 +29,7 @@ from homepool.pool.live import Looked
 from .helpers import assert_clean, copies_on_disk, reader
 from .mounting import mount_pool, wait_for
 from .test_fuse_ops import _Holder, _live_ops, _Stuck
+from .test_hard_links import unplug
 
 MiB = 1 << 20
 BEFORE = {"a.txt": b"A" * 10, "b.txt": b"B" * 20, "c.txt": b"C" * 30, "d.txt": b"D" * 40}
@@ -180,15 +181,14 @@ def test_a_file_short_of_copies_with_one_on_a_drive_away_waits_for_it(state_dir:
     """Its copies are not made again elsewhere by a mount (the drive may be back tomorrow):
     `check --repair` does that when asked."""
     node_id = _moved_and_killed(dir_pool)
-    drive = copies_on_disk(dir_drives, "Documents/a.bin")[0].parents[2]
-    os.rename(drive / ".homepool", drive / ".homepool-unplugged")
+    plug_back = unplug(copies_on_disk(dir_drives, "Documents/a.bin")[0].parents[2])
     try:
         with Pool.open(state_dir) as pool:
             pool.go_live()
             assert pool.queue_short_files(pool.short_of_copies()) == []
             pool.live = False
     finally:
-        os.rename(drive / ".homepool-unplugged", drive / ".homepool")
+        plug_back()
     with Pool.open(state_dir) as pool:
         pool.go_live()
         assert pool.queue_short_files(pool.short_of_copies()) == [node_id]

@@ -424,7 +424,7 @@ class Catalog:
         self._listings: dict[int, list[Listed]] = {}
         self._listed_names: dict[int, set[str]] = {}
         self._listed = 0
-        self._next_id: int | None = None
+        self._next_id: int | None = None  # the mount's next new id (`keep_in_memory`); else asked each time
 
     @classmethod
     def create(cls, path: Path, pool_id: str, now_ns: int) -> Catalog:
@@ -910,11 +910,9 @@ class Catalog:
     def _new_id(self) -> int:
         """An id for a new node: above every id and every place (a place is an id that a name
         kept after its node went: `remove_name`), so no two entries of a listing share a place."""
-        if self.track_paths:
-            # The mount's inode numbers are node ids: never hand out the id of a node deleted
-            # while the kernel may still know it (SQLite reuses the highest id).
-            if self._next_id is None:  # (tracking switched on without `keep_in_memory`: a test's)
-                self._next_id = self._highest_id_or_place() + 1
+        if self._next_id is not None:
+            # The mount's (`keep_in_memory`): its inode numbers are node ids, so never the id of
+            # a node deleted while the kernel may still know it (SQLite reuses the highest id).
             self._next_id += 1
             return self._next_id - 1
         return self._highest_id_or_place() + 1
