@@ -276,6 +276,22 @@ def test_orphan_temp_files_are_removed(dir_pool: Pool, dir_drives: list[Path]) -
     assert os.listdir(dir_drives[1] / ".homepool/tmp") == []
 
 
+def test_temp_files_a_killed_process_left_go_at_the_next_opening(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Every process that writes temp files holds the pool's lock, so one that takes it finds
+    only what a killed one left (a copy half made, say): it removes them. A reader leaves them."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.close()
+    tmp = dir_drives[1] / ".homepool/tmp"
+    (tmp / "deadbeef.part").write_bytes(b"half a file")
+    with Pool.open(state_dir, write=False) as pool:
+        assert found(pool) == {"no_orphan_temps"}
+    with Pool.open(state_dir) as pool:
+        assert os.listdir(tmp) == []
+        assert_clean(pool)
+    assert f"removed 1 unfinished temp file(s) on 'drive2' ({dir_drives[1]})" in caplog.text
+
+
 def test_a_missing_copy_is_remade(dir_pool: Pool, dir_drives: list[Path]) -> None:
     dir_pool.write_bytes("Photos/a.jpg", b"photo")
     copies_on_disk(dir_drives, "Photos/a.jpg")[0].unlink()

@@ -104,21 +104,13 @@ def check_owed_settled(pool: Pool, drives: list[Drive], repair: bool) -> list[Pr
 
 def check_no_orphan_temps(pool: Pool, drives: list[Drive], repair: bool) -> list[Problem]:
     """Temp files exist only while an operation needs them."""
-    needed = pool.journal_tmp_names()
     out = []
-    for d in drives:
-        try:
-            names = os.listdir(d.tmpdir)
-        except FileNotFoundError:
-            continue
-        for name in names:
-            if name in needed.get(d.id, set()):
-                continue
-            p = Problem("no_orphan_temps", "", f"unfinished write {name} on {d.name} (an interrupted copy)")
-            if repair:
-                pool.remove_orphan_temp(d, name)
-                p.fixed = True
-            out.append(p)
+    for d, name in list(pool.orphan_temps(drives)):
+        p = Problem("no_orphan_temps", "", f"unfinished write {name} on {d.name} (an interrupted copy)")
+        if repair:
+            pool.remove_orphan_temp(d, name)
+            p.fixed = True
+        out.append(p)
     return out
 
 

@@ -13,6 +13,7 @@ import stat as stat_
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
@@ -274,6 +275,8 @@ class Pool(LiveOps):
                 for line in pool.take_in_new_files():
                     log.warning("%s", line)
                 for line in pool.finish_journal():
+                    log.warning("%s", line)
+                for line in pool.remove_orphan_temps():
                     log.warning("%s", line)
                 for d in pool.drives(present_only=True):
                     for line in pool.settle_owed(d):
@@ -1651,10 +1654,32 @@ class Pool(LiveOps):
             self.cat.owed_done(owed_id)
         self._changed = True
 
+    def orphan_temps(self, drives: list[Drive]) -> Iterator[tuple[Drive, str]]:
+        """Temp files on these drives that no unfinished operation needs: what a process
+        killed while it wrote them left (they were never in the pool)."""
+        needed = self.journal_tmp_names()
+        for d in drives:
+            try:
+                names = os.listdir(d.tmpdir)
+            except FileNotFoundError:
+                continue
+            for name in sorted(names):
+                if name not in needed.get(d.id, set()):
+                    yield d, name
+
     def remove_orphan_temp(self, drive: Drive, name: str) -> None:
         """Delete a temp file no journal row needs (an interrupted write; never in the pool)."""
         with suppress(FileNotFoundError):
             os.unlink(drive.tmpdir / name)
+
+    def remove_orphan_temps(self) -> list[str]:
+        """At opening, under the lock (which every process that writes temp files holds), once
+        the journal is finished: the temp files a killed process left go. A line per drive."""
+        removed: Counter[str] = Counter()
+        for d, name in list(self.orphan_temps(self.drives(present_only=True))):
+            self.remove_orphan_temp(d, name)
+            removed[d.name] += 1
+        return [f"removed {n} unfinished temp file(s) on {name} (an interrupted copy)" for name, n in removed.items()]
 
     def forget_copy(self, node_id: int, drive_id: int) -> None:
         """The copy is gone from its drive: stop counting it (`reconcile` re-makes it)."""
