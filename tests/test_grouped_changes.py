@@ -150,28 +150,33 @@ def test_through_the_mount_steps_on_one_name_keep_their_order(state_dir: Path, d
         assert_clean(pool)
 
 
-def _moved_and_killed(dir_pool: Pool) -> int:
-    """Videos/a.bin moved into Documents (2 copies) by the mount, which dies before it gives
-    the file its second copy (`copy_moved_files`, a second later); the file's id."""
-    dir_pool.write_bytes("Videos/a.bin", b"data")
+def _moved_and_killed(dir_pool: Pool, src: str = "Videos", dst: str = "Documents") -> int:
+    """`src`/a.bin moved into `dst` (Documents: 2 copies, Videos: 1) by the mount, which dies
+    before it gives the file its new folder's copies (`copy_moved_files`, a second later);
+    the file's id."""
+    dir_pool.write_bytes(f"{src}/a.bin", b"data")
     dir_pool.go_live()
-    dir_pool.move(dir_pool.stat("Videos").id, "a.bin", dir_pool.stat("Documents").id, "a.bin", noreplace=False)
-    node_id = dir_pool.stat("Documents/a.bin").id
+    dir_pool.move(dir_pool.stat(src).id, "a.bin", dir_pool.stat(dst).id, "a.bin", noreplace=False)
+    node_id = dir_pool.stat(f"{dst}/a.bin").id
     dir_pool._reconcile_soon.clear()  # the mount dies now
     dir_pool.live = False
     dir_pool.close()
     return node_id
 
 
-def test_copies_a_killed_mount_still_owed_are_made_at_the_next_mount(state_dir: Path, dir_pool: Pool,
-                                                                    dir_drives: list[Path], tmp_path: Path) -> None:
-    """The next mount makes the copies a killed one owed (as for every file short of copies
-    whose copies are all on drives that are there). Found by a kill -9 stress: they waited
-    for `check --repair`."""
-    _moved_and_killed(dir_pool)
+@pytest.mark.parametrize(("src", "dst", "copies"), [("Videos", "Documents", 2), ("Documents", "Videos", 1)],
+                         ids=["a-copy-more", "a-copy-less"])
+def test_copies_a_killed_mount_still_owed_are_made_at_the_next_mount(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], tmp_path: Path, src: str, dst: str,
+        copies: int) -> None:
+    """The next mount gives a file moved into another folder the copies a killed one owed it
+    (as every file not at its folder's copies whose copies are all on drives that are there).
+    Found by a kill -9 stress: they waited for `check --repair`."""
+    _moved_and_killed(dir_pool, src, dst)
+    assert len(copies_on_disk(dir_drives, f"{dst}/a.bin")) == 3 - copies
     with mount_pool(state_dir, tmp_path) as (mnt, _):
-        wait_for(lambda: len(copies_on_disk(dir_drives, "Documents/a.bin")) == 2, what="the copy owed")
-        assert (mnt / "Documents/a.bin").read_bytes() == b"data"
+        wait_for(lambda: len(copies_on_disk(dir_drives, f"{dst}/a.bin")) == copies, what="the copies owed")
+        assert (mnt / f"{dst}/a.bin").read_bytes() == b"data"
     with reader(state_dir) as pool:
         assert_clean(pool)
 
@@ -185,13 +190,13 @@ def test_a_file_short_of_copies_with_one_on_a_drive_away_waits_for_it(state_dir:
     try:
         with Pool.open(state_dir) as pool:
             pool.go_live()
-            assert pool.queue_short_files(pool.short_of_copies()) == []
+            assert pool.queue_for_their_copies(pool.not_at_their_copies()) == []
             pool.live = False
     finally:
         plug_back()
     with Pool.open(state_dir) as pool:
         pool.go_live()
-        assert pool.queue_short_files(pool.short_of_copies()) == [node_id]
+        assert pool.queue_for_their_copies(pool.not_at_their_copies()) == [node_id]
         pool.live = False
 
 

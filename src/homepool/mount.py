@@ -181,13 +181,13 @@ def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
     """Every second, files moved to another folder get its copies (`Pool.copy_moved_files`),
     on this thread: the data is copied with the lock let go, and a big file takes a while.
     Those still waiting at unmount get them at the next mount (as does any file short of
-    copies whose copies are all there: `Pool.queue_short_files`)."""
+    copies, or with extra ones, whose copies are all there: `Pool.queue_for_their_copies`)."""
     try:
-        short = pool.short_of_copies()
+        off = pool.not_at_their_copies()
         with ops.lock:
-            pool.queue_short_files(short)
+            pool.queue_for_their_copies(off)
     except Exception:  # (the round below, and `check`, go on without)
-        log.exception("looking for files short of copies")
+        log.exception("looking for files not at their folder's copies")
     while not session.done.wait(SYNC_EVERY):
         try:
             with ops.lock:

@@ -581,21 +581,22 @@ class LiveOps:
                           self.path_of(node_id) if self.cat.node_or_none(node_id) else f"#{node_id}", e)
         self.cat.journal_flush()  # the drops it made
 
-    def short_of_copies(self) -> list[int]:
-        """The files short of copies, as last committed: the whole tree is read on a catalog
-        connection of its own, without the lock (about 2 s for half a million files)."""
+    def not_at_their_copies(self) -> list[int]:
+        """The files short of copies, or with more than their folder wants, as last committed:
+        the whole tree is read on a catalog connection of its own, without the lock (about
+        2 s for half a million files)."""
         cat = Catalog(self.cat.path, readonly=True)
         try:
-            return [node_id for node_id, _, _ in cat.short_files()]
+            return [node_id for node_id, _, _ in cat.short_files(or_over=True)]
         finally:
             cat.close()
 
-    def queue_short_files(self, node_ids: list[int]) -> list[int]:
-        """Of files short of copies (`short_of_copies`), those whose copies are all on drives
-        that are there (a mount that died before it gave a moved file its new folder's copies,
-        say) get them as moved files do (`copy_moved_files`). One with a copy on a drive that
-        is away waits for it (`check --repair` copies it elsewhere, when asked). Returns their
-        ids."""
+    def queue_for_their_copies(self, node_ids: list[int]) -> list[int]:
+        """Of files not at their folder's copies (`not_at_their_copies`), those whose copies
+        are all on drives that are there (a mount that died before it gave a moved file its
+        new folder's copies, say) get them as moved files do (`copy_moved_files`). One with a
+        copy on a drive that is away waits for it (`check --repair` copies it elsewhere, when
+        asked). Returns their ids."""
         present = {d.id for d in self._drive_snapshot(present_only=True)}
         queued = []
         for node_id in node_ids:
