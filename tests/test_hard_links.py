@@ -279,6 +279,32 @@ def test_a_link_cut_short_by_a_crash_is_made_at_the_next_opening(state_dir: Path
         assert_clean(pool)
 
 
+def test_a_link_made_at_the_next_opening_is_owed_to_a_drive_away_then(state_dir: Path, dir_pool: Pool,
+                                                                       dir_drives: list[Path],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drive away at that opening gets the name when it is back, as it would have from
+    `make_link` (found by review: the row was finished without it, and `check` found the name
+    missing there)."""
+    docs = a_and_x_live(dir_pool)
+    monkeypatch.setattr(live_mod, "link_name", crash)
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.make_link(dir_pool.stat("Documents/a.txt").id, docs, "b.txt")
+    monkeypatch.undo()
+    dir_pool.live = False
+    dir_pool.close()  # the mount dies here
+    here, away = (p.parents[2] for p in copies_on_disk(dir_drives, "Documents/a.txt"))
+    plug_back = unplug(away)
+    try:
+        with Pool.open(state_dir) as pool:
+            assert pool.cat.journal() == []
+            assert linked_on_drives([here], "Documents/a.txt", "Documents/b.txt") == 1
+    finally:
+        plug_back()
+    with Pool.open(state_dir) as pool:  # the drive back: its owed step first
+        assert linked_on_drives(dir_drives, "Documents/a.txt", "Documents/b.txt") == 2
+        assert_clean(pool)
+
+
 # Found by review: each failed before its fix.
 
 def test_moves_and_folder_renames_without_names_across_folders_are_not_refused(dir_pool: Pool) -> None:

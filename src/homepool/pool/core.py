@@ -1077,6 +1077,7 @@ class Pool(LiveOps):
         done: list[list[int]] = []
         failed: set[int] = set()
         kept = None
+        owed: list[tuple[int, dict]] = []
         if payload.get("recorded") and self._taken_since(op, payload):
             # Neither its drive steps nor its records (found by path) may touch the newer entry.
             log.warning("left an interrupted %s as it was: something newer is at its path", describe(op, payload))
@@ -1093,7 +1094,7 @@ class Pool(LiveOps):
         elif op == "live":
             kept = self._apply_live(payload, drives)
         elif op == "link":
-            self._apply_link(payload, drives)
+            owed = self._apply_link(payload, drives)
         else:
             raise ValueError(f"unknown journal op {op!r}")
         self._sync_drives(drives, payload)
@@ -1107,6 +1108,8 @@ class Pool(LiveOps):
                 self._record_live(payload, kept)
             elif op == "rename":
                 self._record_rename(payload, drives, failed)
+            elif op == "link":
+                self._record_link(owed)
             self.cat.journal_done(entry)
         return done[0] if op == "write" and len(done) == 1 else None
 

@@ -1527,24 +1527,33 @@ class LiveOps:
 
     # -- crash repair: the 'link' and 'live' journal ops ---------------------------------------
 
-    def _apply_link(self, p: dict, drives: dict[int, Drive]) -> None:
+    def _apply_link(self, p: dict, drives: dict[int, Drive]) -> list[tuple[int, dict]]:
         """A new name the mount recorded before the drives had it (`make_link`): made on them
-        now, if the catalog still gives that name to that node."""
+        now, if the catalog still gives that name to that node. Returns the steps owed to
+        drives away now (`_record_link`)."""
         node = self.cat.node_or_none(p["node"])
         named = self.lookup(p["dst"])
         if node is None or named is None or node.id not in (named.id, named.link_to):
-            return  # removed or replaced since
+            return []  # removed or replaced since
         src = self.path_of(node.id)  # (renamed since, perhaps)
         if src == p["dst"]:
-            return  # the node's own name now (its own name went; the removal linked it first)
+            return []  # the node's own name now (its own name went; the removal linked it first)
+        owed = []
         for key in p["drives"]:
             d = drives.get(int(key))
             if d is None or d.row.state != "active":
+                owed.append((int(key), {"op": "link", "src": src, "dst": p["dst"], "node": node.id}))
                 continue
             try:
                 link_name(d, src, p["dst"])
             except OSError as e:  # (`check` finds the name missing there)
                 log.error("could not link %s to %s on %s: %s", p["dst"], src, d.name, e)
+        return owed
+
+    def _record_link(self, owed: list[tuple[int, dict]]) -> None:
+        """In `_finish`'s transaction: a drive away gets the name when it is back (`settle_owed`)."""
+        for drive_id, step in owed:
+            self.cat.owe(drive_id, step)
 
     def _apply_live(self, p: dict, drives: dict[int, Drive]) -> tuple[int, os.stat_result, str] | None:
         """A file was being changed when the mount stopped: the first copy still there is the
