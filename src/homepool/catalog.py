@@ -524,6 +524,7 @@ class Catalog:
                 self.db.execute("RELEASE grouped")
                 self._forget_all()
             else:  # SQLite undid the whole group (a full disk, say)
+                self._depth = 0  # (ended: what `group_ended` records again is a transaction of its own)
                 self._group_undone()
             return
         if self.db.in_transaction:
