@@ -181,7 +181,9 @@ def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
     """Every second, files moved to another folder get its copies (`Pool.copy_moved_files`),
     on this thread: the data is copied with the lock let go, and a big file takes a while.
     Those still waiting at unmount get them at the next mount (as does any file short of
-    copies, or with extra ones, whose copies are all there: `Pool.queue_for_their_copies`)."""
+    copies, or with extra ones, whose copies are all there: `Pool.queue_for_their_copies`).
+    The kernel forgets what it holds of a file whose content a returning drive changed
+    (`Pool.take_newer`)."""
     try:
         off = pool.not_at_their_copies()
         with ops.lock:
@@ -191,7 +193,10 @@ def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
     while not session.done.wait(SYNC_EVERY):
         try:
             with ops.lock:
+                retaken, pool.retaken = pool.retaken, []
                 pool.copy_moved_files()
+            for ino in retaken:  # (outside the lock, as for `add_folder`)
+                session.forget_inode(ino)
         except Exception:  # a drive gone mid-copy, say: the next round (or `check`) tries again
             log.exception("giving moved files their copies")
 

@@ -173,6 +173,7 @@ class Pool(LiveOps):
         # While the mount repairs (`check --repair` while mounted): the entries repairs add or
         # change, as (directory, name, node), for the kernel to forget once the lock is let go.
         self.kernel_news: list[tuple[int | None, str, int]] | None = None
+        self.retaken: list[int] = []  # files whose content a returning drive changed (`take_newer`)
         self.copies_changing = False  # the mount is giving a folder's files their new copies
         self._changes: dict[int, int] = {}  # node id -> changes made through open files
         self.drive_cache: tuple[float, list[Drive]] | None = None
@@ -1130,7 +1131,8 @@ class Pool(LiveOps):
 
     def owed_paths(self, drive_id: int) -> set[str]:
         """Paths on a drive that a step still owed to it will remove or move."""
-        return {step.get("path") or step["src"] for _, step in self.cat.owed(drive_id) if step["op"] != "link"}
+        return {step.get("path") or step["src"] for _, step in self.cat.owed(drive_id)
+                if step["op"] not in ("link", "newer")}
 
     def settle_owed(self, drive: Drive) -> list[str]:
         """Apply the steps a drive missed while it was away (deletes, renames, old copies to
@@ -1158,6 +1160,9 @@ class Pool(LiveOps):
                             and not drive.lexists(step["dst"]):
                         link_name(drive, step["src"], step["dst"])
                         out.append(f"linked {step['dst']} to {step['src']} on {drive.name} (while it was away)")
+                elif step["op"] == "newer":
+                    if (line := self.take_newer(drive, step)) is not None:
+                        out.append(line)
                 elif step["op"] == "rmdir":
                     if drive.rmdir(step["path"]):
                         out.append(f"removed folder {step['path']} from {drive.name} (deleted while it was away)")

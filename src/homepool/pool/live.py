@@ -430,6 +430,7 @@ class LiveOps:
         _group_records: list[CloseRecord]
         _group_creates: list[NewCreate]
         _new_files: NewFiles | None
+        retaken: list[int]
 
         def drives_by_id(self) -> dict[int, Drive]: ...
         def _drive_snapshot(self, present_only: bool = False) -> list[Drive]: ...
@@ -1608,4 +1609,59 @@ class LiveOps:
             if r.drive_id != drive_id:
                 self.cat.drop_replica(node.id, r.drive_id)
         self.cat.set_replica(node.id, drive_id, size, mtime_ns, digest)
+        if drive_id not in map(int, p["drives"]):
+            # A copy it did not write: those it wrote are away (or gone). One that is away holds
+            # what was written last: it is the file when it is back, if nothing changed the
+            # file since (`take_newer`).
+            present = self.drives_by_id()
+            for key in p["drives"]:
+                if int(key) not in present or present[int(key)].row.state != "active":
+                    self.cat.owe(int(key), {"op": "newer", "node": node.id, "path": self.path_of(node.id),
+                                            "size": size, "mtime_ns": mtime_ns, "hash": digest})
+
+    def take_newer(self, drive: Drive, step: dict) -> str | None:
+        """A drive back with the copy a writer wrote before a crash, repaired while the drive
+        was away from an older copy (`_record_live`): that copy becomes the file, the older
+        ones go, and the file gets its other copies again (`_reconcile_soon`, `check`). Only if
+        the file is as that repair recorded it, at the same path, and not open: else it stays
+        as it is, and `check` keeps this copy aside. Returns a line saying what it did."""
+        node = self.cat.node_or_none(step["node"])
+        if node is None or (node.size, node.mtime_ns, node.hash) != (step["size"], step["mtime_ns"], step["hash"]) \
+                or self.path_of(node.id) != step["path"] or self._open.get(node.id):
+            return None
+        path = step["path"]
+        st = drive.lstat(path)
+        if not stat_.S_ISREG(st.st_mode):
+            return None
+        digest = drive.hash(path)
+        names = self.other_names(node.id)
+        older = [r for r in self.cat.replicas(node.id) if r.drive_id != drive.id]
+        here = {row.id: Drive(row) for row in self.cat.drives() if row.state == "active" and row.id != drive.id}
+        with self.cat.transaction():
+            self.cat.set_attrs(node.id, size=st.st_size, mtime_ns=st.st_mtime_ns, hash=digest, mode=st.st_mode,
+                               uid=st.st_uid, gid=st.st_gid, ctime_ns=max(node.ctime_ns, st.st_mtime_ns))
+            self.cat.set_replica(node.id, drive.id, st.st_size, st.st_mtime_ns, digest)
+            for r in older:
+                self.cat.drop_replica(node.id, r.drive_id)
+                if r.drive_id not in here:
+                    for name in (path, *names):
+                        self.cat.owe(r.drive_id, {"op": "unlink", "path": name, "size": r.size,
+                                                  "mtime_ns": r.mtime_ns})
+        for r in older:  # the older copies on drives that are here go now, if still as recorded
+            if (d := here.get(r.drive_id)) is None:
+                continue
+            try:
+                old = d.lstat(path)
+                if (old.st_size, old.st_mtime_ns) == (r.size, r.mtime_ns):
+                    unlink_names(d, path, names)
+                    d.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # (`check` finds it)
+                log.error("could not remove the older copy of %s on %s: %s", path, d.name, e)
+        self._changed = True
+        if self.live:  # its other copies from the mount's copy thread, and the kernel forgets it
+            self._reconcile_soon.add(node.id)  # (`mount.copy_moved_files`; otherwise `check`, or the next mount)
+            self.retaken.append(node.id)
+        return f"took {path} from {drive.name}: written last before a crash, while the drive was away"
 
