@@ -15,6 +15,7 @@ import pytest
 from homepool.catalog import ROOT_ID
 from homepool.check import check
 from homepool.drives import fsync_dir
+from homepool.errors import NoReadableCopy
 from homepool.pool import Pool
 from homepool.pool import core as core_mod
 from homepool.pool import live as live_mod
@@ -441,15 +442,18 @@ def test_a_file_open_twice_at_a_crash_gets_its_missing_copy_once(state_dir: Path
 
 
 @pytest.mark.expect_errors
-@pytest.mark.parametrize("edited_meanwhile", [False, True], ids=["as-repaired", "edited-meanwhile"])
+@pytest.mark.parametrize(("edited_meanwhile", "both_away"), [(False, False), (True, False), (False, True)],
+                         ids=["as-repaired", "edited-meanwhile", "both-away"])
 def test_a_writers_copy_away_at_the_repair_is_the_file_when_it_is_back(state_dir: Path, dir_pool: Pool,
                                                                        dir_drives: list[Path],
-                                                                       edited_meanwhile: bool) -> None:
+                                                                       edited_meanwhile: bool,
+                                                                       both_away: bool) -> None:
     """A 2-copy file written while one drive was away (its journal row names the other) when
     the mount dies; the next opening has the written drive away and the other back. The
     older copy serves meanwhile; the written one is the file once its drive is back, unless
     the file was changed meanwhile: then `check` keeps it aside. Found by review: the older
-    copy stayed the file, and the written one was kept aside as a conflict."""
+    copy stayed the file, and the written one was kept aside as a conflict. (`both_away`: no
+    copy at all meanwhile.)"""
     dir_pool.write_bytes("Documents/a.txt", b"old")
     written, other = (p.parents[2] for p in copies_on_disk(dir_drives, "Documents/a.txt"))
     plug_other = unplug(other)
@@ -461,15 +465,22 @@ def test_a_writers_copy_away_at_the_repair_is_the_file_when_it_is_back(state_dir
     f.close()
     dir_pool.live = False
     dir_pool.close()  # the mount dies with the file open
-    plug_other()
+    if not both_away:
+        plug_other()
     plug_written = unplug(written)
     try:
         with Pool.open(state_dir) as pool:
-            assert pool.read_bytes("Documents/a.txt") == b"old"  # the copy that is there
+            if both_away:
+                with pytest.raises(NoReadableCopy):
+                    pool.read_bytes("Documents/a.txt")
+            else:
+                assert pool.read_bytes("Documents/a.txt") == b"old"  # the copy that is there
             if edited_meanwhile:
                 pool.write_bytes("Documents/a.txt", b"edited")
     finally:
         plug_written()
+        if both_away:
+            plug_other()
     with Pool.open(state_dir) as pool:  # the written drive is back: what it is owed first
         if edited_meanwhile:
             assert pool.read_bytes("Documents/a.txt") == b"edited"

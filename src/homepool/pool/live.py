@@ -1594,8 +1594,12 @@ class LiveOps:
             return
         if kept is None:
             drives = self.drives_by_id()
-            if any(int(key) not in drives or drives[int(key)].row.state != "active" for key in p["drives"]):
-                return  # a drive is away: its copy is looked at when it is back (`check`)
+            away = [int(key) for key in p["drives"] if int(key) not in drives or drives[int(key)].row.state != "active"]
+            if away:  # its copy is the file when it is back (`take_newer`), as recorded now
+                for drive_id in away:
+                    self.cat.owe(drive_id, {"op": "newer", "node": node.id, "path": self.path_of(node.id),
+                                            "size": node.size, "mtime_ns": node.mtime_ns, "hash": node.hash})
+                return
             if not any(r.drive_id not in p["drives"] for r in self.cat.replicas(node.id)):
                 log.error("%s was being written when the mount stopped and no copy of it is left", p["path"])
                 self.cat.delete_node(node.id)
