@@ -187,7 +187,8 @@ def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
     try:
         off = pool.not_at_their_copies()
         with ops.lock:
-            pool.queue_for_their_copies(off)
+            if not session.done.is_set():  # (an unmount meanwhile closes the catalog)
+                pool.queue_for_their_copies(off)
     except Exception:  # (the round below, and `check`, go on without)
         log.exception("looking for files not at their folder's copies")
     while not session.done.wait(SYNC_EVERY):

@@ -601,8 +601,9 @@ class LiveOps:
         present = {d.id for d in self._drive_snapshot(present_only=True)}
         queued = []
         for node_id in node_ids:
-            drives = [r.drive_id for r in self.cat.replicas(node_id)] if self.cat.node_or_none(node_id) else []
-            if drives and all(d in present for d in drives):
+            copies = self.cat.replicas(node_id) if self.cat.node_or_none(node_id) else []
+            # (One with no good copy left is `check`'s to report: there is nothing to copy.)
+            if any(r.state == "ok" for r in copies) and all(r.drive_id in present for r in copies):
                 queued.append(node_id)
         self._reconcile_soon.update(queued)
         return queued
