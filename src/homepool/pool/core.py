@@ -1614,6 +1614,15 @@ class Pool(LiveOps):
                 if source_error is not None or t.error is not None or n != node.size or digest != node.hash:
                     with suppress(OSError):
                         tmp.unlink()
+                if self._changed_meanwhile(node, path):  # (which explains a source that read otherwise)
+                    with suppress(OSError):
+                        tmp.unlink()
+                    log.info("%s changed while a copy of it was made; it gets its copy later", path)
+                    if self._open.get(node.id):
+                        self._reconcile_at_release.add(node.id)  # opened meanwhile: at its last close
+                    elif self.live and self.cat.node_or_none(node.id) is not None:
+                        self._reconcile_soon.add(node.id)  # (the mount's copy thread, a second later)
+                    return False
                 if source_error is not None:
                     log.error("copy of %s on %s is unreadable (%s)", path, src_drive.name, source_error)
                     if copy_is_at_fault(source_error):
@@ -1626,13 +1635,6 @@ class Pool(LiveOps):
                     log.error("copy of %s on %s does not match its checksum; not copying it", path, src_drive.name)
                     self.mark_bad(node.id, src_drive.id)
                     continue
-                if self._changed_meanwhile(node, path):
-                    with suppress(OSError):
-                        tmp.unlink()
-                    log.info("%s changed while a copy of it was made; it gets its copy later", path)
-                    if self._open.get(node.id):
-                        self._reconcile_at_release.add(node.id)  # opened meanwhile: at its last close
-                    return False
                 if not still_wanted():
                     with suppress(OSError):
                         tmp.unlink()

@@ -573,8 +573,10 @@ class LiveOps:
         """Give the files moved to another folder that folder's copies: on a thread of their
         own in the mount (`mount.serve`), every second, not in the rename (a big file's copy
         takes a while, and the kernel holds its rename locks until the rename returns)."""
-        while self._reconcile_soon:
-            node_id = self._reconcile_soon.pop()
+        for node_id in list(self._reconcile_soon):  # (one queued again meanwhile waits for the next round)
+            if node_id not in self._reconcile_soon:
+                continue
+            self._reconcile_soon.discard(node_id)
             try:
                 self.reconcile_unless_open(node_id)
             except (HomepoolError, OSError) as e:
