@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
+from typing import BinaryIO
 
 import pytest
 
@@ -409,6 +410,40 @@ def test_a_file_changed_while_its_new_copy_is_made_keeps_its_copy_good(dir_pool:
     assert dir_pool.read_bytes("Documents/v.bin") == b"V" * 10
     dir_pool.copy_moved_files()  # a second later
     assert [r.state for r in dir_pool.cat.replicas(node.id)] == ["ok", "ok"]
+    assert_clean(dir_pool)
+
+
+@pytest.mark.parametrize("change", ["delete", "truncate"])
+def test_a_change_of_copies_while_mounted_goes_on_past_a_file_changed_during_its_copy(
+        dir_pool: Pool, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """`folder set` while mounted: a file deleted while its new copy is made is passed over,
+    one changed then waits for the copy thread, and the folder's other files get their copies.
+    Found by a stress test: the command failed ("No such file or folder in the pool: #N") and
+    left the rest short."""
+    dir_pool.write_bytes("Videos/big.bin", b"B" * 100_000)  # Videos: 1 copy
+    for name in ("a", "b", "c"):
+        dir_pool.write_bytes(f"Videos/{name}.txt", name.encode())
+    dir_pool.go_live()
+    big = dir_pool.stat("Videos/big.bin")
+    real = core.copy_to
+
+    def copy_to(src: BinaryIO, *a: object, **kw: object) -> object:
+        if os.fstat(src.fileno()).st_size == big.size:  # another request comes while big.bin is copied
+            monkeypatch.undo()
+            if change == "delete":
+                dir_pool.delete("Videos/big.bin")
+            else:
+                dir_pool.truncate_file(big.id, 10)
+        return real(src, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(core, "copy_to", copy_to)
+    ops = PoolOperations(dir_pool)
+    ops.session = SimpleNamespace(done=threading.Event(), mountpoint="/mnt")  # type: ignore[assignment]
+    done = answer(dir_pool, ops, {"op": "set_copies", "folder": "Videos", "copies": 2})
+    assert (done["short"], done["waiting"]) == ([], 0 if change == "delete" else 1)
+    for name in ("a", "b", "c"):
+        assert len(dir_pool.cat.replicas(dir_pool.stat(f"Videos/{name}.txt").id)) == 2
+    dir_pool.copy_moved_files()  # the mount's copy thread, a second later
     assert_clean(dir_pool)
 
 

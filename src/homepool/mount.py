@@ -229,8 +229,10 @@ def answer(pool: Pool, ops: PoolOperations, request: dict[str, Any]) -> dict[str
                                         "copies at the next `homepool check --repair`")
                 with lock:
                     got = pool.reconcile_unless_open(node_id)
-                    if got is None:
-                        waiting += 1
+                    if pool.cat.node_or_none(node_id) is None:
+                        continue  # deleted since (or while its copy was made)
+                    if got is None or pool.copies_pending(node_id):
+                        waiting += 1  # open, or changed while its copy was made: a little later
                     elif got < copies:
                         short.append(pool.path_of(node_id))
         finally:

@@ -48,7 +48,7 @@ def do_folder_set(name: str, copies: CopiesOpt) -> None:
         r = control.ask(state.state_dir, mounted, {"op": "set_copies", "folder": name, "copies": copies})
         name, before, short, drives = r["name"], r["before"], r["short"], r["drives"]
         if r.get("waiting"):
-            out.print(f"{r['waiting']} file(s) open for writing get their copies when they are closed.")
+            out.print(f"{r['waiting']} file(s) in use get their copies once they are closed.")
     out.print(f"Folder {name}: {before} -> {copies} {'copy' if copies == 1 else 'copies'}.")
     if short:
         why = f"the pool has {drives} drive(s)" if copies > drives else "no drive has room for more"
