@@ -1071,8 +1071,14 @@ class Pool(LiveOps):
     def _taken_since(self, op: str, p: dict) -> bool:
         """A rename or drop recorded before its drive steps, replayed: is something else at the
         path those steps would act on now? (The next commit removes such a row, so this does
-        not happen; if it did, the drives' file there would be that newer entry's.)"""
-        return self.lookup(p["src"] if op == "rename" else p["path"]) is not None
+        not happen; if it did, the drives' file there would be that newer entry's.) A drop of
+        some copies of a file that stays (`reconcile`) finds that file there: taken only if
+        it is another one now, or has a copy on one of those drives again."""
+        found = self.lookup(p["src"] if op == "rename" else p["path"])
+        if found is None or op != "drop" or p.get("node") or "id" not in p:
+            return found is not None
+        file = self.cat.resolve(found)
+        return file.id != p["id"] or any(r.drive_id in map(int, p["drives"]) for r in self.cat.replicas(file.id))
 
     def _finish(self, entry: int, op: str, payload: dict, drives: dict[int, Drive]) -> list[int] | None:
         done: list[list[int]] = []
@@ -1543,7 +1549,7 @@ class Pool(LiveOps):
                 self._changed = True
             bad = [d for d in bad if d not in good()]
             if bad and any(intact(d) for d in verified()):
-                self._run("drop", {"path": path, "drives": bad, "links": self.other_names(node.id)})
+                self._run("drop", {"path": path, "drives": bad, "links": self.other_names(node.id), "id": node.id})
         have = good()
         if len(have) > wanted:
             sure = verified()
@@ -1555,7 +1561,8 @@ class Pool(LiveOps):
                 keep = sorted(sure, key=lambda d: -rooms.get(d, 0))[:wanted]
                 extra = [d for d in sure if d not in keep]
                 if extra:
-                    self._run("drop", {"path": path, "drives": extra, "links": self.other_names(node.id)})
+                    self._run("drop", {"path": path, "drives": extra, "links": self.other_names(node.id),
+                                       "id": node.id})
             return len(good())
         while have and len(have) < wanted:
             holders = [r.drive_id for r in self.cat.replicas(node.id)]
