@@ -1718,6 +1718,13 @@ class Pool(LiveOps):
             self.cat.set_replica(node.id, drive.id, node.size, node.mtime_ns, node.hash, state)
         self._changed = True
 
+    def reown_copy(self, node: Node, drive: Drive) -> None:
+        """A copy with the file's content and another owner or mode: give it the file's (owner
+        first: a chown clears set-id bits)."""
+        path = self.path_of(node.id)
+        drive.do(os.lchown, path, node.uid, node.gid)
+        drive.do(os.chmod, path, node.mode & 0o7777)
+
     def set_copy_aside(self, node: Node, drive: Drive) -> str:
         """A copy changed outside the pool while the pool has the right content elsewhere:
         keep the changed one as a file of its own, `name (conflict LABEL).ext`."""
