@@ -534,6 +534,37 @@ def test_a_writers_copy_that_comes_back_while_mounted_is_the_file_at_once(state_
         assert_clean(pool)
 
 
+@pytest.mark.expect_errors
+def test_a_copy_dropped_mid_write_is_never_the_file_after_a_crash(state_dir: Path, dir_pool: Pool,
+                                                                  dir_drives: list[Path]) -> None:
+    """A 2-copy file's copy fails mid-write (its drive pulled out) and is dropped; the writer
+    goes on with the other, and the mount dies. Its drive back, the half copy goes, and the
+    file is what was written. Found by review: the writer's journal row still named the
+    dropped copy, which the repair kept as the file (and removed the whole one)."""
+    dir_pool.write_bytes("Documents/a.txt", b"old")
+    first = copies_on_disk(dir_drives, "Documents/a.txt")[0].parents[2]
+    dir_pool.go_live()
+    dir_pool.drive_cache = None
+    f = dir_pool.open_file(dir_pool.stat("Documents/a.txt").id, write=True)
+    dir_pool.will_change(f)
+    assert f.write(b"new ", 0) == []
+    gone = {d.root: d.id for d in dir_pool.drives()}[first]
+    plug_back = unplug(first)
+    dir_pool.drive_cache = None  # (the pool sees it gone: the half copy stays there)
+    try:
+        dir_pool.copies_failed(f, [(gone, OSError(errno.EIO, "gone"))], lambda fds: [])
+        assert f.write(b"data", 4) == []
+        f.close()
+        dir_pool.live = False
+        dir_pool.close()  # the mount dies with the file open
+    finally:
+        plug_back()
+    with Pool.open(state_dir) as pool:  # the drive is back: what it is owed first, then the repair
+        assert pool.read_bytes("Documents/a.txt") == b"new data"
+        assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/a.txt")] == [b"new data"] * 2
+        assert_clean(pool)
+
+
 def test_adopted_hard_links_follow_the_file_they_name(tmp_path: Path, dir_drives: list[Path]) -> None:
     mine, theirs = dir_drives[0], dir_drives[1]
     with Pool.create(tmp_path / "other") as other:

@@ -1156,7 +1156,9 @@ class Pool(LiveOps):
                     recorded = node is not None and any(r.drive_id == drive.id
                                                         for r in self.cat.replicas(self.cat.resolve(node).id))
                     st = drive.do(os.stat, step["path"])
-                    if not recorded and (st.st_size, st.st_mtime_ns) == (step["size"], step["mtime_ns"]):
+                    # (`dropped`: a copy that failed mid-write, with its drive pulled out)
+                    if not recorded and (step.get("dropped") or (st.st_size, st.st_mtime_ns) == (step["size"],
+                                                                                                  step["mtime_ns"])):
                         drive.do(os.unlink, step["path"])
                         out.append(f"removed {step['path']} from {drive.name} (deleted while it was away)")
                 elif step["op"] == "link":

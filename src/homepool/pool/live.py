@@ -850,15 +850,27 @@ class LiveOps:
 
     def _drop_live_copy(self, f: LiveFile, drive_id: int, fd: int) -> None:
         f.retired.append(fd)
+        self.drive_cache = None  # (a drive pulled out fails its copies: looked at again)
         d = self.drives_by_id().get(drive_id)
+        here = d is not None and d.row.state == "active"
         with self.cat.transaction():
             self.cat.drop_replica(f.node_id, drive_id)
-        if d is not None and d.row.state == "active":
-            try:
-                unlink_names(d, f.path, self.other_names(f.node_id))
-                d.do(os.unlink, f.path)  # never keep half a copy
-            except OSError as e:
+            # A crash now repairs the file from the copies still written, never from this one.
+            for h in self._open.get(f.node_id, ()):
+                if h.journal_id is not None:
+                    self.cat.journal_update(h.journal_id, {"node": f.node_id, "path": f.path,
+                                                           "drives": [k for k in h.fds if k != drive_id]})
+        try:
+            if d is None or not here:
+                raise FileNotFoundError(errno.ENOENT, "the drive is away")
+            unlink_names(d, f.path, self.other_names(f.node_id))
+            d.do(os.unlink, f.path)  # never keep half a copy
+        except OSError as e:  # (pulled out, say: the half copy goes when the drive is back, whatever its size)
+            if d is not None and d.present():
                 log.error("could not remove the failed copy of %s on %s: %s", f.path, d.name, e)
+            with self.cat.transaction():
+                for path in (f.path, *self.other_names(f.node_id)):
+                    self.cat.owe(drive_id, {"op": "unlink", "path": path, "dropped": True})
 
     def _move_copy(self, f: LiveFile, full: Drive) -> int | None:
         """Under `f.gate.moving()`: move `f`'s copy on the `full` drive to a drive with room for
