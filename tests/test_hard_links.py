@@ -441,6 +441,27 @@ def test_a_file_open_twice_at_a_crash_gets_its_missing_copy_once(state_dir: Path
         assert_clean(pool)
 
 
+def _written_with_a_drive_away_and_killed(pool: Pool, drives: list[Path]) -> tuple[Path, Path]:
+    """Documents/a.txt (2 copies of b"old") written b"new data" while one of its drives was
+    away (the writer's journal row names the other), when the mount dies. Returns the drive
+    written and the other, both plugged in."""
+    pool.write_bytes("Documents/a.txt", b"old")
+    written, other = (p.parents[2] for p in copies_on_disk(drives, "Documents/a.txt"))
+    plug_other = unplug(other)
+    try:
+        pool.go_live()
+        pool.drive_cache = None
+        f = pool.open_file(pool.stat("Documents/a.txt").id, write=True)
+        pool.will_change(f)
+        assert f.write(b"new data", 0) == []
+        f.close()
+        pool.live = False
+        pool.close()  # the mount dies with the file open
+    finally:
+        plug_other()
+    return written, other
+
+
 @pytest.mark.expect_errors
 @pytest.mark.parametrize(("edited_meanwhile", "both_away"), [(False, False), (True, False), (False, True)],
                          ids=["as-repaired", "edited-meanwhile", "both-away"])
@@ -448,26 +469,13 @@ def test_a_writers_copy_away_at_the_repair_is_the_file_when_it_is_back(state_dir
                                                                        dir_drives: list[Path],
                                                                        edited_meanwhile: bool,
                                                                        both_away: bool) -> None:
-    """A 2-copy file written while one drive was away (its journal row names the other) when
-    the mount dies; the next opening has the written drive away and the other back. The
-    older copy serves meanwhile; the written one is the file once its drive is back, unless
-    the file was changed meanwhile: then `check` keeps it aside. Found by review: the older
-    copy stayed the file, and the written one was kept aside as a conflict. (`both_away`: no
-    copy at all meanwhile.)"""
-    dir_pool.write_bytes("Documents/a.txt", b"old")
-    written, other = (p.parents[2] for p in copies_on_disk(dir_drives, "Documents/a.txt"))
-    plug_other = unplug(other)
-    dir_pool.go_live()
-    dir_pool.drive_cache = None
-    f = dir_pool.open_file(dir_pool.stat("Documents/a.txt").id, write=True)
-    dir_pool.will_change(f)
-    assert f.write(b"new data", 0) == []
-    f.close()
-    dir_pool.live = False
-    dir_pool.close()  # the mount dies with the file open
-    if not both_away:
-        plug_other()
-    plug_written = unplug(written)
+    """The next opening has the written drive away and the other back: the older copy serves
+    meanwhile; the written one is the file once its drive is back, unless the file was
+    changed meanwhile: then `check` keeps it aside. Found by review: the older copy stayed the
+    file, and the written one was kept aside as a conflict. (`both_away`: no copy at all
+    meanwhile.)"""
+    written, other = _written_with_a_drive_away_and_killed(dir_pool, dir_drives)
+    plug_back = [unplug(d) for d in (written, other) if d == written or both_away]
     try:
         with Pool.open(state_dir) as pool:
             if both_away:
@@ -478,9 +486,8 @@ def test_a_writers_copy_away_at_the_repair_is_the_file_when_it_is_back(state_dir
             if edited_meanwhile:
                 pool.write_bytes("Documents/a.txt", b"edited")
     finally:
-        plug_written()
-        if both_away:
-            plug_other()
+        for plug in plug_back:
+            plug()
     with Pool.open(state_dir) as pool:  # the written drive is back: what it is owed first
         if edited_meanwhile:
             assert pool.read_bytes("Documents/a.txt") == b"edited"
@@ -496,24 +503,53 @@ def test_a_writers_copy_away_at_the_repair_is_the_file_when_it_is_back(state_dir
 
 
 @pytest.mark.expect_errors
+@pytest.mark.parametrize("meanwhile", ["read", "deleted"])
+def test_a_writers_copy_back_finds_its_file_open_for_reading_or_deleted(state_dir: Path, dir_pool: Pool,
+                                                                       dir_drives: list[Path],
+                                                                       meanwhile: str) -> None:
+    """A reader holding the file when the written drive is back does not keep the written
+    copy out (it reads on the older copy it has open); a file deleted meanwhile loses that
+    copy too. Found by review: the step was given up, and the written copy came back later
+    as a conflict copy, or as the deleted file itself."""
+    written, _ = _written_with_a_drive_away_and_killed(dir_pool, dir_drives)
+    plug_written = unplug(written)
+    try:
+        pool = Pool.open(state_dir)  # the repair: the older copy serves
+        pool.go_live()
+        if meanwhile == "read":
+            reader = pool.open_file(pool.stat("Documents/a.txt").id, write=False)
+        else:
+            pool.delete("Documents/a.txt")
+    finally:
+        plug_written()
+    try:
+        pool.drive_cache = None
+        pool.drives()  # the mount looks at the drives again: the written one is back
+        if meanwhile == "read":
+            assert reader.read(100, 0) == b"old"
+            pool.releasing(reader, closing=True)
+            pool.release_file(reader, reader.finish())
+            assert pool.read_bytes("Documents/a.txt") == b"new data"
+        else:
+            assert copies_on_disk(dir_drives, "Documents/a.txt") == []
+        pool.copy_moved_files()  # (the mount's copy thread: the second copy)
+    finally:
+        pool.live = False
+        pool.close()
+    with Pool.open(state_dir) as pool:
+        if meanwhile == "read":
+            assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/a.txt")] == [b"new data"] * 2
+        assert_clean(pool)
+
+
+@pytest.mark.expect_errors
 def test_a_writers_copy_that_comes_back_while_mounted_is_the_file_at_once(state_dir: Path, dir_pool: Pool,
                                                                           dir_drives: list[Path],
                                                                           tmp_path: Path) -> None:
-    """As above, the drive plugged back in while the pool is mounted: the mount reads the
+    """As above, the drive plugged back in while the pool is mounted: the mount shows the
     written copy from then on (the kernel forgets what it held of the older one), and gives
     the file its second copy by itself."""
-    dir_pool.write_bytes("Documents/a.txt", b"old")
-    written, other = (p.parents[2] for p in copies_on_disk(dir_drives, "Documents/a.txt"))
-    plug_other = unplug(other)
-    dir_pool.go_live()
-    dir_pool.drive_cache = None
-    f = dir_pool.open_file(dir_pool.stat("Documents/a.txt").id, write=True)
-    dir_pool.will_change(f)
-    assert f.write(b"new data", 0) == []
-    f.close()
-    dir_pool.live = False
-    dir_pool.close()  # the mount dies with the file open
-    plug_other()
+    written, _ = _written_with_a_drive_away_and_killed(dir_pool, dir_drives)
     plug_written = unplug(written)
     with mount_pool(state_dir, tmp_path) as (mnt, _):
         try:

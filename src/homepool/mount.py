@@ -192,12 +192,13 @@ def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
     except Exception:  # (the round below, and `check`, go on without)
         log.exception("looking for files not at their folder's copies")
     while not session.done.wait(SYNC_EVERY):
+        with ops.lock:
+            retaken, pool.retaken = pool.retaken, []
+        for ino in retaken:  # (outside the lock, as for `add_folder`; before the copies: they take a while)
+            session.forget_inode(ino)
         try:
             with ops.lock:
-                retaken, pool.retaken = pool.retaken, []
                 pool.copy_moved_files()
-            for ino in retaken:  # (outside the lock, as for `add_folder`)
-                session.forget_inode(ino)
         except Exception:  # a drive gone mid-copy, say: the next round (or `check`) tries again
             log.exception("giving moved files their copies")
 

@@ -1642,13 +1642,22 @@ class LiveOps:
         """A drive back with the copy a writer wrote before a crash, repaired while the drive
         was away from an older copy (`_record_live`): that copy becomes the file, the older
         ones go, and the file gets its other copies again (`_reconcile_soon`, `check`). Only if
-        the file is as that repair recorded it, at the same path, and not open: else it stays
-        as it is, and `check` keeps this copy aside. Returns a line saying what it did."""
-        node = self.cat.node_or_none(step["node"])
-        if node is None or (node.size, node.mtime_ns, node.hash) != (step["size"], step["mtime_ns"], step["hash"]) \
-                or self.path_of(node.id) != step["path"] or self._open.get(node.id):
+        the file is as that repair recorded it, at the same path, and not open for writing:
+        else it stays as it is, and `check` keeps this copy aside. (A reader goes on reading
+        the older copy it has open, as after a rename over it.) Returns a line saying what it
+        did."""
+        node, path = self.cat.node_or_none(step["node"]), step["path"]
+        if node is None:  # deleted since: so is this copy (unless the name is another file's there now)
+            named = self.lookup(path)
+            if named is None or all(r.drive_id != drive.id for r in self.cat.replicas(self.cat.resolve(named).id)):
+                drive.unlink(path)
+                return f"removed {path} from {drive.name} (written last before a crash, deleted since)"
             return None
-        path = step["path"]
+        if (node.size, node.mtime_ns, node.hash) != (step["size"], step["mtime_ns"], step["hash"]) \
+                or self.path_of(node.id) != path or any(f.writable for f in self._open.get(node.id, ())):
+            log.warning("left the copy of %s on %s that was written last before a crash: the file changed or "
+                        "moved since; `homepool check --repair` keeps it aside", path, drive.name)
+            return None
         st = drive.lstat(path)
         if not stat_.S_ISREG(st.st_mode):
             return None
