@@ -293,33 +293,6 @@ def test_temp_files_a_killed_process_left_go_at_the_next_opening(
     assert f"removed 1 unfinished temp file(s) on 'drive2' ({dir_drives[1]})" in caplog.text
 
 
-@pytest.mark.parametrize("change", ["mode", "owner"])
-def test_a_chmod_or_chown_a_crash_cut_short_is_found_and_undone(state_dir: Path, dir_pool: Pool,
-                                                                dir_drives: list[Path],
-                                                                monkeypatch: pytest.MonkeyPatch, change: str) -> None:
-    """The mount changes a closed file's copies, then records it: killed in between, the
-    copies and the catalog disagree (`stat` shows one, `recover` would bring back the other).
-    `check` finds it, and repair gives the copies the catalog's (the call never returned).
-    Found by a crash stress."""
-    dir_pool.write_bytes("Documents/a.txt", b"A")
-    dir_pool.go_live()
-    node = dir_pool.stat("Documents/a.txt")
-
-    def killed(*a: object) -> None:
-        raise KeyboardInterrupt  # stands in for kill -9 here
-    monkeypatch.setattr(dir_pool, "_record_attrs", killed)
-    with pytest.raises(KeyboardInterrupt):
-        dir_pool.set_attrs(node.id, **({"mode": 0o600} if change == "mode" else {"uid": 1234, "gid": 1234}))
-    monkeypatch.undo()
-    dir_pool.live = False
-    dir_pool.close()
-    with Pool.open(state_dir) as pool:
-        assert [p.check for p in check(pool)] == ["replicas_match", "replicas_match"]
-        repair_then_clean(pool)
-        assert {(p.stat().st_mode & 0o7777, p.stat().st_uid) for p in copies_on_disk(dir_drives, "Documents/a.txt")} \
-            == {(node.mode & 0o7777, node.uid)}
-
-
 def test_a_missing_copy_is_remade(dir_pool: Pool, dir_drives: list[Path]) -> None:
     dir_pool.write_bytes("Photos/a.jpg", b"photo")
     copies_on_disk(dir_drives, "Photos/a.jpg")[0].unlink()

@@ -455,3 +455,37 @@ def test_a_case_variant_folder_blocked_by_a_file_is_left_alone(dir_pool: Pool, d
     (dir_drives[0] / "HomePool/videos/2010/clip.mkv").write_bytes(b"clip")
     problems = check(dir_pool, repair=True)
     assert any("left alone" in p.detail for p in problems)
+
+
+@pytest.mark.parametrize("killed_at", ["_record_attrs", "_set_on_copies"], ids=["recording", "on-the-copies"])
+@pytest.mark.parametrize("change", ["mode", "owner", "times"])
+def test_a_setattr_a_crash_cut_short_is_made_on_the_copies_at_the_next_opening(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch, change: str,
+        killed_at: str) -> None:
+    """The mount records a chmod, chown or utimens of a closed file with a journal row, then
+    makes it on the copies: killed before the record, nothing changed; killed after it, the
+    next opening makes it on the copies. Found by a crash stress: the copies had the change
+    and the catalog did not (the mount showed one, `recover` would have brought back the
+    other), and `check` could not tell."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.go_live()
+    node = dir_pool.stat("Documents/a.txt")
+    cols = {"mode": {"mode": 0o600}, "owner": {"uid": 1234, "gid": 1234}, "times": {"mtime_ns": 10**18}}[change]
+
+    def killed(*a: object) -> None:
+        raise KeyboardInterrupt  # stands in for kill -9 here
+    monkeypatch.setattr(dir_pool, killed_at, killed)
+    with pytest.raises(KeyboardInterrupt):
+        dir_pool.set_attrs(node.id, **cols)  # type: ignore[arg-type]
+    monkeypatch.undo()
+    dir_pool.live = False
+    dir_pool.close()
+    with Pool.open(state_dir) as pool:
+        now = pool.stat("Documents/a.txt")
+        want = {"mode": (0o600, 0, node.mtime_ns), "owner": (0o644, 1234, node.mtime_ns),
+                "times": (0o644, 0, 10**18)}[change] if killed_at == "_set_on_copies" else (0o644, 0, node.mtime_ns)
+        assert (now.mode & 0o7777, now.uid, now.mtime_ns) == want
+        copies = [p.stat() for p in copies_on_disk(dir_drives, "Documents/a.txt")]
+        assert [(st.st_mode & 0o7777, st.st_uid, st.st_mtime_ns) for st in copies] == [want] * 2
+        assert pool.cat.journal() == []
+        assert_clean(pool)

@@ -187,15 +187,6 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
         if st.st_size == r.size and st.st_mtime_ns == r.mtime_ns:
             if r.state == "ok":
                 good += 1
-                if (st.st_mode & 0o7777, st.st_uid, st.st_gid) != (node.mode & 0o7777, node.uid, node.gid):
-                    # A chmod or chown the drives took and the catalog did not (a crash between them).
-                    p = Problem("replicas_match", path,
-                                f"copy on {d.name} has mode {st.st_mode & 0o7777:o} and owner {st.st_uid}:{st.st_gid}, "
-                                f"the file {node.mode & 0o7777:o} and {node.uid}:{node.gid}")
-                    if repair:
-                        pool.reown_copy(node, d)
-                        p.fixed = True
-                    out.append(p)
                 continue
             # Marked bad by a failed read: if the content is right after all, it is good.
             try:

@@ -1102,6 +1102,8 @@ class Pool(LiveOps):
             kept = self._apply_live(payload, drives)
         elif op == "link":
             owed = self._apply_link(payload, drives)
+        elif op == "attrs":
+            self._apply_attrs(payload)
         else:
             raise ValueError(f"unknown journal op {op!r}")
         self._sync_drives(drives, payload)
@@ -1720,13 +1722,6 @@ class Pool(LiveOps):
             self.cat.set_replica(node.id, drive.id, node.size, node.mtime_ns, node.hash, state)
         self._changed = True
 
-    def reown_copy(self, node: Node, drive: Drive) -> None:
-        """A copy with the file's content and another owner or mode: give it the file's (owner
-        first: a chown clears set-id bits)."""
-        path = self.path_of(node.id)
-        drive.do(os.lchown, path, node.uid, node.gid)
-        drive.do(os.chmod, path, node.mode & 0o7777)
-
     def set_copy_aside(self, node: Node, drive: Drive) -> str:
         """A copy changed outside the pool while the pool has the right content elsewhere:
         keep the changed one as a file of its own, `name (conflict LABEL).ext`."""
@@ -1980,6 +1975,8 @@ def describe(op: str, payload: dict) -> str:
         return f"change of {payload['path']} through the mount"
     if op == "link":
         return f"link of {payload['dst']} to {payload['src']}"
+    if op == "attrs":
+        return f"change of the owner, mode or times of file #{payload['id']} through the mount"
     return f"{op} of {payload.get('path') or payload.get('src')}"
 
 

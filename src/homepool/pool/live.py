@@ -1408,29 +1408,45 @@ class LiveOps:
             return self.node(node_id)
         if mtime_ns is None and atime_ns is not None:
             node = self.node(node_id)  # (its time as written, which stays)
+        change = {"id": node_id, "cols": dict(cols), "mtime_ns": mtime_ns if mtime_ns is not None else node.mtime_ns,
+                  "atime_ns": atime_ns, "times": mtime_ns is not None or atime_ns is not None}
+        if (changed := self._dir_times.get(node_id)) is not None:
+            cols.setdefault("mtime_ns", changed)  # a directory's time kept by `_dir_changed`
+        # The catalog first, with a journal row: a crash before every copy has the change has
+        # it made on them at the next opening (`_apply_attrs`); the next commit removes the row.
+        with self.cat.transaction():
+            self._record_attrs(node_id, cols)
+            entry = self.cat.journal_add("attrs", change)
+        if changed is not None:
+            self._dir_times.pop(node_id, None)  # (once committed: a glance reads the one or the other)
+        self._set_on_copies(node, path, change)
+        self.cat.journal_done_later(entry)
+        self._changed = True
+        return self.node(node_id)
+
+    def _set_on_copies(self, node: Node, path: str, change: dict) -> None:
+        """A setattr's owner, mode and times (`set_attrs`'s journal row) on every copy there."""
+        cols, m, a = change["cols"], change["mtime_ns"], change["atime_ns"]
 
         def apply(p: str) -> None:
             if "uid" in cols:
                 os.lchown(p, cols["uid"], cols["gid"])
             if "mode" in cols and not stat_.S_ISLNK(node.mode):
                 os.chmod(p, cols["mode"] & 0o7777)
-            if mtime_ns is not None or atime_ns is not None:
-                m = mtime_ns if mtime_ns is not None else node.mtime_ns
-                os.utime(p, ns=(atime_ns if atime_ns is not None else m, m), follow_symlinks=False)
+            if change["times"]:
+                os.utime(p, ns=(a if a is not None else m, m), follow_symlinks=False)
 
         for d in self._holders(node):
             try:
                 d.do(apply, path)
             except OSError as e:
                 log.error("could not change %s on %s: %s", path, d.name, e)
-        if (changed := self._dir_times.get(node_id)) is not None:
-            cols.setdefault("mtime_ns", changed)  # a directory's time kept by `_dir_changed`
-        with self.cat.transaction():
-            self._record_attrs(node_id, cols)
-        if changed is not None:
-            self._dir_times.pop(node_id, None)  # (once committed: a glance reads the one or the other)
-        self._changed = True
-        return self.node(node_id)
+
+    def _apply_attrs(self, p: dict) -> None:
+        """A setattr a crash cut short (`set_attrs`): made on the copies now, where the file is."""
+        node = self.cat.node_or_none(p["id"])
+        if node is not None:
+            self._set_on_copies(node, self.path_of(node.id), p)
 
     @staticmethod
     def without_set_id(mode: int, in_group: bool = True) -> int:
