@@ -489,3 +489,37 @@ def test_a_setattr_a_crash_cut_short_is_made_on_the_copies_at_the_next_opening(
         assert [(st.st_mode & 0o7777, st.st_uid, st.st_mtime_ns) for st in copies] == [want] * 2
         assert pool.cat.journal() == []
         assert_clean(pool)
+
+
+@pytest.mark.expect_errors
+def test_a_delete_a_crash_cut_short_with_a_drive_away_at_the_next_opening_is_owed_to_it(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delete through the mount is recorded, then made on the drives: killed in between,
+    the next opening makes it on the drives there, and owes it to one that is away. Found by
+    review: nothing was owed, and the copy on that drive came back as a file at `check --repair`."""
+    dir_pool.write_bytes("Documents/a.txt", b"A")
+    dir_pool.close()
+    mounted = Pool.open(state_dir)
+    mounted.go_live()
+
+    def killed(*a: object) -> None:
+        raise KeyboardInterrupt  # stands in for kill -9 here
+    monkeypatch.setattr(mounted, "_take_steps", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mounted.delete("Documents/a.txt")
+    mounted.cat.db.close()  # the process dies: nothing more is committed
+    assert mounted.lock is not None
+    mounted.lock.release()
+    away = copies_on_disk(dir_drives, "Documents/a.txt")[0].parents[2]
+    os.rename(away / ".homepool", away / ".homepool-unplugged")
+    try:
+        with Pool.open(state_dir) as pool:
+            assert pool.lookup("Documents/a.txt") is None
+            assert len(copies_on_disk(dir_drives, "Documents/a.txt")) == 1  # on the drive away
+    finally:
+        os.rename(away / ".homepool-unplugged", away / ".homepool")
+    with Pool.open(state_dir) as pool:  # back: what it is owed first
+        assert copies_on_disk(dir_drives, "Documents/a.txt") == []
+        check(pool, repair=True)
+        assert pool.lookup("Documents/a.txt") is None
+        assert_clean(pool)

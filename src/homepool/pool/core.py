@@ -818,6 +818,12 @@ class Pool(LiveOps):
         node = self._journaled_node(p, "path")
         if node is None:  # recorded already (see `_run_recorded_first`)
             self._owe_failed("drop", p, drives, failed)
+            for key in p["drives"]:  # a drive away now: the copy there goes when it is back
+                d = drives.get(int(key))
+                if d is None or d.row.state != "active":
+                    for path in (*p.get("links", ()), p["path"]):
+                        if not self._owe_hand_over(int(key), path, p):
+                            self.cat.owe(int(key), {"op": "unlink", "path": path, "dropped": True})
             return {}
         file = self.cat.resolve(node)
         reps = {r.drive_id: r for r in (looked.replicas if looked else self.cat.replicas(file.id))}
@@ -1158,7 +1164,8 @@ class Pool(LiveOps):
                     recorded = node is not None and any(r.drive_id == drive.id
                                                         for r in self.cat.replicas(self.cat.resolve(node).id))
                     st = drive.do(os.stat, step["path"])
-                    # (`dropped`: a copy that failed mid-write, with its drive pulled out)
+                    # (`dropped`: a copy that failed mid-write, its drive pulled out; or one of a
+                    # file deleted, when its drive was away at the replay: sizes unknown)
                     if not recorded and (step.get("dropped") or (st.st_size, st.st_mtime_ns) == (step["size"],
                                                                                                   step["mtime_ns"])):
                         drive.do(os.unlink, step["path"])
