@@ -261,18 +261,23 @@ def test_a_crash_between_catalog_and_drives_is_repaired(dir_pool: Pool, dir_driv
         assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/a.txt")] == want
 
 
+def _linked_and_killed(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Documents/b.txt made a name of a.txt by the mount, which dies before the drives have it."""
+    docs = a_and_x_live(pool)
+    monkeypatch.setattr(live_mod, "link_name", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pool.make_link(pool.stat("Documents/a.txt").id, docs, "b.txt")
+    monkeypatch.undo()
+    pool.live = False
+    pool.close()  # the mount dies here
+
+
 def test_a_link_cut_short_by_a_crash_is_made_at_the_next_opening(state_dir: Path, dir_pool: Pool,
                                                                   dir_drives: list[Path],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The new name is in the catalog before the drives have it: its journal row has the
     opening after the crash make it there (found by a kill -9 stress: it waited for `check`)."""
-    docs = a_and_x_live(dir_pool)
-    monkeypatch.setattr(live_mod, "link_name", crash)
-    with pytest.raises(KeyboardInterrupt):
-        dir_pool.make_link(dir_pool.stat("Documents/a.txt").id, docs, "b.txt")
-    monkeypatch.undo()
-    dir_pool.live = False
-    dir_pool.close()  # the mount dies here
+    _linked_and_killed(dir_pool, monkeypatch)
     with Pool.open(state_dir) as pool:
         assert linked_on_drives(dir_drives, "Documents/a.txt", "Documents/b.txt") == 2
         assert pool.read_bytes("Documents/b.txt") == b"A"
@@ -286,13 +291,7 @@ def test_a_link_made_at_the_next_opening_is_owed_to_a_drive_away_then(state_dir:
     """A drive away at that opening gets the name when it is back, as it would have from
     `make_link` (found by review: the row was finished without it, and `check` found the name
     missing there)."""
-    docs = a_and_x_live(dir_pool)
-    monkeypatch.setattr(live_mod, "link_name", crash)
-    with pytest.raises(KeyboardInterrupt):
-        dir_pool.make_link(dir_pool.stat("Documents/a.txt").id, docs, "b.txt")
-    monkeypatch.undo()
-    dir_pool.live = False
-    dir_pool.close()  # the mount dies here
+    _linked_and_killed(dir_pool, monkeypatch)
     here, away = (p.parents[2] for p in copies_on_disk(dir_drives, "Documents/a.txt"))
     plug_back = unplug(away)
     try:
