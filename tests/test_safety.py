@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -522,4 +523,31 @@ def test_a_delete_a_crash_cut_short_with_a_drive_away_at_the_next_opening_is_owe
         assert copies_on_disk(dir_drives, "Documents/a.txt") == []
         check(pool, repair=True)
         assert pool.lookup("Documents/a.txt") is None
+        assert_clean(pool)
+
+
+def test_a_symlinks_removal_a_crash_cut_short_is_made_at_the_next_opening(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A symlink removed through the mount is recorded first, then removed from the drives:
+    killed in between, the next opening removes it there. Found by a crash stress: the
+    drives went first, and the catalog kept a symlink no drive had."""
+    dir_pool.go_live()
+    docs = dir_pool.stat("Documents").id
+    dir_pool.make_node(docs, "l", stat.S_IFLNK | 0o777, 0, 0, target="a.txt")
+    dir_pool.close()
+    mounted = Pool.open(state_dir)
+    mounted.go_live()
+
+    def killed(*a: object) -> None:
+        raise KeyboardInterrupt  # stands in for kill -9 here
+    monkeypatch.setattr(mounted, "_take_steps", killed)
+    with pytest.raises(KeyboardInterrupt):
+        mounted.remove(docs, "l", rmdir=False)
+    mounted.cat.db.close()  # the process dies: nothing more is committed
+    assert mounted.lock is not None
+    mounted.lock.release()
+    assert sum(os.path.lexists(d / "HomePool/Documents/l") for d in dir_drives) == 3
+    with Pool.open(state_dir) as pool:
+        assert pool.lookup("Documents/l") is None
+        assert not any(os.path.lexists(d / "HomePool/Documents/l") for d in dir_drives)
         assert_clean(pool)

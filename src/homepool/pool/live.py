@@ -1252,11 +1252,9 @@ class LiveOps:
             raise IsADirectory(path=path)
         if node.is_dir and self.cat.has_children(node.id):
             raise DirectoryNotEmpty(path=path)
-        if not node.is_dir and not node.is_file:
-            self._on_every_drive(path, lambda d: d.do(os.unlink, path))
-            with self.cat.transaction():
-                self.cat.remove_name(row)
-            self._changed = True
+        if not node.is_dir and not node.is_file:  # a symlink or special file: recorded first, as a file's delete
+            drives = [d.id for d in self.drives_by_id().values() if d.row.state == "active"]
+            self._run("drop", {"path": path, "drives": drives, "node": True, "id": row.id})
         elif node.is_dir:
             self._keep_if_open(node)
             self.delete(path)
