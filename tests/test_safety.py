@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -492,6 +493,23 @@ def test_a_setattr_a_crash_cut_short_is_made_on_the_copies_at_the_next_opening(
         assert_clean(pool)
 
 
+def _killed_before_the_drive_steps(state_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                   change: Callable[[Pool], object]) -> None:
+    """A mount makes `change`, recorded first, and is killed before its drive steps: its
+    catalog connection closes with nothing more committed, and its lock goes."""
+    mounted = Pool.open(state_dir)
+    mounted.go_live()
+
+    def killed(*a: object) -> None:
+        raise KeyboardInterrupt  # stands in for kill -9 here
+    monkeypatch.setattr(mounted, "_take_steps", killed)
+    with pytest.raises(KeyboardInterrupt):
+        change(mounted)
+    mounted.cat.db.close()
+    assert mounted.lock is not None
+    mounted.lock.release()
+
+
 @pytest.mark.expect_errors
 def test_a_delete_a_crash_cut_short_with_a_drive_away_at_the_next_opening_is_owed_to_it(
         state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -500,17 +518,7 @@ def test_a_delete_a_crash_cut_short_with_a_drive_away_at_the_next_opening_is_owe
     review: nothing was owed, and the copy on that drive came back as a file at `check --repair`."""
     dir_pool.write_bytes("Documents/a.txt", b"A")
     dir_pool.close()
-    mounted = Pool.open(state_dir)
-    mounted.go_live()
-
-    def killed(*a: object) -> None:
-        raise KeyboardInterrupt  # stands in for kill -9 here
-    monkeypatch.setattr(mounted, "_take_steps", killed)
-    with pytest.raises(KeyboardInterrupt):
-        mounted.delete("Documents/a.txt")
-    mounted.cat.db.close()  # the process dies: nothing more is committed
-    assert mounted.lock is not None
-    mounted.lock.release()
+    _killed_before_the_drive_steps(state_dir, monkeypatch, lambda pool: pool.delete("Documents/a.txt"))
     away = copies_on_disk(dir_drives, "Documents/a.txt")[0].parents[2]
     os.rename(away / ".homepool", away / ".homepool-unplugged")
     try:
@@ -535,17 +543,7 @@ def test_a_symlinks_removal_a_crash_cut_short_is_made_at_the_next_opening(
     docs = dir_pool.stat("Documents").id
     dir_pool.make_node(docs, "l", stat.S_IFLNK | 0o777, 0, 0, target="a.txt")
     dir_pool.close()
-    mounted = Pool.open(state_dir)
-    mounted.go_live()
-
-    def killed(*a: object) -> None:
-        raise KeyboardInterrupt  # stands in for kill -9 here
-    monkeypatch.setattr(mounted, "_take_steps", killed)
-    with pytest.raises(KeyboardInterrupt):
-        mounted.remove(docs, "l", rmdir=False)
-    mounted.cat.db.close()  # the process dies: nothing more is committed
-    assert mounted.lock is not None
-    mounted.lock.release()
+    _killed_before_the_drive_steps(state_dir, monkeypatch, lambda pool: pool.remove(docs, "l", rmdir=False))
     assert sum(os.path.lexists(d / "HomePool/Documents/l") for d in dir_drives) == 3
     with Pool.open(state_dir) as pool:
         assert pool.lookup("Documents/l") is None
