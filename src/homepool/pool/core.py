@@ -798,10 +798,15 @@ class Pool(LiveOps):
         log.error("%s on %s is not the file its other name %s is; left for `homepool check`", path, d.name, p["heir"])
         return False
 
-    def _owe_removal(self, drive_id: int, path: str, size: int, mtime_ns: int, p: dict) -> None:
-        """A drive is owed the removal of `path`, a copy of that size and time (or, if it is a
-        file's own name handed to another, `_owe_hand_over`)."""
-        if not self._owe_hand_over(drive_id, path, p):
+    def _owe_removal(self, drive_id: int, path: str, size: int | None, mtime_ns: int | None, p: dict) -> None:
+        """A drive is owed the removal of `path`, a copy of that size and time, or (None) of
+        whatever copy is there, its size and time not known (`dropped`); or, if it is a file's
+        own name handed to another, `_owe_hand_over`."""
+        if self._owe_hand_over(drive_id, path, p):
+            return
+        if size is None:
+            self.cat.owe(drive_id, {"op": "unlink", "path": path, "dropped": True})
+        else:
             self.cat.owe(drive_id, {"op": "unlink", "path": path, "size": size, "mtime_ns": mtime_ns})
 
     def _owe_hand_over(self, drive_id: int, path: str, p: dict) -> bool:
@@ -822,8 +827,7 @@ class Pool(LiveOps):
                 d = drives.get(int(key))
                 if d is None or d.row.state != "active":
                     for path in (*p.get("links", ()), p["path"]):
-                        if not self._owe_hand_over(int(key), path, p):
-                            self.cat.owe(int(key), {"op": "unlink", "path": path, "dropped": True})
+                        self._owe_removal(int(key), path, None, None, p)
             return {}
         file = self.cat.resolve(node)
         reps = {r.drive_id: r for r in (looked.replicas if looked else self.cat.replicas(file.id))}

@@ -436,6 +436,8 @@ class LiveOps:
         def _drive_snapshot(self, present_only: bool = False) -> list[Drive]: ...
         def path_of(self, node_id: int) -> str: ...
         def lookup(self, path: str) -> Node | None: ...
+        def _owe_removal(self, drive_id: int, path: str, size: int | None, mtime_ns: int | None,
+                         p: dict) -> None: ...
         def copies_wanted(self, node_id: int) -> int: ...
         def _candidates(self, drives: list[Drive]) -> list[placement.Candidate]: ...
         def _look_at_room(self, drives: list[Drive]) -> list[placement.Candidate]: ...
@@ -835,8 +837,7 @@ class LiveOps:
                     continue
                 log.error("a copy of %s on %s failed (%s); dropped, `homepool check --repair` re-makes it",
                           f.path, d.name if d else drive_id, err)
-                self._drop_live_copy(f, drive_id, f.fds.pop(drive_id))
-                self.drive_cache = None
+                self._drop_live_copy(f, drive_id, f.fds.pop(drive_id))  # (which looks at the drives again)
         if not f.fds:
             raise OSError(errno.EIO, f"every copy of {f.path} failed")
         if redo and not moved:
@@ -870,7 +871,7 @@ class LiveOps:
                 log.error("could not remove the failed copy of %s on %s: %s", f.path, d.name, e)
             with self.cat.transaction():
                 for path in (f.path, *self.other_names(f.node_id)):
-                    self.cat.owe(drive_id, {"op": "unlink", "path": path, "dropped": True})
+                    self._owe_removal(drive_id, path, None, None, {})
 
     def _move_copy(self, f: LiveFile, full: Drive) -> int | None:
         """Under `f.gate.moving()`: move `f`'s copy on the `full` drive to a drive with room for
@@ -1622,13 +1623,8 @@ class LiveOps:
         if node is None:
             return
         if kept is None:
-            drives = self.drives_by_id()
-            away = [int(key) for key in p["drives"] if int(key) not in drives or drives[int(key)].row.state != "active"]
-            if away:  # its copy is the file when it is back (`take_newer`), as recorded now
-                for drive_id in away:
-                    self.cat.owe(drive_id, {"op": "newer", "node": node.id, "path": self.path_of(node.id),
-                                            "size": node.size, "mtime_ns": node.mtime_ns, "hash": node.hash})
-                return
+            if self._owe_newer(p, node.id, node.size, node.mtime_ns, node.hash):
+                return  # its copy is the file when it is back, as recorded now
             if not any(r.drive_id not in p["drives"] for r in self.cat.replicas(node.id)):
                 log.error("%s was being written when the mount stopped and no copy of it is left", p["path"])
                 self.cat.delete_node(node.id)
@@ -1642,15 +1638,19 @@ class LiveOps:
             if r.drive_id != drive_id:
                 self.cat.drop_replica(node.id, r.drive_id)
         self.cat.set_replica(node.id, drive_id, size, mtime_ns, digest)
-        if drive_id not in map(int, p["drives"]):
-            # A copy it did not write: those it wrote are away (or gone). One that is away holds
-            # what was written last: it is the file when it is back, if nothing changed the
-            # file since (`take_newer`).
-            present = self.drives_by_id()
-            for key in p["drives"]:
-                if int(key) not in present or present[int(key)].row.state != "active":
-                    self.cat.owe(int(key), {"op": "newer", "node": node.id, "path": self.path_of(node.id),
-                                            "size": size, "mtime_ns": mtime_ns, "hash": digest})
+        if drive_id not in map(int, p["drives"]):  # a copy it did not write: those it wrote are away (or gone)
+            self._owe_newer(p, node.id, size, mtime_ns, digest)
+
+    def _owe_newer(self, p: dict, node_id: int, size: int, mtime_ns: int, digest: str | None) -> bool:
+        """In `_record_live`: each drive of a writer's journal row that is away holds what was
+        written last; it is the file when it is back, if the file is still as recorded now
+        (`take_newer`). Whether any was away."""
+        present = self.drives_by_id()
+        away = [int(key) for key in p["drives"] if int(key) not in present or present[int(key)].row.state != "active"]
+        for drive_id in away:
+            self.cat.owe(drive_id, {"op": "newer", "node": node_id, "path": self.path_of(node_id),
+                                    "size": size, "mtime_ns": mtime_ns, "hash": digest})
+        return bool(away)
 
     def take_newer(self, drive: Drive, step: dict) -> str | None:
         """A drive back with the copy a writer wrote before a crash, repaired while the drive
