@@ -429,7 +429,7 @@ def test_a_change_at_a_name_a_rename_left_settles_the_rename_before_its_commit(s
     def crash(*_: object) -> None:
         raise Crash
 
-    monkeypatch.setattr(pool, "_on_every_drive", crash)
+    monkeypatch.setattr(pool, "_dir_on_drives", crash)
     with pytest.raises(Crash):
         pool.make_dir(docs, "a.txt", 0o755, 0, 0)
     pool.cat.db.close()  # killed

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from homepool import importer
-from homepool.catalog import CURRENT_REV
+from homepool.catalog import CURRENT_REV, ROOT_ID
 from homepool.check import check
 from homepool.cli import main
 from homepool.errors import BadDrive
@@ -494,15 +494,15 @@ def test_a_setattr_a_crash_cut_short_is_made_on_the_copies_at_the_next_opening(
 
 
 def _killed_before_the_drive_steps(state_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                   change: Callable[[Pool], object]) -> None:
-    """A mount makes `change`, recorded first, and is killed before its drive steps: its
-    catalog connection closes with nothing more committed, and its lock goes."""
+                                   change: Callable[[Pool], object], steps: str = "_take_steps") -> None:
+    """A mount makes `change`, recorded first, and is killed before its drive steps (the
+    method `steps`): its catalog connection closes with nothing more committed, and its lock goes."""
     mounted = Pool.open(state_dir)
     mounted.go_live()
 
     def killed(*a: object) -> None:
         raise KeyboardInterrupt  # stands in for kill -9 here
-    monkeypatch.setattr(mounted, "_take_steps", killed)
+    monkeypatch.setattr(mounted, steps, killed)
     with pytest.raises(KeyboardInterrupt):
         change(mounted)
     mounted.cat.db.close()
@@ -548,4 +548,28 @@ def test_a_symlinks_removal_a_crash_cut_short_is_made_at_the_next_opening(
     with Pool.open(state_dir) as pool:
         assert pool.lookup("Documents/l") is None
         assert not any(os.path.lexists(d / "HomePool/Documents/l") for d in dir_drives)
+        assert_clean(pool)
+
+
+@pytest.mark.parametrize("where", ["Documents/d", "Projects"])
+def test_a_mkdir_a_crash_cut_short_is_made_at_the_next_opening(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """mkdir through the mount (in a folder, or a new top-level folder) is recorded first,
+    then made on every drive with its owner and mode: killed in between, the next opening
+    makes it there. Found by a crash stress: the catalog had the folder and no drive did, a
+    chmod of it then failed on each drive, and a file made in it had the folder made with the
+    default owner and mode."""
+    parent, _, name = where.rpartition("/")
+    parent_id = dir_pool.stat(parent).id if parent else ROOT_ID
+    dir_pool.close()
+    _killed_before_the_drive_steps(state_dir, monkeypatch, steps="_dir_on_drives",
+                                   change=lambda pool: pool.make_dir(parent_id, name, 0o2750, 1000, 100))
+    assert not any((d / "HomePool" / where).exists() for d in dir_drives)
+    with Pool.open(state_dir) as pool:
+        assert pool.stat(where).is_dir
+        for d in dir_drives:
+            st = os.stat(d / "HomePool" / where)
+            assert stat.S_ISDIR(st.st_mode)
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o2750, 1000, 100)
+        assert pool.cat.journal() == []
         assert_clean(pool)

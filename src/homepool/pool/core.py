@@ -470,7 +470,9 @@ class Pool(LiveOps):
 
     # -- folders -----------------------------------------------------------------------------
 
-    def add_folder(self, name: str, copies: int = 1) -> None:
+    def add_folder(self, name: str, copies: int = 1, mode: int = 0o755, uid: int | None = None,
+                   gid: int | None = None) -> Node:
+        """A new top-level folder; `uid`, `gid`: its owner (by default, whoever runs this)."""
         name = paths.check_folder_name(name)
         self._check_copies(copies)
         clash = self.cat.folder_by_fold(paths.fold(name))
@@ -478,13 +480,49 @@ class Pool(LiveOps):
             existing = self.cat.node(clash[0]).name
             why = "" if existing == name else f" (the same name as {name!r} to Windows)"
             raise FolderExists(existing=existing, clash=why)
-        now = _now_ns()
+        return self._make_dir(ROOT_ID, name, name, mode, uid, gid, copies=copies)
+
+    def _make_dir(self, parent_id: int, name: str, path: str, mode: int, uid: int | None, gid: int | None,
+                  copies: int | None = None, drives: list[Drive] | None = None) -> Node:
+        """A new directory (`copies`: a top-level folder's), recorded first with a `mkdir`
+        journal row, then made on every present drive (`drives`: a snapshot to reuse): a
+        crash in between has the next opening make it there (`_apply_mkdir`)."""
+        mode = stat_.S_IFDIR | (mode & 0o7777)
+        uid, gid = os.getuid() if uid is None else uid, os.getgid() if gid is None else gid
         with self.cat.transaction():
-            node_id = self.cat.add_node(ROOT_ID, name, "dir", 0o40755, now)
-            self.cat.add_folder(node_id, paths.fold(name), copies)
+            node_id = self.cat.add_node(parent_id, name, "dir", mode, _now_ns(), uid=uid, gid=gid)
+            if copies is not None:
+                self.cat.add_folder(node_id, paths.fold(name), copies)
+            entry = self.cat.journal_add("mkdir", {"id": node_id, "path": path})
         self._changed = True
-        for d in self.drives(present_only=True):
-            d.makedirs(name)
+        node = self.cat.node(node_id)
+        self._dir_on_drives(node, path, drives if drives is not None else self.drives(present_only=True))
+        if self.live:
+            self.cat.journal_done_later(entry)  # (the mount's next commit: one costs more than a mkdir)
+        else:
+            with self.cat.transaction():  # (joining an open one, the row never reaches the disk)
+                self.cat.journal_done(entry)
+        return node
+
+    @staticmethod
+    def _dir_on_drives(node: Node, path: str, drives: list[Drive]) -> None:
+        """Directory `node` at `path` on each of `drives`, with its owner and mode (mkdir's
+        mode loses the umask's bits, and chown the set-id ones). One that fails is logged:
+        the folders on the way to a copy are made with it."""
+        for d in drives:
+            try:
+                d.makedirs(path, node.mode)
+                d.do(os.lchown, path, node.uid, node.gid)
+                d.do(os.chmod, path, node.mode & 0o7777)
+            except OSError as e:
+                log.error("could not make folder %s on %s: %s", path, d.name, e)
+
+    def _apply_mkdir(self, p: dict, drives: dict[int, Drive]) -> None:
+        """A directory a crash cut short (`_make_dir`): made on the drives now, where it is."""
+        node = self.cat.node_or_none(p["id"])
+        if node is not None and node.is_dir:
+            present = [d for d in drives.values() if d.row.state == "active" and d.present()]
+            self._dir_on_drives(node, self.path_of(node.id), present)
 
     def _check_copies(self, copies: int) -> None:
         if not isinstance(copies, int) or not 1 <= copies <= MAX_COPIES:
@@ -600,8 +638,7 @@ class Pool(LiveOps):
             existing = self.lookup(parts[0])
             if existing is not None and exist_ok:
                 return existing
-            self.add_folder(parts[0])
-            return self.stat(parts[0])
+            return self.add_folder(parts[0], mode=mode)
         parent = self.stat(paths.join(parts[:-1]))
         if not parent.is_dir:
             raise NotADir(path=paths.join(parts[:-1]))
@@ -610,13 +647,7 @@ class Pool(LiveOps):
             if exist_ok and existing.is_dir:
                 return existing
             raise AlreadyExists(path=paths.join(parts))
-        norm = paths.join(parts)
-        with self.cat.transaction():
-            node_id = self.cat.add_node(parent.id, parts[-1], "dir", stat_.S_IFDIR | (mode & 0o7777), _now_ns())
-        self._changed = True
-        for d in drives if drives is not None else self.drives(present_only=True):
-            d.makedirs(norm, mode)
-        return self.cat.node(node_id)
+        return self._make_dir(parent.id, parts[-1], paths.join(parts), mode, None, None, drives=drives)
 
     def makedirs(self, path: str, mode: int = 0o755, drives: list[Drive] | None = None) -> Node:
         parts = paths.split(path)
@@ -1114,6 +1145,8 @@ class Pool(LiveOps):
             owed = self._apply_link(payload, drives)
         elif op == "attrs":
             self._apply_attrs(payload)
+        elif op == "mkdir":
+            self._apply_mkdir(payload, drives)
         else:
             raise ValueError(f"unknown journal op {op!r}")
         self._sync_drives(drives, payload)

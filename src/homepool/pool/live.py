@@ -441,7 +441,10 @@ class LiveOps:
         def copies_wanted(self, node_id: int) -> int: ...
         def _candidates(self, drives: list[Drive]) -> list[placement.Candidate]: ...
         def _look_at_room(self, drives: list[Drive]) -> list[placement.Candidate]: ...
-        def add_folder(self, name: str, copies: int = 1) -> None: ...
+        def add_folder(self, name: str, copies: int = 1, mode: int = 0o755, uid: int | None = None,
+                       gid: int | None = None) -> Node: ...
+        def _make_dir(self, parent_id: int, name: str, path: str, mode: int, uid: int | None, gid: int | None,
+                      copies: int | None = None, drives: list[Drive] | None = None) -> Node: ...
         def folder(self, name: str) -> tuple[Node, int]: ...
         def _check_copies(self, copies: int) -> None: ...
         def delete(self, path: str) -> None: ...
@@ -1093,39 +1096,13 @@ class LiveOps:
     def make_dir(self, parent_id: int, name: str, mode: int, uid: int, gid: int) -> Node:
         """A new directory (at the root: a new folder with 1 copy), on every present drive."""
         if parent_id == ROOT_ID:
-            self.add_folder(name)
-            node = self.cat.child(ROOT_ID, name)
-            assert node is not None
-            with self.cat.transaction():
-                self.cat.set_attrs(node.id, mode=stat_.S_IFDIR | (mode & 0o7777), uid=uid, gid=gid)
-
-            def own(d: Drive) -> None:
-                d.do(os.chmod, name, mode & 0o7777)
-                d.do(os.lchown, name, uid, gid)
-
-            self._on_every_drive(name, own)
-            self._dir_changed(ROOT_ID)
-            return self.node(node.id)
-        parent, path = self._in_folder(parent_id, name)
-        mode, uid, gid = self._owner(parent, stat_.S_IFDIR | (mode & 0o7777), uid, gid)
-        with self.cat.transaction():
-            node_id = self.cat.add_node(parent_id, name, "dir", mode, time.time_ns(), uid=uid, gid=gid)
-        self._changed = True
-
-        def make(d: Drive) -> None:
-            try:
-                d.do(os.mkdir, path, mode & 0o7777)
-            except FileExistsError:
-                pass
-            except FileNotFoundError:
-                d.makedirs(path, mode)
-            d.do(os.lchown, path, uid, gid)
-            if mode & 0o7000:
-                d.do(os.chmod, path, mode & 0o7777)
-
-        self._on_every_drive(path, make)
+            node = self.add_folder(name, 1, mode, uid, gid)
+        else:
+            parent, path = self._in_folder(parent_id, name)
+            mode, uid, gid = self._owner(parent, stat_.S_IFDIR | (mode & 0o7777), uid, gid)
+            node = self._make_dir(parent_id, name, path, mode, uid, gid)
         self._dir_changed(parent_id)
-        return self.node(node_id)
+        return self.node(node.id)
 
     def make_node(self, parent_id: int, name: str, mode: int, uid: int, gid: int,
                   target: str | None = None, rdev: int = 0) -> Node:
