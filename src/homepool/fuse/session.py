@@ -61,6 +61,9 @@ HAND_ON_SIZE = 128 * 1024
 # this long (a spinning disk's seek: other programs should not wait it out); a faster drive
 # answers sooner than handing on costs (docs/benchmarks.md, "Small reads that wait for a drive").
 SLOW_READ = 1e-3
+# While drives answer faster than SLOW_READ, a small read is made at once, and one that took
+# this long is taken for one that waited for a drive (a read from memory takes a few µs).
+FROM_DRIVE = 30e-6
 _SIZE = struct.Struct("<I")  # a READ's or WRITE's size, after its file handle and offset
 _SIZE_AT = p.IN_HEADER.size + 16
 MS_NOSUID, MS_NODEV, MNT_DETACH = 2, 4, 2
@@ -137,7 +140,8 @@ class Session:
         self.done = threading.Event()  # the connection ended (unmounted) or `stop` was called
         self._held: dict[int, int] = {}  # inode -> lookups the kernel holds (until it FORGETs them)
         self._held_lock = threading.Lock()
-        self._given = threading.local()  # .inodes: lookups counted for the reply being made
+        # .inodes: lookups counted for the reply being made; .waited: the read answered waited for a drive
+        self._given = threading.local()
         self.served: Counter[int] = Counter()  # requests by opcode (for the log: what reached us)
         self.busy: Counter[int] = Counter()  # nanoseconds spent answering them, by opcode
         self.reads_waited = 0  # small reads that waited for a drive
@@ -276,6 +280,8 @@ class Session:
         name_os_thread()
         buf = bytearray(BUFSIZE)
         view = memoryview(buf)
+        given = self._given
+        given.waited = False  # (`_from_drive`)
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         try:
@@ -309,7 +315,10 @@ class Session:
                     else:
                         answered = self._answer(buf, view, n)
                         self._answering_since[me] = 0.0
-                        spin = True
+                        # Not after a read that waited for a drive: the next request is as far
+                        # off, and on few CPUs the spin slows the drives' answers down.
+                        spin = not given.waited
+                        given.waited = False
                     if not answered:
                         self._end()
                         return
@@ -598,17 +607,30 @@ class Session:
         fh, off, size, *_ = p.READ_IN.unpack_from(body)
         if size >= HAND_ON_SIZE:  # (it handed the turn on already)
             return self.ops.read(fh, off, size)
+        if self._read_wait < self._slow_read:
+            # Drives answer fast lately: read at once. Asking memory first (RWF_NOWAIT) starts
+            # the drive's read and then waits for it again: it cost a read from a drive 25 µs.
+            started = time.perf_counter()
+            data = self.ops.read(fh, off, size)
+            if (took := time.perf_counter() - started) >= FROM_DRIVE:
+                self._from_drive(took)
+            return data
         try:
             return self.ops.read(fh, off, size, wait=False)
         except BlockingIOError:  # not in memory: the drive must be asked
             pass
-        self.reads_waited += 1
-        if self._read_wait >= self._slow_read and self._pass_turn(threading.current_thread()):
+        if self._pass_turn(threading.current_thread()):
             self.reads_handed_on += 1  # (a spinning disk: other requests go on meanwhile)
         started = time.perf_counter()
         data = self.ops.read(fh, off, size)
-        self._read_wait += (time.perf_counter() - started - self._read_wait) / 8
+        self._from_drive(time.perf_counter() - started)
         return data
+
+    def _from_drive(self, took: float) -> None:
+        """A small read waited `took` seconds for a drive."""
+        self.reads_waited += 1
+        self._read_wait += (took - self._read_wait) / 8
+        self._given.waited = True
 
     def _write(self, ctx: Ctx, nodeid: int, body: memoryview) -> bytes:
         fh, off, size, write_flags, *_ = p.WRITE_IN.unpack_from(body)
