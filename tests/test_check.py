@@ -336,10 +336,18 @@ def test_stray_files_and_folders_are_taken_in(dir_pool: Pool, dir_drives: list[P
     (dir_drives[2] / "HomePool/Music/New Album/01.mp3").write_bytes(b"song")
     (dir_drives[0] / "HomePool/Family Tree").mkdir()
     (dir_drives[0] / "HomePool/Family Tree/tree.ged").write_bytes(b"GEDCOM")
+    for folder in ("Family Tree", "Music/New Album"):  # as someone put them there, kept as they are
+        os.chmod(dir_drives[0 if folder == "Family Tree" else 2] / "HomePool" / folder, 0o750)
+        os.chown(dir_drives[0 if folder == "Family Tree" else 2] / "HomePool" / folder, 1000, 100)
     assert "no_stray_files" in found(dir_pool)
     repair_then_clean(dir_pool)
     assert dir_pool.read_bytes("Music/New Album/01.mp3") == b"song"
     assert dir_pool.read_bytes("Family Tree/tree.ged") == b"GEDCOM"
+    for folder in ("Family Tree", "Music/New Album"):
+        node = dir_pool.stat(folder)
+        assert (stat.S_IMODE(node.mode), node.uid, node.gid) == (0o750, 1000, 100)
+    st = (dir_drives[0] / "HomePool/Family Tree").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o750, 1000, 100)
     assert len(copies_on_disk(dir_drives, "Music/New Album/01.mp3")) == 2  # Music wants 2
 
 

@@ -299,7 +299,7 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
                 if repair:
                     try:
                         if is_dir:
-                            pool._register_dir(pool._canonical(path))
+                            pool._register_dir(d, pool._canonical(path))
                             p.fixed = True
                         else:
                             ino = d.lstat(path).st_ino

@@ -1835,13 +1835,13 @@ class Pool(LiveOps):
             try:
                 if is_dir:
                     if not only_known and self.lookup(path) is None:
-                        self._register_dir(self._canonical(path))
+                        self._register_dir(drive, self._canonical(path))
                     continue
                 if (row := self.lookup(path)) is not None and row.is_link:
                     continue  # an extra name already (`check` sees that it is linked)
                 st = drive.do(os.stat, path)
                 first = inodes.get(st.st_ino) if st.st_nlink > 1 else None
-                if first is not None and not only_known and self._add_name(first, path):
+                if first is not None and not only_known and self._add_name(drive, first, path):
                     out.append(f"recorded {path} on {drive.name} as another name of {first}")
                     continue
                 hint = None
@@ -1867,15 +1867,15 @@ class Pool(LiveOps):
         except FileNotFoundError:
             return False
 
-    def _add_name(self, path: str, name: str) -> bool:
-        """Record `name`, found on a drive as a hard link of the file at `path`, as its extra
+    def _add_name(self, drive: Drive, path: str, name: str) -> bool:
+        """Record `name`, found on `drive` as a hard link of the file at `path`, as its extra
         name, if it can be one (a new name, in the same folder)."""
         parts = paths.split(name)
         node = self.lookup(path)
         if (node is None or not node.is_file or len(parts) < 2 or self.lookup(name) is not None
                 or path.partition("/")[0] != name.partition("/")[0]):
             return False
-        parent = self._register_dir(paths.join(parts[:-1]))
+        parent = self._register_dir(drive, paths.join(parts[:-1]))
         with self.cat.transaction():
             self.cat.add_link(node.id, parent.id, parts[-1], _now_ns())
         self._changed = True
@@ -1902,7 +1902,7 @@ class Pool(LiveOps):
                     inodes[drive.lstat(recorded).st_ino] = recorded
             inodes[-1] = ""  # filled: a miss is a miss
             first = inodes.get(st.st_ino)
-        if first is None or not self._add_name(first, path):  # (a fresh map holds only recorded copies)
+        if first is None or not self._add_name(drive, first, path):  # (a fresh map holds only recorded copies)
             return None
         node = self.cat.resolve(self.stat(first))
         for r in self.cat.replicas(node.id):
@@ -1919,19 +1919,26 @@ class Pool(LiveOps):
             return path
         return paths.join((self.cat.node(found[0]).name, *parts[1:]))
 
-    def _register_dir(self, path: str) -> Node:
+    def _register_dir(self, drive: Drive, path: str) -> Node:
+        """The folders on the way to `path` (itself included) that the catalog lacks, recorded
+        with the owner and mode they have on `drive`, where they were found."""
         parts = paths.split(path)
         node = self.cat.node(ROOT_ID)
         for i in range(1, len(parts) + 1):
             sub = paths.join(parts[:i])
             child = self.lookup(sub)
             if child is None:
+                try:
+                    st = drive.lstat(sub)
+                    mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
+                except OSError:  # (not there as spelt: the pool's spelling of a folder above)
+                    mode, uid, gid = 0o755, os.getuid(), os.getgid()
                 if i == 1:
-                    self.add_folder(parts[0], DEFAULT_FOLDERS.get(parts[0], 1))
-                    child = self.stat(parts[0])
+                    child = self.add_folder(parts[0], DEFAULT_FOLDERS.get(parts[0], 1), mode, uid, gid)
                 else:
                     with self.cat.transaction():
-                        child = self.cat.node(self.cat.add_node(node.id, parts[i - 1], "dir", 0o40755, _now_ns()))
+                        child = self.cat.node(self.cat.add_node(node.id, parts[i - 1], "dir", stat_.S_IFDIR | mode,
+                                                                _now_ns(), uid=uid, gid=gid))
                     self._changed = True
                 self._news(node.id, parts[i - 1], child.id)
             if not child.is_dir:
@@ -1950,7 +1957,7 @@ class Pool(LiveOps):
             return f"left {path} on {drive.name} alone: files belong inside a folder"
         canonical = self._canonical(path)
         if canonical != path:
-            self._register_dir(canonical.rpartition("/")[0])  # NotADirectory if a file is in the way
+            self._register_dir(drive, canonical.rpartition("/")[0])  # NotADirectory if a file is in the way
             taken = lambda p: self.lookup(p) is not None or drive.lexists(p)  # noqa: E731
             dest = conflict_name(canonical, drive.label, taken) if taken(canonical) else canonical
             try:
@@ -1963,7 +1970,7 @@ class Pool(LiveOps):
         st = drive.lstat(path)
         if not stat_.S_ISREG(st.st_mode):  # a symlink would be followed out of the pool, a FIFO never read
             return f"left {path} on {drive.name} alone: it is not a regular file"
-        parent = self._register_dir(paths.join(parts[:-1]))
+        parent = self._register_dir(drive, paths.join(parts[:-1]))
         digest = known_hash or drive.hash(path)
         node = self.cat.child(parent.id, parts[-1])
         if node is not None and not node.is_dir and node.hash == digest:
