@@ -13,8 +13,9 @@ tenth run). A request that waits on the drives (a read or write of 128 KiB or mo
 fsync, a smaller read the page cache does not hold from a drive that seeks: SLOW_READ) hands
 the reading on to another thread first, so that several programs' reads and writes go on at
 once (the thread given the turn sleeps at once: spinning, it would only slow the answer
-down). A watchdog hands the reading on from an answer that takes longer than HAND_ON_AFTER
-(a drive that hangs, say); it sleeps while no requests come.
+down; nor does a thread spin after a smaller read that waited for a drive). A watchdog
+hands the reading on from an answer that takes longer than HAND_ON_AFTER (a drive that
+hangs, say); it sleeps while no requests come.
 When no thread waits for its turn, one more starts (up to MAX_THREADS): a slow drive holds
 only the threads waiting on it, and blocking I/O never stalls the others. The
 operations object (`ops.PoolOperations`) does the work and decides; this module only parses,
