@@ -1147,6 +1147,8 @@ class Pool(LiveOps):
             self._apply_attrs(payload)
         elif op == "mkdir":
             self._apply_mkdir(payload, drives)
+        elif op == "xattr":
+            self._apply_xattr(payload)
         else:
             raise ValueError(f"unknown journal op {op!r}")
         self._sync_drives(drives, payload)
@@ -2028,6 +2030,8 @@ def describe(op: str, payload: dict) -> str:
         return f"link of {payload['dst']} to {payload['src']}"
     if op == "attrs":
         return f"change of the owner, mode or times of file #{payload['id']} through the mount"
+    if op == "xattr":
+        return f"change of an extended attribute of file #{payload['id']} through the mount"
     return f"{op} of {payload.get('path') or payload.get('src')}"
 
 

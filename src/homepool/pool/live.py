@@ -22,6 +22,7 @@ kernel has the writes), and against power loss the pool is as durable as a local
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import os
@@ -1498,7 +1499,8 @@ class LiveOps:
     # -- extended attributes -----------------------------------------------------------------
 
     def set_xattr(self, node_id: int, name: bytes, value: bytes | None) -> None:
-        """Set (or with None, remove) an extended attribute on every copy."""
+        """Set (or with None, remove) an extended attribute on every copy. Journaled first: a
+        crash before every copy has it has it made on them at the next opening (`_apply_xattr`)."""
         node = self.node(node_id)
         if self.unlinked(node_id):  # open with no name left: through its descriptors
             for fd in self.open_fds(node_id):
@@ -1512,19 +1514,46 @@ class LiveOps:
         holders = self._holders(node)
         if not holders:
             raise OSError(errno.EIO, f"no copy of {path} is present")
-        errors: list[OSError] = []
-        for d in holders:
+        change = {"id": node_id, "name": base64.b64encode(name).decode(),
+                  "value": None if value is None else base64.b64encode(value).decode()}
+        with self.cat.transaction():
+            entry = self.cat.journal_add("xattr", change)
+        errors = self._xattr_on_copies(holders, path, name, value)
+        self.cat.journal_done_later(entry)
+        if len(errors) == len(holders):
+            raise errors[0][1]  # ENODATA, ENOTSUP, E2BIG...: the answer the drives give
+        for d, e in errors:
+            log.error("could not change extended attribute %s of %s on %s: %s", os.fsdecode(name), path, d.name, e)
+        with self.cat.transaction():
+            self.cat.set_attrs(node_id, ctime_ns=time.time_ns())
+
+    @staticmethod
+    def _xattr_on_copies(drives: list[Drive], path: str, name: bytes,
+                         value: bytes | None) -> list[tuple[Drive, OSError]]:
+        """`set_xattr`'s change on the copies at `path` on `drives`; the drives that failed it."""
+        errors = []
+        for d in drives:
             try:
                 if value is None:
                     d.do(os.removexattr, path, name, follow_symlinks=False)
                 else:
                     d.do(os.setxattr, path, name, value, follow_symlinks=False)
             except OSError as e:
-                errors.append(e)
-        if len(errors) == len(holders):
-            raise errors[0]  # ENODATA, ENOTSUP, E2BIG...: the answer the drives give
-        with self.cat.transaction():
-            self.cat.set_attrs(node_id, ctime_ns=time.time_ns())
+                errors.append((d, e))
+        return errors
+
+    def _apply_xattr(self, p: dict) -> None:
+        """An extended attribute's change a crash cut short (`set_xattr`): made on the copies
+        now, where the file is (a removal some copies had already made is no error)."""
+        node = self.cat.node_or_none(p["id"])
+        if node is None:
+            return
+        name = base64.b64decode(p["name"])
+        value = None if p["value"] is None else base64.b64decode(p["value"])
+        path = self.path_of(node.id)
+        for d, e in self._xattr_on_copies(self._holders(node), path, name, value):
+            if not (value is None and e.errno == errno.ENODATA):
+                log.error("could not change extended attribute %s of %s on %s: %s", os.fsdecode(name), path, d.name, e)
 
     def _holders(self, node: Node) -> list[Drive]:
         """The present drives with a copy of a node: a file's good copies, or the entry on
