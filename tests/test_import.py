@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -206,3 +208,38 @@ def test_kill_9_during_import_then_check_repair(state_dir: Path, loop_drives: Lo
         importer.run(pool, tmp_path / "src", "Photos/")
         assert pool.cat.count_files()[0] == 1203
         assert_clean(pool)
+
+
+def test_an_import_by_a_user_other_than_root_is_recorded_as_theirs() -> None:
+    """A pool run by a user (here: root acting as nobody, `seteuid`) records what it writes as
+    that user's, as its copies are: the files of an import, and the folders. Before, the
+    catalog said root's, and the mount showed them so."""
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="homepool-user-"))  # (pytest's folders are root's alone)
+    try:
+        os.chown(base, nobody, nobody)
+        os.chmod(base, 0o755)
+        (base / "src/2024").mkdir(parents=True)
+        (base / "src/2024/a.jpg").write_bytes(b"photo")
+        drives = [base / "d1", base / "d2"]
+        os.setegid(nobody)
+        os.seteuid(nobody)
+        try:
+            for d in drives:
+                d.mkdir()
+            with Pool.create(base / "state") as pool:
+                for d in drives:
+                    pool.add_drive(d, allow_shared_device=True)
+                pool.set_copies("Photos", 2)
+                importer.run(pool, base / "src", "Photos/")
+        finally:
+            os.seteuid(0)
+            os.setegid(0)
+        with Pool.open(base / "state", write=False) as pool:
+            owners = {p: (n.uid, n.gid) for p in ("Photos", "Photos/2024", "Photos/2024/a.jpg")
+                      for n in [pool.stat(p)]}
+        assert set(owners.values()) == {(nobody, nobody)}, owners
+        copies = [d / "HomePool/Photos/2024/a.jpg" for d in drives]
+        assert [(c.stat().st_uid, c.read_bytes()) for c in copies] == [(nobody, b"photo")] * 2
+    finally:
+        shutil.rmtree(base)

@@ -957,16 +957,19 @@ class Catalog:
             self._forget(cur.lastrowid)
         return cur.lastrowid
 
-    def upsert_file(self, parent_id: int, name: str, size: int, mode: int, mtime_ns: int, hash_: str | None
-                    ) -> int | None:
-        """Create or update the file `name` in `parent_id`; its id, or None if a dir has that name."""
+    def upsert_file(self, parent_id: int, name: str, size: int, mode: int, mtime_ns: int, hash_: str | None,
+                    uid: int | None = None, gid: int | None = None) -> int | None:
+        """Create or update the file `name` in `parent_id`; its id, or None if a dir has that name.
+        `uid`, `gid`: the owner of its new copies (None: a file's own, or root's for a new one)."""
         row = self.db.execute(
-            "INSERT INTO nodes (id, parent_id, name, kind, size, mode, mtime_ns, hash, ctime_ns, atime_ns)"
-            " VALUES (?, ?, ?, 'file', ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO nodes (id, parent_id, name, kind, size, mode, mtime_ns, hash, ctime_ns, atime_ns, uid, gid)"
+            " VALUES (?, ?, ?, 'file', ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (parent_id, name) DO UPDATE SET size = excluded.size, mode = excluded.mode,"
-            " mtime_ns = excluded.mtime_ns, hash = excluded.hash, ctime_ns = excluded.mtime_ns"
+            " mtime_ns = excluded.mtime_ns, hash = excluded.hash, ctime_ns = excluded.mtime_ns,"
+            " uid = COALESCE(?, uid), gid = COALESCE(?, gid)"
             " WHERE kind = 'file' RETURNING id",
-            (self._new_id(), parent_id, name, size, mode, mtime_ns, hash_, mtime_ns, mtime_ns),
+            (self._new_id(), parent_id, name, size, mode, mtime_ns, hash_, mtime_ns, mtime_ns,
+             uid or 0, gid or 0, uid, gid),
         ).fetchone()
         if row is None:
             return None

@@ -208,8 +208,10 @@ class WriteBatch:
         if self.durability == "syncfs":
             for d in touched:
                 d.syncfs()
+        owner = os.geteuid(), os.getegid()  # (of the copies this process wrote)
         payloads = [{"path": s.path, "targets": {str(k): v for k, v in s.targets.items()}, "drop": s.drop,
-                     "size": s.size, "mode": s.mode, "mtime_ns": s.mtime_ns, "hash": s.hash} for s in self.staged]
+                     "size": s.size, "mode": s.mode, "mtime_ns": s.mtime_ns, "hash": s.hash,
+                     "uid": owner[0], "gid": owner[1]} for s in self.staged]
         with pool.cat.transaction():
             entry = pool.cat.journal_add("write", {"files": payloads})
         pool._changed = True

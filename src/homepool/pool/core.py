@@ -488,7 +488,7 @@ class Pool(LiveOps):
         journal row, then made on every present drive (`drives`: a snapshot to reuse): a
         crash in between has the next opening make it there (`_apply_mkdir`)."""
         mode = stat_.S_IFDIR | (mode & 0o7777)
-        uid, gid = os.getuid() if uid is None else uid, os.getgid() if gid is None else gid
+        uid, gid = os.geteuid() if uid is None else uid, os.getegid() if gid is None else gid
         with self.cat.transaction():
             node_id = self.cat.add_node(parent_id, name, "dir", mode, _now_ns(), uid=uid, gid=gid)
             if copies is not None:
@@ -760,7 +760,8 @@ class Pool(LiveOps):
             log.error("the folder of %s is gone; its new copies are left for `check`", p["path"])
             return
         old = {r.drive_id: r for r in self.cat.replicas(n.id)} if (n := self.cat.child(parent.id, parts[-1])) else {}
-        node_id = self.cat.upsert_file(parent.id, parts[-1], p["size"], p["mode"], p["mtime_ns"], p["hash"])
+        node_id = self.cat.upsert_file(parent.id, parts[-1], p["size"], p["mode"], p["mtime_ns"], p["hash"],
+                                       p.get("uid"), p.get("gid"))
         if node_id is None:
             log.error("%s became a folder; its new copies are left for `check`", p["path"])
             return
@@ -1934,7 +1935,7 @@ class Pool(LiveOps):
                     st = drive.lstat(sub)
                     mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
                 except OSError:  # (not there as spelt: the pool's spelling of a folder above)
-                    mode, uid, gid = 0o755, os.getuid(), os.getgid()
+                    mode, uid, gid = 0o755, os.geteuid(), os.getegid()
                 if i == 1:
                     child = self.add_folder(parts[0], DEFAULT_FOLDERS.get(parts[0], 1), mode, uid, gid)
                 else:
