@@ -2,9 +2,9 @@
 # 4 KiB random reads of a cold 2-copy file (read through the mount's daemon, not passed
 # through), beside the same on mergerfs and on the bare drive holding one of its copies:
 # poolbench's "rand read 4k QD1, cold" (fio psync, the page cache dropped before each), for a
-# closer look at one row. Three loop drives (2G/3G/5G, filled once as bench/mount_bench.sh
-# does), a 512 MiB file written through each mount, then ROUNDS rounds of: raw (each copy),
-# homepool-2x, mergerfs, RUNTIME seconds each. Prints IOPS, and the mount's own count of its
+# closer look at one row. The pool and mergerfs of bench/mount_bench.sh (made by
+# bench/pool_and_mergerfs.sh), a 512 MiB file written through each mount, then ROUNDS rounds
+# of: raw (each copy), homepool-2x, mergerfs, RUNTIME seconds each. Prints IOPS, and the mount's own count of its
 # READs at unmount (mean time from reading each to replying; how many waited for a drive).
 # Usage, as root, from the repository (CODE: another checkout's src/, for the mount only):
 #   bench/cold_read.sh
@@ -12,30 +12,9 @@
 # The machine is shared: compare code in alternation (run the two one after the other,
 # twice), and homepool against mergerfs within a round.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PB=${POOLBENCH:-$ROOT/../shared/bench/poolbench}
 W=${BENCH_DIR:-/var/tmp/homepool-coldread}
-HP="$ROOT/.venv/bin/homepool --pool $W/state"
 SIZE=512M
-cleanup() {
-    $HP unmount "$W/pool" >/dev/null 2>&1 || true
-    "$PB" mergerfs down "$W/mergerfs" >/dev/null 2>&1 || true
-    "$PB" drives down "$W/drives" >/dev/null 2>&1 || true
-    rm -rf "$W/state" "$W/pool"
-}
-trap cleanup EXIT
-cleanup
-mkdir -p "$W/drives" "$W/pool"
-mapfile -t D < <("$PB" drives up "$W/drives" --sizes 2G,3G,5G)
-for d in "${D[@]}"; do
-    dd if=/dev/zero of="$d/fill" bs=4M oflag=direct status=none 2>/dev/null || true
-    rm -f "$d/fill"
-done
-$HP init >/dev/null
-for d in "${D[@]}"; do $HP drive add "$d" >/dev/null; done
-$HP folder set Documents --copies 2 >/dev/null
-PYTHONPATH=${CODE:-} $HP mount "$W/pool" >/dev/null
-"$PB" mergerfs up "$W/drives" "$W/mergerfs" >/dev/null
+source "$(dirname "$0")/pool_and_mergerfs.sh"
 for f in "$W/pool/Documents/big" "$W/mergerfs/big"; do
     fio --name=w --filename="$f" --rw=write --bs=1M --size=$SIZE --end_fsync=1 --output=/dev/null
 done
