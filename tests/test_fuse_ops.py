@@ -215,6 +215,25 @@ def test_extended_attributes_come_from_the_copies(dir_pool: Pool, dir_drives: li
     assert e.value.errno == errno.ENODATA
 
 
+def test_a_folder_renamed_over_an_empty_one_keeps_its_own_owner_mode_and_attributes(
+        dir_pool: Pool, dir_drives: list[Path], mount) -> None:
+    """rename(2) of a folder over an empty one replaces it: on every drive too. Found by a
+    crash stress: the drives merged the moved folder's entries into the replaced one, which
+    kept its own mode, owner and attributes there, while the catalog had the moved folder's."""
+    mnt, _ = mount()
+    os.mkdir(mnt / "Documents/p", 0o755)
+    os.mkdir(mnt / "Documents/q", 0o700)
+    os.setxattr(mnt / "Documents/q", "user.q", b"1")
+    (mnt / "Documents/q/a.txt").write_bytes(b"A")
+    os.rename(mnt / "Documents/q", mnt / "Documents/p")
+    for where in [mnt, *(d / "HomePool" for d in dir_drives)]:
+        moved = where / "Documents/p"
+        assert stat.S_IMODE(moved.stat().st_mode) == 0o700, where
+        assert os.getxattr(moved, "user.q") == b"1", where
+        assert not (where / "Documents/q").exists()
+    assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/p/a.txt")] == [b"A", b"A"]
+
+
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32): the filesystem fails every I/O from now on
 
 

@@ -599,3 +599,21 @@ def test_an_extended_attributes_change_a_crash_cut_short_is_made_at_the_next_ope
         assert not any("user.tag" in os.listxattr(c) for c in copies)
     else:
         assert [os.getxattr(c, "user.tag") for c in copies] == [b"new", b"new"]
+
+
+def test_an_rmdir_a_crash_cut_short_is_made_at_the_next_opening(
+        state_dir: Path, dir_pool: Pool, dir_drives: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """rmdir through the mount is recorded first, then made on every drive: killed in
+    between, the next opening removes the folder there. Found by a crash stress: the drives
+    went first, and a kill in between left the catalog with a folder no drive had."""
+    dir_pool.makedirs("Documents/d")
+    docs = dir_pool.stat("Documents").id
+    dir_pool.close()
+    _killed_before_the_drive_steps(state_dir, monkeypatch, steps="_rmdir_on",
+                                   change=lambda pool: pool.remove(docs, "d", rmdir=True))
+    assert all((d / "HomePool/Documents/d").is_dir() for d in dir_drives)
+    with Pool.open(state_dir) as pool:
+        assert pool.lookup("Documents/d") is None
+        assert not any((d / "HomePool/Documents/d").exists() for d in dir_drives)
+        assert pool.cat.journal() == []
+        assert_clean(pool)

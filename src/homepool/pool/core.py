@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -516,6 +516,31 @@ class Pool(LiveOps):
                 d.do(os.chmod, path, node.mode & 0o7777)
             except OSError as e:
                 log.error("could not make folder %s on %s: %s", path, d.name, e)
+
+    @staticmethod
+    def _rmdir_on(drives: Iterable[Drive], path: str) -> list[int]:
+        """Remove folder `path` from each of `drives`; the ones it is owed to (away, failing, or
+        with something the catalog does not know in it there)."""
+        later = []
+        for d in drives:
+            try:
+                if d.row.state != "active" or not d.rmdir(path):
+                    later.append(d.id)
+            except OSError as e:
+                log.error("could not remove %s on %s: %s", path, d.name, e)
+                later.append(d.id)
+        return later
+
+    def _owe_rmdir(self, drive_ids: list[int], path: str) -> None:
+        for drive_id in drive_ids:  # tried again when the drive is back, or at each mount
+            self.cat.owe(drive_id, {"op": "rmdir", "path": path})
+
+    def _apply_rmdir(self, p: dict, drives: dict[int, Drive]) -> list[int]:
+        """A folder's removal a crash cut short (`delete`): made on the drives now, unless a
+        folder was made at that path since (whose own row follows). Returns the drives owed it."""
+        if self.lookup(p["path"]) is not None:
+            return []
+        return self._rmdir_on(drives.values(), p["path"])
 
     def _apply_mkdir(self, p: dict, drives: dict[int, Drive]) -> None:
         """A directory a crash cut short (`_make_dir`): made on the drives now, where it is."""
@@ -1127,6 +1152,7 @@ class Pool(LiveOps):
         failed: set[int] = set()
         kept = None
         owed: list[tuple[int, dict]] = []
+        owed_rmdir: list[int] = []
         if payload.get("recorded") and self._taken_since(op, payload):
             # Neither its drive steps nor its records (found by path) may touch the newer entry.
             log.warning("left an interrupted %s as it was: something newer is at its path", describe(op, payload))
@@ -1148,6 +1174,8 @@ class Pool(LiveOps):
             self._apply_attrs(payload)
         elif op == "mkdir":
             self._apply_mkdir(payload, drives)
+        elif op == "rmdir":
+            owed_rmdir = self._apply_rmdir(payload, drives)
         elif op == "xattr":
             self._apply_xattr(payload)
         else:
@@ -1165,6 +1193,8 @@ class Pool(LiveOps):
                 self._record_rename(payload, drives, failed)
             elif op == "link":
                 self._record_link(owed)
+            elif op == "rmdir":
+                self._owe_rmdir(owed_rmdir, payload["path"])
             self.cat.journal_done(entry)
         return done[0] if op == "write" and len(done) == 1 else None
 
@@ -1533,19 +1563,19 @@ class Pool(LiveOps):
         if node.is_dir:
             if self.cat.has_children(node.id):
                 raise DirectoryNotEmpty(path=full)
-            later = []
-            for d in self.drives():
-                try:
-                    if d.row.state != "active" or not d.rmdir(full):
-                        later.append(d.id)
-                except OSError as e:
-                    log.error("could not remove %s on %s: %s", full, d.name, e)
-                    later.append(d.id)
+            # Recorded first, with a journal row: killed before every drive has it, the next
+            # opening removes it there (`_apply_rmdir`), as a mkdir is made (`_make_dir`).
             with self.cat.transaction():
                 self.cat.delete_node(node.id)
-                for drive_id in later:  # missing, or something unknown in it: try again later
-                    self.cat.owe(drive_id, {"op": "rmdir", "path": full})
+                entry = self.cat.journal_add("rmdir", {"path": full, "id": node.id})
             self._changed = True
+            later = self._rmdir_on(self.drives(), full)
+            if self.live and not later:
+                self.cat.journal_done_later(entry)  # (the mount's next commit)
+            else:
+                with self.cat.transaction():
+                    self._owe_rmdir(later, full)
+                    self.cat.journal_done(entry)
             return
         file = self.cat.resolve(node)
         drives = [r.drive_id for r in self.cat.replicas(file.id)]

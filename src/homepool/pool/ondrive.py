@@ -24,9 +24,10 @@ def copy_is_at_fault(e: OSError) -> bool:
 
 def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
     """Rename a pool path on one drive (idempotent: nothing to do if `src` is not there).
-    A directory whose destination already exists there (an empty one, or one a returning
-    drive picked up elsewhere, say a .DS_Store) is merged into it entry by entry; an entry
-    whose name is taken on both sides stays at `src` for `check` to show."""
+    A directory replaces an empty one at its destination there, as in the pool; one with
+    something in it (a returning drive picked up elsewhere, say a .DS_Store) gets what is in
+    `src` entry by entry, and its owner and mode; an entry whose name is taken on both sides
+    stays at `src` for `check` to show."""
     if kind != "dir":  # the common case in one system call: a file to a place whose folder is there
         try:
             d.rename(src, dst)
@@ -37,7 +38,16 @@ def rename_on(d: Drive, src: str, dst: str, kind: str) -> None:
         return
     d.makedirs(dst.rpartition("/")[0])
     if kind == "dir" and d.is_dir(dst):
+        try:
+            d.rename(src, dst)  # over an empty folder, as in the pool: its owner, mode and xattrs go with it
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        st = d.lstat(src)
         _merge_dir(d, src, dst)
+        d.do(os.lchown, dst, st.st_uid, st.st_gid)  # (the catalog has the moved folder's)
+        d.do(os.chmod, dst, st.st_mode & 0o7777)
         return
     d.rename(src, dst)
 
