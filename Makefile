@@ -16,7 +16,7 @@ demo: setup
 	$(BIN)/homepool demo
 
 lint: setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 
 typecheck: setup
 	$(BIN)/mypy
