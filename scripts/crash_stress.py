@@ -225,8 +225,12 @@ class Workload:
             self.ok += 1
         except OSError as e:
             result = errname(e)
+        self.finished(f"{self.desc} -> {result}")
+
+    def finished(self, what: str) -> None:
+        """One more operation done: `what` (and its result) goes into the history."""
         self.done += 1
-        self.history.append(f"{self.done:4d} {self.clock()} {self.desc} -> {result}")
+        self.history.append(f"{self.done:4d} {self.clock()} {what}")
         self.current = ""
 
     def clock(self) -> str:
@@ -589,9 +593,7 @@ class Workload:
             result = "ok"
         except OSError as e:
             result = errname(e)
-        self.done += 1
-        self.history.append(f"{self.done:4d} {self.clock()} {self.desc}: {written} bytes written -> {result}")
-        self.current = ""
+        self.finished(f"{self.desc}: {written} bytes written -> {result}")
 
     def close_all(self) -> None:
         for fd in list(self.fds):
