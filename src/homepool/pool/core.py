@@ -1530,6 +1530,9 @@ class Pool(LiveOps):
             # Every drive may hold the directory; missing ones are caught up when they return.
             moves = [d.id for d in drives if d.row.state != "active" or d.is_dir(sfull)]
             unlink_dst: list[int] = []
+        elif not file.is_file:  # a symlink or special file: on every drive, as a directory
+            moves = [d.id for d in drives if d.row.state != "active" or d.lexists(sfull)]
+            unlink_dst = []
         else:
             moves = [r.drive_id for r in self.cat.replicas(file.id)]
             had = [r.drive_id for r in self.cat.replicas(old.id)] if old else []

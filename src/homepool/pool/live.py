@@ -1201,7 +1201,7 @@ class LiveOps:
 
     def _on_every_drive(self, path: str, fn: Callable[[Drive], Any]) -> list[int]:
         """Do `fn(drive)` on every present drive; returns the drives where it worked. These
-        steps (a symlink or special file made, renamed or removed) come before their commit, so
+        steps (a symlink or special file made) come before their commit, so
         the removal of the journal rows `_run_recorded_first` holds back is committed first:
         replayed after a crash, a finished rename would move what such a step had just made at
         its old path over the file it renamed."""
@@ -1306,19 +1306,13 @@ class LiveOps:
         if node.is_file and new_parent_id != ROOT_ID:
             self._move_file(row, node, old_row, old, src, dst, new_parent_id)
             return
-        if node.is_dir or node.is_file:
-            self.rename(src, dst)
-            # Open files below a directory moved with it (their copies, journal rows and owed
-            # steps are found by these paths).
-            for node_id in list(self._open) if node.is_dir else [node.id]:
-                self._follow(node_id)
-            return
-        if new_parent_id == ROOT_ID:
-            raise NotInFolder(path=dst)
-        self._on_every_drive(src, lambda d: d.rename(src, dst))
-        with self.cat.transaction():
-            self.cat.move_node(row.id, new_parent_id, new_name, is_dir=False)
-        self._changed = True
+        # A directory, symlink or special file (or a file at the top, which `rename` refuses):
+        # recorded first, then made on the drives, as a file's rename is.
+        self.rename(src, dst)
+        # Open files below a directory moved with it (their copies, journal rows and owed
+        # steps are found by these paths).
+        for node_id in list(self._open) if node.is_dir else [node.id]:
+            self._follow(node_id)
 
     def _move_file(self, row: Node, node: Node, old_row: Node | None, old: Node | None, src: str, dst: str,
                    new_parent_id: int) -> None:
