@@ -546,7 +546,7 @@ class Pool(LiveOps):
         """A directory a crash cut short (`_make_dir`): made on the drives now, where it is."""
         node = self.cat.node_or_none(p["id"])
         if node is not None and node.is_dir:
-            present = [d for d in drives.values() if d.row.state == "active" and d.present()]
+            present = [d for d in drives.values() if d.row.state == "active"]  # (`drives()` looked)
             self._dir_on_drives(node, self.path_of(node.id), present)
 
     def _check_copies(self, copies: int) -> None:
