@@ -852,3 +852,69 @@ def test_a_file_opened_while_its_copy_is_made_gets_it_at_its_close(dir_pool: Poo
     dir_pool.release_file(f, f.finish())  # its last close: the copy is made then
     assert len(copies_on_disk(dir_drives, "Videos/v.bin")) == 2
     assert_clean(dir_pool)
+
+
+def test_a_copys_owner_and_mode_changed_on_the_drive_are_given_back(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/tax.pdf", b"private", mode=0o600)
+    copy = copies_on_disk(dir_drives, "Documents/tax.pdf")[0]
+    os.chown(copy, 1234, 1234)
+    os.chmod(copy, 0o644)
+    (problem,) = check(dir_pool)
+    assert (problem.check, problem.path) == ("replicas_match", "Documents/tax.pdf")
+    assert "mode 0644 and owner 1234:1234, the pool shows 0600 and 0:0" in problem.detail
+    repair_then_clean(dir_pool)
+    assert [(st.st_mode & 0o7777, st.st_uid) for st in map(os.lstat, copies_on_disk(dir_drives, "Documents/tax.pdf"))] \
+        == [(0o600, 0), (0o600, 0)]
+
+
+def test_copies_with_other_extended_attributes_are_made_like_the_one_shown(dir_pool: Pool,
+                                                                           dir_drives: list[Path]) -> None:
+    dir_pool.write_bytes("Documents/a.txt", b"a")
+    node = dir_pool.lookup("Documents/a.txt")
+    assert node is not None
+    copies = copies_on_disk(dir_drives, "Documents/a.txt")
+    for c in copies:
+        os.setxattr(c, "user.tag", b"kept")
+    shown = dir_pool.copy_xattrs(node.id)
+    # Changed behind the pool's back on one copy: a value, and one attribute more.
+    os.setxattr(copies[1], "user.tag", b"changed")
+    os.setxattr(copies[1], "user.extra", b"1")
+    problems = check(dir_pool)
+    assert problems and all(p.check == "replicas_match" for p in problems)
+    assert any("extended attributes user.extra, user.tag" in p.detail for p in problems)
+    repair_then_clean(dir_pool)
+    now = dir_pool.copy_xattrs(node.id)
+    views = [{n: os.getxattr(c, n) for n in os.listxattr(c)} for c in copies]
+    assert views[0] == views[1] == {os.fsdecode(n): v for n, v in now.items()}
+    assert now in (shown, {b"user.tag": b"changed", b"user.extra": b"1"})  # as the copy the pool read them from
+
+
+def test_a_folder_made_on_a_drive_later_has_the_pools_owner_and_mode(dir_pool: Pool, dir_drives: list[Path],
+                                                                    tmp_path: Path) -> None:
+    dir_pool.add_folder("Private", copies=1, mode=0o700, uid=1234, gid=1234)
+    dir_pool.mkdir("Private/sub", mode=0o750)
+    dir_pool.write_bytes("Private/sub/a", b"a")
+    new = tmp_path / "drive4"
+    new.mkdir()
+    dir_pool.add_drive(new, label="drive4", max_size=512 * 1024 * 1024, allow_shared_device=True)
+    dir_pool.set_copies("Private", 2)  # the second copy goes to the new drive, which has the most room
+    assert (new / "HomePool/Private/sub/a").read_bytes() == b"a"
+    top, sub = os.lstat(new / "HomePool/Private"), os.lstat(new / "HomePool/Private/sub")
+    assert (top.st_mode & 0o7777, top.st_uid, top.st_gid) == (0o700, 1234, 1234)
+    assert (sub.st_mode & 0o7777, sub.st_uid) == (0o750, 0)
+    assert_clean(dir_pool)
+
+
+def test_a_folders_owner_mode_and_xattrs_changed_on_a_drive_are_given_back(dir_pool: Pool,
+                                                                           dir_drives: list[Path]) -> None:
+    dir_pool.mkdir("Documents/shared", mode=0o755)
+    on = [d / "HomePool/Documents/shared" for d in dir_drives]
+    assert all(p.is_dir() for p in on)  # (a folder is made on every drive)
+    os.chmod(on[1], 0o777)
+    os.setxattr(on[2], "user.note", b"added on the drive")
+    problems = check(dir_pool)
+    assert {(p.check, p.path) for p in problems} == {("folders_match", "Documents/shared")}
+    assert len(problems) == 2
+    repair_then_clean(dir_pool)
+    assert [os.lstat(p).st_mode & 0o7777 for p in on] == [0o755] * 3
+    assert [os.listxattr(p) for p in on] == [[]] * 3

@@ -1098,6 +1098,11 @@ class Catalog:
         """The ids of every file (one query: the tree is not walked)."""
         return [r[0] for r in self.db.execute("SELECT id FROM nodes WHERE kind = 'file' ORDER BY id")]
 
+    def dir_ids(self) -> list[int]:
+        """The ids of every directory below the root (one query)."""
+        return [r[0] for r in self.db.execute("SELECT id FROM nodes WHERE kind = 'dir' AND id != ? ORDER BY id",
+                                              (ROOT_ID,))]
+
     def count_files(self) -> tuple[int, int]:
         return _count_files(self.db)
 

@@ -14,6 +14,7 @@ that was changed behind the pool's back is kept aside under a "(conflict ...)" n
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat as stat_
@@ -22,13 +23,18 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from .catalog import Node
 from .config import mounted_at
-from .drives import Drive
+from .drives import Drive, mount_of
 from .errors import HomepoolError
 from .pool import Pool, describe, newfiles, scan_tree
-from .pool.ondrive import keep_aside
+from .pool.ondrive import KEPT_XATTRS_B, keep_aside, kept_xattrs
 
 log = logging.getLogger(__name__)
+
+# Filesystems that keep no Unix owners and modes (a drive formatted for Windows or a camera):
+# what they show comes from their mount options, whatever the pool sets.
+NO_OWNERS = frozenset({"vfat", "msdos", "exfat", "ntfs", "ntfs3", "fuseblk"})
 
 
 @dataclass
@@ -61,6 +67,7 @@ def check(pool: Pool, repair: bool = False, hold: Hold = nullcontext) -> list[Pr
         problems += check_no_orphan_temps(pool, present, repair)
     problems += check_replicas_match(pool, present, repair, hold)
     problems += check_names_linked(pool, present, repair, hold)
+    problems += check_folders_match(pool, present, repair, hold)
     problems += check_no_stray_files(pool, present, repair, hold)
     problems += check_copies_met(pool, repair, hold)
     with hold():
@@ -149,6 +156,7 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
     path = pool.path_of(node_id)
     reps = pool.cat.replicas(node.id)
     changed: list[tuple[Drive, str]] = []
+    fine: list[tuple[Drive, os.stat_result]] = []  # good copies as recorded: their owner and xattrs next
     good = 0
     for r in reps:
         d = by_id.get(r.drive_id)
@@ -187,6 +195,7 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
         if st.st_size == r.size and st.st_mtime_ns == r.mtime_ns:
             if r.state == "ok":
                 good += 1
+                fine.append((d, st))
                 continue
             # Marked bad by a failed read: if the content is right after all, it is good.
             try:
@@ -222,7 +231,90 @@ def _copies_match(pool: Pool, by_id: dict[int, Drive], node_id: int, repair: boo
                 p.detail += "; took its new content as the file's"
             p.fixed = True
         out.append(p)
+    return out + _attrs_match(pool, node, path, fine, repair, "replicas_match")
+
+
+def check_folders_match(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:
+    """Every folder on a drive has the owner, mode and extended attributes the pool shows
+    (a drive read on its own elsewhere keeps a private folder private)."""
+    with hold():
+        dirs = pool.cat.dir_ids()
+    out = []
+    seen: dict[int, dict[str, str | None]] = {d.id: {} for d in drives}  # symlinks on the way, by folder
+    for node_id in dirs:
+        with hold():
+            node = pool.cat.node_or_none(node_id)  # as it is now: it may have changed since
+            if node is None or not node.is_dir:
+                continue
+            path = pool.path_of(node_id)
+            on: list[tuple[Drive, os.stat_result]] = []
+            for d in drives:
+                if _symlink_on_the_way(d, path, seen[d.id]) is not None:
+                    continue  # never followed (`replicas_match` shows it for the files below)
+                try:
+                    st = d.lstat(path)
+                except OSError:
+                    continue  # not needed there yet: made with the first copy below it
+                if stat_.S_ISDIR(st.st_mode):
+                    on.append((d, st))
+            out += _attrs_match(pool, node, path, on, repair, "folders_match")
+    return sorted(out, key=lambda p: p.path)
+
+
+def _attrs_match(pool: Pool, node: Node, path: str, on: list[tuple[Drive, os.stat_result]], repair: bool,
+                 check: str) -> list[Problem]:
+    """Problems with the owner, mode and extended attributes of a file's copies (or a
+    folder's) on the drives `on`, as lstat saw them, against what the pool shows."""
+    out: list[Problem] = []
+    what = "folder" if node.is_dir else "copy"
+    want = (node.mode & 0o7777, node.uid, node.gid)
+    for d, st in on:
+        have = (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        if have == want or not keeps_owners(d):
+            continue
+        p = Problem(check, path, f"{what} on {d.name} has mode {have[0]:04o} and owner {have[1]}:{have[2]}, "
+                                 f"the pool shows {want[0]:04o} and {want[1]}:{want[2]}")
+        if repair:
+            _repair(p, "given the pool's", pool.give_owner, node, d, path)
+        out.append(p)
+    if len(on) < 2:
+        return out  # (the one there is the one the pool shows them from)
+    try:
+        shown = {os.fsdecode(n): v for n, v in pool.copy_xattrs(node.id).items() if n.startswith(KEPT_XATTRS_B)}
+    except OSError as e:
+        log.warning("extended attributes of %s not read: %s", path, e)
+        return out
+    for d, _ in on:
+        try:
+            there = kept_xattrs(d, path)
+        except OSError as e:
+            if e.errno != errno.ENOTSUP:  # (a drive that keeps none)
+                log.warning("extended attributes of %s on %s not read: %s", path, d.name, e)
+            continue
+        if there == shown:
+            continue
+        names = sorted(n for n in there.keys() | shown.keys() if there.get(n) != shown.get(n))
+        p = Problem(check, path, f"{what} on {d.name} differs in extended attributes {', '.join(names)} "
+                                 "from the ones the pool shows")
+        if repair:
+            _repair(p, "made the same", pool.give_xattrs, d, path, shown)
+        out.append(p)
     return out
+
+
+def _repair(p: Problem, done: str, fix: Callable[..., None], *args: Any) -> None:
+    """Make a repair of owners or xattrs (one the drive refuses is reported, not raised)."""
+    try:
+        fix(*args)
+        p.detail += f"; {done}"
+        p.fixed = True
+    except OSError as e:
+        p.detail += f"; left alone: {e}"
+
+
+def keeps_owners(d: Drive) -> bool:
+    """Whether drive `d`'s filesystem keeps Unix owners and modes."""
+    return mount_of(d.root)[1] not in NO_OWNERS
 
 
 def check_names_linked(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import errno
+import logging
 import os
 import stat
 import tomllib
@@ -27,6 +28,8 @@ import tomli_w
 
 from .catalog import DriveRow
 from .streams import hash_file
+
+log = logging.getLogger(__name__)
 
 META_DIR = ".homepool"
 TREE_DIR = "HomePool"
@@ -197,11 +200,17 @@ def reserve_for(total: int) -> int:
     return max(MiB, min(GiB, total // 50))
 
 
+# (mode, uid, gid) the pool shows for a folder, by its pool path; None if it has none.
+FolderAttrs = Callable[[str], tuple[int, int, int] | None]
+
+
 class Drive:
     """A member drive as this process sees it (a snapshot of its catalog row)."""
 
-    def __init__(self, row: DriveRow) -> None:
+    def __init__(self, row: DriveRow, folder_attrs: FolderAttrs | None = None) -> None:
         self.row = row
+        # The owner and mode a folder made here takes (`makedirs`): the pool's, where it has one.
+        self.folder_attrs = folder_attrs
         self.id = row.id
         self.uuid = row.uuid
         self.label = row.label
@@ -323,10 +332,11 @@ class Drive:
         syncfs(self.root)
 
     def makedirs(self, pool_dir: str, mode: int = 0o755) -> None:
-        """Make folder `pool_dir` here (with `mode`), and the ones on the way that are not here
-        yet (as os.makedirs: 0o777 less the umask), from the top down without recursion (a
-        tree may be deeper than Python's stack). The tree's own folder is made again only on
-        the drive itself, never in the empty mount point of a drive that is away."""
+        """Make folder `pool_dir` here, and the ones on the way that are not here yet, from the
+        top down without recursion (a tree may be deeper than Python's stack). Each takes the
+        owner and mode the pool shows for it (`folder_attrs`), or else `mode` (`pool_dir`)
+        or 0o777 (those on the way), less the umask. The tree's own folder is made again
+        only on the drive itself, never in the empty mount point of a drive that is away."""
         if not pool_dir:
             return
         missing = []
@@ -339,7 +349,7 @@ class Drive:
                     os.mkdir(self.tree_s)
                 break
             try:
-                self.do(os.mkdir, at, mode & 0o7777 if at == pool_dir else 0o777)
+                self._mkdir(at, mode if at == pool_dir else 0o777)
             except FileNotFoundError:  # a folder on the way is missing too
                 missing.append(at)
                 at = at.rpartition("/")[0]
@@ -349,9 +359,19 @@ class Drive:
             break
         for folder in reversed(missing):
             with suppress(FileExistsError):
-                self.do(os.mkdir, folder, mode & 0o7777 if folder == pool_dir else 0o777)
+                self._mkdir(folder, mode if folder == pool_dir else 0o777)
         if not stat.S_ISDIR(self.do(os.stat, pool_dir).st_mode):
             raise FileExistsError(errno.EEXIST, "something else is in the folder's place", self.full(pool_dir))
+
+    def _mkdir(self, pool_dir: str, mode: int) -> None:
+        attrs = self.folder_attrs(pool_dir) if self.folder_attrs is not None else None
+        self.do(os.mkdir, pool_dir, mode & 0o7777 if attrs is None else attrs[0] & 0o777)
+        if attrs is not None:
+            try:  # (chown clears set-id bits: the mode goes last)
+                self.do(os.lchown, pool_dir, attrs[1], attrs[2])
+                self.do(os.chmod, pool_dir, attrs[0] & 0o7777)
+            except OSError as e:  # (a drive without owners, say): the pool shows its own anyway
+                log.debug("folder %s on %s keeps the owner and mode it was made with: %s", pool_dir, self.name, e)
 
     def symlink_on_the_way(self, pool_dir: str) -> str | None:
         """The first folder on the way to pool folder `pool_dir` (itself included) that is a

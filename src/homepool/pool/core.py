@@ -66,6 +66,7 @@ from .ondrive import (
     copy_is_at_fault,
     copy_xattrs,
     keep_aside,
+    kept_xattrs,
     link_name,
     rename_on,
     scan_tree,
@@ -346,17 +347,23 @@ class Pool(LiveOps):
     def _look_at_drives(self) -> list[Drive]:
         out = []
         for row in self.cat.drives():
-            d = Drive(row)
+            d = Drive(row, self._folder_attrs)
             state = "active" if d.present() else "missing"
             if state != row.state:
                 log.warning("drive %s is %s", d.name, "missing" if state == "missing" else "back")
                 with self.cat.transaction():
                     self.cat.set_drive_state(d.id, state)
-                d = Drive(dataclasses.replace(row, state=state))
+                d = Drive(dataclasses.replace(row, state=state), self._folder_attrs)
                 if state == "active" and self.lock is not None:
                     self.settle_owed(d)
             out.append(d)
         return out
+
+    def _folder_attrs(self, path: str) -> tuple[int, int, int] | None:
+        """The mode and owner the pool shows for folder `path`, which a drive that lacks it
+        makes on the way to a copy (`Drive.makedirs`): as its folder elsewhere, not root's 0o755."""
+        node = self.lookup(path)
+        return (node.mode, node.uid, node.gid) if node is not None and node.is_dir else None
 
     def drive(self, drive_id: int) -> Drive:
         for d in self.drives():
@@ -1801,6 +1808,24 @@ class Pool(LiveOps):
         with self.cat.transaction():
             self.cat.set_replica(node.id, drive.id, node.size, node.mtime_ns, node.hash, state)
         self._changed = True
+
+    @staticmethod
+    def give_owner(node: Node, drive: Drive, path: str) -> None:
+        """A copy or folder on `drive` whose owner or mode was changed outside the pool: given
+        the pool's back (the mode last: chown clears set-id bits)."""
+        drive.do(os.lchown, path, node.uid, node.gid)
+        drive.do(os.chmod, path, node.mode & 0o7777)
+
+    @staticmethod
+    def give_xattrs(drive: Drive, path: str, shown: dict[str, bytes]) -> None:
+        """A copy or folder on `drive` whose extended attributes differ from the ones the pool
+        shows (`shown`, from the copy it reads them from): made the same."""
+        have = kept_xattrs(drive, path)
+        for name in have.keys() - shown.keys():
+            drive.do(os.removexattr, path, name, follow_symlinks=False)
+        for name, value in shown.items():
+            if have.get(name) != value:
+                drive.do(os.setxattr, path, name, value, follow_symlinks=False)
 
     def set_copy_aside(self, node: Node, drive: Drive) -> str:
         """A copy changed outside the pool while the pool has the right content elsewhere:

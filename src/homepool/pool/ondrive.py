@@ -86,6 +86,20 @@ def unlink_names(d: Drive, path: str, names: Collection[str]) -> None:
                 d.unlink(name)
 
 
+# The extended attributes the pool keeps on its copies and shows (security and system ones
+# belong to each drive).
+KEPT_XATTRS = ("user.", "trusted.")
+KEPT_XATTRS_B = (b"user.", b"trusted.")
+
+
+def kept_xattrs(d: Drive, path: str) -> dict[str, bytes]:
+    """The extended attributes the pool keeps of the entry at `path` on drive `d`."""
+    def read(full: str) -> dict[str, bytes]:
+        return {n: os.getxattr(full, n, follow_symlinks=False)
+                for n in os.listxattr(full, follow_symlinks=False) if n.startswith(KEPT_XATTRS)}
+    return d.do(read, path)
+
+
 def copy_xattrs(src_fd: int, dst_fd: int, path: str, target: str) -> None:
     """Give a new copy the extended attributes of the one it was copied from (the user's and
     trusted ones: security and system ones belong to the drive). A drive that cannot keep
@@ -96,7 +110,7 @@ def copy_xattrs(src_fd: int, dst_fd: int, path: str, target: str) -> None:
         log.info("extended attributes of %s not read: %s", path, e)
         return
     for name in names:
-        if name.startswith(("user.", "trusted.")):
+        if name.startswith(KEPT_XATTRS):
             try:
                 os.setxattr(dst_fd, name, os.getxattr(src_fd, name))
             except OSError as e:
