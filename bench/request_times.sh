@@ -9,6 +9,8 @@
 # on its drive, a 1-copy file is written by the kernel itself, passed through: SIZES=6G,6G):
 #   bench/request_times.sh [N]                      e.g. 3000
 #   CODE=/tmp/old/src ROUNDS=3 bench/request_times.sh 3000
+#   PIN=1 bench/request_times.sh 3000               (the mount and the program on one CPU: see
+#                                                    docs/benchmarks.md, "One CPU for both sides")
 # The phases' wall times move with the machine (a shared VM: 1.8 s and 2.4 s for the same
 # code minutes apart), so compare code in alternation, never one run against another.
 set -euo pipefail
@@ -17,6 +19,7 @@ PB=${POOLBENCH:-$ROOT/../shared/bench/poolbench}
 W=${BENCH_DIR:-/var/tmp/homepool-requests}
 N=${1:-3000}
 HP="$ROOT/.venv/bin/homepool --pool $W/state"
+ON_CPU=${PIN:+taskset -c 1}
 cleanup() {
     $HP unmount "$W/pool" 2>/dev/null || true
     "$PB" drives down "$W/drives" >/dev/null 2>&1 || true
@@ -25,10 +28,10 @@ cleanup() {
 trap cleanup EXIT
 
 phase() {  # NAME CODE_PATH PYTHON: mount with the code at CODE_PATH, run PYTHON, unmount, report
-    PYTHONPATH=$2 $HP -v mount --foreground "$W/pool" >"$W/mount.log" 2>&1 &
+    PYTHONPATH=$2 $ON_CPU $HP -v mount --foreground "$W/pool" >"$W/mount.log" 2>&1 &
     for _ in $(seq 100); do mountpoint -q "$W/pool" && break; sleep 0.1; done
     local took
-    took=$("$ROOT/.venv/bin/python" -c "import os, time
+    took=$($ON_CPU "$ROOT/.venv/bin/python" -c "import os, time
 t0 = time.perf_counter()
 $3
 print(round((time.perf_counter() - t0) * 1000))")  # (the calls only: not the interpreter's start)
