@@ -72,3 +72,10 @@ def as_older_catalog(state_dir: Path, sql: str) -> None:
         db.executescript(f"BEGIN; {sql}; COMMIT;")
     finally:
         db.close()
+
+
+def mount_dies(pool: Pool) -> None:
+    """The mount's process ends here, as a kill leaves it: what it held back (files open, a
+    group of changes not yet committed) is not settled, and the next opening repairs it."""
+    pool.live = False
+    pool.close()

@@ -24,7 +24,7 @@ from homepool.fuse.ops import PoolOperations
 from homepool.mount import answer
 from homepool.pool import Pool, core
 
-from .helpers import assert_clean, copies_on_disk
+from .helpers import assert_clean, copies_on_disk, mount_dies
 
 
 def found(pool: Pool) -> set[str]:
@@ -198,8 +198,7 @@ def test_a_file_open_across_a_crashed_rename_keeps_its_new_content(state_dir: Pa
             dir_pool.move(docs, "d", docs, "e", noreplace=False)
     monkeypatch.undo()
     f.close()  # the mount is gone: its descriptors close...
-    dir_pool.live = False
-    dir_pool.close()  # ...and the next command opens the pool, finishing what was under way
+    mount_dies(dir_pool)  # ...and the next command opens the pool, finishing what was under way
     moved = "Documents/d/b.txt" if what == "file" else "Documents/e/a.txt"
     with Pool.open(state_dir) as pool:
         assert_clean(pool)

@@ -26,7 +26,7 @@ from homepool.pool import LiveFile, Pool, newfiles
 from homepool.pool import glance as glance_mod
 from homepool.pool.live import Looked
 
-from .helpers import assert_clean, copies_on_disk, reader
+from .helpers import assert_clean, copies_on_disk, mount_dies, reader
 from .mounting import mount_pool, wait_for
 from .test_fuse_ops import _Holder, _live_ops, _Stuck
 from .test_hard_links import unplug
@@ -159,8 +159,7 @@ def _moved_and_killed(dir_pool: Pool, src: str = "Videos", dst: str = "Documents
     dir_pool.move(dir_pool.stat(src).id, "a.bin", dir_pool.stat(dst).id, "a.bin", noreplace=False)
     node_id = dir_pool.stat(f"{dst}/a.bin").id
     dir_pool._reconcile_soon.clear()  # the mount dies now
-    dir_pool.live = False
-    dir_pool.close()
+    mount_dies(dir_pool)
     return node_id
 
 

@@ -21,7 +21,7 @@ from homepool.pool import core as core_mod
 from homepool.pool import live as live_mod
 from homepool.recover import recover
 
-from .helpers import assert_clean, copies_on_disk, listed_a_page_at_a_time, raises, reader
+from .helpers import assert_clean, copies_on_disk, listed_a_page_at_a_time, mount_dies, raises, reader
 from .mounting import mount_pool, wait_for
 
 
@@ -268,8 +268,7 @@ def _linked_and_killed(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(KeyboardInterrupt):
         pool.make_link(pool.stat("Documents/a.txt").id, docs, "b.txt")
     monkeypatch.undo()
-    pool.live = False
-    pool.close()  # the mount dies here
+    mount_dies(pool)  # the mount dies here
 
 
 def test_a_link_cut_short_by_a_crash_is_made_at_the_next_opening(state_dir: Path, dir_pool: Pool,
@@ -359,8 +358,7 @@ def test_a_drive_away_while_names_come_and_go_gets_them_in_order(state_dir: Path
     docs = dir_pool.stat("Documents").id
     dir_pool.make_link(dir_pool.stat("Documents/a.txt").id, docs, "b.txt")  # owed to the drive away
     dir_pool.remove(docs, "a.txt", rmdir=False)  # so is this, after it
-    dir_pool.live = False
-    dir_pool.close()
+    mount_dies(dir_pool)
     plug_back()
     with Pool.open(state_dir) as pool:  # the drive is back: its owed steps are made, in order
         assert (away / "HomePool/Documents/b.txt").read_bytes() == b"A"
@@ -379,8 +377,7 @@ def test_a_new_name_never_shares_the_place_an_heir_took(state_dir: Path, dir_poo
     dir_pool.go_live()
     d = dir_pool.stat("Documents/d").id
     dir_pool.make_link(dir_pool.stat("Documents/d/own.txt").id, d, "link.txt")  # the highest id
-    dir_pool.live = False
-    dir_pool.close()
+    mount_dies(dir_pool)
     made = {"file": lambda pool: pool.write_bytes("Documents/d/new", b"N"),
             "folder": lambda pool: pool.makedirs("Documents/d/new")}
     with Pool.open(state_dir) as pool:  # as the command line changes the pool
@@ -400,8 +397,7 @@ def test_a_file_open_with_names_whose_drive_is_away_after_a_crash(state_dir: Pat
     assert f.write(b"data", 0) == []
     dir_pool.make_link(node.id, vids, "w.bin")
     f.close()  # the mount dies with the file open
-    dir_pool.live = False
-    dir_pool.close()
+    mount_dies(dir_pool)
     plug_back = unplug(copies_on_disk(dir_drives, "Videos/v.bin")[0].parents[2])
     with Pool.open(state_dir) as pool:  # opens (it raised a foreign key error), and keeps the file
         assert pool.lookup("Videos/w.bin").is_link
@@ -431,8 +427,7 @@ def test_a_file_open_twice_at_a_crash_gets_its_missing_copy_once(state_dir: Path
         dir_pool.will_change(f)  # each writer's journal row
     for f in writers:
         f.close()  # the mount dies with the file open
-    dir_pool.live = False
-    dir_pool.close()
+    mount_dies(dir_pool)
     with Pool.open(state_dir) as pool:
         assert [p.name for p in copies_on_disk(dir_drives, "Documents/a.bin")] == ["a.bin", "a.bin"]
         assert linked_on_drives(dir_drives, "Documents/a.bin", "Documents/b.bin") == 2
@@ -454,8 +449,7 @@ def _written_with_a_drive_away_and_killed(pool: Pool, drives: list[Path]) -> tup
         pool.will_change(f)
         assert f.write(b"new data", 0) == []
         f.close()
-        pool.live = False
-        pool.close()  # the mount dies with the file open
+        mount_dies(pool)  # the mount dies with the file open
     finally:
         plug_other()
     return written, other
@@ -533,8 +527,7 @@ def test_a_writers_copy_back_finds_its_file_open_for_reading_or_deleted(state_di
             assert copies_on_disk(dir_drives, "Documents/a.txt") == []
         pool.copy_moved_files()  # (the mount's copy thread: the second copy)
     finally:
-        pool.live = False
-        pool.close()
+        mount_dies(pool)
     with Pool.open(state_dir) as pool:
         if meanwhile == "read":
             assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/a.txt")] == [b"new data"] * 2
@@ -590,8 +583,7 @@ def test_a_copy_dropped_mid_write_is_never_the_file_after_a_crash(state_dir: Pat
         dir_pool.copies_failed(f, [(gone, OSError(errno.EIO, "gone"))], lambda fds: [])
         assert f.write(b"data", 4) == []
         f.close()
-        dir_pool.live = False
-        dir_pool.close()  # the mount dies with the file open
+        mount_dies(dir_pool)  # the mount dies with the file open
     finally:
         plug_back()
     with Pool.open(state_dir) as pool:  # the drive is back: what it is owed first, then the repair
@@ -632,8 +624,7 @@ def test_a_drive_away_while_the_own_name_goes_and_its_heir_moves_keeps_the_copy(
     dir_pool.remove(vids, "a.txt", rmdir=False)  # owed: link a->b, unlink a
     dir_pool.move(vids, "b.txt", vids, "c.txt", noreplace=False)  # owed: rename b->c
     dir_pool.catch_up()
-    dir_pool.live = False
-    dir_pool.close()
+    mount_dies(dir_pool)
     plug_back()
     with Pool.open(state_dir) as pool:
         assert pool.read_bytes("Videos/c.txt") == b"A"
@@ -659,8 +650,7 @@ def test_replay_of_a_rename_over_an_own_name_made_on_the_drives_leaves_the_heir_
         with pytest.raises(KeyboardInterrupt):
             dir_pool.rename("Documents/a.txt", "Documents/x.txt")
         monkeypatch.undo()
-    dir_pool.live = False
-    dir_pool.close()
+    mount_dies(dir_pool)
     with Pool.open(state_dir) as pool:  # replays the rename
         assert pool.read_bytes("Documents/c.txt") == b"X"
         assert [p.read_bytes() for p in copies_on_disk(dir_drives, "Documents/c.txt")] == [b"X", b"X"]
@@ -706,8 +696,7 @@ def test_a_drive_away_for_a_rename_over_an_own_name_catches_up_cleanly(
     dir_pool.drive_cache = None
     dir_pool.move(vids, "a.txt", vids, "x.txt", noreplace=False)  # owed: link x->c, unlink x, rename a->x
     dir_pool.catch_up()
-    dir_pool.live = False
-    dir_pool.close()
+    mount_dies(dir_pool)
     plug_back()
     with Pool.open(state_dir) as pool:  # the drive is back: x.txt goes once c.txt has it, then a.txt moves
         assert sorted(os.listdir(away / "HomePool/Videos")) == ["c.txt", "x.txt"]

@@ -21,7 +21,7 @@ from homepool.errors import BadDrive
 from homepool.pool import Pool
 from homepool.recover import recover
 
-from .helpers import as_older_catalog, assert_clean, copies_on_disk, listed_a_page_at_a_time
+from .helpers import as_older_catalog, assert_clean, copies_on_disk, listed_a_page_at_a_time, mount_dies
 
 
 def break_tmp(drive: Path) -> Path:
@@ -480,8 +480,7 @@ def test_a_setattr_a_crash_cut_short_is_made_on_the_copies_at_the_next_opening(
     with pytest.raises(KeyboardInterrupt):
         dir_pool.set_attrs(node.id, **cols)  # type: ignore[arg-type]
     monkeypatch.undo()
-    dir_pool.live = False
-    dir_pool.close()
+    mount_dies(dir_pool)
     with Pool.open(state_dir) as pool:
         now = pool.stat("Documents/a.txt")
         want = {"mode": (0o600, 0, node.mtime_ns), "owner": (0o644, 1234, node.mtime_ns),
