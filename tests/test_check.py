@@ -917,3 +917,55 @@ def test_a_folders_owner_mode_and_xattrs_changed_on_a_drive_are_given_back(dir_p
     repair_then_clean(dir_pool)
     assert [os.lstat(p).st_mode & 0o7777 for p in on] == [0o755] * 3
     assert [os.listxattr(p) for p in on] == [[]] * 3
+
+
+@pytest.mark.expect_errors  # (what was in the symlink's place is kept aside)
+def test_a_symlink_or_fifo_lost_or_changed_on_a_drive_is_made_again(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    docs = dir_pool.stat("Documents").id
+    dir_pool.make_node(docs, "link", stat.S_IFLNK | 0o777, 0, 0, target="../elsewhere/x")
+    dir_pool.make_node(docs, "pipe", stat.S_IFIFO | 0o640, 0, 0)
+    link, pipe = ([d / "HomePool/Documents" / name for d in dir_drives] for name in ("link", "pipe"))
+    assert [os.readlink(p) for p in link] == ["../elsewhere/x"] * 3  # on every drive
+    assert [stat.S_IMODE(os.lstat(p).st_mode) for p in pipe] == [0o640] * 3
+    assert_clean(dir_pool)
+    link[0].unlink()
+    link[1].unlink()
+    link[1].symlink_to("/etc/passwd")  # another target: never followed, kept aside
+    os.chmod(pipe[2], 0o666)
+    problems = check(dir_pool)
+    assert sorted(p.line() for p in problems) == [
+        f"[found] entries_match: Documents/link: symlink is missing on 'drive1' ({dir_drives[0]})",
+        f"[found] entries_match: Documents/link: symlink is something else there on 'drive2' ({dir_drives[1]})",
+        f"[found] entries_match: Documents/pipe: special file on 'drive3' ({dir_drives[2]}) has mode 0666 and "
+        "owner 0:0, the pool shows 0640 and 0:0"]
+    repair_then_clean(dir_pool)
+    assert [os.readlink(p) for p in link] == ["../elsewhere/x"] * 3
+    assert [stat.S_IMODE(os.lstat(p).st_mode) for p in pipe] == [0o640] * 3
+    aside = [n.name for n in dir_pool.listdir("Documents") if "conflict" in n.name]
+    assert len(aside) == 1 and os.readlink(dir_drives[1] / "HomePool/Documents" / aside[0]) == "/etc/passwd"
+
+
+def test_a_symlink_made_on_a_drive_is_taken_in_and_put_on_the_others(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    (dir_drives[0] / "HomePool/Music/links").mkdir(parents=True)
+    os.symlink("../../Photos/cover.jpg", dir_drives[0] / "HomePool/Music/links/cover")
+    os.mkfifo(dir_drives[0] / "HomePool/Music/links/fifo", 0o600)
+    assert {(p.check, p.path) for p in check(dir_pool)} == {("no_stray_files", "Music/links"),
+                                                           ("no_stray_files", "Music/links/cover"),
+                                                           ("no_stray_files", "Music/links/fifo")}
+    repair_then_clean(dir_pool)
+    node = dir_pool.lookup("Music/links/cover")
+    assert node is not None and node.kind == "symlink" and node.target == "../../Photos/cover.jpg"
+    fifo = dir_pool.lookup("Music/links/fifo")
+    assert fifo is not None and stat.S_ISFIFO(fifo.mode) and stat.S_IMODE(fifo.mode) == 0o600
+    assert [os.readlink(d / "HomePool/Music/links/cover") for d in dir_drives] == ["../../Photos/cover.jpg"] * 3
+    assert all(stat.S_ISFIFO(os.lstat(d / "HomePool/Music/links/fifo").st_mode) for d in dir_drives)
+
+
+def test_a_drive_added_later_gets_the_symlinks(dir_pool: Pool, dir_drives: list[Path], tmp_path: Path) -> None:
+    dir_pool.mkdir("Documents/deep")
+    dir_pool.make_node(dir_pool.stat("Documents/deep").id, "link", stat.S_IFLNK | 0o777, 0, 0, target="x")
+    new = tmp_path / "drive4"
+    new.mkdir()
+    dir_pool.add_drive(new, label="drive4", allow_shared_device=True)
+    assert os.readlink(new / "HomePool/Documents/deep/link") == "x"
+    assert_clean(dir_pool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -104,3 +105,20 @@ def test_recover_force_keeps_the_old_state_aside(state_dir: Path, dir_pool: Pool
     assert any(p.name.startswith("catalog.db.before-recover-") for p in state_dir.iterdir())
     with Pool.open(state_dir) as pool:
         assert pool.read_bytes("Documents/a.txt") == b"a"
+
+
+def test_recover_from_the_trees_keeps_symlinks_and_fifos(state_dir: Path, dir_pool: Pool,
+                                                         dir_drives: list[Path]) -> None:
+    docs = dir_pool.stat("Documents").id
+    dir_pool.make_node(docs, "latest", stat.S_IFLNK | 0o777, 0, 0, target="reports/2026.pdf")
+    dir_pool.make_node(docs, "queue", stat.S_IFIFO | 0o620, 0, 0)
+    dir_pool.close()
+    for d in dir_drives:
+        (d / ".homepool/catalog.db").unlink()
+    shutil.rmtree(state_dir)
+    recover(state_dir, dir_drives)
+    with Pool.open(state_dir) as pool:
+        link, queue = pool.lookup("Documents/latest"), pool.lookup("Documents/queue")
+        assert link is not None and link.target == "reports/2026.pdf"
+        assert queue is not None and stat.S_ISFIFO(queue.mode) and stat.S_IMODE(queue.mode) == 0o620
+        assert_clean(pool)

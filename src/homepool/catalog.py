@@ -1103,6 +1103,10 @@ class Catalog:
         return [r[0] for r in self.db.execute("SELECT id FROM nodes WHERE kind = 'dir' AND id != ? ORDER BY id",
                                               (ROOT_ID,))]
 
+    def entry_ids(self) -> list[int]:
+        """The ids of every symlink and special file (one query)."""
+        return [r[0] for r in self.db.execute("SELECT id FROM nodes WHERE kind IN ('symlink', 'special') ORDER BY id")]
+
     def count_files(self) -> tuple[int, int]:
         return _count_files(self.db)
 

@@ -28,6 +28,7 @@ from .config import mounted_at
 from .drives import Drive, mount_of
 from .errors import HomepoolError
 from .pool import Pool, describe, newfiles, scan_tree
+from .pool.core import same_entry
 from .pool.ondrive import KEPT_XATTRS_B, keep_aside, kept_xattrs
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def check(pool: Pool, repair: bool = False, hold: Hold = nullcontext) -> list[Pr
     problems += check_replicas_match(pool, present, repair, hold)
     problems += check_names_linked(pool, present, repair, hold)
     problems += check_folders_match(pool, present, repair, hold)
+    problems += check_entries_match(pool, present, repair, hold)
     problems += check_no_stray_files(pool, present, repair, hold)
     problems += check_copies_met(pool, repair, hold)
     with hold():
@@ -261,15 +263,56 @@ def check_folders_match(pool: Pool, drives: list[Drive], repair: bool, hold: Hol
     return sorted(out, key=lambda p: p.path)
 
 
+def check_entries_match(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:
+    """Every symlink and special file (FIFO, socket, device node) is on every present drive,
+    as the pool has it: its kind, target or device, owner and mode."""
+    with hold():
+        entries = pool.cat.entry_ids()
+    out = []
+    seen: dict[int, dict[str, str | None]] = {d.id: {} for d in drives}  # symlinks on the way, by folder
+    for node_id in entries:
+        with hold():
+            node = pool.cat.node_or_none(node_id)  # as it is now: it may have changed since
+            if node is None or node.kind not in ("symlink", "special"):
+                continue
+            path = pool.path_of(node_id)
+            what = "symlink" if node.target is not None else "special file"
+            on: list[tuple[Drive, os.stat_result]] = []
+            for d in drives:
+                if _symlink_on_the_way(d, path, seen[d.id]) is not None:
+                    continue  # never followed (`replicas_match` shows it for the files below)
+                try:
+                    st: os.stat_result | None = d.lstat(path)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and same_entry(d, path, st, node):
+                    on.append((d, st))
+                    continue
+                why = "is missing" if st is None else "is something else there"
+                p = Problem("entries_match", path, f"{what} {why} on {d.name}")
+                if repair:
+                    try:
+                        aside = pool.remake_entry(node, d, path)
+                        p.detail += f"; made again{f', kept what was there as {aside}' if aside else ''}"
+                        p.fixed = True
+                    except OSError as e:
+                        p.detail += f"; left alone: {e}"
+                out.append(p)
+            out += _attrs_match(pool, node, path, on, repair, "entries_match")
+    return sorted(out, key=lambda p: p.path)
+
+
 def _attrs_match(pool: Pool, node: Node, path: str, on: list[tuple[Drive, os.stat_result]], repair: bool,
                  check: str) -> list[Problem]:
     """Problems with the owner, mode and extended attributes of a file's copies (or a
     folder's) on the drives `on`, as lstat saw them, against what the pool shows."""
     out: list[Problem] = []
-    what = "folder" if node.is_dir else "copy"
+    what = {"dir": "folder", "file": "copy", "symlink": "symlink"}.get(node.kind, "special file")
     want = (node.mode & 0o7777, node.uid, node.gid)
     for d, st in on:
         have = (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+        if node.kind == "symlink":  # (a symlink's own mode is always 0777 on Linux: its owner alone counts)
+            want = (have[0], node.uid, node.gid)
         if have == want or not keeps_owners(d):
             continue
         p = Problem(check, path, f"{what} on {d.name} has mode {have[0]:04o} and owner {have[1]}:{have[2]}, "
@@ -375,30 +418,31 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
             known = {pool.path_of(i) for i in on_drive} | {pool.path_of(i) for i, to in links if to in on_drive}
             known |= {path for path, ids in coming if d.id in ids}
             owed = pool.owed_paths(d.id)  # on their way out: not strays
-        for path, is_dir in list(scan_tree(d)):  # without holding: a walk of a drive takes a while
+        for path, kind in list(scan_tree(d)):  # without holding: a walk of a drive takes a while
             if path in owed or any(path.startswith(o + "/") for o in owed) or path in known:
                 continue
+            if kind == "entry" and "/" not in path:
+                continue  # (only folders are at the top: a symlink there, say a folder's kept aside, stays as it is)
             hashed = None
-            if repair and not is_dir:  # hashed without the lock (a big file takes a while), if a stray
+            if repair and kind == "file":  # hashed without the lock (a big file takes a while), if a stray
                 with hold():
-                    stray = _strayed(pool, d, path, is_dir)
+                    stray = _strayed(pool, d, path, kind)
                 hashed = _hash_unheld(d, path) if stray else None
             with hold():
-                if not _strayed(pool, d, path, is_dir):
+                if not _strayed(pool, d, path, kind):
                     continue  # changed since (the mount went on meanwhile)
-                what = "folder on {} is not in the pool" if is_dir else "file on {} is not in the catalog"
-                p = Problem("no_stray_files", path, what.format(d.name))
+                p = Problem("no_stray_files", path, STRAY[kind].format(d.name))
                 if repair:
                     try:
-                        if is_dir:
+                        if kind == "dir":
                             pool._register_dir(d, pool._canonical(path))
                             p.fixed = True
                         else:
                             ino = d.lstat(path).st_ino
                             at: list[str] = []
                             digest = hashed[1] if hashed and _stat_key(d, path) == hashed[0] else None
-                            line = pool.adopt_name(d, path, inodes) or pool.register_file(d, path, digest,
-                                                                                        recorded=at)
+                            line = pool.register_entry(d, path) if kind == "entry" else (
+                                pool.adopt_name(d, path, inodes) or pool.register_file(d, path, digest, recorded=at))
                             for recorded in at:  # a hard link of it, found later, is a name of it
                                 inodes[ino] = recorded
                             p.detail += f"; {line}"
@@ -409,18 +453,26 @@ def check_no_stray_files(pool: Pool, drives: list[Drive], repair: bool, hold: Ho
     return out
 
 
-def _strayed(pool: Pool, d: Drive, path: str, is_dir: bool) -> bool:
-    """Whether `path` on drive `d` is still there, as what the walk saw (a folder or a file),
-    and still unknown to the catalog."""
+STRAY = {"dir": "folder on {} is not in the pool", "file": "file on {} is not in the catalog",
+         "entry": "symlink or special file on {} is not in the pool"}
+
+
+def _strayed(pool: Pool, d: Drive, path: str, kind: str) -> bool:
+    """Whether `path` on drive `d` is still there, as what the walk saw (a folder, a file, or
+    a symlink or special file), and still unknown to the catalog."""
     try:
         mode = d.lstat(path).st_mode
     except FileNotFoundError:
         return False
-    as_seen = stat_.S_ISDIR(mode) if is_dir else stat_.S_ISREG(mode)  # the mount may have put another there
+    # (the mount may have put another kind there)
+    as_seen = stat_.S_ISDIR(mode) if kind == "dir" else stat_.S_ISREG(mode) if kind == "file" else \
+        not stat_.S_ISDIR(mode) and not stat_.S_ISREG(mode)
     if not as_seen or path in pool.owed_paths(d.id):
         return False
     row = pool.lookup(path)
-    if is_dir or row is None:
+    if kind == "entry":  # (in the place of a file or folder the pool has: kept aside and taken in)
+        return row is None or pool.cat.resolve(row).kind not in ("symlink", "special")
+    if kind == "dir" or row is None:
         return row is None
     node = pool.cat.resolve(row)
     return not (node.is_file and any(r.drive_id == d.id for r in pool.cat.replicas(node.id)))

@@ -68,6 +68,7 @@ from .ondrive import (
     keep_aside,
     kept_xattrs,
     link_name,
+    make_entry,
     rename_on,
     scan_tree,
     unlink_names,
@@ -440,6 +441,12 @@ class Pool(LiveOps):
         drive = self.drive(drive_id)
         for folder, _ in self.cat.folders():
             drive.makedirs(folder.name, folder.mode)
+        for node_id in self.cat.entry_ids():  # symlinks and special files are on every drive
+            node = self.cat.node(node_id)
+            try:
+                self.remake_entry(node, drive, self.path_of(node_id))
+            except OSError as e:
+                log.error("could not make %s on %s: %s", self.path_of(node_id), drive.name, e)
         log.info("added drive %r at %s", label, real)
         if adopt and ident is not None:
             self.register_tree(drive)
@@ -1814,7 +1821,8 @@ class Pool(LiveOps):
         """A copy or folder on `drive` whose owner or mode was changed outside the pool: given
         the pool's back (the mode last: chown clears set-id bits)."""
         drive.do(os.lchown, path, node.uid, node.gid)
-        drive.do(os.chmod, path, node.mode & 0o7777)
+        if not stat_.S_ISLNK(node.mode):  # (chmod would follow a symlink: its own mode is always 0777)
+            drive.do(os.chmod, path, node.mode & 0o7777)
 
     @staticmethod
     def give_xattrs(drive: Drive, path: str, shown: dict[str, bytes]) -> None:
@@ -1890,13 +1898,16 @@ class Pool(LiveOps):
         inodes = {} if inodes is None else inodes
         recorded = {self.path_of(r.node_id) for r in self.cat.replicas_on(drive.id)}
         owed = self.owed_paths(drive.id)  # on their way out: not to be taken in
-        for path, is_dir in scan_tree(drive):
+        for path, kind in scan_tree(drive):
             if path in recorded or path in owed or any(path.startswith(o + "/") for o in owed):
                 continue
             try:
-                if is_dir:
+                if kind != "file":
                     if not only_known and self.lookup(path) is None:
-                        self._register_dir(drive, self._canonical(path))
+                        if kind == "dir":
+                            self._register_dir(drive, self._canonical(path))
+                        else:
+                            out.append(self.register_entry(drive, path))
                     continue
                 if (row := self.lookup(path)) is not None and row.is_link:
                     continue  # an extra name already (`check` sees that it is linked)
@@ -2057,6 +2068,67 @@ class Pool(LiveOps):
         if recorded is not None:
             recorded.append(path)
         return f"added {path} from {drive.name}"
+
+
+    def register_entry(self, drive: Drive, path: str) -> str:
+        """Record the symlink or special file `path` found on `drive` (made there by hand, or
+        left by a pool whose catalog was lost) as it is there, and make it on the other present
+        drives, where every symlink and special file is. A symlink is never followed: its target
+        is only text, read by programs through the mount."""
+        parts = paths.split(path)
+        if len(parts) == 1:
+            return f"left {path} on {drive.name} alone: only folders belong at the top"
+        canonical = self._canonical(path)
+        if canonical != path or self.lookup(path) is not None:  # (the pool has another thing there)
+            taken = lambda p: self.lookup(p) is not None or drive.lexists(p)  # noqa: E731
+            dest = conflict_name(canonical, drive.label, taken) if taken(canonical) else canonical
+            try:
+                drive.makedirs(dest.rpartition("/")[0])
+                drive.rename(path, dest)
+                drive.fsync_dir(dest.rpartition("/")[0])
+            except OSError as e:
+                return f"left {path} on {drive.name} alone: could not move it to {dest}: {e}"
+            return self.register_entry(drive, dest) + f" (moved from {path})"
+        st = drive.lstat(path)
+        target = drive.do(os.readlink, path) if stat_.S_ISLNK(st.st_mode) else None
+        parent = self._register_dir(drive, paths.join(parts[:-1]))
+        with self.cat.transaction():
+            node_id = self.cat.add_node(parent.id, parts[-1], "symlink" if target is not None else "special",
+                                        st.st_mode, st.st_mtime_ns, len(os.fsencode(target)) if target else 0, None,
+                                        st.st_uid, st.st_gid, target, st.st_rdev)
+        self._changed = True
+        node = self.cat.node(node_id)
+        for d in self.drives(present_only=True):
+            if d.id != drive.id:
+                self.remake_entry(node, d, path)
+        self._news(parent.id, parts[-1], node_id)
+        return f"added {path} ({'a symlink' if target is not None else 'a special file'}) from {drive.name}"
+
+    @classmethod
+    def remake_entry(cls, node: Node, drive: Drive, path: str) -> str | None:
+        """Symlink or special file `node` made again at `path` on `drive` (the same one there
+        already only gets its owner and mode); something else there is kept aside (returns its
+        new name), never deleted."""
+        try:
+            st: os.stat_result | None = drive.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and same_entry(drive, path, st, node):
+            cls.give_owner(node, drive, path)
+            return None
+        aside = keep_aside(drive, path) if st is not None else None
+        make_entry(drive, path, node.mode, node.uid, node.gid, node.target, node.rdev)
+        return aside
+
+
+def same_entry(d: Drive, path: str, st: os.stat_result, node: Node) -> bool:
+    """Whether what lstat found at `path` on drive `d` (`st`) is the symlink or special file
+    `node`: its kind, and its target or device."""
+    if stat_.S_IFMT(st.st_mode) != stat_.S_IFMT(node.mode):
+        return False
+    if node.target is not None:
+        return d.do(os.readlink, path) == node.target
+    return not (stat_.S_ISCHR(st.st_mode) or stat_.S_ISBLK(st.st_mode)) or st.st_rdev == node.rdev
 
 
 def _xattrs_of(full: str) -> dict[bytes, bytes]:

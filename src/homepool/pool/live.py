@@ -53,7 +53,7 @@ from ..errors import NotADirectory as NotADir
 from ..log import name_os_thread
 from ..streams import CHUNK, hash_fd, new_hasher
 from ..units import human
-from .ondrive import copy_is_at_fault, copy_xattrs, keep_aside, link_name, unlink_names
+from .ondrive import copy_is_at_fault, copy_xattrs, keep_aside, link_name, make_entry, unlink_names
 
 if TYPE_CHECKING:
     from ..catalog import Catalog
@@ -1116,11 +1116,7 @@ class LiveOps:
         def make(d: Drive) -> None:
             if d.lexists(path):
                 d.do(os.unlink, path)  # a leftover of an earlier crash (the catalog did not have it)
-            if target is not None:
-                d.do(lambda p: os.symlink(target, p), path)
-            else:
-                d.do(os.mknod, path, mode, rdev)
-            d.do(os.lchown, path, uid, gid)
+            make_entry(d, path, mode, uid, gid, target, rdev)
 
         made = self._on_every_drive(path, make)
         if not made:

@@ -150,9 +150,9 @@ def _entries(full: str) -> list[tuple[str, bool, bool]]:
         return sorted((e.name, e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in it)
 
 
-def scan_tree(d: Drive) -> Iterator[tuple[str, bool]]:
-    """(pool path, is_dir) of everything in drive `d`'s tree, parents first. Skips symlinks
-    and special files (the pool stores neither yet)."""
+def scan_tree(d: Drive) -> Iterator[tuple[str, str]]:
+    """(pool path, kind) of everything in drive `d`'s tree, parents first: kind "dir", "file"
+    or "entry" (a symlink or special file, never followed)."""
     stack = [""]
     while stack:
         rel = stack.pop()
@@ -170,10 +170,24 @@ def scan_tree(d: Drive) -> Iterator[tuple[str, bool]]:
                             d.real(os.fsdecode(path.encode("utf-8", "surrogateescape"))))
                 continue
             if is_dir:
-                yield path, True
+                yield path, "dir"
                 stack.append(path)
-            elif is_file:
-                yield path, False
+            else:
+                yield path, "file" if is_file else "entry"
+
+
+def make_entry(d: Drive, path: str, mode: int, uid: int, gid: int, target: str | None, rdev: int) -> None:
+    """A symlink (`target`) or special file (FIFO, socket, device node) at `path` on drive
+    `d`, with its owner; the folders on the way are made if the drive lacks them. Something
+    already there is the caller's to remove or keep aside first."""
+    d.makedirs(path.rpartition("/")[0])
+    if target is not None:
+        d.do(lambda p: os.symlink(target, p), path)
+    else:
+        d.do(os.mknod, path, mode, rdev)
+    d.do(os.lchown, path, uid, gid)
+    if target is None:  # (mknod's mode loses the umask's bits, and chown the set-id ones)
+        d.do(os.chmod, path, mode & 0o7777)
 
 
 def conflict_name(path: str, label: str, taken) -> str:
