@@ -14,7 +14,7 @@ import pytest
 from homepool.cli import main
 from homepool.pool import Pool
 
-from .helpers import assert_clean, copies_on_disk
+from .helpers import assert_clean, copies_on_disk, reader
 from .mounting import mount_pool, wait_for
 
 
@@ -235,3 +235,28 @@ def _abort(connection: int) -> None:
         subprocess.run(["mount", "-t", "fusectl", "none", str(ctl)], capture_output=True)
     with contextlib.suppress(OSError):
         (ctl / str(connection) / "abort").write_text("1")
+
+
+def test_a_drive_pulled_and_plugged_back_is_noticed_without_a_request(dir_pool: Pool, state_dir: Path,
+                                                                      tmp_path: Path, dir_drives: list[Path]) -> None:
+    """No program needs to look at the pool for the mount to see a drive go and come back,
+    and to make on it at once what it missed meanwhile."""
+    dir_pool.close()
+
+    def recorded_state(drive: Path) -> str:
+        with reader(state_dir) as pool:
+            return next(row.state for row in pool.cat.drives() if Path(row.path) == drive)
+
+    with mount_pool(state_dir, tmp_path) as (mnt, _):
+        (mnt / "Documents/a.txt").write_bytes(b"a")
+        away = copies_on_disk(dir_drives, "Documents/a.txt")[0].parents[2]
+        os.rename(away / ".homepool", away / ".homepool-unplugged")  # pulled (a directory drive)
+        wait_for(lambda: recorded_state(away) == "missing", what="the mount to see the drive gone")
+        (mnt / "Documents/a.txt").unlink()  # owed to the drive away
+        assert (away / "HomePool/Documents/a.txt").exists()
+        os.rename(away / ".homepool-unplugged", away / ".homepool")  # plugged back
+        wait_for(lambda: recorded_state(away) == "active", what="the mount to see the drive back")
+        wait_for(lambda: not (away / "HomePool/Documents/a.txt").exists(), what="the delete it missed")
+    with Pool.open(state_dir) as pool:
+        assert pool.lookup("Documents/a.txt") is None
+        assert_clean(pool)

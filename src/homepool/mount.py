@@ -178,7 +178,8 @@ def settle_steps(pool: Pool, ops: PoolOperations, session: Session, settle_after
 
 
 def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
-    """Every second, files moved to another folder get its copies (`Pool.copy_moved_files`),
+    """Every second, a drive plugged in or pulled is noticed (`Pool.notice_drives`), and
+    files moved to another folder get its copies (`Pool.copy_moved_files`),
     on this thread: the data is copied with the lock let go, and a big file takes a while.
     Those still waiting at unmount get them at the next mount (as does any file short of
     copies, or with extra ones, whose copies are all there: `Pool.queue_for_their_copies`).
@@ -193,6 +194,12 @@ def copy_moved_files(pool: Pool, ops: PoolOperations, session: Session) -> None:
         log.exception("looking for files not at their folder's copies")
     while not session.done.wait(SYNC_EVERY):
         with ops.lock:
+            if session.done.is_set():  # (an unmount meanwhile closes the catalog)
+                return
+            try:  # (first: a drive back may have newer content for the kernel to forget)
+                pool.notice_drives()
+            except Exception:  # (the next round tries again)
+                log.exception("looking at the drives")
             retaken, pool.retaken = pool.retaken, []
         for ino in retaken:  # (outside the lock, as for `add_folder`; before the copies: they take a while)
             session.forget_inode(ino)

@@ -575,6 +575,12 @@ class LiveOps:
         self.save_dir_times()
         self.cat.journal_flush()
 
+    def notice_drives(self) -> None:
+        """Look at the drives if the snapshot is older than DRIVES_TTL: a drive plugged back
+        (or pulled) is noticed within seconds, not at the next request that looks, and what
+        it is owed is made on it then (`settle_owed`)."""
+        self._drive_snapshot()
+
     def copy_moved_files(self) -> None:
         """Give the files moved to another folder that folder's copies: on a thread of their
         own in the mount (`mount.serve`), every second, not in the rename (a big file's copy
