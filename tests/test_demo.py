@@ -27,6 +27,9 @@ def test_demo_on_real_drives(capsys: pytest.CaptureFixture[str]) -> None:
     # (74: one file is deleted while its drive is frozen)
     assert "ext4 drives" in out and "recovered 74 files" in out and "No problems found" in out
     assert "the note is a plain file on 2 drives" in out  # written through the mount
+    assert "latest-note -> written-through-the-mount.txt" in out  # a symlink made through it
+    assert "[found] replicas_match: Documents/written-through-the-mount.txt: copy on" in out
+    assert "has mode 0777" in out and "given the pool's" in out  # changed on a drive, repaired
     assert "from the catalog, while the delete waits" in out and "has been held up since" in out
     assert "s, while the delete waits" in out.partition("opened and read in ")[2]
     assert out.count("the same 45 plain folders") == 3  # on every drive, past PATH_MAX
@@ -50,12 +53,12 @@ def test_a_demo_that_fails_while_mounted_still_cleans_up(monkeypatch: pytest.Mon
     real_step = demo.step
     statuses = []
 
-    def step(args: list[str], note: str = "") -> None:
+    def step(args: list[str], note: str = "", expect: int = 0) -> None:
         if args[:1] == ["status"]:
             statuses.append(args)
         if ("Spare 1T" in args if failing.startswith("the drive") else len(statuses) == 2 and args[:1] == ["status"]):
             raise RuntimeError("a step failed")
-        real_step(args, note)
+        real_step(args, note, expect)
 
     monkeypatch.setattr(demo, "step", step)
     before = leftovers()

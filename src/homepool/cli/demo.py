@@ -25,6 +25,7 @@ from .. import loopdrives
 from .. import mount as mount_mod
 from ..config import STUCK_FILE
 from ..errors import FuseUnavailable
+from ..pool import Pool
 from . import app, main, out
 
 SIZES = [96 << 20, 160 << 20, 256 << 20, 192 << 20]  # the last is plugged in while mounted
@@ -57,13 +58,14 @@ def make_library(root: Path, seed: int = 7) -> tuple[int, int]:
     return n, total
 
 
-def step(args: list[str], note: str = "") -> None:
+def step(args: list[str], note: str = "", expect: int = 0) -> None:
+    """Run `homepool ARGS`, shown as typed; its exit code must be `expect` (1: problems found)."""
     if note:
         out.print(f"\n[bold]{note}[/bold]")
     out.print(f"[cyan]$ homepool {shlex.join(args)}[/cyan]")
     code = main(args)
-    if code != 0:
-        raise RuntimeError(f"`homepool {shlex.join(args)}` failed with exit code {code}")
+    if code != expect:
+        raise RuntimeError(f"`homepool {shlex.join(args)}` exited with {code}, not {expect}")
 
 
 def mount_step(base: Path, library: Path, add_drive: list[str], real_drives: bool) -> None:
@@ -96,7 +98,10 @@ def mount_step(base: Path, library: Path, add_drive: list[str], real_drives: boo
     link = note.with_name("the-same-note.txt")
     out.print(f"[cyan]$ ln {note} {link}   # a hard link: one file, two names[/cyan]")
     os.link(note, link)
-    cmd = ["ls", "-li", str(note), str(link)]
+    latest = note.with_name("latest-note")
+    out.print(f"[cyan]$ ln -s {note.name} {latest}   # a symbolic link: on every drive, as a folder is[/cyan]")
+    latest.symlink_to(note.name)
+    cmd = ["ls", "-li", str(note), str(link), str(latest)]
     out.print(f"[cyan]$ {shlex.join(cmd)}[/cyan]")
     out.print(subprocess.run(cmd, capture_output=True, text=True).stdout.rstrip(), markup=False)
     deep_step(base, mnt)
@@ -107,7 +112,16 @@ def mount_step(base: Path, library: Path, add_drive: list[str], real_drives: boo
     step(["folder", "set", "Music", "--copies", "2"])
     step(add_drive, "   Plug in another drive while mounted: the pool grows at once, nobody is disconnected.")
     step(["drive", "list"])
-    step(["check"], "   Check while mounted: the mount looks, file by file, and goes on serving.")
+    copy = next(d / "HomePool/Documents" / note.name for d in drives_of(base)
+                if (d / "HomePool/Documents" / note.name).is_file())
+    mode = copy.stat().st_mode & 0o777
+    out.print("\n[bold]   Someone changes a copy on a drive directly, behind the pool's back:[/bold]")
+    out.print(f"[cyan]$ chmod 777 {copy}[/cyan]")
+    copy.chmod(0o777)
+    step(["check"], "   Check while mounted: the mount looks, file by file, and goes on serving.", expect=1)
+    step(["check", "--repair"], "   Repair: the copy gets the pool's mode back (the content was never in doubt).")
+    if copy.stat().st_mode & 0o777 != mode:
+        raise RuntimeError(f"{copy} should have its mode {mode:04o} back")
     step(["unmount", str(mnt)])
     copies = [d for d in drives_of(base) if (d / "HomePool/Documents" / note.name).is_file()]
     out.print(f"   Documents keeps 2 copies, so the note is a plain file on {len(copies)} drives: "
@@ -252,6 +266,9 @@ def do_demo(
         shutil.rmtree(state)
         step(["recover", *map(str, paths)])
         step(["check"])
+        with Pool.open(state, write=False) as pool:  # (the mount made a symlink, if there was one)
+            if (base / "pool").exists() and pool.lookup("Documents/latest-note") is None:
+                raise RuntimeError("the symlink made through the mount should be back after recover")
         step(["folder", "list"], "   Folders, copies and files are all back:")
         out.print(f"\nTour finished in {time.monotonic() - started:.1f} s.")
     finally:
