@@ -93,6 +93,36 @@ def test_import_resumes_and_skips_identical_files(loop_pool: tuple[Pool, list[Pa
     assert_clean(pool)
 
 
+def test_symlinks_are_imported_as_links_and_special_files_skipped(loop_pool: tuple[Pool, list[Path]],
+                                                                   tmp_path: Path) -> None:
+    pool, drives = loop_pool
+    make_tree(tmp_path / "src", 2, 100)
+    (tmp_path / "src/latest").symlink_to("set1/file00001.bin")
+    (tmp_path / "src/set0/outside").symlink_to("/etc")  # never followed: a link, not a copy of /etc
+    os.mkfifo(tmp_path / "src/pipe")
+    result = importer.run(pool, tmp_path / "src", "Documents/")
+    assert (result.imported, result.links) == (2, 2)
+    assert [line.split(": ")[1] for line in result.skipped_other] == ["special files (FIFOs, sockets, devices) are "
+                                                                     "not imported"]
+    latest, outside = pool.lookup("Documents/latest"), pool.lookup("Documents/set0/outside")
+    assert latest is not None and latest.kind == "symlink" and latest.target == "set1/file00001.bin"
+    assert outside is not None and outside.target == "/etc"
+    for d in drives:  # on every drive, as links
+        assert os.readlink(d / "HomePool/Documents/latest") == "set1/file00001.bin"
+        assert os.readlink(d / "HomePool/Documents/set0/outside") == "/etc"
+    again = importer.run(pool, tmp_path / "src", "Documents/")
+    assert (again.imported, again.links, again.skipped_same) == (0, 0, 4)
+    (tmp_path / "src/latest").unlink()
+    (tmp_path / "src/latest").symlink_to("set0/file00000.bin")
+    (tmp_path / "src/set1/file00001.bin").unlink()
+    (tmp_path / "src/set1/file00001.bin").symlink_to("../latest")  # a file in the pool: not replaced by a link
+    third = importer.run(pool, tmp_path / "src", "Documents/")
+    assert third.links == 1  # the changed link, replaced as a changed file is
+    assert [os.readlink(d / "HomePool/Documents/latest") for d in drives] == ["set0/file00000.bin"] * 3
+    assert third.skipped_other[1].endswith("the pool has a file at Documents/set1/file00001.bin")
+    assert_clean(pool)
+
+
 def test_import_of_a_single_file(loop_pool: tuple[Pool, list[Path]], tmp_path: Path) -> None:
     pool, _ = loop_pool
     f = tmp_path / "will.pdf"

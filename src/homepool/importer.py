@@ -8,7 +8,8 @@ size or time differs is replaced. Everything is checked before anything is writt
 destination folder, the space needed), and files are written in batches: a crash leaves each
 file either fully imported or not at all.
 
-Calls only the pool API. The caller passes `progress` to show a bar.
+Symbolic links are copied as the links they are (as `cp -a` does: never followed); FIFOs,
+sockets and device nodes are skipped. Calls only the pool API. The caller passes `progress` to show a bar.
 """
 
 from __future__ import annotations
@@ -40,12 +41,21 @@ class SourceFile:
 
 
 @dataclass
+class SourceLink:
+    src: Path
+    dest: str  # pool path
+    target: str  # what the link holds (never followed)
+    mtime_ns: int
+
+
+@dataclass
 class ImportPlan:
     copies: int = 1  # what the destination folder wants
     files: list[SourceFile] = field(default_factory=list)  # to copy
+    links: list[SourceLink] = field(default_factory=list)  # symbolic links to make
     dirs: list[str] = field(default_factory=list)  # pool dirs to create, parents first
     skipped_same: int = 0  # already in the pool, identical
-    skipped_other: list[str] = field(default_factory=list)  # symlinks, devices, bad names
+    skipped_other: list[str] = field(default_factory=list)  # special files, bad names, conflicts
 
     @property
     def bytes(self) -> int:
@@ -56,6 +66,7 @@ class ImportPlan:
 class ImportResult:
     imported: int = 0
     bytes: int = 0
+    links: int = 0  # symbolic links made
     skipped_same: int = 0
     skipped_other: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # source files that could not be read
@@ -113,9 +124,10 @@ def plan(pool: Pool, src: Path, dest: str) -> ImportPlan:
                 subdirs.append((Path(entry.path), target, node))
             elif stat_.S_ISREG(est.st_mode):
                 _add_file(pool, out, pnode, Path(entry.path), target, est)
+            elif stat_.S_ISLNK(est.st_mode):
+                _add_link(pool, out, pnode, Path(entry.path), target, est)
             else:
-                kind = "symlink" if stat_.S_ISLNK(est.st_mode) else "special file"
-                out.skipped_other.append(f"{entry.path}: {kind}s are not imported")
+                out.skipped_other.append(f"{entry.path}: special files (FIFOs, sockets, devices) are not imported")
         stack.extend(reversed(subdirs))  # depth first, in name order
     return out
 
@@ -150,6 +162,24 @@ def _add_file(pool: Pool, out: ImportPlan, parent: Node | None, src: Path, targe
         out.skipped_other.append(f"{src}: {dest} has other names in the pool (hard links); not replaced")
         return
     out.files.append(SourceFile(src, dest, st.st_size, st.st_mtime_ns, st.st_mode))
+
+
+def _add_link(pool: Pool, out: ImportPlan, parent: Node | None, src: Path, target: tuple[str, ...],
+              st: os.stat_result) -> None:
+    """A symbolic link is copied as the link it is (as `cp -a` does), never followed."""
+    dest = paths.join(target)
+    try:
+        holds = os.readlink(src)
+    except OSError as e:
+        out.skipped_other.append(f"{src}: {e.strerror or e}")
+        return
+    node = pool.cat.child(parent.id, target[-1]) if parent is not None else None
+    if node is not None and node.target == holds:
+        out.skipped_same += 1
+    elif node is not None and node.kind != "symlink":  # (a symlink changed since is replaced, as a file is)
+        out.skipped_other.append(f"{src}: the pool has a {'folder' if node.is_dir else 'file'} at {dest}")
+    else:
+        out.links.append(SourceLink(src, dest, holds, st.st_mtime_ns))
 
 
 def check_space(pool: Pool, p: ImportPlan) -> None:
@@ -198,5 +228,10 @@ def run(pool: Pool, src: Path, dest: str, progress: Callable[[int, SourceFile], 
             result.bytes += f.size
             if progress is not None:
                 progress(f.size, f)
+    for link in p.links:
+        if pool.lookup(link.dest) is not None:  # a symlink that holds another target now
+            pool.delete(link.dest)
+        pool.add_symlink(link.dest, link.target, link.mtime_ns)
+        result.links += 1
     return result
 

@@ -37,8 +37,9 @@ def do_import(
             result = importer.run(pool, src, dest, lambda n, f: bar.advance(task, n), planned=plan)
         secs = time.monotonic() - start
     rate = f" ({human(result.bytes / secs)}/s)" if secs > 0 and result.bytes else ""
-    out.print(f"Imported {result.imported} file{'' if result.imported == 1 else 's'}, {human(result.bytes)}{rate}; "
-              f"{result.skipped_same} already in the pool.", markup=False)
+    links = f", {result.links} symbolic link{'' if result.links == 1 else 's'}" if result.links else ""
+    out.print(f"Imported {result.imported} file{'' if result.imported == 1 else 's'}, {human(result.bytes)}{rate}"
+              f"{links}; {result.skipped_same} already in the pool.", markup=False)
     for line in result.skipped_other[:20]:
         out.print(f"  skipped {line}", markup=False)
     if len(result.skipped_other) > 20:

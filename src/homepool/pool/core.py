@@ -719,6 +719,29 @@ class Pool(LiveOps):
 
         return self.write(path, io.BytesIO(data), len(data), mode, mtime_ns)
 
+    def add_symlink(self, path: str, target: str, mtime_ns: int | None = None) -> Node:
+        """A symbolic link at `path` (an import's, in a folder that exists), owned by whoever
+        runs this: recorded, then made on every present drive. Killed in between, `check
+        --repair` makes it on the drives (`entries_match`)."""
+        parts = paths.split(path)
+        parent = self.stat(paths.join(parts[:-1])) if len(parts) > 1 else None
+        if parent is None or not parent.is_dir:
+            raise NotADir(path=paths.join(parts[:-1]) or "/")
+        if self.cat.child(parent.id, parts[-1]) is not None:
+            raise AlreadyExists(path=path)
+        with self.cat.transaction():
+            node_id = self.cat.add_node(parent.id, parts[-1], "symlink", stat_.S_IFLNK | 0o777,
+                                        mtime_ns if mtime_ns is not None else _now_ns(), len(os.fsencode(target)),
+                                        None, os.geteuid(), os.getegid(), target)
+        self._changed = True
+        node = self.cat.node(node_id)
+        for d in self.drives(present_only=True):
+            try:
+                self.remake_entry(node, d, path)
+            except OSError as e:
+                log.error("could not make the symlink %s on %s: %s", path, d.name, e)
+        return node
+
     def batch(self, durability: str = "syncfs", max_files: int = 5000, max_bytes: int = 512 << 20,
               max_seconds: float = 3.0) -> WriteBatch:
         """A batch of new files made durable together (see `WriteBatch`). Each commit costs
@@ -1572,7 +1595,7 @@ class Pool(LiveOps):
                     self.reconcile(f)
 
     def delete(self, path: str) -> None:
-        """Delete a file, or an empty folder, from the pool and every drive."""
+        """Delete a file, symlink or special file, or an empty folder, from the pool and every drive."""
         node = self.stat(path)
         full = self.path_of(node.id)
         if not full:
@@ -1595,7 +1618,10 @@ class Pool(LiveOps):
                     self.cat.journal_done(entry)
             return
         file = self.cat.resolve(node)
-        drives = [r.drive_id for r in self.cat.replicas(file.id)]
+        if not file.is_file:  # a symlink or special file: on every drive
+            drives = [d.id for d in self.drives() if d.row.state == "active"]
+        else:
+            drives = [r.drive_id for r in self.cat.replicas(file.id)]
         self._run("drop", {"path": full, "drives": drives, "node": True, **self.heir(node, file)})
 
     # -- copies ------------------------------------------------------------------------------
