@@ -969,3 +969,23 @@ def test_a_drive_added_later_gets_the_symlinks(dir_pool: Pool, dir_drives: list[
     dir_pool.add_drive(new, label="drive4", allow_shared_device=True)
     assert os.readlink(new / "HomePool/Documents/deep/link") == "x"
     assert_clean(dir_pool)
+
+
+def test_owners_are_not_compared_on_a_drive_that_keeps_none(dir_pool: Pool, dir_drives: list[Path],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FAT or NTFS drive shows the owner and mode its mount options give every file (no
+    mkfs.vfat here: the filesystem type is what the check is told)."""
+    real = check_mod.mount_of
+    monkeypatch.setattr(check_mod, "mount_of",
+                        lambda p: ("/fat", "vfat", "/dev/sdz1") if p == dir_drives[0] else real(p))
+    check_mod._keeps_owners.cache_clear()
+    dir_pool.set_copies("Music", 3)  # (a copy on every drive, the "FAT" one too)
+    dir_pool.write_bytes("Music/a.flac", b"a", mode=0o644)
+    dir_pool.write_bytes("Music/b.flac", b"b", mode=0o644)
+    for d in dir_drives:
+        for copy in (d / "HomePool/Music").glob("*.flac"):
+            os.chmod(copy, 0o755)  # as a FAT drive mounted with fmask=0022 shows every file
+    assert len(copies_on_disk(dir_drives, "Music/a.flac")) == 3
+    flagged = {p.detail.split(" on ")[1].split(" has ")[0] for p in check(dir_pool)}
+    assert len(flagged) == 2 and not any(str(dir_drives[0]) in f for f in flagged)
+    check_mod._keeps_owners.cache_clear()

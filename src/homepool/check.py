@@ -15,12 +15,14 @@ that was changed behind the pool's back is kept aside under a "(conflict ...)" n
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat as stat_
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .catalog import Node
@@ -357,7 +359,17 @@ def _repair(p: Problem, done: str, fix: Callable[..., None], *args: Any) -> None
 
 def keeps_owners(d: Drive) -> bool:
     """Whether drive `d`'s filesystem keeps Unix owners and modes."""
-    return mount_of(d.root)[1] not in NO_OWNERS
+    try:
+        dev = os.stat(d.root).st_dev
+    except OSError:
+        return True
+    return _keeps_owners(str(d.root), dev)
+
+
+@functools.lru_cache(maxsize=64)
+def _keeps_owners(root: str, dev: int) -> bool:
+    """(Looked up once per filesystem: a FAT drive's every copy differs from the pool's.)"""
+    return mount_of(Path(root))[1] not in NO_OWNERS
 
 
 def check_names_linked(pool: Pool, drives: list[Drive], repair: bool, hold: Hold = nullcontext) -> list[Problem]:
