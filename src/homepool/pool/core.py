@@ -2056,14 +2056,10 @@ class Pool(LiveOps):
         canonical = self._canonical(path)
         if canonical != path:
             self._register_dir(drive, canonical.rpartition("/")[0])  # NotADirectory if a file is in the way
-            taken = lambda p: self.lookup(p) is not None or drive.lexists(p)  # noqa: E731
-            dest = conflict_name(canonical, drive.label, taken) if taken(canonical) else canonical
             try:
-                drive.makedirs(dest.rpartition("/")[0])
-                drive.rename(path, dest)
-                drive.fsync_dir(dest.rpartition("/")[0])
+                dest = self._move_on(drive, path, canonical)
             except OSError as e:
-                return f"left {path} on {drive.name} alone: could not move it to {dest}: {e}"
+                return f"left {path} on {drive.name} alone: could not move it: {e}"
             return self.register_file(drive, dest, known_hash, recorded) + f" (moved from {path})"
         st = drive.lstat(path)
         if not stat_.S_ISREG(st.st_mode):  # a symlink would be followed out of the pool, a FIFO never read
@@ -2106,14 +2102,10 @@ class Pool(LiveOps):
             return f"left {path} on {drive.name} alone: only folders belong at the top"
         canonical = self._canonical(path)
         if canonical != path or self.lookup(path) is not None:  # (the pool has another thing there)
-            taken = lambda p: self.lookup(p) is not None or drive.lexists(p)  # noqa: E731
-            dest = conflict_name(canonical, drive.label, taken) if taken(canonical) else canonical
             try:
-                drive.makedirs(dest.rpartition("/")[0])
-                drive.rename(path, dest)
-                drive.fsync_dir(dest.rpartition("/")[0])
+                dest = self._move_on(drive, path, canonical)
             except OSError as e:
-                return f"left {path} on {drive.name} alone: could not move it to {dest}: {e}"
+                return f"left {path} on {drive.name} alone: could not move it: {e}"
             return self.register_entry(drive, dest) + f" (moved from {path})"
         st = drive.lstat(path)
         target = drive.do(os.readlink, path) if stat_.S_ISLNK(st.st_mode) else None
@@ -2129,6 +2121,17 @@ class Pool(LiveOps):
                 self.remake_entry(node, d, path)
         self._news(parent.id, parts[-1], node_id)
         return f"added {path} ({'a symlink' if target is not None else 'a special file'}) from {drive.name}"
+
+    def _move_on(self, drive: Drive, path: str, canonical: str) -> str:
+        """Move what was found at `path` on `drive` to `canonical` (its folder as the pool spells
+        it), or, if the pool or the drive has something there, beside it under a conflict name;
+        returns where it went."""
+        taken = lambda p: self.lookup(p) is not None or drive.lexists(p)  # noqa: E731
+        dest = conflict_name(canonical, drive.label, taken) if taken(canonical) else canonical
+        drive.makedirs(dest.rpartition("/")[0])
+        drive.rename(path, dest)
+        drive.fsync_dir(dest.rpartition("/")[0])
+        return dest
 
     @classmethod
     def remake_entry(cls, node: Node, drive: Drive, path: str) -> str | None:
