@@ -954,7 +954,8 @@ class Pool(LiveOps):
             if d is not None and d.row.state == "active":
                 try:
                     # Not yet moved here (a replay may find it done): the entry it replaces may go.
-                    if d.lexists(p["src"]) and not self._hand_over(d, p["dst"], p):
+                    # (Only a name handed to an heir may have to stay: no lstat for the others.)
+                    if p.get("heir") and d.lexists(p["src"]) and not self._hand_over(d, p["dst"], p):
                         keep_aside(d, p["dst"])
                     rename_on(d, p["src"], p["dst"], p["kind"])
                 except OSError as e:
