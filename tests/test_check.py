@@ -989,3 +989,17 @@ def test_owners_are_not_compared_on_a_drive_that_keeps_none(dir_pool: Pool, dir_
     flagged = {p.detail.split(" on ")[1].split(" has ")[0] for p in check(dir_pool)}
     assert len(flagged) == 2 and not any(str(dir_drives[0]) in f for f in flagged)
     check_mod._keeps_owners.cache_clear()
+
+
+def test_a_symlinks_extended_attributes_are_shown_and_checked(dir_pool: Pool, dir_drives: list[Path]) -> None:
+    """A symlink is on every drive, as a folder is: its xattrs are read from the first drive
+    with it (Linux allows only trusted.* on a symlink, and only to root)."""
+    docs = dir_pool.stat("Documents").id
+    link = dir_pool.make_node(docs, "link", stat.S_IFLNK | 0o777, 0, 0, target="x")
+    dir_pool.set_xattr(link.id, b"trusted.tag", b"v")
+    assert dir_pool.copy_xattrs(link.id) == {b"trusted.tag": b"v"}
+    os.setxattr(dir_drives[2] / "HomePool/Documents/link", "trusted.tag", b"changed", follow_symlinks=False)
+    (problem,) = check(dir_pool)
+    assert problem.check == "entries_match" and "extended attributes trusted.tag" in problem.detail
+    repair_then_clean(dir_pool)
+    assert os.getxattr(dir_drives[2] / "HomePool/Documents/link", "trusted.tag", follow_symlinks=False) == b"v"

@@ -1483,8 +1483,9 @@ class Pool(LiveOps):
             self.mark_bad(node_id, drive.id)
 
     def copy_xattrs(self, node_id: int) -> dict[bytes, bytes]:
-        """The extended attributes of a file's copy (or a directory on a drive), read from the
-        first present drive that has it. Copies carry the same ones (written to all)."""
+        """The extended attributes of a file's copy (or of a folder, symlink or special file,
+        which every drive has), read from the first present drive that has it. Copies carry
+        the same ones (written to all)."""
         if self.unlinked(node_id):  # open with no name left: through a descriptor on its copy
             fds = self.open_fds(node_id)
             if not fds:
@@ -1493,7 +1494,7 @@ class Pool(LiveOps):
         node = self.node(node_id)
         path = self.path_of(node_id)
         drives = self.drives(present_only=True)
-        holders = {r.drive_id for r in self.cat.replicas(node_id) if r.state == "ok"} if not node.is_dir else None
+        holders = {r.drive_id for r in self.cat.replicas(node_id) if r.state == "ok"} if node.is_file else None
         for d in drives:
             if holders is not None and d.id not in holders:
                 continue
