@@ -325,7 +325,7 @@ def _attrs_match(pool: Pool, node: Node, path: str, on: list[tuple[Drive, os.sta
     if len(on) < 2:
         return out  # (the one there is the one the pool shows them from)
     try:
-        shown = {os.fsdecode(n): v for n, v in pool.copy_xattrs(node.id).items() if n.startswith(KEPT_XATTRS_B)}
+        shown = {n: v for n, v in pool.copy_xattrs(node.id).items() if n.startswith(KEPT_XATTRS_B)}
     except OSError as e:
         log.warning("extended attributes of %s not read: %s", path, e)
         return out
@@ -338,7 +338,7 @@ def _attrs_match(pool: Pool, node: Node, path: str, on: list[tuple[Drive, os.sta
             continue
         if there == shown:
             continue
-        names = sorted(n for n in there.keys() | shown.keys() if there.get(n) != shown.get(n))
+        names = sorted(os.fsdecode(n) for n in there.keys() | shown.keys() if there.get(n) != shown.get(n))
         p = Problem(check, path, f"{what} on {d.name} differs in extended attributes {', '.join(names)} "
                                  "from the ones the pool shows")
         if repair:

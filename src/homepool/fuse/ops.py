@@ -48,7 +48,7 @@ from ..errors import (
 from ..paths import NAME_MAX, PATH_MAX
 from ..pool import LiveFile, Pool
 from ..pool.glance import Glance, Unsure
-from ..pool.ondrive import KEPT_XATTRS_B as KEPT_XATTRS
+from ..pool.ondrive import KEPT_XATTRS_B
 from .protocol import RENAME_EXCHANGE, RENAME_NOREPLACE, Attr
 from .session import Ctx, FuseError, Opened, Session, SetAttr, StatFs
 
@@ -717,10 +717,10 @@ class PoolOperations:
 
     def listxattr(self, ctx: Ctx, ino: int) -> list[bytes]:
         with self.lock, _errno:
-            return [n for n in self.pool.copy_xattrs(ino) if n.startswith(KEPT_XATTRS)]
+            return [n for n in self.pool.copy_xattrs(ino) if n.startswith(KEPT_XATTRS_B)]
 
     def setxattr(self, ctx: Ctx, ino: int, name: bytes, value: bytes, flags: int) -> None:
-        if not name.startswith(KEPT_XATTRS):
+        if not name.startswith(KEPT_XATTRS_B):
             raise FuseError(errno.ENOTSUP)  # security.* and ACLs are not kept (see docs)
         with self.lock, _errno:
             if flags & (XATTR_CREATE | XATTR_REPLACE):
@@ -732,7 +732,7 @@ class PoolOperations:
             self.pool.set_xattr(ino, name, value)
 
     def removexattr(self, ctx: Ctx, ino: int, name: bytes) -> None:
-        if not name.startswith(KEPT_XATTRS):
+        if not name.startswith(KEPT_XATTRS_B):
             raise FuseError(errno.ENODATA)
         with self.lock, _errno:
             self.pool.set_xattr(ino, name, None)

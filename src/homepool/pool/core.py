@@ -72,6 +72,7 @@ from .ondrive import (
     rename_on,
     scan_tree,
     unlink_names,
+    xattrs_of,
 )
 
 log = logging.getLogger(__name__)
@@ -1499,7 +1500,7 @@ class Pool(LiveOps):
             if holders is not None and d.id not in holders:
                 continue
             try:
-                return d.do(_xattrs_of, path)
+                return d.do(xattrs_of, path)
             except FileNotFoundError:
                 continue
         return {}
@@ -1853,7 +1854,7 @@ class Pool(LiveOps):
             drive.do(os.chmod, path, node.mode & 0o7777)
 
     @staticmethod
-    def give_xattrs(drive: Drive, path: str, shown: dict[str, bytes]) -> None:
+    def give_xattrs(drive: Drive, path: str, shown: dict[bytes, bytes]) -> None:
         """A copy or folder on `drive` whose extended attributes differ from the ones the pool
         shows (`shown`, from the copy it reads them from): made the same."""
         have = kept_xattrs(drive, path)
@@ -2160,11 +2161,6 @@ def same_entry(d: Drive, path: str, st: os.stat_result, node: Node) -> bool:
     if node.target is not None:
         return d.do(os.readlink, path) == node.target
     return not (stat_.S_ISCHR(st.st_mode) or stat_.S_ISBLK(st.st_mode)) or st.st_rdev == node.rdev
-
-
-def _xattrs_of(full: str) -> dict[bytes, bytes]:
-    return {os.fsencode(n): os.getxattr(full, n, follow_symlinks=False)
-            for n in os.listxattr(full, follow_symlinks=False)}
 
 
 def _starts(a: Drive, b: Drive, path: str) -> bool:

@@ -89,15 +89,18 @@ def unlink_names(d: Drive, path: str, names: Collection[str]) -> None:
 # The extended attributes the pool keeps on its copies and shows (security and system ones
 # belong to each drive).
 KEPT_XATTRS = ("user.", "trusted.")
-KEPT_XATTRS_B = (b"user.", b"trusted.")
+KEPT_XATTRS_B = tuple(n.encode() for n in KEPT_XATTRS)  # (as the mount gets and gives names)
 
 
-def kept_xattrs(d: Drive, path: str) -> dict[str, bytes]:
+def xattrs_of(full: str) -> dict[bytes, bytes]:
+    """Every extended attribute of the entry at path `full` (a symlink is not followed)."""
+    return {os.fsencode(n): os.getxattr(full, n, follow_symlinks=False)
+            for n in os.listxattr(full, follow_symlinks=False)}
+
+
+def kept_xattrs(d: Drive, path: str) -> dict[bytes, bytes]:
     """The extended attributes the pool keeps of the entry at `path` on drive `d`."""
-    def read(full: str) -> dict[str, bytes]:
-        return {n: os.getxattr(full, n, follow_symlinks=False)
-                for n in os.listxattr(full, follow_symlinks=False) if n.startswith(KEPT_XATTRS)}
-    return d.do(read, path)
+    return {n: v for n, v in d.do(xattrs_of, path).items() if n.startswith(KEPT_XATTRS_B)}
 
 
 def copy_xattrs(src_fd: int, dst_fd: int, path: str, target: str) -> None:
