@@ -19,7 +19,7 @@ import functools
 import logging
 import os
 import stat as stat_
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,24 +244,10 @@ def check_folders_match(pool: Pool, drives: list[Drive], repair: bool, hold: Hol
     with hold():
         dirs = pool.cat.dir_ids()
     out = []
-    seen: dict[int, dict[str, str | None]] = {d.id: {} for d in drives}  # symlinks on the way, by folder
-    for node_id in dirs:
-        with hold():
-            node = pool.cat.node_or_none(node_id)  # as it is now: it may have changed since
-            if node is None or not node.is_dir:
-                continue
-            path = pool.path_of(node_id)
-            on: list[tuple[Drive, os.stat_result]] = []
-            for d in drives:
-                if _symlink_on_the_way(d, path, seen[d.id]) is not None:
-                    continue  # never followed (`replicas_match` shows it for the files below)
-                try:
-                    st = d.lstat(path)
-                except OSError:
-                    continue  # not needed there yet: made with the first copy below it
-                if stat_.S_ISDIR(st.st_mode):
-                    on.append((d, st))
-            out += _attrs_match(pool, node, path, on, repair, "folders_match")
+    for node, path, found in _on_drives(pool, drives, dirs, ("dir",), hold):
+        # (one a drive lacks is not needed there yet: made with the first copy below it)
+        on = [(d, st) for d, st in found if st is not None and stat_.S_ISDIR(st.st_mode)]
+        out += _attrs_match(pool, node, path, on, repair, "folders_match")
     return sorted(out, key=lambda p: p.path)
 
 
@@ -271,37 +257,49 @@ def check_entries_match(pool: Pool, drives: list[Drive], repair: bool, hold: Hol
     with hold():
         entries = pool.cat.entry_ids()
     out = []
+    for node, path, found in _on_drives(pool, drives, entries, ("symlink", "special"), hold):
+        what = "symlink" if node.target is not None else "special file"
+        on: list[tuple[Drive, os.stat_result]] = []
+        for d, st in found:
+            if st is not None and same_entry(d, path, st, node):
+                on.append((d, st))
+                continue
+            why = "is missing" if st is None else "is something else there"
+            p = Problem("entries_match", path, f"{what} {why} on {d.name}")
+            if repair:
+                try:
+                    aside = pool.remake_entry(node, d, path)
+                    p.detail += f"; made again{f', kept what was there as {aside}' if aside else ''}"
+                    p.fixed = True
+                except OSError as e:
+                    p.detail += f"; left alone: {e}"
+            out.append(p)
+        out += _attrs_match(pool, node, path, on, repair, "entries_match")
+    return sorted(out, key=lambda p: p.path)
+
+
+def _on_drives(pool: Pool, drives: list[Drive], ids: list[int], kinds: tuple[str, ...], hold: Hold
+               ) -> Iterator[tuple[Node, str, list[tuple[Drive, os.stat_result | None]]]]:
+    """Each node of `ids` still of one of `kinds` (it may have changed since they were listed),
+    its path, and what lstat finds there on each drive (None: nothing it can read), all under
+    `hold`, which the caller's repairs of it share. A drive with a symlink on the way is left
+    out: never followed (`replicas_match` shows it for the files below)."""
     seen: dict[int, dict[str, str | None]] = {d.id: {} for d in drives}  # symlinks on the way, by folder
-    for node_id in entries:
+    for node_id in ids:
         with hold():
-            node = pool.cat.node_or_none(node_id)  # as it is now: it may have changed since
-            if node is None or node.kind not in ("symlink", "special"):
+            node = pool.cat.node_or_none(node_id)
+            if node is None or node.kind not in kinds:
                 continue
             path = pool.path_of(node_id)
-            what = "symlink" if node.target is not None else "special file"
-            on: list[tuple[Drive, os.stat_result]] = []
+            found: list[tuple[Drive, os.stat_result | None]] = []
             for d in drives:
                 if _symlink_on_the_way(d, path, seen[d.id]) is not None:
-                    continue  # never followed (`replicas_match` shows it for the files below)
-                try:
-                    st: os.stat_result | None = d.lstat(path)
-                except FileNotFoundError:
-                    st = None
-                if st is not None and same_entry(d, path, st, node):
-                    on.append((d, st))
                     continue
-                why = "is missing" if st is None else "is something else there"
-                p = Problem("entries_match", path, f"{what} {why} on {d.name}")
-                if repair:
-                    try:
-                        aside = pool.remake_entry(node, d, path)
-                        p.detail += f"; made again{f', kept what was there as {aside}' if aside else ''}"
-                        p.fixed = True
-                    except OSError as e:
-                        p.detail += f"; left alone: {e}"
-                out.append(p)
-            out += _attrs_match(pool, node, path, on, repair, "entries_match")
-    return sorted(out, key=lambda p: p.path)
+                try:
+                    found.append((d, d.lstat(path)))
+                except OSError:
+                    found.append((d, None))
+            yield node, path, found
 
 
 def _attrs_match(pool: Pool, node: Node, path: str, on: list[tuple[Drive, os.stat_result]], repair: bool,
