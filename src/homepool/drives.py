@@ -331,14 +331,16 @@ class Drive:
     def syncfs(self) -> None:
         syncfs(self.root)
 
-    def makedirs(self, pool_dir: str, mode: int = 0o755) -> None:
+    def makedirs(self, pool_dir: str, mode: int = 0o755) -> bool:
         """Make folder `pool_dir` here, and the ones on the way that are not here yet, from the
         top down without recursion (a tree may be deeper than Python's stack). Each takes the
         owner and mode the pool shows for it (`folder_attrs`), or else `mode` (`pool_dir`)
         or 0o777 (those on the way), less the umask. The tree's own folder is made again
-        only on the drive itself, never in the empty mount point of a drive that is away."""
+        only on the drive itself, never in the empty mount point of a drive that is away.
+        Returns whether it made `pool_dir` with the pool's owner and mode."""
         if not pool_dir:
-            return
+            return False
+        made = False
         missing = []
         at = pool_dir
         while True:
@@ -349,7 +351,7 @@ class Drive:
                     os.mkdir(self.tree_s)
                 break
             try:
-                self._mkdir(at, mode if at == pool_dir else 0o777)
+                made = self._mkdir(at, mode if at == pool_dir else 0o777) and at == pool_dir
             except FileNotFoundError:  # a folder on the way is missing too
                 missing.append(at)
                 at = at.rpartition("/")[0]
@@ -358,20 +360,25 @@ class Drive:
                 pass
             break
         for folder in reversed(missing):
-            with suppress(FileExistsError):
-                self._mkdir(folder, mode if folder == pool_dir else 0o777)
+            with suppress(FileExistsError):  # (`pool_dir` is the last)
+                made = self._mkdir(folder, mode if folder == pool_dir else 0o777) and folder == pool_dir
         if not stat.S_ISDIR(self.do(os.stat, pool_dir).st_mode):
             raise FileExistsError(errno.EEXIST, "something else is in the folder's place", self.full(pool_dir))
+        return made
 
-    def _mkdir(self, pool_dir: str, mode: int) -> None:
+    def _mkdir(self, pool_dir: str, mode: int) -> bool:
+        """mkdir, then the owner and mode the pool shows, if it has them: whether it gave them."""
         attrs = self.folder_attrs(pool_dir) if self.folder_attrs is not None else None
         self.do(os.mkdir, pool_dir, mode & 0o7777 if attrs is None else attrs[0] & 0o777)
-        if attrs is not None:
-            try:  # (chown clears set-id bits: the mode goes last)
-                self.do(os.lchown, pool_dir, attrs[1], attrs[2])
-                self.do(os.chmod, pool_dir, attrs[0] & 0o7777)
-            except OSError as e:  # (a drive without owners, say): the pool shows its own anyway
-                log.debug("folder %s on %s keeps the owner and mode it was made with: %s", pool_dir, self.name, e)
+        if attrs is None:
+            return False
+        try:  # (chown clears set-id bits: the mode goes last)
+            self.do(os.lchown, pool_dir, attrs[1], attrs[2])
+            self.do(os.chmod, pool_dir, attrs[0] & 0o7777)
+            return True
+        except OSError as e:  # (a drive without owners, say): the pool shows its own anyway
+            log.debug("folder %s on %s keeps the owner and mode it was made with: %s", pool_dir, self.name, e)
+            return False
 
     def symlink_on_the_way(self, pool_dir: str) -> str | None:
         """The first folder on the way to pool folder `pool_dir` (itself included) that is a

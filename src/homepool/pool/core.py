@@ -522,13 +522,14 @@ class Pool(LiveOps):
     @staticmethod
     def _dir_on_drives(node: Node, path: str, drives: list[Drive]) -> None:
         """Directory `node` at `path` on each of `drives`, with its owner and mode (mkdir's
-        mode loses the umask's bits, and chown the set-id ones). One that fails is logged:
-        the folders on the way to a copy are made with it."""
+        mode loses the umask's bits, and chown the set-id ones): as `Drive.makedirs` gives a
+        folder it makes, or set here on one already there. One that fails is logged: the
+        folders on the way to a copy are made with it."""
         for d in drives:
             try:
-                d.makedirs(path, node.mode)
-                d.do(os.lchown, path, node.uid, node.gid)
-                d.do(os.chmod, path, node.mode & 0o7777)
+                if not d.makedirs(path, node.mode):
+                    d.do(os.lchown, path, node.uid, node.gid)
+                    d.do(os.chmod, path, node.mode & 0o7777)
             except OSError as e:
                 log.error("could not make folder %s on %s: %s", path, d.name, e)
 
