@@ -731,17 +731,26 @@ class Pool(LiveOps):
             raise NotADir(path=paths.join(parts[:-1]) or "/")
         if self.cat.child(parent.id, parts[-1]) is not None:
             raise AlreadyExists(path=path)
+        return self._add_entry(parent.id, parts[-1], path, stat_.S_IFLNK | 0o777,
+                               mtime_ns if mtime_ns is not None else _now_ns(), os.geteuid(), os.getegid(), target)
+
+    def _add_entry(self, parent_id: int, name: str, path: str, mode: int, mtime_ns: int, uid: int, gid: int,
+                   target: str | None, rdev: int = 0, found_on: Drive | None = None) -> Node:
+        """Record a symlink (`target`) or special file, then make it on every present drive
+        (but `found_on`, which has it already). A drive that fails is logged, and `check`
+        shows it (`entries_match`)."""
         with self.cat.transaction():
-            node_id = self.cat.add_node(parent.id, parts[-1], "symlink", stat_.S_IFLNK | 0o777,
-                                        mtime_ns if mtime_ns is not None else _now_ns(), len(os.fsencode(target)),
-                                        None, os.geteuid(), os.getegid(), target)
+            node_id = self.cat.add_node(parent_id, name, "symlink" if target is not None else "special", mode,
+                                        mtime_ns, len(os.fsencode(target)) if target is not None else 0, None,
+                                        uid, gid, target, rdev)
         self._changed = True
         node = self.cat.node(node_id)
         for d in self.drives(present_only=True):
-            try:
-                self.remake_entry(node, d, path)
-            except OSError as e:
-                log.error("could not make the symlink %s on %s: %s", path, d.name, e)
+            if found_on is None or d.id != found_on.id:
+                try:
+                    self.remake_entry(node, d, path)
+                except OSError as e:
+                    log.error("could not make %s on %s: %s", path, d.name, e)
         return node
 
     def batch(self, durability: str = "syncfs", max_files: int = 5000, max_bytes: int = 512 << 20,
@@ -2114,16 +2123,9 @@ class Pool(LiveOps):
         st = drive.lstat(path)
         target = drive.do(os.readlink, path) if stat_.S_ISLNK(st.st_mode) else None
         parent = self._register_dir(drive, paths.join(parts[:-1]))
-        with self.cat.transaction():
-            node_id = self.cat.add_node(parent.id, parts[-1], "symlink" if target is not None else "special",
-                                        st.st_mode, st.st_mtime_ns, len(os.fsencode(target)) if target else 0, None,
-                                        st.st_uid, st.st_gid, target, st.st_rdev)
-        self._changed = True
-        node = self.cat.node(node_id)
-        for d in self.drives(present_only=True):
-            if d.id != drive.id:
-                self.remake_entry(node, d, path)
-        self._news(parent.id, parts[-1], node_id)
+        node = self._add_entry(parent.id, parts[-1], path, st.st_mode, st.st_mtime_ns, st.st_uid, st.st_gid, target,
+                               st.st_rdev, found_on=drive)
+        self._news(parent.id, parts[-1], node.id)
         return f"added {path} ({'a symlink' if target is not None else 'a special file'}) from {drive.name}"
 
     def _move_on(self, drive: Drive, path: str, canonical: str) -> str:
